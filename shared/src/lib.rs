@@ -1,0 +1,18 @@
+//! Types and services shared by the gateway and the workers.
+//!
+//! Everything here is transport-agnostic: nothing in this crate knows about
+//! axum or HTTP status codes. The job, progress and task-meta types are the
+//! wire format between processes (through Redis), so they carry a version.
+
+pub mod catalog;
+pub mod env;
+pub mod job;
+pub mod keys;
+pub mod lifecycle;
+pub mod progress;
+pub mod queue;
+pub mod redis_conn;
+pub mod storage;
+
+pub use job::{JobError, Resolution, VideoJob, VideoResult};
+pub use progress::{ProgressEvent, Step, TaskMeta, TaskStatus};

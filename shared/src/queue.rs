@@ -1,0 +1,67 @@
+//! The job queue: apalis with its Redis backend, configured the same way in
+//! the gateway (which pushes) and the workers (which consume).
+
+use std::time::Duration;
+
+use apalis::prelude::TaskSink;
+use apalis_redis::{Config, ConnectionManager, RedisStorage};
+
+use crate::job::VideoJob;
+
+pub type JobStorage = RedisStorage<VideoJob, ConnectionManager>;
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// `TAYORI_QUEUE`, default `tayori-video`. No `:` (apalis uses it as a
+    /// key separator).
+    pub name: String,
+    /// `TAYORI_QUEUE_POLL_MS`, default 500. apalis-redis polls for new jobs
+    /// only on its heartbeat, so this is also the longest a new job waits
+    /// for an idle worker in another process.
+    pub poll_interval: Duration,
+    /// `TAYORI_QUEUE_MISSED_HEARTBEATS`, default 20: a worker silent for
+    /// poll_interval x this long is presumed dead and its jobs are queued again.
+    pub missed_heartbeats: usize,
+}
+
+impl QueueConfig {
+    pub fn from_env() -> Result<Self, crate::env::EnvError> {
+        let name = crate::env::var("TAYORI_QUEUE").unwrap_or_else(|| "tayori-video".into());
+        if name.contains(':') {
+            return Err(crate::env::EnvError {
+                name: "TAYORI_QUEUE".into(),
+                value: name,
+                reason: "a queue name must not contain ':'".into(),
+            });
+        }
+        Ok(QueueConfig {
+            name,
+            poll_interval: crate::env::millis("TAYORI_QUEUE_POLL_MS", 500)?,
+            missed_heartbeats: crate::env::parse("TAYORI_QUEUE_MISSED_HEARTBEATS", 20)?,
+        })
+    }
+
+    pub fn storage(&self, conn: ConnectionManager) -> JobStorage {
+        let config = Config::default()
+            .queue(&self.name)
+            .heartbeat_interval(self.poll_interval)
+            .missed_heartbeats(self.missed_heartbeats)
+            .batch_size(1);
+        RedisStorage::new(conn).with_config(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not enqueue the job: {0}")]
+pub struct EnqueueError(String);
+
+/// Push one job.
+pub async fn enqueue(storage: &mut JobStorage, job: VideoJob) -> Result<(), EnqueueError> {
+    storage.push(job).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
+/// Number of jobs waiting in the queue (not yet taken by a worker).
+pub async fn depth(conn: &mut ConnectionManager, cfg: &QueueConfig) -> redis::RedisResult<u64> {
+    let key = Config::default().queue(&cfg.name).active_jobs_list();
+    redis::cmd("LLEN").arg(key).query_async(conn).await
+}
