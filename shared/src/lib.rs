@@ -13,6 +13,7 @@ pub mod progress;
 pub mod queue;
 pub mod redis_conn;
 pub mod storage;
+pub mod tasks;
 
 pub use job::{JobError, Resolution, VideoJob, VideoResult};
 pub use progress::{ProgressEvent, Step, TaskMeta, TaskStatus};

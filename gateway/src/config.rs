@@ -1,0 +1,68 @@
+//! Gateway configuration, from `TAYORI_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::env::{self, EnvError};
+use shared::queue::QueueConfig;
+use shared::redis_conn::RedisConfig;
+use shared::storage::S3Config;
+use shared::tasks::Ttls;
+
+use crate::s3_server::EmbeddedS3Config;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `TAYORI_BIND`, default `127.0.0.1:8080`.
+    pub bind: SocketAddr,
+    /// `TAYORI_DATA_DIR`, default `data`: the catalog directory.
+    pub data_dir: PathBuf,
+    /// `TAYORI_LIFECYCLE_FILE`, default `lifecycle.json`: applied to the bucket at start.
+    pub lifecycle_file: PathBuf,
+    /// `TAYORI_TMP_DIR`, default the system temp dir: where uploads are spooled.
+    pub tmp_dir: PathBuf,
+    /// `TAYORI_MAX_UPLOAD_BYTES`, default 10 MiB.
+    pub max_upload_bytes: u64,
+    /// `TAYORI_MAX_IMAGE_PIXELS`, default 40,000,000: larger photos are refused
+    /// before anything decodes them.
+    pub max_image_pixels: u64,
+    /// `TAYORI_PRESIGN_TTL_SECS`, default 3600: validity of download links.
+    pub presign_ttl: Duration,
+    pub redis: RedisConfig,
+    pub queue: QueueConfig,
+    pub ttls: Ttls,
+    pub s3: S3Config,
+    /// Set when no `TAYORI_S3_ENDPOINT` is given: the gateway serves S3 itself.
+    pub embedded_s3: Option<EmbeddedS3Config>,
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, EnvError> {
+        let s3 = S3Config::from_env()?;
+        let embedded_s3 = if s3.endpoint.is_none() && env::var("TAYORI_S3_USE_AWS").is_none() {
+            Some(EmbeddedS3Config {
+                bind: env::parse("TAYORI_S3_EMBEDDED_BIND", SocketAddr::from(([127, 0, 0, 1], 9000)))?,
+                dir: env::parse("TAYORI_S3_EMBEDDED_DIR", PathBuf::from(".tayori/s3"))?,
+                sweep_interval: env::secs("TAYORI_S3_SWEEP_SECS", 3600)?,
+                day: env::secs("TAYORI_S3_DAY_SECS", 86_400)?,
+            })
+        } else {
+            None
+        };
+        Ok(GatewayConfig {
+            bind: env::parse("TAYORI_BIND", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            data_dir: env::parse("TAYORI_DATA_DIR", PathBuf::from("data"))?,
+            lifecycle_file: env::parse("TAYORI_LIFECYCLE_FILE", PathBuf::from("lifecycle.json"))?,
+            tmp_dir: env::parse("TAYORI_TMP_DIR", std::env::temp_dir())?,
+            max_upload_bytes: env::parse("TAYORI_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
+            max_image_pixels: env::parse("TAYORI_MAX_IMAGE_PIXELS", 40_000_000)?,
+            presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
+            redis: RedisConfig::from_env()?,
+            queue: QueueConfig::from_env()?,
+            ttls: Ttls::from_env()?,
+            s3,
+            embedded_s3,
+        })
+    }
+}

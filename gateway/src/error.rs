@@ -1,0 +1,92 @@
+//! The gateway's one error type and its single mapping to HTTP.
+//!
+//! Every error body has the shape `{"error": {"code", "message"}}`. Client
+//! mistakes get a 4xx with a stable code; server-side failures are logged in
+//! full and answered with a generic message.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shared::catalog::CatalogError;
+use shared::storage::StorageError;
+use shared::tasks::TaskStoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is wrong: 4xx with a stable code and a helpful message.
+    #[error("{message}")]
+    Client { status: StatusCode, code: &'static str, message: String },
+    /// A finished job failed: its own code and message.
+    #[error("job failed: {code}: {message}")]
+    JobFailed { code: String, message: String },
+    #[error("redis unavailable: {0}")]
+    Redis(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn client(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError::Client { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::client(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+impl From<TaskStoreError> for AppError {
+    fn from(e: TaskStoreError) -> Self {
+        match e {
+            TaskStoreError::Redis(e) => AppError::Redis(e.to_string()),
+            TaskStoreError::Decode(e) => AppError::Internal(format!("stored task state is invalid: {e}")),
+        }
+    }
+}
+
+impl From<redis::RedisError> for AppError {
+    fn from(e: redis::RedisError) -> Self {
+        AppError::Redis(e.to_string())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            AppError::Client { status, code, message } => (*status, (*code).to_owned(), message.clone()),
+            AppError::JobFailed { code, message } => (StatusCode::UNPROCESSABLE_ENTITY, code.clone(), message.clone()),
+            AppError::Redis(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue-unavailable".to_owned(),
+                "The job queue is not reachable right now; please try again shortly.".to_owned(),
+            ),
+            AppError::Storage(e) if e.is_transient() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable".to_owned(),
+                "File storage is not reachable right now; please try again shortly.".to_owned(),
+            ),
+            AppError::Storage(_) | AppError::Catalog(_) | AppError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal".to_owned(),
+                "Something went wrong on our side. It has been logged.".to_owned(),
+            ),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, %code, "request failed");
+        }
+        let mut resp = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

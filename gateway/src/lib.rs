@@ -1,0 +1,122 @@
+//! The tayori gateway: upload form and JSON API, job submission through
+//! apalis-redis, progress relay over WebSockets, presigned S3 links, and (by
+//! default) an embedded S3 endpoint.
+
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod intake;
+pub mod routes;
+pub mod s3_server;
+pub mod state;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use shared::catalog::Catalog;
+use shared::lifecycle::LifecycleRules;
+use shared::storage::Storage;
+use shared::tasks::TaskStore;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use config::GatewayConfig;
+use hub::ProgressHub;
+use state::AppState;
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::page::router())
+        .merge(routes::jobs::router(state.cfg.max_upload_bytes))
+        .merge(routes::progress::router())
+        .merge(routes::health::router())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Retry an async start-up step for up to `patience` (services started
+/// together come up in any order).
+async fn retry_start<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    patience: Duration,
+    mut f: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what} not ready yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => anyhow::bail!("{what}: {e}"),
+        }
+    }
+}
+
+/// Start everything and serve until `shutdown` completes.
+pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    if let Some(emb) = &cfg.embedded_s3 {
+        let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, stopped())
+            .await
+            .with_context(|| format!("starting the embedded S3 endpoint on {}", emb.bind))?;
+        let url = format!("http://{}", s3.addr);
+        cfg.s3.endpoint = Some(url.clone());
+        cfg.s3.public_endpoint.get_or_insert(url);
+        cfg.s3.path_style = true;
+    }
+    let storage = Storage::new(cfg.s3.clone());
+    retry_start("S3 bucket", Duration::from_secs(30), || storage.ensure_bucket()).await?;
+    let rules = LifecycleRules::load(&cfg.lifecycle_file)?;
+    retry_start("S3 lifecycle", Duration::from_secs(10), || storage.put_lifecycle(&rules)).await?;
+    tracing::info!(bucket = storage.bucket(), rules = rules.rules.len(), "bucket ready, lifecycle applied");
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(emb) = &cfg.embedded_s3 {
+        background.spawn(s3_server::sweeper(storage.clone(), emb.sweep_interval, emb.day));
+    }
+
+    let redis = retry_start("Redis", Duration::from_secs(30), || cfg.redis.connect()).await?;
+    let catalog = Catalog::new(&cfg.data_dir);
+    let (voices, bgm) = catalog.health().await;
+    if voices.error.is_some() || bgm.error.is_some() {
+        tracing::error!(?voices, ?bgm, "catalog files are not readable; see /health");
+    }
+    let hub = ProgressHub::default();
+    background.spawn(hub.clone().run(cfg.redis.client()?));
+
+    let state = AppState {
+        queue: cfg.queue.storage(redis.clone()),
+        tasks: TaskStore::new(redis.clone(), cfg.ttls),
+        redis,
+        storage,
+        catalog,
+        hub,
+        cfg: Arc::new(cfg),
+    };
+    let listener = TcpListener::bind(state.cfg.bind).await.with_context(|| format!("binding {}", state.cfg.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "gateway listening");
+    println!("tayori gateway listening on http://{addr}");
+    let result = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    background.abort_all();
+    result.context("serving HTTP")
+}

@@ -1,0 +1,244 @@
+//! Job submission, status and result.
+
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::Utc;
+use serde_json::json;
+use shared::job::{JOB_VERSION, Resolution, VideoJob};
+use shared::keys::objects;
+use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{AppError, AppResult};
+use crate::intake::{check_image, check_message, check_task_id};
+use crate::state::AppState;
+
+pub fn router(max_upload_bytes: u64) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/video/generate",
+            // The image field is bounded while it streams; this only caps the
+            // whole request (image plus a few small text fields).
+            post(generate).layer(DefaultBodyLimit::max(max_upload_bytes as usize + 64 * 1024)),
+        )
+        .route("/api/video/status/{task_id}", get(status))
+        .route("/api/video/result/{task_id}", get(result))
+}
+
+/// The form as received, before validation.
+#[derive(Default)]
+struct Form {
+    image: Option<tempfile::TempPath>,
+    image_bytes: u64,
+    message: Option<String>,
+    voice_profile_id: Option<String>,
+    bgm_id: Option<String>,
+    resolution: Option<String>,
+}
+
+const MAX_TEXT_FIELD: usize = 8 * 1024;
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_big()
+    } else {
+        AppError::bad_request("invalid-multipart", format!("The upload could not be read: {}", e.body_text()))
+    }
+}
+
+fn too_big() -> AppError {
+    AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
+}
+
+async fn read_form(state: &AppState, mut mp: Multipart) -> AppResult<Form> {
+    let mut form = Form::default();
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "image" => {
+                if form.image.is_some() {
+                    return Err(AppError::bad_request("duplicate-field", "The form has more than one image."));
+                }
+                // Spool to disk so that memory stays flat whatever the size.
+                let tmp = tempfile::NamedTempFile::new_in(&state.cfg.tmp_dir)
+                    .map_err(|e| AppError::Internal(format!("creating spool file: {e}")))?;
+                let (file, path) = tmp.into_parts();
+                let mut file = tokio::fs::File::from_std(file);
+                let mut n = 0u64;
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    n += chunk.len() as u64;
+                    if n > state.cfg.max_upload_bytes {
+                        return Err(too_big());
+                    }
+                    file.write_all(&chunk).await.map_err(|e| AppError::Internal(format!("spooling upload: {e}")))?;
+                }
+                file.flush().await.map_err(|e| AppError::Internal(format!("spooling upload: {e}")))?;
+                form.image = Some(path);
+                form.image_bytes = n;
+            }
+            "message" | "voice_profile_id" | "bgm_id" | "resolution" => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > MAX_TEXT_FIELD {
+                        return Err(AppError::bad_request("field-too-long", format!("The field {name} is too long.")));
+                    }
+                }
+                let text = String::from_utf8(buf)
+                    .map_err(|_| AppError::bad_request("invalid-field", format!("The field {name} is not UTF-8 text.")))?;
+                let slot = match name.as_str() {
+                    "message" => &mut form.message,
+                    "voice_profile_id" => &mut form.voice_profile_id,
+                    "bgm_id" => &mut form.bgm_id,
+                    _ => &mut form.resolution,
+                };
+                if slot.is_some() {
+                    return Err(AppError::bad_request("duplicate-field", format!("The field {name} appears twice.")));
+                }
+                *slot = Some(text);
+            }
+            // Unknown fields are drained and ignored, as browsers may add some.
+            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+        }
+    }
+    Ok(form)
+}
+
+async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+    let form = read_form(&state, mp).await?;
+
+    let message = check_message(
+        form.message.as_deref().ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
+    )?;
+    let voice_id = form
+        .voice_profile_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| AppError::bad_request("voice-missing", "Please choose a voice (voice_profile_id)."))?
+        .to_owned();
+    if state.catalog.voice(&voice_id).await?.is_none() {
+        return Err(AppError::bad_request("unknown-voice", format!("There is no voice profile {voice_id:?}.")));
+    }
+    let bgm_id = form.bgm_id.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    if let Some(id) = &bgm_id {
+        if state.catalog.track(id).await?.is_none() {
+            return Err(AppError::bad_request("unknown-bgm", format!("There is no music track {id:?}.")));
+        }
+    }
+    let resolution: Resolution = match form.resolution.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Resolution::default(),
+        Some(r) => r.parse().map_err(|e: String| AppError::bad_request("invalid-resolution", e))?,
+    };
+    let image = form
+        .image
+        .ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
+    if form.image_bytes == 0 {
+        return Err(AppError::bad_request("image-missing", "The photo is empty."));
+    }
+    let max_pixels = state.cfg.max_image_pixels;
+    let (image, (kind, width, height)) = tokio::task::spawn_blocking(move || {
+        let checked = check_image(&image, max_pixels);
+        checked.map(|c| (image, c))
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))??;
+
+    let task_id = uuid::Uuid::new_v4().to_string();
+    let image_key = objects::upload_original(&task_id, kind.ext());
+    state.storage.put_file(&image_key, &image, kind.mime()).await?;
+    drop(image);
+
+    let now = Utc::now();
+    let job = VideoJob {
+        version: JOB_VERSION,
+        task_id: task_id.clone(),
+        image_key: image_key.clone(),
+        message,
+        voice_profile_id: voice_id,
+        bgm_id,
+        resolution,
+        submitted_at: now,
+    };
+    let enqueued = async {
+        state.tasks.put_meta(&TaskMeta::pending(&task_id, now)).await?;
+        state.tasks.publish(&ProgressEvent::queued(&task_id)).await?;
+        let mut queue = state.queue.clone();
+        shared::queue::enqueue(&mut queue, job).await.map_err(|e| AppError::Redis(e.to_string()))
+    }
+    .await;
+    if let Err(e) = enqueued {
+        // Leave nothing behind for a job that was never queued.
+        let _ = state.storage.delete(&image_key).await;
+        let _ = state.tasks.forget(&task_id).await;
+        return Err(e);
+    }
+    tracing::info!(%task_id, width, height, bytes = form.image_bytes, "job queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "task_id": task_id,
+            "status": "PENDING",
+            "status_url": format!("/api/video/status/{task_id}"),
+            "result_url": format!("/api/video/result/{task_id}"),
+            "progress_ws": format!("/ws/progress/{task_id}"),
+        })),
+    ))
+}
+
+async fn load_meta(state: &AppState, task_id: &str) -> AppResult<TaskMeta> {
+    state
+        .tasks
+        .meta(task_id)
+        .await?
+        .ok_or_else(|| AppError::not_found("task-not-found", "No job with that id (it may have expired after 24 hours)."))
+}
+
+async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> AppResult<impl IntoResponse> {
+    let task_id = check_task_id(&task_id)?;
+    let meta = load_meta(&state, &task_id).await?;
+    let progress = state.tasks.snapshot(&task_id).await?;
+    let mut body = serde_json::to_value(&meta).map_err(|e| AppError::Internal(e.to_string()))?;
+    body["progress"] = serde_json::to_value(progress).map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(Json(body))
+}
+
+async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> AppResult<impl IntoResponse> {
+    let task_id = check_task_id(&task_id)?;
+    let meta = load_meta(&state, &task_id).await?;
+    match meta.status {
+        TaskStatus::Pending | TaskStatus::Started => Err(AppError::client(
+            StatusCode::CONFLICT,
+            "task-not-finished",
+            "The video is not ready yet; follow the progress and ask again when it is done.",
+        )),
+        TaskStatus::Failure => {
+            let err = meta.error.unwrap_or(shared::job::JobError {
+                code: "job-failed".into(),
+                message: "The job failed.".into(),
+                retryable: true,
+            });
+            Err(AppError::JobFailed { code: err.code, message: err.message })
+        }
+        TaskStatus::Success => {
+            let r = meta.result.ok_or_else(|| AppError::Internal("successful task has no result".into()))?;
+            let ttl = state.cfg.presign_ttl;
+            let (video_url, expires_at) = state.storage.presign_get(&r.video_key, ttl).await?;
+            let (thumbnail_url, _) = state.storage.presign_get(&r.thumbnail_key, ttl).await?;
+            Ok(Json(json!({
+                "task_id": task_id,
+                "video_url": video_url,
+                "thumbnail_url": thumbnail_url,
+                "expires_at": expires_at,
+                "duration_seconds": r.duration_seconds,
+                "width": r.width,
+                "height": r.height,
+                "video_bytes": r.video_bytes,
+            })))
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! HTTP routes, one module per route family.
+
+pub mod health;
+pub mod jobs;
+pub mod page;
+pub mod progress;

@@ -1,0 +1,187 @@
+//! `GET /ws/progress/{task_id}`: live progress over a WebSocket.
+//!
+//! On connect the viewer gets every event kept for the job (the last one is
+//! the current snapshot), then live events, then a normal close once the job
+//! has ended. Events carry a sequence number; a gap (a slow viewer, a lost
+//! pub/sub connection, a gateway restart) is filled from the Redis log, and
+//! a periodic check of the snapshot catches anything pub/sub did not bring.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures::{SinkExt, StreamExt};
+use redis::AsyncCommands;
+use serde_json::json;
+use shared::keys;
+use shared::progress::{ProgressEvent, TaskMeta, TaskStatus, TOTAL_STEPS, now_rfc3339};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::AppResult;
+use crate::intake::check_task_id;
+use crate::state::AppState;
+
+/// How often the server pings, and how often it checks Redis for events
+/// pub/sub may have missed.
+const PING_EVERY: Duration = Duration::from_secs(20);
+const RESYNC_EVERY: Duration = Duration::from_secs(3);
+
+/// Close codes (4000-4999 are for applications).
+const CLOSE_UNKNOWN_TASK: u16 = 4404;
+const CLOSE_UNAVAILABLE: u16 = 4503;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws/progress/{task_id}", get(upgrade))
+}
+
+async fn upgrade(State(state): State<AppState>, Path(task_id): Path<String>, ws: WebSocketUpgrade) -> AppResult<Response> {
+    let task_id = check_task_id(&task_id)?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        if let Err(e) = serve(state, task_id.clone(), socket).await {
+            tracing::debug!(%task_id, error = %e, "progress socket ended with an error");
+        }
+    }))
+}
+
+/// A final event built from the task meta, for a viewer that arrives after
+/// the progress log has expired.
+fn event_from_meta(meta: &TaskMeta) -> ProgressEvent {
+    match (&meta.status, &meta.error) {
+        (TaskStatus::Failure, Some(err)) => ProgressEvent::failed(&meta.task_id, TOTAL_STEPS, 100, err, u64::MAX),
+        (TaskStatus::Success, _) => ProgressEvent::succeeded(&meta.task_id, u64::MAX),
+        _ => {
+            let mut ev = ProgressEvent::queued(&meta.task_id);
+            ev.status = meta.status;
+            ev.seq = u64::MAX;
+            ev
+        }
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_owned()) }))
+}
+
+type Sink = futures::stream::SplitSink<WebSocket, Message>;
+
+/// Send every kept event from `next_seq` on; returns whether the job ended.
+async fn send_from_log(state: &AppState, task_id: &str, next_seq: &mut u64, sink: &mut Sink) -> anyhow::Result<bool> {
+    let events = state.tasks.events_since(task_id, *next_seq).await?;
+    for ev in events {
+        if ev.seq < *next_seq {
+            continue;
+        }
+        *next_seq = ev.seq + 1;
+        sink.send(Message::Text(serde_json::to_string(&ev)?.into())).await?;
+        if ev.status.is_terminal() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::Result<()> {
+    let (mut sink, mut stream) = socket.split();
+    // Subscribe before reading the log so that nothing falls in between.
+    let mut sub = state.hub.subscribe(&task_id);
+
+    let meta = match state.tasks.meta(&task_id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            sink.send(close(CLOSE_UNKNOWN_TASK, "unknown task id")).await?;
+            return Ok(());
+        }
+        Err(e) => {
+            sink.send(close(CLOSE_UNAVAILABLE, "progress store unavailable, retry")).await?;
+            return Err(e.into());
+        }
+    };
+
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let session_key = keys::ws_session(&session_id);
+    let connected_at = now_rfc3339();
+    let mut redis = state.redis.clone();
+    let ttl = state.tasks.ttls().ws_session.as_secs().max(1);
+    let touch_session = |mut redis: redis::aio::ConnectionManager| {
+        let body = json!({"session_id": session_id, "task_id": task_id, "connected_at": connected_at, "last_ping": now_rfc3339()}).to_string();
+        let key = session_key.clone();
+        async move {
+            let r: redis::RedisResult<()> = redis.set_ex(key, body, ttl).await;
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "could not refresh ws session");
+            }
+        }
+    };
+    touch_session(redis.clone()).await;
+
+    let mut next_seq = 0u64;
+    let mut ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+    if !ended && meta.status.is_terminal() && next_seq == 0 {
+        // The log expired (5 minutes after the end); the meta still says how it ended.
+        sink.send(Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
+        ended = true;
+    }
+
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.tick().await;
+    while !ended {
+        tokio::select! {
+            ev = sub.rx.recv() => match ev {
+                Ok(payload) => {
+                    let seq = serde_json::from_str::<ProgressEvent>(&payload).map(|e| e.seq).unwrap_or(u64::MAX);
+                    if seq == next_seq {
+                        next_seq += 1;
+                        let terminal = serde_json::from_str::<ProgressEvent>(&payload).map(|e| e.status.is_terminal()).unwrap_or(false);
+                        sink.send(Message::Text(payload.to_string().into())).await?;
+                        ended = terminal;
+                    } else if seq > next_seq {
+                        ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                }
+                Err(RecvError::Closed) => break,
+            },
+            _ = resync.tick() => {
+                match state.tasks.snapshot(&task_id).await {
+                    Ok(Some(snap)) if snap.seq >= next_seq => {
+                        ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                    }
+                    Ok(None) => {
+                        // Progress expired: fall back to the meta.
+                        if let Ok(Some(meta)) = state.tasks.meta(&task_id).await {
+                            if meta.status.is_terminal() {
+                                sink.send(Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
+                                ended = true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = ping.tick() => {
+                sink.send(Message::Ping(Default::default())).await?;
+            }
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => touch_session(redis.clone()).await,
+                Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
+                    touch_session(redis.clone()).await;
+                    sink.send(Message::Text("pong".into())).await?;
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    if ended {
+        let _ = sink.send(close(1000, "job finished")).await;
+    }
+    let _: redis::RedisResult<()> = redis.del(&session_key).await;
+    Ok(())
+}

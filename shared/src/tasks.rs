@@ -1,0 +1,138 @@
+//! Task meta and progress in Redis: the only state a job has outside S3.
+//!
+//! Progress events are appended by one Lua script that gives each event the
+//! next sequence number (its index in `progress:{id}:log`), stores it as the
+//! snapshot `progress:{id}`, refreshes both TTLs and publishes it, all at
+//! once, so a viewer can merge the replayed log with live events exactly.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::keys;
+use crate::progress::{ProgressEvent, TaskMeta};
+
+/// How long task state lives in Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttls {
+    /// `TAYORI_TASK_META_TTL_SECS`, default 86400 (24 h).
+    pub task_meta: Duration,
+    /// `TAYORI_PROGRESS_TTL_SECS`, default 300: progress kept after the last event.
+    pub progress: Duration,
+    /// `TAYORI_WS_SESSION_TTL_SECS`, default 600.
+    pub ws_session: Duration,
+}
+
+impl Ttls {
+    pub fn from_env() -> Result<Self, crate::env::EnvError> {
+        Ok(Ttls {
+            task_meta: crate::env::secs("TAYORI_TASK_META_TTL_SECS", 86_400)?,
+            progress: crate::env::secs("TAYORI_PROGRESS_TTL_SECS", 300)?,
+            ws_session: crate::env::secs("TAYORI_WS_SESSION_TTL_SECS", 600)?,
+        })
+    }
+}
+
+const PUBLISH_SCRIPT: &str = r#"
+local ev = cjson.decode(ARGV[1])
+local seq = redis.call('LLEN', KEYS[2])
+ev['seq'] = seq
+local s = cjson.encode(ev)
+redis.call('RPUSH', KEYS[2], s)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[1], s, 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], s)
+return seq
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored task state is not valid JSON: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+impl TaskStoreError {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TaskStoreError::Redis(e) => crate::redis_conn::is_transient(e),
+            TaskStoreError::Decode(_) => false,
+        }
+    }
+}
+
+/// Task state operations over a shared Redis connection.
+#[derive(Clone)]
+pub struct TaskStore {
+    conn: ConnectionManager,
+    ttls: Ttls,
+    publish: std::sync::Arc<redis::Script>,
+}
+
+impl TaskStore {
+    pub fn new(conn: ConnectionManager, ttls: Ttls) -> Self {
+        TaskStore { conn, ttls, publish: std::sync::Arc::new(redis::Script::new(PUBLISH_SCRIPT)) }
+    }
+
+    pub fn ttls(&self) -> Ttls {
+        self.ttls
+    }
+
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Append a progress event; returns the sequence number it was given.
+    pub async fn publish(&self, ev: &ProgressEvent) -> Result<u64, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let seq: u64 = self
+            .publish
+            .key(keys::progress(&ev.task_id))
+            .key(keys::progress_log(&ev.task_id))
+            .arg(serde_json::to_string(ev)?)
+            .arg(self.ttls.progress.as_secs().max(1))
+            .arg(keys::progress_channel(&ev.task_id))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(seq)
+    }
+
+    /// The latest progress event, if any is still kept.
+    pub async fn snapshot(&self, task_id: &str) -> Result<Option<ProgressEvent>, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(keys::progress(task_id)).await?;
+        Ok(raw.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    /// Every kept event with `seq >= from`, in order.
+    pub async fn events_since(&self, task_id: &str, from: u64) -> Result<Vec<ProgressEvent>, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = conn.lrange(keys::progress_log(task_id), from as isize, -1).await?;
+        raw.iter().map(|s| Ok(serde_json::from_str(s)?)).collect()
+    }
+
+    pub async fn meta(&self, task_id: &str) -> Result<Option<TaskMeta>, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = conn.get(keys::task_meta(task_id)).await?;
+        Ok(raw.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    pub async fn put_meta(&self, meta: &TaskMeta) -> Result<(), TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set_ex(keys::task_meta(&meta.task_id), serde_json::to_string(meta)?, self.ttls.task_meta.as_secs().max(1))
+            .await?;
+        Ok(())
+    }
+
+    /// Remove every trace of a task (used when a submission is rolled back).
+    pub async fn forget(&self, task_id: &str) -> Result<(), TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .del(&[keys::task_meta(task_id), keys::progress(task_id), keys::progress_log(task_id)])
+            .await?;
+        Ok(())
+    }
+}
