@@ -1,0 +1,58 @@
+//! Worker configuration, from `TAYORI_*` environment variables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::env::{self, EnvError};
+use shared::queue::QueueConfig;
+use shared::redis_conn::RedisConfig;
+use shared::storage::S3Config;
+use shared::tasks::Ttls;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `TAYORI_WORKER_NAME`, default `worker-{host}-{pid}`: unique per process.
+    pub name: String,
+    /// `TAYORI_DATA_DIR`, default `data`: the catalog directory.
+    pub data_dir: PathBuf,
+    /// `TAYORI_WORK_DIR`, default the system temp dir: per-job scratch space.
+    pub work_dir: PathBuf,
+    /// `TAYORI_JOB_TIMEOUT_SECS`, default 300: a job's whole time budget.
+    pub job_timeout: Duration,
+    /// `TAYORI_TOOL_TIMEOUT_SECS`, default 120: any one ffmpeg/TTS call.
+    pub tool_timeout: Duration,
+    /// `TAYORI_JOB_RETRIES`, default 2: extra attempts after a transient failure.
+    pub job_retries: u32,
+    /// `TAYORI_CONCURRENCY`, default 1: jobs run at once by this process.
+    pub concurrency: usize,
+    pub redis: RedisConfig,
+    pub queue: QueueConfig,
+    pub ttls: Ttls,
+    pub s3: S3Config,
+}
+
+impl WorkerConfig {
+    pub fn from_env() -> Result<Self, EnvError> {
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+        let mut s3 = S3Config::from_env()?;
+        if s3.endpoint.is_none() && env::var("TAYORI_S3_USE_AWS").is_none() {
+            // Same default as the gateway's embedded endpoint.
+            s3.endpoint = Some("http://127.0.0.1:9000".into());
+            s3.public_endpoint.get_or_insert_with(|| "http://127.0.0.1:9000".into());
+            s3.path_style = true;
+        }
+        Ok(WorkerConfig {
+            name: env::var("TAYORI_WORKER_NAME").unwrap_or_else(|| format!("worker-{host}-{}", std::process::id())),
+            data_dir: env::parse("TAYORI_DATA_DIR", PathBuf::from("data"))?,
+            work_dir: env::parse("TAYORI_WORK_DIR", std::env::temp_dir())?,
+            job_timeout: env::secs("TAYORI_JOB_TIMEOUT_SECS", 300)?,
+            tool_timeout: env::secs("TAYORI_TOOL_TIMEOUT_SECS", 120)?,
+            job_retries: env::parse("TAYORI_JOB_RETRIES", 2)?,
+            concurrency: env::parse("TAYORI_CONCURRENCY", 1)?,
+            redis: RedisConfig::from_env()?,
+            queue: QueueConfig::from_env()?,
+            ttls: Ttls::from_env()?,
+            s3,
+        })
+    }
+}

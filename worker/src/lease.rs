@@ -1,0 +1,67 @@
+//! A job's claim: the queue delivers at least once (a job whose worker
+//! looked dead is queued again), so before running a job a worker takes
+//! `job:claim:{task_id}` with a short TTL and keeps renewing it while it
+//! works. A second delivery of a job that is running elsewhere waits for the
+//! claim to be released or to expire (its holder died), and a delivery of a
+//! job that already ended is dropped: each job runs to completion once.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use shared::keys;
+
+/// How long a claim lives without renewal.
+pub const CLAIM_TTL: Duration = Duration::from_secs(15);
+const RENEW_EVERY: Duration = Duration::from_secs(5);
+
+const RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#;
+
+const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// Try to take the claim; `Ok(false)` when another worker holds it.
+pub async fn try_claim(conn: &mut ConnectionManager, task_id: &str, holder: &str) -> redis::RedisResult<bool> {
+    let r: Option<String> = redis::cmd("SET")
+        .arg(keys::job_claim(task_id))
+        .arg(holder)
+        .arg("NX")
+        .arg("PX")
+        .arg(CLAIM_TTL.as_millis() as u64)
+        .query_async(conn)
+        .await?;
+    Ok(r.is_some())
+}
+
+pub async fn release(conn: &mut ConnectionManager, task_id: &str, holder: &str) -> redis::RedisResult<()> {
+    let _: i64 = redis::Script::new(RELEASE).key(keys::job_claim(task_id)).arg(holder).invoke_async(conn).await?;
+    Ok(())
+}
+
+/// Renew the claim until the returned handle is dropped.
+pub fn keep_alive(conn: ConnectionManager, task_id: &str, holder: &str) -> tokio::task::JoinHandle<()> {
+    let key = keys::job_claim(task_id);
+    let holder = holder.to_owned();
+    tokio::spawn(async move {
+        let mut conn = conn;
+        let script = redis::Script::new(RENEW);
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            let r: redis::RedisResult<i64> =
+                script.key(&key).arg(&holder).arg(CLAIM_TTL.as_millis() as u64).invoke_async(&mut conn).await;
+            match r {
+                Ok(1) => {}
+                Ok(_) => tracing::error!(%key, "job claim was lost while the job runs"),
+                Err(e) => tracing::warn!(%key, error = %e, "renewing job claim failed"),
+            }
+        }
+    })
+}
