@@ -1,0 +1,167 @@
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, Options, Stack};
+
+const JA_MESSAGE: &str = "お誕生日おめでとうございます。いつも本当にありがとう。素敵な一年になりますように。";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
+    let stack = Stack::start(Options::default()).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let t_submit = Instant::now();
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "astronaut.png",
+        &[("message", JA_MESSAGE), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_gentle"), ("resolution", "512x910")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let task_id = body["task_id"].as_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&task_id).unwrap().get_version_num() == 4);
+    assert_eq!(body["progress_ws"], format!("/ws/progress/{task_id}"));
+    assert_eq!(body["status_url"], format!("/api/video/status/{task_id}"));
+
+    // Follow the job live.
+    let (events, close) = harness::follow(&stack, &task_id, Duration::from_secs(240)).await;
+    let elapsed = t_submit.elapsed();
+    assert_eq!(close, Some(1000), "normal close after the end; events: {events:#?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "no gaps, no repeats");
+    assert_eq!(events[0]["status"], "PENDING");
+    let steps: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e["status"] == "STARTED")
+        .map(|e| (e["step_index"].as_u64().unwrap(), e["current_step"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected = [
+        "download_image",
+        "detect_person",
+        "background_removal",
+        "prepare_image",
+        "synthesize_voice",
+        "adjust_prosody",
+        "mix_bgm",
+        "render_and_upload",
+    ];
+    assert_eq!(steps, expected.iter().enumerate().map(|(i, s)| (i as u64 + 1, s.to_string())).collect::<Vec<_>>());
+    let pct: Vec<u64> = events.iter().map(|e| e["percentage"].as_u64().unwrap()).collect();
+    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentages never go back: {pct:?}");
+    let last = events.last().unwrap();
+    assert_eq!((last["status"].as_str(), last["percentage"].as_u64()), (Some("SUCCESS"), Some(100)));
+    for e in &events {
+        for f in ["task_id", "percentage", "message", "current_step", "step_index", "total_steps", "status", "timestamp"] {
+            assert!(e.get(f).is_some(), "event lacks {f}: {e}");
+        }
+        assert_eq!(e["total_steps"], 8);
+    }
+    let first_step = events.iter().find(|e| e["step_index"] == 1).unwrap();
+    let queued_at = chrono::DateTime::parse_from_rfc3339(events[0]["timestamp"].as_str().unwrap()).unwrap();
+    let started_at = chrono::DateTime::parse_from_rfc3339(first_step["timestamp"].as_str().unwrap()).unwrap();
+    let pickup = (started_at - queued_at).num_milliseconds();
+    println!("submit-to-done {:.2}s, enqueue-to-first-step {pickup} ms", elapsed.as_secs_f64());
+    assert!(pickup < 3000, "the job started {pickup} ms after it was queued");
+
+    // Status and result.
+    let http = reqwest::Client::new();
+    let status: serde_json::Value =
+        http.get(format!("{}/api/video/status/{task_id}", stack.http)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["status"], "SUCCESS");
+    assert!(status["date_done"].is_string());
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["progress"]["percentage"], 100);
+    let result: serde_json::Value =
+        http.get(format!("{}/api/video/result/{task_id}", stack.http)).send().await.unwrap().json().await.unwrap();
+    let video_url = result["video_url"].as_str().unwrap();
+    assert!(video_url.contains("X-Amz-Signature="), "{video_url}");
+    assert!(result["expires_at"].is_string());
+
+    // Download with a plain HTTP client and check the file itself.
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("video.mp4");
+    let resp = reqwest::get(video_url).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    std::fs::write(&video, resp.bytes().await.unwrap()).unwrap();
+    let thumb = reqwest::get(result["thumbnail_url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(thumb.status(), 200);
+    assert_eq!(&thumb.bytes().await.unwrap()[..3], &[0xFF, 0xD8, 0xFF], "thumbnail is a JPEG");
+    let (vcodec, w, h, acodec, duration) = harness::ffprobe(&video);
+    assert_eq!((vcodec.as_str(), w, h, acodec.as_str()), ("h264", 512, 910, "aac"));
+    // As long as the speech (plus the short musical intro and outro).
+    let storage = stack.storage();
+    let speech = dir.path().join("base_voice.wav");
+    storage.get_to_file(&format!("voices/generated/{task_id}/base_voice.wav"), &speech).await.unwrap();
+    let speech_secs = harness::duration_of(&speech);
+    assert!(speech_secs > 3.0, "a sentence of speech, got {speech_secs}s");
+    assert!(duration >= speech_secs && duration <= speech_secs + 3.5, "video {duration}s vs speech {speech_secs}s");
+
+    // Every intermediate file is in the original layout.
+    for key in [
+        format!("images/uploads/{task_id}/original.png"),
+        format!("images/uploads/{task_id}/person_0_crop.jpg"),
+        format!("images/uploads/{task_id}/person_0_bg_removed.png"),
+        format!("images/uploads/{task_id}/optimized_512x910.png"),
+        format!("images/previews/{task_id}/person_0_preview.jpg"),
+        format!("voices/generated/{task_id}/base_voice.wav"),
+        format!("voices/generated/{task_id}/prosody_adjusted.wav"),
+        format!("voices/generated/{task_id}/final_mixed.mp3"),
+        format!("videos/{task_id}/final_video.mp4"),
+        format!("videos/{task_id}/thumbnail.jpg"),
+    ] {
+        assert!(storage.head(&key).await.unwrap().is_some_and(|n| n > 0), "{key} missing");
+    }
+    // Local scratch files are gone.
+    for i in 0..2 {
+        let left: Vec<_> = std::fs::read_dir(stack.work_dir(i)).unwrap().collect();
+        assert!(left.is_empty(), "worker {i} left {left:?}");
+    }
+
+    // A viewer who connects after the end still gets the whole story.
+    let (replay, close) = harness::follow(&stack, &task_id, Duration::from_secs(10)).await;
+    assert_eq!(close, Some(1000));
+    assert_eq!(replay, events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_jobs_at_once_run_once_each_on_two_workers() {
+    let stack = Stack::start(Options::default()).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (a, b) = tokio::join!(
+        harness::submit(
+            &stack,
+            photo.clone(),
+            "a.png",
+            &[("message", "Happy birthday! Have a wonderful year."), ("voice_profile_id", "en_slt_female"), ("bgm_id", "celebration_upbeat")],
+        ),
+        harness::submit(
+            &stack,
+            photo,
+            "b.png",
+            &[("message", "おめでとう！"), ("voice_profile_id", "ja_nitech_male"), ("resolution", "512x910")],
+        ),
+    );
+    assert_eq!(a.0, 202, "{}", a.1);
+    assert_eq!(b.0, 202, "{}", b.1);
+    let ids = [a.1["task_id"].as_str().unwrap().to_owned(), b.1["task_id"].as_str().unwrap().to_owned()];
+    let mut workers = Vec::new();
+    for id in &ids {
+        let done = harness::wait_done(&stack, id, Duration::from_secs(240)).await;
+        assert_eq!(done["status"], "SUCCESS", "{done}");
+        assert_eq!(done["attempts"], 1, "{done}");
+        workers.push(done["worker"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(workers[0], workers[1], "both workers took a job");
+    let log = stack.worker_log();
+    for id in &ids {
+        let runs = log.lines().filter(|l| l.contains("job succeeded") && l.contains(id.as_str())).count();
+        assert_eq!(runs, 1, "job {id} ran {runs} times");
+    }
+    // The default size is 1080x1920.
+    let result: serde_json::Value =
+        reqwest::get(format!("{}/api/video/result/{}", stack.http, ids[0])).await.unwrap().json().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("a.mp4");
+    std::fs::write(&video, reqwest::get(result["video_url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap()).unwrap();
+    let (vcodec, w, h, acodec, _) = harness::ffprobe(&video);
+    assert_eq!((vcodec.as_str(), w, h, acodec.as_str()), ("h264", 1080, 1920, "aac"));
+}

@@ -1,0 +1,293 @@
+//! Starts a real tayori stack for a test: a private redis-server, the
+//! gateway binary (embedded S3 endpoint) and N worker processes, each on
+//! free ports with its own directories and queue. Everything is killed when
+//! the `Stack` is dropped; on a failing test the processes' logs are printed.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// A test photo fetched by scripts/assets.sh (astronaut.png, coffee.png).
+pub fn fixture(name: &str) -> PathBuf {
+    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
+    let p = cache.join("fixtures").join(name);
+    assert!(p.is_file(), "{} is missing: run scripts/assets.sh first", p.display());
+    p
+}
+
+fn bin(name: &str) -> PathBuf {
+    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
+    let p = gateway.with_file_name(name);
+    assert!(p.is_file(), "{} is not built: run the tests with --workspace", p.display());
+    p
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub http: String,
+    pub s3_endpoint: String,
+    pub redis_url: String,
+    pub queue: String,
+    pub access_key: String,
+    pub secret_key: String,
+    redis: Child,
+    gateway: Child,
+    workers: Vec<Child>,
+}
+
+pub struct Options {
+    pub workers: usize,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { workers: 2, env: Vec::new() }
+    }
+}
+
+impl Stack {
+    pub async fn start(opts: Options) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let redis_port = free_port();
+        let redis = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/deps.sh)");
+        let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let t0 = Instant::now();
+        while client.get_connection().is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let http_port = free_port();
+        let s3_port = free_port();
+        let queue = format!("test-{}", uuid::Uuid::new_v4().simple());
+        let access_key = "test-access".to_owned();
+        let secret_key = format!("secret-{}", uuid::Uuid::new_v4().simple());
+        let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+        let mut env: Vec<(String, String)> = vec![
+            ("TAYORI_REDIS_URL".into(), redis_url.clone()),
+            ("TAYORI_QUEUE".into(), queue.clone()),
+            ("TAYORI_S3_ACCESS_KEY".into(), access_key.clone()),
+            ("TAYORI_S3_SECRET_KEY".into(), secret_key.clone()),
+            ("TAYORI_DATA_DIR".into(), repo_root().join("data").display().to_string()),
+            ("TAYORI_LIFECYCLE_FILE".into(), repo_root().join("lifecycle.json").display().to_string()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        env.extend(opts.env.iter().cloned());
+        let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let gateway = Command::new(bin("gateway"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("TAYORI_BIND", format!("127.0.0.1:{http_port}"))
+            .env("TAYORI_S3_EMBEDDED_BIND", format!("127.0.0.1:{s3_port}"))
+            .env("TAYORI_S3_EMBEDDED_DIR", dir.path().join("s3"))
+            .env("TAYORI_TMP_DIR", dir.path())
+            .stdout(log("gateway"))
+            .stderr(log("gateway.err"))
+            .spawn()
+            .unwrap();
+        let mut workers = Vec::new();
+        for i in 0..opts.workers {
+            let work = dir.path().join(format!("work-{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            workers.push(
+                Command::new(bin("worker"))
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .env("TAYORI_S3_ENDPOINT", &s3_endpoint)
+                    .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
+                    .env("TAYORI_WORK_DIR", &work)
+                    .stdout(log(&format!("worker-{i}")))
+                    .stderr(log(&format!("worker-{i}.err")))
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let stack = Stack {
+            dir,
+            http: format!("http://127.0.0.1:{http_port}"),
+            s3_endpoint,
+            redis_url,
+            queue,
+            access_key,
+            secret_key,
+            redis,
+            gateway,
+            workers,
+        };
+        let http = reqwest::Client::new();
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", stack.http)).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not become healthy\n{}", stack.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stack
+    }
+
+    /// Storage client with the stack's credentials, for inspecting S3.
+    pub fn storage(&self) -> shared::storage::Storage {
+        shared::storage::Storage::new(shared::storage::S3Config {
+            endpoint: Some(self.s3_endpoint.clone()),
+            public_endpoint: Some(self.s3_endpoint.clone()),
+            region: "us-east-1".into(),
+            bucket: "tayori".into(),
+            access_key: self.access_key.clone(),
+            secret_key: self.secret_key.clone(),
+            max_attempts: 2,
+            path_style: true,
+        })
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub fn ws_url(&self, task_id: &str) -> String {
+        format!("{}/ws/progress/{task_id}", self.http.replacen("http://", "ws://", 1))
+    }
+
+    pub fn work_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("work-{i}"))
+    }
+
+    /// The tail of every process log.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+            .unwrap_or_default();
+        names.sort();
+        for p in names {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            out.push_str(&format!("----- {} -----\n{tail}\n", p.file_name().unwrap().to_string_lossy()));
+        }
+        out
+    }
+
+    /// Every log line of every worker, for counting what happened.
+    pub fn worker_log(&self) -> String {
+        (0..self.workers.len())
+            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("worker-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for c in self.workers.iter_mut().chain([&mut self.gateway, &mut self.redis]) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Submit a job; returns the HTTP status and the JSON body.
+pub async fn submit(
+    stack: &Stack,
+    image: Vec<u8>,
+    file_name: &str,
+    fields: &[(&str, &str)],
+) -> (reqwest::StatusCode, serde_json::Value) {
+    let mut form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(image).file_name(file_name.to_owned()));
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    let r = reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
+    let status = r.status();
+    let body = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+/// ffprobe a file: (video codec, width, height, audio codec, duration).
+pub fn ffprobe(path: &Path) -> (String, u32, u32, String, f64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_format", "-show_streams"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let streams = v["streams"].as_array().unwrap();
+    let video = streams.iter().find(|s| s["codec_type"] == "video").expect("a video stream");
+    let audio = streams.iter().find(|s| s["codec_type"] == "audio").expect("an audio stream");
+    (
+        video["codec_name"].as_str().unwrap().to_owned(),
+        video["width"].as_u64().unwrap() as u32,
+        video["height"].as_u64().unwrap() as u32,
+        audio["codec_name"].as_str().unwrap().to_owned(),
+        v["format"]["duration"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+/// Duration of an audio file, by ffprobe.
+pub fn duration_of(path: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Follow a job's WebSocket to its end: every event, and the close code.
+pub async fn follow(stack: &Stack, task_id: &str, limit: Duration) -> (Vec<serde_json::Value>, Option<u16>) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(task_id)).await.unwrap();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await;
+        match msg {
+            Err(_) => panic!("no end of job within {limit:?}; events so far: {events:#?}\n{}", stack.logs()),
+            Ok(None) => return (events, None),
+            Ok(Some(Err(e))) => panic!("websocket error {e}"),
+            Ok(Some(Ok(Message::Text(t)))) => events.push(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(Some(Ok(Message::Close(frame)))) => return (events, frame.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Poll the status endpoint until the job ends; returns the final body.
+pub async fn wait_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_json::Value {
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let body: serde_json::Value =
+            http.get(format!("{}/api/video/status/{task_id}", stack.http)).send().await.unwrap().json().await.unwrap();
+        if body["status"] == "SUCCESS" || body["status"] == "FAILURE" {
+            return body;
+        }
+        assert!(t0.elapsed() < limit, "job {task_id} did not end within {limit:?}: {body}\n{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: real redis-server, gateway and worker processes,
+//! the embedded S3 endpoint, ffmpeg and the speech engines.
+
+mod bad_input;
+mod e2e;
+mod harness;
+mod presign;

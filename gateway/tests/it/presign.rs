@@ -1,0 +1,85 @@
+use std::time::Duration;
+
+use crate::harness::{Options, Stack};
+
+/// Flip one hex digit of the signature.
+fn tamper(url: &str) -> String {
+    let i = url.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let mut bytes = url.as_bytes().to_vec();
+    bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_s3_checks_signatures_expiry_and_post_policies() {
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let storage = stack.storage();
+    storage.put_bytes("videos/t/final_video.mp4", b"not really a video".to_vec(), "video/mp4").await.unwrap();
+
+    let (url, _) = storage.presign_get("videos/t/final_video.mp4", Duration::from_secs(3600)).await.unwrap();
+    let ok = reqwest::get(&url).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.bytes().await.unwrap().as_ref(), b"not really a video");
+    assert_eq!(reqwest::get(tamper(&url)).await.unwrap().status(), 403, "tampered signature");
+    let unsigned = url.split('?').next().unwrap();
+    assert_eq!(reqwest::get(unsigned).await.unwrap().status(), 403, "no signature: nothing is public");
+    let other_key = url.replace("final_video.mp4", "thumbnail.jpg");
+    assert_eq!(reqwest::get(&other_key).await.unwrap().status(), 403, "signature for another key");
+
+    let (short, _) = storage.presign_get("videos/t/final_video.mp4", Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(reqwest::get(&short).await.unwrap().status(), 403, "expired link");
+
+    // Presigned PUT for one key.
+    let put = storage.presign_put("images/uploads/t/original.jpg", "image/jpeg", Duration::from_secs(60)).await.unwrap();
+    let r = reqwest::Client::new().put(&put).header("content-type", "image/jpeg").body(vec![0xFFu8, 0xD8, 0xFF]).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(storage.head("images/uploads/t/original.jpg").await.unwrap(), Some(3));
+
+    // Presigned POST: the endpoint enforces the policy's size bound and type.
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        let p = storage.presign_post("images/uploads/p/original.jpg", "image/jpeg", 10 * 1024 * 1024, Duration::from_secs(60));
+        async move {
+            let mut form = reqwest::multipart::Form::new();
+            for (k, v) in &p.fields {
+                let v = if k == "Content-Type" { content_type.to_owned() } else { v.clone() };
+                form = form.text(k.clone(), v);
+            }
+            form = form.part("file", reqwest::multipart::Part::bytes(body).file_name("x.jpg").mime_str(content_type).unwrap());
+            reqwest::Client::new().post(&p.url).multipart(form).send().await.unwrap().status()
+        }
+    };
+    let small = post(vec![0xFF, 0xD8, 0xFF, 0xE0], "image/jpeg").await;
+    assert!(small.is_success(), "{small}");
+    assert_eq!(storage.head("images/uploads/p/original.jpg").await.unwrap(), Some(4));
+    let big = post(vec![0u8; 11 * 1024 * 1024], "image/jpeg").await;
+    assert!(big.is_client_error(), "11 MB through a 10 MB policy: {big}");
+    let wrong_type = post(vec![1, 2, 3], "text/plain").await;
+    assert!(wrong_type.is_client_error(), "a content type the policy does not allow: {wrong_type}");
+
+    // The lifecycle rules were applied at start.
+    let rules = storage.get_lifecycle().await.unwrap();
+    assert_eq!(rules.expiry_days("videos/x/final_video.mp4"), Some(30));
+    assert_eq!(rules.expiry_days("images/uploads/x/original.jpg"), Some(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_objects_are_swept_by_the_lifecycle_rules() {
+    // A lifecycle "day" of one second and a sweep every second.
+    let stack = Stack::start(Options {
+        workers: 0,
+        env: vec![("TAYORI_S3_DAY_SECS".into(), "1".into()), ("TAYORI_S3_SWEEP_SECS".into(), "1".into())],
+    })
+    .await;
+    let storage = stack.storage();
+    storage.put_bytes("images/uploads/old/original.jpg", vec![1], "image/jpeg").await.unwrap();
+    storage.put_bytes("voices/custom/keep.wav", vec![1], "audio/wav").await.unwrap();
+    // images/uploads/ expires after 7 "days" = 7 s here.
+    let t0 = std::time::Instant::now();
+    while storage.head("images/uploads/old/original.jpg").await.unwrap().is_some() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "object not swept\n{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(5), "swept too early: {:?}", t0.elapsed());
+    assert!(storage.head("voices/custom/keep.wav").await.unwrap().is_some(), "no expiry rule for voices/custom/");
+}
