@@ -165,3 +165,50 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
     let (vcodec, w, h, acodec, _) = harness::ffprobe(&video);
     assert_eq!((vcodec.as_str(), w, h, acodec.as_str()), ("h264", 1080, 1920, "aac"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_time_limit_is_stopped_with_a_clear_error() {
+    let stack = Stack::start(Options { workers: 1, env: vec![("TAYORI_JOB_TIMEOUT_SECS".into(), "1".into())] }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let long = "これは時間制限を確かめるための長いメッセージです。".repeat(8);
+    let (status, body) =
+        harness::submit(&stack, photo, "a.png", &[("message", long.as_str()), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_elegant")]).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap();
+    let done = harness::wait_done(&stack, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "FAILURE", "{done}");
+    assert_eq!(done["error"]["code"], "job-timeout", "{done}");
+    assert!(done["error"]["message"].as_str().unwrap().contains("1 seconds"), "{done}");
+    let r = reqwest::get(format!("{}/api/video/result/{id}", stack.http)).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "job-timeout");
+    // Its tools were killed and its scratch directory removed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let work = stack.work_dir(0);
+    let out = std::process::Command::new("pgrep").arg("-f").arg(work.as_os_str()).output().unwrap();
+    assert!(out.stdout.is_empty(), "processes still running in {}: {}", work.display(), String::from_utf8_lossy(&out.stdout));
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_job_in_hand_finish_and_takes_no_new_one() {
+    let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let fields = [("message", "最後まで仕上げてから止まります。"), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_upbeat")];
+    let (status, body) = harness::submit(&stack, photo.clone(), "a.png", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    let first = body["task_id"].as_str().unwrap().to_owned();
+    harness::wait_event(&stack, &first, Duration::from_secs(30), |e| e["step_index"].as_u64() >= Some(2)).await;
+    stack.terminate_worker(0);
+    let (status, body) = harness::submit(&stack, photo, "b.png", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    let second = body["task_id"].as_str().unwrap().to_owned();
+
+    let done = harness::wait_done(&stack, &first, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    let exit = stack.wait_worker_exit(0, Duration::from_secs(30)).await.expect("the worker exits after its job");
+    assert!(exit.success(), "{exit:?}");
+    let status: serde_json::Value =
+        reqwest::get(format!("{}/api/video/status/{second}", stack.http)).await.unwrap().json().await.unwrap();
+    assert_eq!(status["status"], "PENDING", "a stopping worker takes no new job: {status}");
+}

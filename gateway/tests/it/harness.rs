@@ -188,6 +188,24 @@ impl Stack {
         out
     }
 
+    /// Send SIGTERM to worker `i`.
+    pub fn terminate_worker(&self, i: usize) {
+        let pid = self.workers[i].id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    /// Wait for worker `i` to exit; its exit status, or None after `limit`.
+    pub async fn wait_worker_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Some(status) = self.workers[i].try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// Every log line of every worker, for counting what happened.
     pub fn worker_log(&self) -> String {
         (0..self.workers.len())
@@ -273,6 +291,26 @@ pub async fn follow(stack: &Stack, task_id: &str, limit: Duration) -> (Vec<serde
             Ok(Some(Ok(Message::Text(t)))) => events.push(serde_json::from_str(t.as_str()).unwrap()),
             Ok(Some(Ok(Message::Close(frame)))) => return (events, frame.map(|f| u16::from(f.code))),
             Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// Read a job's WebSocket until an event satisfies `pred`; returns it.
+pub async fn wait_event(stack: &Stack, task_id: &str, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(task_id)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let ev: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                if pred(&ev) {
+                    return ev;
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no matching event within {limit:?}: {other:?}\n{}", stack.logs()),
         }
     }
 }

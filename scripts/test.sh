@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run tayori's whole test suite: installs what is missing (Debian packages,
+# registry assets), checks docker-compose.yml, builds in release and runs
+# every unit and integration test (real Redis, S3 endpoint, ffmpeg, TTS).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+bash scripts/deps.sh
+bash scripts/assets.sh
+python3 scripts/check_compose.py docker-compose.yml
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release --locked --workspace --no-fail-fast "$@"
+else
+  cargo test --release --locked --workspace --no-fail-fast "$@"
+fi
