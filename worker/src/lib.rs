@@ -23,9 +23,9 @@ pub use config::WorkerConfig;
 use runner::Runner;
 
 async fn handle(job: VideoJob, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
     let span = tracing::info_span!("job", task_id = %job.task_id);
-    let _ = span.enter();
-    runner.handle(job).await.map_err(|e| Box::new(e) as BoxDynError)
+    runner.handle(job).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
 }
 
 /// Run until `shutdown` completes; then stop taking jobs and finish the ones in hand.

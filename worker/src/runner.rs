@@ -102,11 +102,10 @@ impl Runner {
                     ));
                 }
                 Ok(Ok(result)) => break Ok(result),
-                Ok(Err((e, step))) if e.is_transient() && attempt <= self.cfg.job_retries => {
+                Ok(Err((e, _))) if e.is_transient() && attempt <= self.cfg.job_retries => {
                     let backoff = Duration::from_secs(2u64.pow(attempt));
                     tracing::warn!(%task_id, error = %e, attempt, "transient failure; retrying the job");
                     tokio::time::sleep(backoff.min(left / 4)).await;
-                    let _ = step;
                 }
                 Ok(Err((e, step))) => {
                     tracing::error!(%task_id, error = %e, "job failed");

@@ -212,3 +212,43 @@ async fn sigterm_lets_the_job_in_hand_finish_and_takes_no_new_one() {
         reqwest::get(format!("{}/api/video/status/{second}", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "PENDING", "a stopping worker takes no new job: {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_holds_a_session_key_with_a_ttl_while_connected() {
+    use futures::{SinkExt, StreamExt};
+    use redis::AsyncCommands;
+    use tokio_tungstenite::tungstenite::Message;
+    // No worker: the job stays queued while we watch.
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = harness::submit(&stack, photo, "a.png", &[("message", "hello"), ("voice_profile_id", "en_slt_female")]).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(id)).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    let ev: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!((ev["status"].as_str(), ev["current_step"].as_str()), (Some("PENDING"), Some("queued")));
+    let mut redis = stack.redis().await;
+    let keys: Vec<String> = redis.keys("ws:session:*").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let session: serde_json::Value = serde_json::from_str(&redis.get::<_, String>(&keys[0]).await.unwrap()).unwrap();
+    assert_eq!(session["task_id"], id);
+    let _: () = redis.expire(&keys[0], 100).await.unwrap();
+    ws.send(Message::Ping(Default::default())).await.unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let ttl: i64 = redis.ttl(&keys[0]).await.unwrap();
+        if ttl > 590 {
+            assert!(ttl <= 600);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "a ping did not refresh the session (ttl {ttl})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.close(None).await.unwrap();
+    let t0 = std::time::Instant::now();
+    while redis.exists::<_, bool>(&keys[0]).await.unwrap() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "session key kept after close");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,59 @@
+//! End-to-end timing, run on demand: `cargo bench -p gateway --bench e2e`.
+//!
+//! Starts the real stack (redis-server, gateway with embedded S3, one
+//! worker), submits a Japanese message of about ten seconds of speech at
+//! 1080x1920 and at 512x910, and prints for each run: time from submit to a
+//! working download link, time from enqueue to the first progress event of
+//! the first step, and the speech and video lengths.
+
+#[path = "../tests/it/harness.rs"]
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Options, Stack};
+
+const MESSAGE: &str = "お誕生日おめでとうございます。いつも優しく見守ってくれて本当にありがとう。これからも健康で、笑顔いっぱいの一年になりますように。";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let http = reqwest::Client::new();
+    println!("resolution  run  submit->link(s)  enqueue->first-step(ms)  speech(s)  video(s)");
+    for resolution in ["1080x1920", "512x910"] {
+        let mut totals = Vec::new();
+        for run in 1..=runs {
+            let t0 = Instant::now();
+            let (status, body) = harness::submit(
+                &stack,
+                photo.clone(),
+                "astronaut.png",
+                &[("message", MESSAGE), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_gentle"), ("resolution", resolution)],
+            )
+            .await;
+            assert_eq!(status, 202, "{body}");
+            let id = body["task_id"].as_str().unwrap().to_owned();
+            let (events, _) = harness::follow(&stack, &id, Duration::from_secs(300)).await;
+            let result: serde_json::Value =
+                http.get(format!("{}/api/video/result/{id}", stack.http)).send().await.unwrap().json().await.unwrap();
+            assert!(result["video_url"].is_string(), "{result}");
+            let total = t0.elapsed().as_secs_f64();
+            let ts = |e: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap();
+            let first = events.iter().find(|e| e["step_index"] == 1).unwrap();
+            let pickup = (ts(first) - ts(&events[0])).num_milliseconds();
+            let dir = tempfile::tempdir().unwrap();
+            let speech = dir.path().join("voice.wav");
+            stack.storage().get_to_file(&format!("voices/generated/{id}/base_voice.wav"), &speech).await.unwrap();
+            println!(
+                "{resolution:<10}  {run:>3}  {total:>15.2}  {pickup:>23}  {:>9.2}  {:>8.2}",
+                harness::duration_of(&speech),
+                result["duration_seconds"].as_f64().unwrap()
+            );
+            totals.push(total);
+        }
+        totals.sort_by(f64::total_cmp);
+        println!("{resolution:<10}  median submit->link {:.2}s over {runs} runs", totals[totals.len() / 2]);
+    }
+}
