@@ -8,6 +8,8 @@ cd "$here"
 bash scripts/deps.sh
 bash scripts/assets.sh
 python3 scripts/check_compose.py docker-compose.yml
+# The integration tests start the gateway and worker binaries.
+cargo build --release --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --locked --workspace --no-fail-fast "$@"
 else
