@@ -120,6 +120,22 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     let (replay, close) = harness::follow(&stack, &task_id, Duration::from_secs(10)).await;
     assert_eq!(close, Some(1000));
     assert_eq!(replay, events);
+
+    // Everything the job left in Redis expires: meta after 24 h, progress
+    // after 5 minutes; the job's claim is gone.
+    use redis::AsyncCommands;
+    let mut redis = stack.redis().await;
+    let ttl = |key: String| {
+        let mut redis = redis.clone();
+        async move { redis.ttl::<_, i64>(key).await.unwrap() }
+    };
+    let meta_ttl = ttl(format!("celery-task-meta-{task_id}")).await;
+    assert!((86_000..=86_400).contains(&meta_ttl), "task meta ttl {meta_ttl}");
+    for key in [format!("progress:{task_id}"), format!("progress:{task_id}:log")] {
+        let t = ttl(key.clone()).await;
+        assert!((1..=300).contains(&t), "{key} ttl {t}");
+    }
+    assert!(!redis.exists::<_, bool>(format!("job:claim:{task_id}")).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,6 +57,17 @@ async fn the_embedded_s3_checks_signatures_expiry_and_post_policies() {
     let wrong_type = post(vec![1, 2, 3], "text/plain").await;
     assert!(wrong_type.is_client_error(), "a content type the policy does not allow: {wrong_type}");
 
+    // The page may fetch links and POST uploads cross-origin (CORS preflight).
+    let pre = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("Origin", "http://127.0.0.1:8080")
+        .header("Access-Control-Request-Method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert!(pre.headers().contains_key("access-control-allow-origin"), "{:?}", pre.headers());
+
     // The lifecycle rules were applied at start.
     let rules = storage.get_lifecycle().await.unwrap();
     assert_eq!(rules.expiry_days("videos/x/final_video.mp4"), Some(30));
