@@ -30,7 +30,12 @@ async fn main() {
                 &stack,
                 photo.clone(),
                 "astronaut.png",
-                &[("message", MESSAGE), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_gentle"), ("resolution", resolution)],
+                &[
+                    ("message", MESSAGE),
+                    ("voice_profile_id", "ja_mei_female"),
+                    ("bgm_id", "celebration_gentle"),
+                    ("resolution", resolution),
+                ],
             )
             .await;
             assert_eq!(status, 202, "{body}");
@@ -40,7 +45,8 @@ async fn main() {
                 http.get(format!("{}/api/video/result/{id}", stack.http)).send().await.unwrap().json().await.unwrap();
             assert!(result["video_url"].is_string(), "{result}");
             let total = t0.elapsed().as_secs_f64();
-            let ts = |e: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap();
+            let ts =
+                |e: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap();
             let first = events.iter().find(|e| e["step_index"] == 1).unwrap();
             let pickup = (ts(first) - ts(&events[0])).num_milliseconds();
             let dir = tempfile::tempdir().unwrap();

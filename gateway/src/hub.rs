@@ -41,10 +41,7 @@ impl Drop for Subscription {
 impl ProgressHub {
     pub fn subscribe(&self, task_id: &str) -> Subscription {
         let mut tasks = self.tasks.lock().expect("hub lock");
-        let rx = tasks
-            .entry(task_id.to_owned())
-            .or_insert_with(|| broadcast::channel(PER_TASK_BUFFER).0)
-            .subscribe();
+        let rx = tasks.entry(task_id.to_owned()).or_insert_with(|| broadcast::channel(PER_TASK_BUFFER).0).subscribe();
         Subscription { hub: self.clone(), task_id: task_id.to_owned(), rx }
     }
 

@@ -84,11 +84,7 @@ pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind
 /// Normalize and check the message: line breaks kept, other control
 /// characters removed, surrounding white space trimmed, 1 to 500 characters.
 pub fn check_message(raw: &str) -> Result<String, AppError> {
-    let cleaned: String = raw
-        .replace("\r\n", "\n")
-        .chars()
-        .filter(|c| *c == '\n' || !c.is_control())
-        .collect();
+    let cleaned: String = raw.replace("\r\n", "\n").chars().filter(|c| *c == '\n' || !c.is_control()).collect();
     let msg = cleaned.trim().to_owned();
     if msg.is_empty() {
         return Err(AppError::bad_request("message-empty", "Please type a message to speak."));

@@ -45,7 +45,10 @@ struct Embedded {
 
 impl Embedded {
     fn lifecycle_path(&self, bucket: &str) -> S3Result<PathBuf> {
-        if bucket.is_empty() || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') || bucket.contains("..") {
+        if bucket.is_empty()
+            || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            || bucket.contains("..")
+        {
             return Err(s3_error!(InvalidBucketName));
         }
         Ok(self.lifecycle_dir.join(format!("{bucket}.json")))
@@ -102,7 +105,9 @@ impl S3 for Embedded {
     ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
         let bucket = req.input.bucket.clone();
         let config = req.input.lifecycle_configuration.clone().unwrap_or_default();
-        self.fs.head_bucket(req.map_input(|_| HeadBucketInput { bucket: bucket.clone(), ..Default::default() })).await?;
+        self.fs
+            .head_bucket(req.map_input(|_| HeadBucketInput { bucket: bucket.clone(), ..Default::default() }))
+            .await?;
         let json = serde_json::to_vec_pretty(&config).map_err(|e| s3_error!(e, InternalError))?;
         let path = self.lifecycle_path(&bucket)?;
         write_atomically(&path, &json).await.map_err(|e| s3_error!(e, InternalError))?;
@@ -119,7 +124,8 @@ impl S3 for Embedded {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(s3_error!(NoSuchLifecycleConfiguration)),
             Err(e) => return Err(s3_error!(e, InternalError)),
         };
-        let config: BucketLifecycleConfiguration = serde_json::from_slice(&bytes).map_err(|e| s3_error!(e, InternalError))?;
+        let config: BucketLifecycleConfiguration =
+            serde_json::from_slice(&bytes).map_err(|e| s3_error!(e, InternalError))?;
         Ok(S3Response::new(GetBucketLifecycleConfigurationOutput { rules: Some(config.rules), ..Default::default() }))
     }
 

@@ -111,6 +111,9 @@ pub trait Document: Serialize + DeserializeOwned + Clone + Send + 'static {
     fn touch(&mut self, now: &str);
     fn last_updated(&self) -> &str;
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 impl Document for VoicesFile {
@@ -309,7 +312,9 @@ impl Catalog {
                     last_updated: Some(doc.last_updated().to_owned()),
                     error: None,
                 },
-                Err(e) => FileHealth { status: "unhealthy", count: None, last_updated: None, error: Some(e.to_string()) },
+                Err(e) => {
+                    FileHealth { status: "unhealthy", count: None, last_updated: None, error: Some(e.to_string()) }
+                }
             }
         }
         (h(self.voices_async().await), h(self.bgm_async().await))
@@ -334,8 +339,13 @@ mod tests {
     fn fixture(dir: &Path) -> Catalog {
         std::fs::create_dir_all(dir.join("voices")).unwrap();
         std::fs::create_dir_all(dir.join("bgm")).unwrap();
-        std::fs::write(dir.join(VOICES_FILE), r#"{"profiles":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#).unwrap();
-        std::fs::write(dir.join(BGM_FILE), r#"{"tracks":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#).unwrap();
+        std::fs::write(
+            dir.join(VOICES_FILE),
+            r#"{"profiles":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.join(BGM_FILE), r#"{"tracks":[],"last_updated":"2025-01-01T00:00:00Z","version":"1.0"}"#)
+            .unwrap();
         Catalog::new(dir)
     }
 

@@ -25,11 +25,9 @@ where
 {
     match var(name) {
         None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| EnvError {
-            name: name.to_owned(),
-            reason: e.to_string(),
-            value,
-        }),
+        Some(value) => {
+            value.trim().parse().map_err(|e: T::Err| EnvError { name: name.to_owned(), reason: e.to_string(), value })
+        }
     }
 }
 

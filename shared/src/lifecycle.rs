@@ -59,10 +59,16 @@ impl LifecycleRules {
             serde_json::from_str(json).map_err(|source| LifecycleError::Parse { path: path.into(), source })?;
         for r in &rules.rules {
             if r.status != "Enabled" && r.status != "Disabled" {
-                return Err(LifecycleError::Invalid { id: r.id.clone(), reason: "Status must be Enabled or Disabled".into() });
+                return Err(LifecycleError::Invalid {
+                    id: r.id.clone(),
+                    reason: "Status must be Enabled or Disabled".into(),
+                });
             }
             if r.expiration.is_none() && r.transitions.is_empty() {
-                return Err(LifecycleError::Invalid { id: r.id.clone(), reason: "a rule needs an Expiration or Transitions".into() });
+                return Err(LifecycleError::Invalid {
+                    id: r.id.clone(),
+                    reason: "a rule needs an Expiration or Transitions".into(),
+                });
             }
         }
         Ok(rules)
@@ -70,7 +76,8 @@ impl LifecycleRules {
 
     pub fn load(path: &std::path::Path) -> Result<Self, LifecycleError> {
         let shown = path.display().to_string();
-        let json = std::fs::read_to_string(path).map_err(|source| LifecycleError::Read { path: shown.clone(), source })?;
+        let json =
+            std::fs::read_to_string(path).map_err(|source| LifecycleError::Read { path: shown.clone(), source })?;
         Self::parse(&json, &shown)
     }
 

@@ -233,7 +233,9 @@ mod tests {
     fn progress_event_has_the_wire_fields() {
         let ev = ProgressEvent::step("t1", Step::BackgroundRemoval, 3);
         let v = serde_json::to_value(&ev).unwrap();
-        for f in ["task_id", "percentage", "message", "current_step", "step_index", "total_steps", "status", "timestamp"] {
+        for f in
+            ["task_id", "percentage", "message", "current_step", "step_index", "total_steps", "status", "timestamp"]
+        {
             assert!(v.get(f).is_some(), "missing {f} in {v}");
         }
         assert_eq!(v["current_step"], "background_removal");

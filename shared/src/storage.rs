@@ -102,7 +102,10 @@ impl StorageError {
         }
     }
 
-    fn from_sdk<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(op: &'static str, err: SdkError<E>) -> Self {
+    fn from_sdk<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+        op: &'static str,
+        err: SdkError<E>,
+    ) -> Self {
         let transient = match &err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
             SdkError::ServiceError(e) => e.raw().status().is_server_error() || e.raw().status().as_u16() == 429,
@@ -142,9 +145,7 @@ pub struct Storage {
 
 fn build_client(cfg: &S3Config, endpoint: Option<&str>) -> Client {
     use aws_smithy_http_client::{Builder, tls};
-    let http = Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https();
+    let http = Builder::new().tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring)).build_https();
     let mut b = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(cfg.region.clone()))
@@ -240,10 +241,9 @@ impl Storage {
     pub async fn put_file(&self, key: &str, path: &Path, content_type: &str) -> Result<u64, StorageError> {
         let len = tokio::fs::metadata(path).await.map_err(|source| StorageError::Io { op: "PutObject", source })?.len();
         // ByteStream::from_path re-opens the file on each retry attempt.
-        let body = ByteStream::from_path(path).await.map_err(|e| StorageError::Io {
-            op: "PutObject",
-            source: std::io::Error::other(e),
-        })?;
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::Io { op: "PutObject", source: std::io::Error::other(e) })?;
         self.client
             .put_object()
             .bucket(&self.cfg.bucket)
@@ -271,17 +271,12 @@ impl Storage {
 
     /// Stream an object into a local file; returns its size.
     pub async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, StorageError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| match e.as_service_error() {
+        let out = self.client.get_object().bucket(&self.cfg.bucket).key(key).send().await.map_err(|e| {
+            match e.as_service_error() {
                 Some(se) if se.is_no_such_key() => StorageError::NotFound { key: key.to_owned() },
                 _ => StorageError::from_sdk("GetObject", e),
-            })?;
+            }
+        })?;
         let io = |source| StorageError::Io { op: "GetObject", source };
         let mut file = tokio::fs::File::create(path).await.map_err(io)?;
         let mut body = out.body;

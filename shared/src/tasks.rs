@@ -130,9 +130,7 @@ impl TaskStore {
     /// Remove every trace of a task (used when a submission is rolled back).
     pub async fn forget(&self, task_id: &str) -> Result<(), TaskStoreError> {
         let mut conn = self.conn.clone();
-        let _: () = conn
-            .del(&[keys::task_meta(task_id), keys::progress(task_id), keys::progress_log(task_id)])
-            .await?;
+        let _: () = conn.del(&[keys::task_meta(task_id), keys::progress(task_id), keys::progress_log(task_id)]).await?;
         Ok(())
     }
 }

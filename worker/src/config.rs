@@ -33,7 +33,8 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     pub fn from_env() -> Result<Self, EnvError> {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
+        let host =
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into());
         let mut s3 = S3Config::from_env()?;
         if s3.endpoint.is_none() && env::var("TAYORI_S3_USE_AWS").is_none() {
             // Same default as the gateway's embedded endpoint.

@@ -36,9 +36,11 @@ struct RawFormat {
 pub fn parse_probe(json: &[u8]) -> Option<Probe> {
     let raw: Raw = serde_json::from_slice(json).ok()?;
     let duration = raw.format?.duration?.parse().ok()?;
-    let video = raw.streams.iter().find(|s| s.codec_type.as_deref() == Some("video")).map(|s| {
-        (s.codec_name.clone().unwrap_or_default(), s.width.unwrap_or(0), s.height.unwrap_or(0))
-    });
+    let video = raw
+        .streams
+        .iter()
+        .find(|s| s.codec_type.as_deref() == Some("video"))
+        .map(|s| (s.codec_name.clone().unwrap_or_default(), s.width.unwrap_or(0), s.height.unwrap_or(0)));
     let audio = raw
         .streams
         .iter()

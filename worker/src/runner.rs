@@ -51,11 +51,11 @@ impl Runner {
         // Wait for the claim, unless the job already ended elsewhere.
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout + lease::CLAIM_TTL * 2;
         loop {
-            if let Some(meta) = self.tasks.meta(&task_id).await? {
-                if meta.status.is_terminal() {
-                    tracing::info!(%task_id, "job already finished; dropping a repeated delivery");
-                    return Ok(());
-                }
+            if let Some(meta) = self.tasks.meta(&task_id).await?
+                && meta.status.is_terminal()
+            {
+                tracing::info!(%task_id, "job already finished; dropping a repeated delivery");
+                return Ok(());
             }
             if lease::try_claim(&mut conn, &task_id, &holder).await? {
                 break;
@@ -130,7 +130,8 @@ impl Runner {
                 meta.error = Some(err.clone());
                 meta.date_done = Some(Utc::now());
                 self.tasks.put_meta(&meta).await?;
-                pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, next_seq)).await;
+                pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, next_seq))
+                    .await;
             }
         }
         Ok(())

@@ -1,11 +1,11 @@
 //! Job submission, status and result.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::Router;
 use chrono::Utc;
 use serde_json::json;
 use shared::job::{JOB_VERSION, Resolution, VideoJob};
@@ -21,9 +21,12 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     Router::new()
         .route(
             "/api/video/generate",
-            // The image field is bounded while it streams; this only caps the
-            // whole request (image plus a few small text fields).
-            post(generate).layer(DefaultBodyLimit::max(max_upload_bytes as usize + 64 * 1024)),
+            // The image field is bounded while it streams. The request as a
+            // whole may run to twice that, so that an upload somewhat over
+            // the limit can be read to its end and answered with a clean 413
+            // (closing while a client still sends makes most clients report
+            // a broken pipe instead of the answer); beyond it, we close.
+            post(generate).layer(DefaultBodyLimit::max(drain_limit(max_upload_bytes))),
         )
         .route("/api/video/status/{task_id}", get(status))
         .route("/api/video/result/{task_id}", get(result))
@@ -50,6 +53,18 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
     }
 }
 
+fn drain_limit(max_upload_bytes: u64) -> usize {
+    (max_upload_bytes as usize).saturating_mul(2) + 64 * 1024
+}
+
+/// Read and discard the rest of the request (bounded by the body limit), so
+/// that the client is done sending when the error answer comes.
+async fn drain(mut mp: Multipart) {
+    while let Ok(Some(mut field)) = mp.next_field().await {
+        while let Ok(Some(_)) = field.chunk().await {}
+    }
+}
+
 fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
 }
@@ -72,6 +87,9 @@ async fn read_form(state: &AppState, mut mp: Multipart) -> AppResult<Form> {
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     n += chunk.len() as u64;
                     if n > state.cfg.max_upload_bytes {
+                        while let Ok(Some(_)) = field.chunk().await {}
+                        drop(field);
+                        drain(mp).await;
                         return Err(too_big());
                     }
                     file.write_all(&chunk).await.map_err(|e| AppError::Internal(format!("spooling upload: {e}")))?;
@@ -88,8 +106,9 @@ async fn read_form(state: &AppState, mut mp: Multipart) -> AppResult<Form> {
                         return Err(AppError::bad_request("field-too-long", format!("The field {name} is too long.")));
                     }
                 }
-                let text = String::from_utf8(buf)
-                    .map_err(|_| AppError::bad_request("invalid-field", format!("The field {name} is not UTF-8 text.")))?;
+                let text = String::from_utf8(buf).map_err(|_| {
+                    AppError::bad_request("invalid-field", format!("The field {name} is not UTF-8 text."))
+                })?;
                 let slot = match name.as_str() {
                     "message" => &mut form.message,
                     "voice_profile_id" => &mut form.voice_profile_id,
@@ -112,7 +131,9 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
     let form = read_form(&state, mp).await?;
 
     let message = check_message(
-        form.message.as_deref().ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
+        form.message
+            .as_deref()
+            .ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
     )?;
     let voice_id = form
         .voice_profile_id
@@ -125,18 +146,17 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
         return Err(AppError::bad_request("unknown-voice", format!("There is no voice profile {voice_id:?}.")));
     }
     let bgm_id = form.bgm_id.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
-    if let Some(id) = &bgm_id {
-        if state.catalog.track(id).await?.is_none() {
-            return Err(AppError::bad_request("unknown-bgm", format!("There is no music track {id:?}.")));
-        }
+    if let Some(id) = &bgm_id
+        && state.catalog.track(id).await?.is_none()
+    {
+        return Err(AppError::bad_request("unknown-bgm", format!("There is no music track {id:?}.")));
     }
     let resolution: Resolution = match form.resolution.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
         None => Resolution::default(),
         Some(r) => r.parse().map_err(|e: String| AppError::bad_request("invalid-resolution", e))?,
     };
-    let image = form
-        .image
-        .ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
+    let image =
+        form.image.ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
     if form.image_bytes == 0 {
         return Err(AppError::bad_request("image-missing", "The photo is empty."));
     }
@@ -191,11 +211,9 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
 }
 
 async fn load_meta(state: &AppState, task_id: &str) -> AppResult<TaskMeta> {
-    state
-        .tasks
-        .meta(task_id)
-        .await?
-        .ok_or_else(|| AppError::not_found("task-not-found", "No job with that id (it may have expired after 24 hours)."))
+    state.tasks.meta(task_id).await?.ok_or_else(|| {
+        AppError::not_found("task-not-found", "No job with that id (it may have expired after 24 hours).")
+    })
 }
 
 async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> AppResult<impl IntoResponse> {

@@ -17,7 +17,7 @@ use futures::{SinkExt, StreamExt};
 use redis::AsyncCommands;
 use serde_json::json;
 use shared::keys;
-use shared::progress::{ProgressEvent, TaskMeta, TaskStatus, TOTAL_STEPS, now_rfc3339};
+use shared::progress::{ProgressEvent, TOTAL_STEPS, TaskMeta, TaskStatus, now_rfc3339};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::AppResult;
@@ -37,7 +37,11 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/ws/progress/{task_id}", get(upgrade))
 }
 
-async fn upgrade(State(state): State<AppState>, Path(task_id): Path<String>, ws: WebSocketUpgrade) -> AppResult<Response> {
+async fn upgrade(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> AppResult<Response> {
     let task_id = check_task_id(&task_id)?;
     Ok(ws.on_upgrade(move |socket| async move {
         if let Err(e) = serve(state, task_id.clone(), socket).await {
@@ -155,12 +159,11 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                     }
                     Ok(None) => {
                         // Progress expired: fall back to the meta.
-                        if let Ok(Some(meta)) = state.tasks.meta(&task_id).await {
-                            if meta.status.is_terminal() {
+                        if let Ok(Some(meta)) = state.tasks.meta(&task_id).await
+                            && meta.status.is_terminal() {
                                 sink.send(Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
                                 ended = true;
                             }
-                        }
                     }
                     _ => {}
                 }

@@ -19,16 +19,50 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
     let mut big = photo.clone();
     big.resize(11 * 1024 * 1024, 0);
     let long = "あ".repeat(501);
-    let cases: Vec<(&str, Vec<u8>, &str, Vec<(&str, &str)>, u16, &str)> = vec![
-        ("text file named .jpg", b"this is not a photo at all".to_vec(), "photo.jpg", ok_fields(), 415, "unsupported-image-type"),
+    // (what, image bytes, file name, form fields, expected status, expected code)
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "text file named .jpg",
+            b"this is not a photo at all".to_vec(),
+            "photo.jpg",
+            ok_fields(),
+            415,
+            "unsupported-image-type",
+        ),
         ("11 MB image", big, "big.png", ok_fields(), 413, "image-too-large"),
         ("empty message", photo.clone(), "a.png", with(ok_fields(), "message", ""), 400, "message-empty"),
         ("whitespace message", photo.clone(), "a.png", with(ok_fields(), "message", " \n\t "), 400, "message-empty"),
         ("501-character message", photo.clone(), "a.png", with(ok_fields(), "message", &long), 400, "message-too-long"),
-        ("unknown voice", photo.clone(), "a.png", with(ok_fields(), "voice_profile_id", "nobody"), 400, "unknown-voice"),
+        (
+            "unknown voice",
+            photo.clone(),
+            "a.png",
+            with(ok_fields(), "voice_profile_id", "nobody"),
+            400,
+            "unknown-voice",
+        ),
         ("unknown track", photo.clone(), "a.png", with(ok_fields(), "bgm_id", "nothing"), 400, "unknown-bgm"),
-        ("bad resolution", photo.clone(), "a.png", with(ok_fields(), "resolution", "100x100"), 400, "invalid-resolution"),
-        ("repeated field", photo.clone(), "a.png", { let mut f = ok_fields(); f.push(("message", "again")); f }, 400, "duplicate-field"),
+        (
+            "bad resolution",
+            photo.clone(),
+            "a.png",
+            with(ok_fields(), "resolution", "100x100"),
+            400,
+            "invalid-resolution",
+        ),
+        (
+            "repeated field",
+            photo.clone(),
+            "a.png",
+            {
+                let mut f = ok_fields();
+                f.push(("message", "again"));
+                f
+            },
+            400,
+            "duplicate-field",
+        ),
     ];
     for (what, image, name, fields, status, code) in cases {
         let (got, body) = harness::submit(&stack, image, name, &fields).await;
@@ -38,7 +72,8 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
     }
     // A form without a photo.
     let form = reqwest::multipart::Form::new().text("message", "hi").text("voice_profile_id", "ja_mei_female");
-    let r = reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
+    let r =
+        reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "image-missing");
     // Not multipart at all.

@@ -13,7 +13,12 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
         &stack,
         photo,
         "astronaut.png",
-        &[("message", JA_MESSAGE), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_gentle"), ("resolution", "512x910")],
+        &[
+            ("message", JA_MESSAGE),
+            ("voice_profile_id", "ja_mei_female"),
+            ("bgm_id", "celebration_gentle"),
+            ("resolution", "512x910"),
+        ],
     )
     .await;
     assert_eq!(status, 202, "{body}");
@@ -50,7 +55,9 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     let last = events.last().unwrap();
     assert_eq!((last["status"].as_str(), last["percentage"].as_u64()), (Some("SUCCESS"), Some(100)));
     for e in &events {
-        for f in ["task_id", "percentage", "message", "current_step", "step_index", "total_steps", "status", "timestamp"] {
+        for f in
+            ["task_id", "percentage", "message", "current_step", "step_index", "total_steps", "status", "timestamp"]
+        {
             assert!(e.get(f).is_some(), "event lacks {f}: {e}");
         }
         assert_eq!(e["total_steps"], 8);
@@ -147,7 +154,11 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
             &stack,
             photo.clone(),
             "a.png",
-            &[("message", "Happy birthday! Have a wonderful year."), ("voice_profile_id", "en_slt_female"), ("bgm_id", "celebration_upbeat")],
+            &[
+                ("message", "Happy birthday! Have a wonderful year."),
+                ("voice_profile_id", "en_slt_female"),
+                ("bgm_id", "celebration_upbeat")
+            ],
         ),
         harness::submit(
             &stack,
@@ -177,7 +188,8 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
         reqwest::get(format!("{}/api/video/result/{}", stack.http, ids[0])).await.unwrap().json().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("a.mp4");
-    std::fs::write(&video, reqwest::get(result["video_url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap()).unwrap();
+    std::fs::write(&video, reqwest::get(result["video_url"].as_str().unwrap()).await.unwrap().bytes().await.unwrap())
+        .unwrap();
     let (vcodec, w, h, acodec, _) = harness::ffprobe(&video);
     assert_eq!((vcodec.as_str(), w, h, acodec.as_str()), ("h264", 1080, 1920, "aac"));
 }
@@ -187,8 +199,13 @@ async fn a_job_past_its_time_limit_is_stopped_with_a_clear_error() {
     let stack = Stack::start(Options { workers: 1, env: vec![("TAYORI_JOB_TIMEOUT_SECS".into(), "1".into())] }).await;
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let long = "これは時間制限を確かめるための長いメッセージです。".repeat(8);
-    let (status, body) =
-        harness::submit(&stack, photo, "a.png", &[("message", long.as_str()), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_elegant")]).await;
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[("message", long.as_str()), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_elegant")],
+    )
+    .await;
     assert_eq!(status, 202, "{body}");
     let id = body["task_id"].as_str().unwrap();
     let done = harness::wait_done(&stack, id, Duration::from_secs(60)).await;
@@ -202,7 +219,12 @@ async fn a_job_past_its_time_limit_is_stopped_with_a_clear_error() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let work = stack.work_dir(0);
     let out = std::process::Command::new("pgrep").arg("-f").arg(work.as_os_str()).output().unwrap();
-    assert!(out.stdout.is_empty(), "processes still running in {}: {}", work.display(), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.stdout.is_empty(),
+        "processes still running in {}: {}",
+        work.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
 }
 
@@ -210,7 +232,11 @@ async fn a_job_past_its_time_limit_is_stopped_with_a_clear_error() {
 async fn sigterm_lets_the_job_in_hand_finish_and_takes_no_new_one() {
     let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-    let fields = [("message", "最後まで仕上げてから止まります。"), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_upbeat")];
+    let fields = [
+        ("message", "最後まで仕上げてから止まります。"),
+        ("voice_profile_id", "ja_mei_female"),
+        ("bgm_id", "celebration_upbeat"),
+    ];
     let (status, body) = harness::submit(&stack, photo.clone(), "a.png", &fields).await;
     assert_eq!(status, 202, "{body}");
     let first = body["task_id"].as_str().unwrap().to_owned();
@@ -237,7 +263,8 @@ async fn a_viewer_holds_a_session_key_with_a_ttl_while_connected() {
     // No worker: the job stays queued while we watch.
     let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-    let (status, body) = harness::submit(&stack, photo, "a.png", &[("message", "hello"), ("voice_profile_id", "en_slt_female")]).await;
+    let (status, body) =
+        harness::submit(&stack, photo, "a.png", &[("message", "hello"), ("voice_profile_id", "en_slt_female")]).await;
     assert_eq!(status, 202, "{body}");
     let id = body["task_id"].as_str().unwrap();
     let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(id)).await.unwrap();

@@ -135,10 +135,10 @@ impl Stack {
         let http = reqwest::Client::new();
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = http.get(format!("{}/health", stack.http)).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if let Ok(r) = http.get(format!("{}/health", stack.http)).send().await
+                && r.status().is_success()
+            {
+                break;
             }
             assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not become healthy\n{}", stack.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -176,7 +176,12 @@ impl Stack {
     pub fn logs(&self) -> String {
         let mut out = String::new();
         let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
             .unwrap_or_default();
         names.sort();
         for p in names {
@@ -234,11 +239,13 @@ pub async fn submit(
     file_name: &str,
     fields: &[(&str, &str)],
 ) -> (reqwest::StatusCode, serde_json::Value) {
-    let mut form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(image).file_name(file_name.to_owned()));
+    let mut form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(image).file_name(file_name.to_owned()));
     for (k, v) in fields {
         form = form.text(k.to_string(), v.to_string());
     }
-    let r = reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
+    let r =
+        reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
     let status = r.status();
     let body = r.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
@@ -296,7 +303,12 @@ pub async fn follow(stack: &Stack, task_id: &str, limit: Duration) -> (Vec<serde
 }
 
 /// Read a job's WebSocket until an event satisfies `pred`; returns it.
-pub async fn wait_event(stack: &Stack, task_id: &str, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub async fn wait_event(
+    stack: &Stack,
+    task_id: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(task_id)).await.unwrap();

@@ -31,21 +31,34 @@ async fn the_embedded_s3_checks_signatures_expiry_and_post_policies() {
     assert_eq!(reqwest::get(&short).await.unwrap().status(), 403, "expired link");
 
     // Presigned PUT for one key.
-    let put = storage.presign_put("images/uploads/t/original.jpg", "image/jpeg", Duration::from_secs(60)).await.unwrap();
-    let r = reqwest::Client::new().put(&put).header("content-type", "image/jpeg").body(vec![0xFFu8, 0xD8, 0xFF]).send().await.unwrap();
+    let put =
+        storage.presign_put("images/uploads/t/original.jpg", "image/jpeg", Duration::from_secs(60)).await.unwrap();
+    let r = reqwest::Client::new()
+        .put(&put)
+        .header("content-type", "image/jpeg")
+        .body(vec![0xFFu8, 0xD8, 0xFF])
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_success(), "{}", r.status());
     assert_eq!(storage.head("images/uploads/t/original.jpg").await.unwrap(), Some(3));
 
     // Presigned POST: the endpoint enforces the policy's size bound and type.
     let post = |body: Vec<u8>, content_type: &'static str| {
-        let p = storage.presign_post("images/uploads/p/original.jpg", "image/jpeg", 10 * 1024 * 1024, Duration::from_secs(60));
+        let p = storage.presign_post(
+            "images/uploads/p/original.jpg",
+            "image/jpeg",
+            10 * 1024 * 1024,
+            Duration::from_secs(60),
+        );
         async move {
             let mut form = reqwest::multipart::Form::new();
             for (k, v) in &p.fields {
                 let v = if k == "Content-Type" { content_type.to_owned() } else { v.clone() };
                 form = form.text(k.clone(), v);
             }
-            form = form.part("file", reqwest::multipart::Part::bytes(body).file_name("x.jpg").mime_str(content_type).unwrap());
+            form = form
+                .part("file", reqwest::multipart::Part::bytes(body).file_name("x.jpg").mime_str(content_type).unwrap());
             reqwest::Client::new().post(&p.url).multipart(form).send().await.unwrap().status()
         }
     };

@@ -18,7 +18,8 @@ pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
 }
 
 async fn ffmpeg(j: &Job<'_>, args: &[&std::ffi::OsStr]) -> Result<(), ProcessError> {
-    let mut all: Vec<&std::ffi::OsStr> = vec!["-nostdin".as_ref(), "-hide_banner".as_ref(), "-loglevel".as_ref(), "error".as_ref(), "-y".as_ref()];
+    let mut all: Vec<&std::ffi::OsStr> =
+        vec!["-nostdin".as_ref(), "-hide_banner".as_ref(), "-loglevel".as_ref(), "error".as_ref(), "-y".as_ref()];
     all.extend_from_slice(args);
     process::run("ffmpeg", all, None, j.cfg.tool_timeout).await.map(|_| ())
 }
@@ -70,7 +71,15 @@ pub async fn prepare(j: &Job<'_>, cutout: &Path) -> Result<PathBuf, PipelineErro
     );
     ffmpeg(
         j,
-        &["-i".as_ref(), cutout.as_os_str(), "-filter_complex".as_ref(), filter.as_ref(), "-frames:v".as_ref(), "1".as_ref(), out.as_os_str()],
+        &[
+            "-i".as_ref(),
+            cutout.as_os_str(),
+            "-filter_complex".as_ref(),
+            filter.as_ref(),
+            "-frames:v".as_ref(),
+            "1".as_ref(),
+            out.as_os_str(),
+        ],
     )
     .await?;
     j.storage.put_file(&objects::optimized(j.task_id(), w, h), &out, "image/png").await?;

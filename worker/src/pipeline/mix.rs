@@ -46,7 +46,8 @@ pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<
     let speech = media::probe(voice, j.cfg.tool_timeout).await?.duration;
     let total = INTRO + speech + OUTRO;
     let out = j.path("final_mixed.mp3");
-    let mut args: Vec<std::ffi::OsString> = ["-nostdin", "-loglevel", "error", "-y", "-i"].iter().map(Into::into).collect();
+    let mut args: Vec<std::ffi::OsString> =
+        ["-nostdin", "-loglevel", "error", "-y", "-i"].iter().map(Into::into).collect();
     args.push(voice.into());
     if let Some(t) = track {
         args.extend(["-stream_loop", "-1", "-i"].iter().map(Into::into));

@@ -56,14 +56,18 @@ impl PipelineError {
             PipelineError::Storage(StorageError::NotFound { .. }) => {
                 ("upload-missing", "The uploaded photo is no longer in storage; please submit again.".to_owned())
             }
-            PipelineError::Storage(_) => ("storage-unavailable", "File storage was not reachable; please try again.".to_owned()),
+            PipelineError::Storage(_) => {
+                ("storage-unavailable", "File storage was not reachable; please try again.".to_owned())
+            }
             PipelineError::BadImage(_) => ("image-unreadable", "The photo could not be read as an image.".to_owned()),
             PipelineError::UnknownVoice(id) => ("unknown-voice", format!("The voice {id:?} no longer exists.")),
             PipelineError::UnknownTrack(id) => ("unknown-bgm", format!("The music track {id:?} no longer exists.")),
             PipelineError::Process(ProcessError::Timeout { program, .. }) => {
                 ("step-timeout", format!("A processing step ({program}) took too long."))
             }
-            PipelineError::UnsupportedVersion(_) => ("unsupported-job", "This job was made by a newer gateway.".to_owned()),
+            PipelineError::UnsupportedVersion(_) => {
+                ("unsupported-job", "This job was made by a newer gateway.".to_owned())
+            }
             PipelineError::BadVoice { .. } | PipelineError::Catalog(_) => {
                 ("catalog-error", "The voice or music catalog could not be used.".to_owned())
             }
@@ -95,7 +99,14 @@ pub struct Job<'a> {
 }
 
 impl<'a> Job<'a> {
-    pub fn new(job: &'a VideoJob, dir: &Path, storage: &'a Storage, catalog: &'a Catalog, cfg: &'a StepConfig, tasks: &'a TaskStore) -> Self {
+    pub fn new(
+        job: &'a VideoJob,
+        dir: &Path,
+        storage: &'a Storage,
+        catalog: &'a Catalog,
+        cfg: &'a StepConfig,
+        tasks: &'a TaskStore,
+    ) -> Self {
         Job { job, dir: dir.to_owned(), storage, catalog, cfg, tasks, current: None, timings: Vec::new() }
     }
 
@@ -153,7 +164,11 @@ pub async fn run(j: &mut Job<'_>) -> Result<VideoResult, PipelineError> {
     if j.job.version != shared::job::JOB_VERSION {
         return Err(PipelineError::UnsupportedVersion(j.job.version));
     }
-    let voice = j.catalog.voice(&j.job.voice_profile_id).await?.ok_or_else(|| PipelineError::UnknownVoice(j.job.voice_profile_id.clone()))?;
+    let voice = j
+        .catalog
+        .voice(&j.job.voice_profile_id)
+        .await?
+        .ok_or_else(|| PipelineError::UnknownVoice(j.job.voice_profile_id.clone()))?;
     let track = match &j.job.bgm_id {
         Some(id) => Some(j.catalog.track(id).await?.ok_or_else(|| PipelineError::UnknownTrack(id.clone()))?),
         None => None,

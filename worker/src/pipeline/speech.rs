@@ -43,11 +43,12 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
     let out = j.path("base_voice.wav");
     match profile.metadata.engine.as_str() {
         "openjtalk" => {
-            let voice = j
-                .catalog
-                .resolve(&profile.metadata.base_voice)
-                .filter(|p| p.is_file())
-                .ok_or_else(|| bad_voice(profile, format!("voice file {} is missing (run scripts/assets.sh)", profile.metadata.base_voice)))?;
+            let voice = j.catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
+                bad_voice(
+                    profile,
+                    format!("voice file {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
+                )
+            })?;
             process::run(
                 "open_jtalk",
                 [
@@ -67,7 +68,14 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
         "flite" => {
             process::run(
                 "flite",
-                ["-voice".as_ref(), profile.metadata.base_voice.as_ref(), "-f".as_ref(), text.as_os_str(), "-o".as_ref(), out.as_os_str()],
+                [
+                    "-voice".as_ref(),
+                    profile.metadata.base_voice.as_ref(),
+                    "-f".as_ref(),
+                    text.as_os_str(),
+                    "-o".as_ref(),
+                    out.as_os_str(),
+                ],
                 None,
                 j.cfg.tool_timeout,
             )
@@ -80,8 +88,12 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
 }
 
 async fn load_embedding(j: &Job<'_>, profile: &VoiceProfile) -> Result<Embedding, PipelineError> {
-    let path = j.catalog.resolve(&profile.embedding_path).ok_or_else(|| bad_voice(profile, "embedding path leaves the data directory"))?;
-    let bytes = tokio::fs::read(&path).await.map_err(|e| bad_voice(profile, format!("embedding {}: {e}", path.display())))?;
+    let path = j
+        .catalog
+        .resolve(&profile.embedding_path)
+        .ok_or_else(|| bad_voice(profile, "embedding path leaves the data directory"))?;
+    let bytes =
+        tokio::fs::read(&path).await.map_err(|e| bad_voice(profile, format!("embedding {}: {e}", path.display())))?;
     serde_json::from_slice(&bytes).map_err(|e| bad_voice(profile, format!("embedding {}: {e}", path.display())))
 }
 
