@@ -48,9 +48,6 @@ pub mod objects {
     pub fn upload_original(task_id: &str, ext: &str) -> String {
         format!("images/uploads/{task_id}/original.{ext}")
     }
-    pub fn upload_prefix(task_id: &str) -> String {
-        format!("images/uploads/{task_id}/")
-    }
     pub fn person_crop(task_id: &str, n: usize) -> String {
         format!("images/uploads/{task_id}/person_{n}_crop.jpg")
     }

@@ -17,7 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 
 use crate::lifecycle::LifecycleRules;
@@ -474,11 +474,6 @@ fn sign_post_policy(p: &PostPolicyInput<'_>) -> Vec<(String, String)> {
         ("policy".into(), policy_b64),
         ("x-amz-signature".into(), signature),
     ]
-}
-
-/// SHA-256 of bytes as lowercase hex (used for integrity checks of fetched assets).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

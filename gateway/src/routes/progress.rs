@@ -136,17 +136,16 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
     while !ended {
         tokio::select! {
             ev = sub.rx.recv() => match ev {
-                Ok(payload) => {
-                    let seq = serde_json::from_str::<ProgressEvent>(&payload).map(|e| e.seq).unwrap_or(u64::MAX);
-                    if seq == next_seq {
+                Ok(payload) => match serde_json::from_str::<ProgressEvent>(&payload) {
+                    Ok(ev) if ev.seq == next_seq => {
                         next_seq += 1;
-                        let terminal = serde_json::from_str::<ProgressEvent>(&payload).map(|e| e.status.is_terminal()).unwrap_or(false);
                         sink.send(Message::Text(payload.to_string().into())).await?;
-                        ended = terminal;
-                    } else if seq > next_seq {
-                        ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                        ended = ev.status.is_terminal();
                     }
-                }
+                    Ok(ev) if ev.seq < next_seq => {} // already sent from the log
+                    // A gap (or an event we cannot read): take it from the log.
+                    _ => ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?,
+                },
                 Err(RecvError::Lagged(_)) => {
                     ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
                 }
