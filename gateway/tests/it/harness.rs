@@ -33,6 +33,17 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A child process killed (and reaped) when dropped, also when a test
+/// panics half-way through starting the stack.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Stack {
     pub dir: tempfile::TempDir,
     pub http: String,
@@ -41,9 +52,10 @@ pub struct Stack {
     pub queue: String,
     pub access_key: String,
     pub secret_key: String,
-    redis: Child,
-    gateway: Child,
-    workers: Vec<Child>,
+    // Dropped in this order: workers first, Redis last.
+    workers: Vec<Proc>,
+    gateway: Proc,
+    redis: Proc,
 }
 
 pub struct Options {
@@ -59,16 +71,21 @@ impl Default for Options {
 
 impl Stack {
     pub async fn start(opts: Options) -> Stack {
+        // Find the binaries before starting anything, so that a missing one
+        // leaves no stray process behind.
+        let (gateway_bin, worker_bin) = (bin("gateway"), bin("worker"));
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
-        let redis = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/deps.sh)");
+        let redis = Proc(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/deps.sh)"),
+        );
         let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
         let client = redis::Client::open(redis_url.as_str()).unwrap();
         let t0 = Instant::now();
@@ -94,22 +111,24 @@ impl Stack {
         ];
         env.extend(opts.env.iter().cloned());
         let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let gateway = Command::new(bin("gateway"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("TAYORI_BIND", format!("127.0.0.1:{http_port}"))
-            .env("TAYORI_S3_EMBEDDED_BIND", format!("127.0.0.1:{s3_port}"))
-            .env("TAYORI_S3_EMBEDDED_DIR", dir.path().join("s3"))
-            .env("TAYORI_TMP_DIR", dir.path())
-            .stdout(log("gateway"))
-            .stderr(log("gateway.err"))
-            .spawn()
-            .unwrap();
+        let gateway = Proc(
+            Command::new(&gateway_bin)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("TAYORI_BIND", format!("127.0.0.1:{http_port}"))
+                .env("TAYORI_S3_EMBEDDED_BIND", format!("127.0.0.1:{s3_port}"))
+                .env("TAYORI_S3_EMBEDDED_DIR", dir.path().join("s3"))
+                .env("TAYORI_TMP_DIR", dir.path())
+                .stdout(log("gateway"))
+                .stderr(log("gateway.err"))
+                .spawn()
+                .unwrap(),
+        );
         let mut workers = Vec::new();
         for i in 0..opts.workers {
             let work = dir.path().join(format!("work-{i}"));
             std::fs::create_dir_all(&work).unwrap();
-            workers.push(
-                Command::new(bin("worker"))
+            workers.push(Proc(
+                Command::new(&worker_bin)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .env("TAYORI_S3_ENDPOINT", &s3_endpoint)
                     .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
@@ -118,7 +137,7 @@ impl Stack {
                     .stderr(log(&format!("worker-{i}.err")))
                     .spawn()
                     .unwrap(),
-            );
+            ));
         }
         let stack = Stack {
             dir,
@@ -195,7 +214,7 @@ impl Stack {
 
     /// Send SIGTERM to worker `i`.
     pub fn terminate_worker(&self, i: usize) {
-        let pid = self.workers[i].id().to_string();
+        let pid = self.workers[i].0.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
@@ -203,7 +222,7 @@ impl Stack {
     pub async fn wait_worker_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
         let t0 = Instant::now();
         while t0.elapsed() < limit {
-            if let Some(status) = self.workers[i].try_wait().unwrap() {
+            if let Some(status) = self.workers[i].0.try_wait().unwrap() {
                 return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -224,10 +243,6 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
-        }
-        for c in self.workers.iter_mut().chain([&mut self.gateway, &mut self.redis]) {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }
