@@ -8,14 +8,16 @@
 //! All of it is blocking I/O: async callers use the `*_async` methods,
 //! which run it on the blocking pool.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+mod store;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub use store::{CatalogError, JsonStore};
 
 pub const VOICES_FILE: &str = "voices/voices_metadata.json";
 pub const BGM_FILE: &str = "bgm/bgm_metadata.json";
@@ -107,7 +109,7 @@ pub struct BgmFile {
 }
 
 /// A catalog document: something with a `last_updated` stamp.
-pub trait Document: Serialize + DeserializeOwned + Clone + Send + 'static {
+pub trait Document: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn touch(&mut self, now: &str);
     fn last_updated(&self) -> &str;
     fn len(&self) -> usize;
@@ -138,106 +140,6 @@ impl Document for BgmFile {
     fn len(&self) -> usize {
         self.tracks.len()
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CatalogError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid catalog JSON: {source}")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("the catalog task was cancelled")]
-    Cancelled,
-}
-
-/// One JSON document on disk, guarded by `<file>.lock`.
-#[derive(Debug, Clone)]
-pub struct JsonStore<T> {
-    path: PathBuf,
-    _doc: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T: Document> JsonStore<T> {
-    pub fn new(path: PathBuf) -> Self {
-        JsonStore { path, _doc: std::marker::PhantomData }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn lock_path(&self) -> PathBuf {
-        let mut p = self.path.clone().into_os_string();
-        p.push(".lock");
-        p.into()
-    }
-
-    fn io(&self, source: std::io::Error) -> CatalogError {
-        CatalogError::Io { path: self.path.clone(), source }
-    }
-
-    /// Read the document. No lock needed: writers replace the file by
-    /// rename, so a reader sees either the old or the new version.
-    pub fn read(&self) -> Result<T, CatalogError> {
-        let bytes = std::fs::read(&self.path).map_err(|e| self.io(e))?;
-        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt { path: self.path.clone(), source })
-    }
-
-    /// Read-modify-write under the exclusive lock. `f` returns what the
-    /// caller wants back; the document is written only if `f` returns Ok.
-    pub fn update<R, E>(&self, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<Result<R, E>, CatalogError> {
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.lock_path())
-            .map_err(|e| self.io(e))?;
-        // Released when `lock` is dropped, also if this process dies.
-        lock.lock().map_err(|e| self.io(e))?;
-        let mut doc = self.read()?;
-        let out = match f(&mut doc) {
-            Ok(out) => out,
-            Err(e) => return Ok(Err(e)),
-        };
-        doc.touch(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
-        self.write_atomically(&doc)?;
-        Ok(Ok(out))
-    }
-
-    fn write_atomically(&self, doc: &T) -> Result<(), CatalogError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut tmp = tempfile_in(dir, &self.path).map_err(|e| self.io(e))?;
-        let json = serde_json::to_vec_pretty(doc).expect("catalog documents serialize");
-        tmp.1.write_all(&json).map_err(|e| self.io(e))?;
-        tmp.1.write_all(b"\n").map_err(|e| self.io(e))?;
-        tmp.1.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp.0, &self.path).map_err(|e| self.io(e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
-        Ok(())
-    }
-}
-
-/// A uniquely named temp file next to `target`, created exclusively.
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
-    let base = target.file_name().and_then(|n| n.to_str()).unwrap_or("catalog");
-    for _ in 0..16 {
-        let name = format!(".{base}.{}.tmp", uuid::Uuid::new_v4().simple());
-        let path = dir.join(name);
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(f) => return Ok((path, f)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("could not create a unique temp file"))
 }
 
 /// Health of one catalog file, for `/health`.
@@ -284,27 +186,92 @@ impl Catalog {
     pub async fn voice(&self, id: &str) -> Result<Option<VoiceProfile>, CatalogError> {
         let store = self.voices.clone();
         let id = id.to_owned();
-        blocking(move || Ok(store.read()?.profiles.into_iter().find(|p| p.id == id))).await
+        blocking(move || Ok(store.read()?.profiles.iter().find(|p| p.id == id).cloned())).await
     }
 
     pub async fn track(&self, id: &str) -> Result<Option<BgmTrack>, CatalogError> {
         let store = self.bgm.clone();
         let id = id.to_owned();
-        blocking(move || Ok(store.read()?.tracks.into_iter().find(|t| t.id == id))).await
+        blocking(move || Ok(store.read()?.tracks.iter().find(|t| t.id == id).cloned())).await
     }
 
-    pub async fn voices_async(&self) -> Result<VoicesFile, CatalogError> {
+    pub async fn voices_async(&self) -> Result<Arc<VoicesFile>, CatalogError> {
         let store = self.voices.clone();
         blocking(move || store.read()).await
     }
 
-    pub async fn bgm_async(&self) -> Result<BgmFile, CatalogError> {
+    pub async fn bgm_async(&self) -> Result<Arc<BgmFile>, CatalogError> {
         let store = self.bgm.clone();
         blocking(move || store.read()).await
     }
 
+    /// Add a voice profile; its id must be new.
+    pub async fn add_voice(&self, profile: VoiceProfile) -> Result<(), EntryError> {
+        let store = self.voices.clone();
+        blocking_entry(move || {
+            store.update(|doc| {
+                if doc.profiles.iter().any(|p| p.id == profile.id) {
+                    return Err(EntryError::Exists(profile.id.clone()));
+                }
+                doc.profiles.push(profile);
+                Ok(())
+            })?
+        })
+        .await
+    }
+
+    /// Add a music track; its id must be new.
+    pub async fn add_track(&self, track: BgmTrack) -> Result<(), EntryError> {
+        let store = self.bgm.clone();
+        blocking_entry(move || {
+            store.update(|doc| {
+                if doc.tracks.iter().any(|t| t.id == track.id) {
+                    return Err(EntryError::Exists(track.id.clone()));
+                }
+                doc.tracks.push(track);
+                Ok(())
+            })?
+        })
+        .await
+    }
+
+    /// Remove a custom voice profile; returns it (its files are the caller's
+    /// to remove). System profiles cannot be removed.
+    pub async fn remove_voice(&self, id: &str) -> Result<VoiceProfile, EntryError> {
+        let store = self.voices.clone();
+        let id = id.to_owned();
+        blocking_entry(move || {
+            store.update(|doc| {
+                let i = doc.profiles.iter().position(|p| p.id == id).ok_or_else(|| EntryError::NotFound(id.clone()))?;
+                if doc.profiles[i].kind == EntryType::System {
+                    return Err(EntryError::System(id.clone()));
+                }
+                Ok(doc.profiles.remove(i))
+            })?
+        })
+        .await
+    }
+
+    /// Remove a user music track; returns it. System tracks cannot be removed.
+    pub async fn remove_track(&self, id: &str) -> Result<BgmTrack, EntryError> {
+        let store = self.bgm.clone();
+        let id = id.to_owned();
+        blocking_entry(move || {
+            store.update(|doc| {
+                let i = doc.tracks.iter().position(|t| t.id == id).ok_or_else(|| EntryError::NotFound(id.clone()))?;
+                if doc.tracks[i].kind == EntryType::System {
+                    return Err(EntryError::System(id.clone()));
+                }
+                Ok(doc.tracks.remove(i))
+            })?
+        })
+        .await
+    }
+
+    /// Health of both files: read strictly, so a corrupt file is reported
+    /// even while readers are served its last good version.
     pub async fn health(&self) -> (FileHealth, FileHealth) {
-        fn h<T: Document>(r: Result<T, CatalogError>) -> FileHealth {
+        fn h<T: Document>(r: Result<Arc<T>, CatalogError>) -> FileHealth {
             match r {
                 Ok(doc) => FileHealth {
                     status: "healthy",
@@ -317,8 +284,36 @@ impl Catalog {
                 }
             }
         }
-        (h(self.voices_async().await), h(self.bgm_async().await))
+        let (v, b) = (self.voices.clone(), self.bgm.clone());
+        let voices = blocking(move || Ok(v.read_strict())).await.unwrap_or_else(Err);
+        let bgm = blocking(move || Ok(b.read_strict())).await.unwrap_or_else(Err);
+        (h(voices), h(bgm))
     }
+}
+
+/// Why a catalog entry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("no entry with id {0:?}")]
+    NotFound(String),
+    #[error("{0:?} is a system entry and cannot be changed")]
+    System(String),
+    #[error("an entry with id {0:?} already exists")]
+    Exists(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Ids that clients may send: 1 to 128 ASCII letters, digits, `_` or `-`
+/// (no `/`, `..`, spaces or control characters).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+async fn blocking_entry<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EntryError> + Send + 'static,
+) -> Result<T, EntryError> {
+    tokio::task::spawn_blocking(f).await.map_err(|_| EntryError::Catalog(CatalogError::Cancelled))?
 }
 
 async fn blocking<T: Send + 'static>(
@@ -360,9 +355,9 @@ mod tests {
         assert!(bgm.tracks.iter().filter(|t| t.kind == EntryType::System).count() >= 2);
         // Serializing again loses nothing the file had.
         let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(BGM_FILE)).unwrap()).unwrap();
-        assert_eq!(serde_json::to_value(&bgm).unwrap(), raw);
+        assert_eq!(serde_json::to_value(&*bgm).unwrap(), raw);
         let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(VOICES_FILE)).unwrap()).unwrap();
-        assert_eq!(serde_json::to_value(&voices).unwrap(), raw);
+        assert_eq!(serde_json::to_value(&*voices).unwrap(), raw);
     }
 
     #[test]
