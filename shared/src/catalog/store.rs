@@ -180,6 +180,7 @@ impl<T: Document> JsonStore<T> {
     fn write_locked(&self, doc: T) -> Result<(), CatalogError> {
         let path = &self.inner.path;
         let dir = path.parent().unwrap_or(Path::new("."));
+        remove_stale_temp_files(dir, path);
         let (tmp_path, mut tmp) = tempfile_in(dir, path).map_err(|e| self.io(e))?;
         let json = serde_json::to_vec_pretty(&doc).expect("catalog documents serialize");
         let written = (|| {
@@ -200,6 +201,22 @@ impl<T: Document> JsonStore<T> {
                 let _ = std::fs::remove_file(&tmp_path);
                 Err(self.io(e))
             }
+        }
+    }
+}
+
+/// Writers create temp files only while holding the lock, so any temp file
+/// found by the lock holder was left by a writer that died mid-write.
+fn remove_stale_temp_files(dir: &Path, target: &Path) {
+    let Some(base) = target.file_name().and_then(|n| n.to_str()) else { return };
+    let prefix = format!(".{base}.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            tracing::warn!(file = %name, "removing a temp file left by an interrupted catalog write");
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
