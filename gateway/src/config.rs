@@ -29,6 +29,9 @@ pub struct GatewayConfig {
     pub max_image_pixels: u64,
     /// `TAYORI_PRESIGN_TTL_SECS`, default 3600: validity of download links.
     pub presign_ttl: Duration,
+    /// `TAYORI_BACKUP_INTERVAL_SECS`, default 86400: catalog backups to
+    /// `data/backups/` and S3; 0 turns the job off.
+    pub backup_interval: Duration,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -58,6 +61,7 @@ impl GatewayConfig {
             max_upload_bytes: env::parse("TAYORI_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
             max_image_pixels: env::parse("TAYORI_MAX_IMAGE_PIXELS", 40_000_000)?,
             presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
+            backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

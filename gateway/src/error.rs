@@ -8,7 +8,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use shared::catalog::CatalogError;
+use shared::catalog::{CatalogError, EntryError};
 use shared::storage::StorageError;
 use shared::tasks::TaskStoreError;
 
@@ -51,6 +51,23 @@ impl From<TaskStoreError> for AppError {
     }
 }
 
+impl From<EntryError> for AppError {
+    fn from(e: EntryError) -> Self {
+        match e {
+            EntryError::NotFound(id) => Self::not_found("not-found", format!("There is no entry {id:?}.")),
+            EntryError::System(id) => Self::client(
+                StatusCode::FORBIDDEN,
+                "system-entry-protected",
+                format!("{id:?} is part of the system catalog and cannot be changed or deleted."),
+            ),
+            EntryError::Exists(id) => {
+                Self::client(StatusCode::CONFLICT, "already-exists", format!("{id:?} already exists."))
+            }
+            EntryError::Catalog(e) => e.into(),
+        }
+    }
+}
+
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
         AppError::Redis(e.to_string())
@@ -71,6 +88,11 @@ impl IntoResponse for AppError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage-unavailable".to_owned(),
                 "File storage is not reachable right now; please try again shortly.".to_owned(),
+            ),
+            AppError::Catalog(CatalogError::Corrupt { .. }) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "catalog-corrupt".to_owned(),
+                "The catalog file is damaged, so changes are refused until an operator restores it.".to_owned(),
             ),
             AppError::Storage(_) | AppError::Catalog(_) | AppError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -2,6 +2,7 @@
 //! apalis-redis, progress relay over WebSockets, presigned S3 links, and (by
 //! default) an embedded S3 endpoint.
 
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod hub;
@@ -31,9 +32,13 @@ use state::AppState;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::page::router())
+        .merge(routes::catalog::router())
         .merge(routes::jobs::router(state.cfg.max_upload_bytes))
         .merge(routes::progress::router())
         .merge(routes::health::router())
+        .fallback(|| async {
+            error::AppError::not_found("no-such-endpoint", "There is no such endpoint; see the README for the API.")
+        })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -58,6 +63,17 @@ async fn retry_start<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
             Err(e) => anyhow::bail!("{what}: {e}"),
         }
     }
+}
+
+/// Storage for the command-line tools (`backup`, `restore`): the configured
+/// endpoint, or the embedded endpoint of a gateway running on this machine.
+pub fn cli_storage(cfg: &GatewayConfig) -> Storage {
+    let mut s3 = cfg.s3.clone();
+    if let Some(emb) = &cfg.embedded_s3 {
+        s3.endpoint = Some(format!("http://{}", emb.bind));
+        s3.path_style = true;
+    }
+    Storage::new(s3)
 }
 
 /// Start everything and serve until `shutdown` completes.
@@ -94,6 +110,9 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     let (voices, bgm) = catalog.health().await;
     if voices.error.is_some() || bgm.error.is_some() {
         tracing::error!(?voices, ?bgm, "catalog files are not readable; see /health");
+    }
+    if !cfg.backup_interval.is_zero() {
+        background.spawn(backup::daily(catalog.clone(), storage.clone(), cfg.backup_interval));
     }
     let hub = ProgressHub::default();
     background.spawn(hub.clone().run(cfg.redis.client()?));

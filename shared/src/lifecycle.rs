@@ -153,6 +153,7 @@ mod tests {
         assert_eq!(rules.expiry_days("videos/t/final_video.mp4"), Some(30));
         assert_eq!(rules.expiry_days("voices/custom/p.wav"), None);
         assert_eq!(rules.expiry_days("bgm/system/x.mp3"), None);
+        assert_eq!(rules.expiry_days("backups/metadata/20260101/bgm_metadata.json"), Some(90));
         let cold = rules.rules.iter().find(|r| r.prefix == "voices/custom/").unwrap();
         assert_eq!(cold.transitions, vec![Transition { days: 90, storage_class: "GLACIER".into() }]);
         // Round trip through the SDK types keeps every rule.

@@ -196,7 +196,12 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_past_its_time_limit_is_stopped_with_a_clear_error() {
-    let stack = Stack::start(Options { workers: 1, env: vec![("TAYORI_JOB_TIMEOUT_SECS".into(), "1".into())] }).await;
+    let stack = Stack::start(Options {
+        workers: 1,
+        env: vec![("TAYORI_JOB_TIMEOUT_SECS".into(), "1".into())],
+        ..Default::default()
+    })
+    .await;
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let long = "これは時間制限を確かめるための長いメッセージです。".repeat(8);
     let (status, body) = harness::submit(

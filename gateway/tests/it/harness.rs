@@ -52,6 +52,9 @@ pub struct Stack {
     pub queue: String,
     pub access_key: String,
     pub secret_key: String,
+    pub data_dir: PathBuf,
+    /// Environment given to the gateway, for running its subcommands.
+    gateway_env: Vec<(String, String)>,
     // Dropped in this order: workers first, Redis last.
     workers: Vec<Proc>,
     gateway: Proc,
@@ -61,11 +64,13 @@ pub struct Stack {
 pub struct Options {
     pub workers: usize,
     pub env: Vec<(String, String)>,
+    /// Give the stack its own copy of data/ (for tests that change the catalog).
+    pub own_data: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, env: Vec::new() }
+        Options { workers: 2, env: Vec::new(), own_data: false }
     }
 }
 
@@ -100,16 +105,32 @@ impl Stack {
         let access_key = "test-access".to_owned();
         let secret_key = format!("secret-{}", uuid::Uuid::new_v4().simple());
         let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+        let data_dir = if opts.own_data {
+            let copy = dir.path().join("data");
+            let ok = Command::new("cp").arg("-r").arg(repo_root().join("data")).arg(&copy).status().unwrap().success();
+            assert!(ok, "copying data/");
+            let _ = std::fs::remove_dir_all(copy.join("backups"));
+            copy
+        } else {
+            repo_root().join("data")
+        };
         let mut env: Vec<(String, String)> = vec![
             ("TAYORI_REDIS_URL".into(), redis_url.clone()),
             ("TAYORI_QUEUE".into(), queue.clone()),
             ("TAYORI_S3_ACCESS_KEY".into(), access_key.clone()),
             ("TAYORI_S3_SECRET_KEY".into(), secret_key.clone()),
-            ("TAYORI_DATA_DIR".into(), repo_root().join("data").display().to_string()),
+            ("TAYORI_DATA_DIR".into(), data_dir.display().to_string()),
             ("TAYORI_LIFECYCLE_FILE".into(), repo_root().join("lifecycle.json").display().to_string()),
             ("RUST_LOG".into(), "info".into()),
         ];
         env.extend(opts.env.iter().cloned());
+        let mut gateway_env = env.clone();
+        gateway_env.extend([
+            ("TAYORI_BIND".to_owned(), format!("127.0.0.1:{http_port}")),
+            ("TAYORI_S3_EMBEDDED_BIND".to_owned(), format!("127.0.0.1:{s3_port}")),
+            ("TAYORI_S3_EMBEDDED_DIR".to_owned(), dir.path().join("s3").display().to_string()),
+            ("TAYORI_TMP_DIR".to_owned(), dir.path().display().to_string()),
+        ]);
         let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         let gateway = Proc(
             Command::new(&gateway_bin)
@@ -147,6 +168,8 @@ impl Stack {
             queue,
             access_key,
             secret_key,
+            data_dir,
+            gateway_env,
             redis,
             gateway,
             workers,
@@ -210,6 +233,16 @@ impl Stack {
             out.push_str(&format!("----- {} -----\n{tail}\n", p.file_name().unwrap().to_string_lossy()));
         }
         out
+    }
+
+    /// Run a `gateway` subcommand with the stack's configuration.
+    pub fn gateway_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("gateway"))
+            .args(args)
+            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
     }
 
     /// Send SIGTERM to worker `i`.

@@ -2,6 +2,7 @@
 //! the embedded S3 endpoint, ffmpeg and the speech engines.
 
 mod bad_input;
+mod catalog;
 mod e2e;
 mod harness;
 mod presign;

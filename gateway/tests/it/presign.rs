@@ -93,6 +93,7 @@ async fn expired_objects_are_swept_by_the_lifecycle_rules() {
     let stack = Stack::start(Options {
         workers: 0,
         env: vec![("TAYORI_S3_DAY_SECS".into(), "1".into()), ("TAYORI_S3_SWEEP_SECS".into(), "1".into())],
+        ..Default::default()
     })
     .await;
     let storage = stack.storage();

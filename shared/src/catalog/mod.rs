@@ -8,6 +8,7 @@
 //! All of it is blocking I/O: async callers use the `*_async` methods,
 //! which run it on the blocking pool.
 
+pub mod backup;
 mod store;
 
 use std::path::{Path, PathBuf};

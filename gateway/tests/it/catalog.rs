@@ -1,0 +1,127 @@
+use std::time::Duration;
+
+use crate::harness::{Options, Stack};
+
+async fn get(stack: &Stack, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{}{path}", stack.http)).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn delete(stack: &Stack, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new().delete(format!("{}{path}", stack.http)).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_api_lists_filters_and_protects_system_entries() {
+    let stack = Stack::start(Options { workers: 0, own_data: true, ..Default::default() }).await;
+    let (s, all) = get(&stack, "/api/voice-clone/profiles").await;
+    assert_eq!(s, 200);
+    assert_eq!(all["count"], 4);
+    let (_, ja) = get(&stack, "/api/voice-clone/profiles?language=ja").await;
+    assert!(ja["profiles"].as_array().unwrap().iter().all(|p| p["language"] == "ja"));
+    assert_eq!(ja["count"], 2);
+    let (s, _) = get(&stack, "/api/voice-clone/profiles?language=fr").await;
+    assert_eq!(s, 400);
+    let (s, p) = get(&stack, "/api/voice-clone/profiles/ja_mei_female").await;
+    assert_eq!(s, 200);
+    for field in ["id", "name", "type", "language", "gender", "embedding_path", "reference_audio_path", "preview_url", "created_at"] {
+        assert!(p.get(field).is_some(), "profile lacks {field}: {p}");
+    }
+    assert_eq!(p["metadata"]["sample_rate"], 48000);
+    let (_, warm) = get(&stack, "/api/bgm/tracks?mood=warm").await;
+    assert_eq!(warm["count"], 1);
+    assert_eq!(warm["tracks"][0]["id"], "celebration_gentle");
+    let (_, user) = get(&stack, "/api/bgm/tracks?type=user").await;
+    assert_eq!(user["count"], 0);
+    assert_eq!(get(&stack, "/api/bgm/tracks?type=custom").await.0, 400);
+
+    // System entries cannot be deleted.
+    for path in ["/api/voice-clone/profiles/ja_mei_female", "/api/bgm/tracks/celebration_upbeat"] {
+        let (s, body) = delete(&stack, path).await;
+        assert_eq!(s, 403, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "system-entry-protected");
+    }
+    // Unknown and malformed ids.
+    assert_eq!(get(&stack, "/api/bgm/tracks/nothing_here").await.0, 404);
+    assert_eq!(delete(&stack, "/api/bgm/tracks/nothing_here").await.0, 404);
+    for bad in ["..%2F..%2Fetc", "a%20b", "x%00"] {
+        let (s, body) = get(&stack, &format!("/api/bgm/tracks/{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid-id");
+    }
+
+    // Unknown routes answer in the same JSON shape.
+    let (s, body) = get(&stack, "/api/nothing").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (404, Some("no-such-endpoint")));
+
+    // A user track (as an upload will make it): its file goes with it.
+    let storage = stack.storage();
+    storage.put_bytes("bgm/user/anon_t1.mp3", b"ID3 fake".to_vec(), "audio/mpeg").await.unwrap();
+    let doc_path = stack.data_dir.join("bgm/bgm_metadata.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&doc_path).unwrap()).unwrap();
+    let mut t = doc["tracks"][0].clone();
+    t["id"] = "t1".into();
+    t["type"] = "user".into();
+    t["file_path"] = "bgm/user/anon_t1.mp3".into();
+    doc["tracks"].as_array_mut().unwrap().push(t);
+    std::fs::write(&doc_path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    assert_eq!(get(&stack, "/api/bgm/tracks?type=user").await.1["count"], 1);
+    assert_eq!(delete(&stack, "/api/bgm/tracks/t1").await.0, 204);
+    assert_eq!(get(&stack, "/api/bgm/tracks/t1").await.0, 404);
+    assert_eq!(storage.head("bgm/user/anon_t1.mp3").await.unwrap(), None, "the track's file is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_catalog_is_reported_kept_read_only_and_restored_from_backup() {
+    let stack = Stack::start(Options { workers: 0, own_data: true, ..Default::default() }).await;
+    // Back up (local and S3).
+    let out = stack.gateway_cli(&["backup"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let today = chrono::Utc::now().format("%Y%m%d").to_string();
+    let storage = stack.storage();
+    for name in ["voices_metadata.json", "bgm_metadata.json"] {
+        assert!(stack.data_dir.join("backups").join(&today).join(name).is_file());
+        assert!(storage.head(&format!("backups/metadata/{today}/{name}")).await.unwrap().is_some(), "{name} in S3");
+    }
+
+    // Someone breaks the file by hand.
+    let path = stack.data_dir.join("bgm/bgm_metadata.json");
+    std::fs::write(&path, b"{\"tracks\": [ {\"id\": ").unwrap();
+    let (s, h) = get(&stack, "/health").await;
+    assert_eq!(s, 503);
+    assert_eq!(h["catalog"]["bgm_tracks"]["status"], "unhealthy");
+    assert!(h["catalog"]["bgm_tracks"]["error"].as_str().unwrap().contains("not valid catalog JSON"), "{h}");
+    // Reads still work from the last good version; writes are refused.
+    let (s, list) = get(&stack, "/api/bgm/tracks").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["count"], 5);
+    let (s, body) = delete(&stack, "/api/bgm/tracks/anything").await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "catalog-corrupt");
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"tracks\": [ {\"id\": ", "the broken file is not overwritten");
+    // A backup refuses to copy a broken file.
+    assert!(!stack.gateway_cli(&["backup"]).status.success());
+
+    // Restore: the newest backup; then a dated one that only S3 still has.
+    let out = stack.gateway_cli(&["restore"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&today));
+    let t0 = std::time::Instant::now();
+    loop {
+        let (s, h) = get(&stack, "/health").await;
+        if s == 200 {
+            assert_eq!(h["catalog"]["bgm_tracks"]["count"], 5);
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "still unhealthy after restore: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_dir_all(stack.data_dir.join("backups")).unwrap();
+    std::fs::write(&path, b"broken again").unwrap();
+    let out = stack.gateway_cli(&["restore", "--date", &today]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(get(&stack, "/health").await.0, 200);
+    let out = stack.gateway_cli(&["restore", "--date", "19990101"]);
+    assert!(!out.status.success(), "restoring a date that has no backup fails");
+}
