@@ -25,7 +25,17 @@ async fn the_catalog_api_lists_filters_and_protects_system_entries() {
     assert_eq!(s, 400);
     let (s, p) = get(&stack, "/api/voice-clone/profiles/ja_mei_female").await;
     assert_eq!(s, 200);
-    for field in ["id", "name", "type", "language", "gender", "embedding_path", "reference_audio_path", "preview_url", "created_at"] {
+    for field in [
+        "id",
+        "name",
+        "type",
+        "language",
+        "gender",
+        "embedding_path",
+        "reference_audio_path",
+        "preview_url",
+        "created_at",
+    ] {
         assert!(p.get(field).is_some(), "profile lacks {field}: {p}");
     }
     assert_eq!(p["metadata"]["sample_rate"], 48000);

@@ -108,10 +108,10 @@ impl<T: Document> JsonStore<T> {
         // The stamp of the open file matches its content even if a writer
         // renames a new version into place meanwhile.
         let stamp = Stamp::of(&file.metadata().map_err(|e| self.io(e))?);
-        if let Some(c) = self.inner.cache.lock().expect("cache lock").as_ref() {
-            if c.stamp == stamp {
-                return Ok(c.doc.clone());
-            }
+        if let Some(c) = self.inner.cache.lock().expect("cache lock").as_ref()
+            && c.stamp == stamp
+        {
+            return Ok(c.doc.clone());
         }
         let mut bytes = Vec::with_capacity(stamp.size as usize);
         file.read_to_end(&mut bytes).map_err(|e| self.io(e))?;
