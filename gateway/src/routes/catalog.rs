@@ -82,12 +82,8 @@ async fn delete_voice(State(state): State<AppState>, Path(id): Path<String>) -> 
             state.storage.delete(&key).await?;
         }
     }
-    if let Some(local) = state.catalog.resolve(&p.embedding_path) {
-        match tokio::fs::remove_file(&local).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(error = %e, path = %local.display(), "could not remove an embedding file"),
-        }
+    if let Err(e) = state.catalog.remove_file(&p.embedding_path).await {
+        tracing::warn!(error = %e, path = %p.embedding_path, "could not remove an embedding file");
     }
     tracing::info!(%id, "voice profile deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -128,8 +124,8 @@ async fn delete_track(State(state): State<AppState>, Path(id): Path<String>) -> 
     let t = state.catalog.remove_track(&id).await?;
     if t.file_path.starts_with("bgm/user/") {
         state.storage.delete(&t.file_path).await?;
-        if let Some(local) = state.catalog.resolve(&t.file_path) {
-            let _ = tokio::fs::remove_file(local).await;
+        if let Err(e) = state.catalog.remove_file(&t.file_path).await {
+            tracing::warn!(error = %e, path = %t.file_path, "could not remove a track file");
         }
     }
     tracing::info!(%id, "music track deleted");

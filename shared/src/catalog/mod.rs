@@ -269,6 +269,18 @@ impl Catalog {
         .await
     }
 
+    /// Delete a file of an entry (an embedding, a local track) under the data
+    /// directory; a missing file is not an error.
+    pub async fn remove_file(&self, relative: &str) -> std::io::Result<()> {
+        let Some(path) = self.resolve(relative) else {
+            return Err(std::io::Error::other(format!("{relative:?} is outside the data directory")));
+        };
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Health of both files: read strictly, so a corrupt file is reported
     /// even while readers are served its last good version.
     pub async fn health(&self) -> (FileHealth, FileHealth) {
