@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     /// `TAYORI_BACKUP_INTERVAL_SECS`, default 86400: catalog backups to
     /// `data/backups/` and S3; 0 turns the job off.
     pub backup_interval: Duration,
+    /// `TAYORI_CATALOG_TASK_TIMEOUT_SECS`, default 60: how long an upload
+    /// analysis or a preview may take on a worker before the request gives up.
+    pub catalog_task_timeout: Duration,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -62,6 +65,7 @@ impl GatewayConfig {
             max_image_pixels: env::parse("TAYORI_MAX_IMAGE_PIXELS", 40_000_000)?,
             presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
             backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,
+            catalog_task_timeout: env::secs("TAYORI_CATALOG_TASK_TIMEOUT_SECS", 60)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

@@ -45,6 +45,41 @@ pub fn sniff(head: &[u8]) -> Option<ImageKind> {
     }
 }
 
+/// Accepted audio formats for music uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioKind {
+    Mp3,
+    Wav,
+    Ogg,
+    M4a,
+}
+
+impl AudioKind {
+    pub fn ext(self) -> &'static str {
+        match self {
+            AudioKind::Mp3 => "mp3",
+            AudioKind::Wav => "wav",
+            AudioKind::Ogg => "ogg",
+            AudioKind::M4a => "m4a",
+        }
+    }
+}
+
+/// The audio format from the file's first bytes.
+pub fn sniff_audio(head: &[u8]) -> Option<AudioKind> {
+    if head.starts_with(b"ID3") || (head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
+        Some(AudioKind::Mp3)
+    } else if head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE" {
+        Some(AudioKind::Wav)
+    } else if head.starts_with(b"OggS") {
+        Some(AudioKind::Ogg)
+    } else if head.len() >= 12 && &head[4..8] == b"ftyp" {
+        Some(AudioKind::M4a)
+    } else {
+        None
+    }
+}
+
 /// Check a spooled photo: a supported format whose header gives sane
 /// dimensions. Nothing is decoded, so a huge declared size costs nothing.
 pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind, u32, u32), AppError> {
@@ -128,6 +163,17 @@ mod tests {
         assert_eq!(sniff(b"hello, I am text"), None);
         assert_eq!(sniff(b"GIF89a"), None);
         assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn sniffs_audio_by_content() {
+        assert_eq!(sniff_audio(b"ID3\x04\0\0\0\0\0\0"), Some(AudioKind::Mp3));
+        assert_eq!(sniff_audio(&[0xFF, 0xFB, 0x90, 0x00]), Some(AudioKind::Mp3));
+        assert_eq!(sniff_audio(b"RIFF\x24\0\0\0WAVEfmt "), Some(AudioKind::Wav));
+        assert_eq!(sniff_audio(b"OggS\0\x02"), Some(AudioKind::Ogg));
+        assert_eq!(sniff_audio(b"\0\0\0\x20ftypM4A "), Some(AudioKind::M4a));
+        assert_eq!(sniff_audio(b"RIFF\x24\0\0\0WEBPVP8 "), None);
+        assert_eq!(sniff_audio(b"plain text"), None);
     }
 
     #[test]

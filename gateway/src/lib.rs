@@ -10,6 +10,7 @@ pub mod intake;
 pub mod routes;
 pub mod s3_server;
 pub mod state;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use state::AppState;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::page::router())
-        .merge(routes::catalog::router())
+        .merge(routes::catalog::router(state.cfg.max_upload_bytes))
         .merge(routes::jobs::router(state.cfg.max_upload_bytes))
         .merge(routes::progress::router())
         .merge(routes::health::router())
@@ -119,6 +120,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
 
     let state = AppState {
         queue: cfg.queue.storage(redis.clone()),
+        catalog_queue: cfg.queue.catalog_storage(redis.clone()),
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         redis,
         storage,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use shared::catalog::Catalog;
-use shared::queue::JobStorage;
+use shared::queue::{CatalogTaskStorage, JobStorage};
 use shared::redis_conn::ConnectionManager;
 use shared::storage::Storage;
 use shared::tasks::TaskStore;
@@ -17,6 +17,7 @@ pub struct AppState {
     pub redis: ConnectionManager,
     pub tasks: TaskStore,
     pub queue: JobStorage,
+    pub catalog_queue: CatalogTaskStorage,
     pub storage: Storage,
     pub catalog: Catalog,
     pub hub: ProgressHub,

@@ -5,6 +5,7 @@
 //! wire format between processes (through Redis), so they carry a version.
 
 pub mod catalog;
+pub mod catalog_task;
 pub mod env;
 pub mod job;
 pub mod keys;

@@ -9,6 +9,7 @@ use apalis_redis::{Config, ConnectionManager, RedisStorage};
 use crate::job::VideoJob;
 
 pub type JobStorage = RedisStorage<VideoJob, ConnectionManager>;
+pub type CatalogTaskStorage = RedisStorage<crate::catalog_task::CatalogTask, ConnectionManager>;
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -41,13 +42,21 @@ impl QueueConfig {
         })
     }
 
-    pub fn storage(&self, conn: ConnectionManager) -> JobStorage {
-        let config = Config::default()
-            .queue(&self.name)
+    fn config(&self, queue: &str) -> Config {
+        Config::default()
+            .queue(queue)
             .heartbeat_interval(self.poll_interval)
             .missed_heartbeats(self.missed_heartbeats)
-            .batch_size(1);
-        RedisStorage::new(conn).with_config(config)
+            .batch_size(1)
+    }
+
+    pub fn storage(&self, conn: ConnectionManager) -> JobStorage {
+        RedisStorage::new(conn).with_config(self.config(&self.name))
+    }
+
+    /// The queue of catalog tasks (`{name}-catalog`).
+    pub fn catalog_storage(&self, conn: ConnectionManager) -> CatalogTaskStorage {
+        RedisStorage::new(conn).with_config(self.config(&format!("{}-catalog", self.name)))
     }
 }
 

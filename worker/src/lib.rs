@@ -1,6 +1,7 @@
 //! The tayori worker: takes video jobs from the Redis queue (apalis) and
 //! runs the media pipeline on them.
 
+pub mod catalog_tasks;
 pub mod config;
 pub mod lease;
 pub mod media;
@@ -28,6 +29,20 @@ async fn handle(job: VideoJob, runner: Data<Arc<Runner>>) -> Result<(), BoxDynEr
     runner.handle(job).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
 }
 
+async fn handle_catalog(task: shared::catalog_task::CatalogTask, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!("catalog_task", id = %task.id);
+    async move {
+        let id = task.id.clone();
+        let result = catalog_tasks::handle(&runner, task).await;
+        tracing::info!(?result, "catalog task done");
+        let mut conn = runner.redis.clone();
+        shared::catalog_task::store_result(&mut conn, &id, &result).await.map_err(|e| Box::new(e) as BoxDynError)
+    }
+    .instrument(span)
+    .await
+}
+
 /// Run until `shutdown` completes; then stop taking jobs and finish the ones in hand.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let redis = {
@@ -52,21 +67,37 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         storage,
         cfg: cfg.clone(),
     });
-    let backend = cfg.queue.storage(redis);
+    let backend = cfg.queue.storage(redis.clone());
     let worker = WorkerBuilder::new(cfg.name.as_str())
         .backend(backend)
-        .data(runner)
+        .data(runner.clone())
         .concurrency(cfg.concurrency.max(1))
         .build(handle);
+    // Catalog tasks (short, interactive) have their own queue and worker
+    // loop so that they never wait behind a video job.
+    let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
+        .backend(cfg.queue.catalog_storage(redis))
+        .data(runner)
+        .concurrency(1)
+        .build(handle_catalog);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let catalog_run = tokio::spawn(catalog_worker.run_until(stopped()));
     tracing::info!(name = %cfg.name, queue = %cfg.queue.name, "worker started");
     println!("tayori worker {} waiting for jobs on queue {}", cfg.name, cfg.queue.name);
-    worker
-        .run_until(async move {
-            shutdown.await;
-            tracing::info!("stopping: finishing the job in hand, taking no new ones");
-            Ok::<(), std::io::Error>(())
-        })
-        .await
-        .context("worker stopped with an error")?;
+    let video_stopped = stopped();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("stopping: finishing the job in hand, taking no new ones");
+        let _ = stop_tx.send(true);
+    });
+    worker.run_until(video_stopped).await.context("worker stopped with an error")?;
+    catalog_run.await.context("catalog worker panicked")?.context("catalog worker stopped with an error")?;
     Ok(())
 }

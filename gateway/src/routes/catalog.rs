@@ -3,23 +3,56 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::response::Redirect;
 use axum::routing::get;
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
-use shared::catalog::{EntryType, is_valid_id};
+use shared::catalog::{BgmMetadata, BgmTrack, EntryType, is_valid_id, timestamp};
+use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, track_preview_key};
 
 use crate::error::{AppError, AppResult};
+use crate::intake::sniff_audio;
 use crate::state::AppState;
+use crate::upload;
 
-pub fn router() -> Router<AppState> {
+pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     Router::new()
         .route("/api/voice-clone/profiles", get(list_voices))
         .route("/api/voice-clone/profiles/{id}", get(get_voice).delete(delete_voice))
-        .route("/api/bgm/tracks", get(list_tracks))
+        .route(
+            "/api/bgm/tracks",
+            get(list_tracks).post(upload_track).layer(DefaultBodyLimit::max(upload::body_limit(max_upload_bytes))),
+        )
         .route("/api/bgm/tracks/{id}", get(get_track).delete(delete_track))
+        .route("/api/bgm/tracks/{id}/preview", get(track_preview))
+}
+
+/// Run a catalog task on a worker and wait for its result.
+async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
+    let task = CatalogTask { id: uuid::Uuid::new_v4().simple().to_string(), kind };
+    let id = task.id.clone();
+    let mut queue = state.catalog_queue.clone();
+    {
+        use apalis::prelude::TaskSink;
+        queue.push(task).await.map_err(|e| AppError::Redis(e.to_string()))?;
+    }
+    let mut conn = state.redis.clone();
+    match shared::catalog_task::wait_result(&mut conn, &id, state.cfg.catalog_task_timeout).await? {
+        Some(CatalogTaskResult::Failed { message }) => {
+            Err(AppError::Internal(format!("catalog task failed: {message}")))
+        }
+        Some(CatalogTaskResult::Rejected { code, message }) => Err(AppError::JobFailed { code, message }),
+        Some(r) => Ok(r),
+        None => Err(AppError::client(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "workers-busy",
+            "No worker finished the task in time; please try again shortly.",
+        )),
+    }
 }
 
 fn check_id(id: &str) -> AppResult<()> {
@@ -122,6 +155,7 @@ async fn get_track(State(state): State<AppState>, Path(id): Path<String>) -> App
 async fn delete_track(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
     check_id(&id)?;
     let t = state.catalog.remove_track(&id).await?;
+    state.storage.delete(&track_preview_key(&id)).await?;
     if t.file_path.starts_with("bgm/user/") {
         state.storage.delete(&t.file_path).await?;
         if let Err(e) = state.catalog.remove_file(&t.file_path).await {
@@ -130,4 +164,140 @@ async fn delete_track(State(state): State<AppState>, Path(id): Path<String>) -> 
     }
     tracing::info!(%id, "music track deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn track_too_big() -> AppError {
+    AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "audio-too-large", "The music file is larger than 10 MB.")
+}
+
+/// `POST /api/bgm/tracks`, multipart: `file` (MP3, M4A, WAV or OGG, at most
+/// 10 MB), `name`, optional `mood`, `description`, `uploaded_by`. A worker
+/// transcodes it to MP3 and measures duration, tempo and loudness; the
+/// track is stored under an id the server chooses.
+async fn upload_track(State(state): State<AppState>, mut mp: Multipart) -> AppResult<impl IntoResponse> {
+    let (mut file, mut name, mut mood, mut description, mut uploaded_by) = (None, None, None, None, None);
+    let mut original_filename = None;
+    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, track_too_big))? {
+        let field_name = field.name().unwrap_or_default().to_owned();
+        match field_name.as_str() {
+            "file" => {
+                if file.is_some() {
+                    return Err(AppError::bad_request("duplicate-field", "The form has more than one file."));
+                }
+                original_filename =
+                    field.file_name().map(|f| f.chars().filter(|c| !c.is_control()).take(200).collect::<String>());
+                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, track_too_big).await? {
+                    Some(spooled) => file = Some(spooled),
+                    None => {
+                        drop(field);
+                        upload::drain(mp).await;
+                        return Err(track_too_big());
+                    }
+                }
+            }
+            "name" | "mood" | "description" | "uploaded_by" => {
+                let text = upload::text(&mut field, &field_name, track_too_big).await?.trim().to_owned();
+                let slot = match field_name.as_str() {
+                    "name" => &mut name,
+                    "mood" => &mut mood,
+                    "description" => &mut description,
+                    _ => &mut uploaded_by,
+                };
+                upload::set_once(slot, &field_name, text)?;
+            }
+            _ => while field.chunk().await.map_err(|e| upload::error(e, track_too_big))?.is_some() {},
+        }
+    }
+    let name = name
+        .filter(|n| !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control))
+        .ok_or_else(|| AppError::bad_request("invalid-name", "Please give the track a name (1 to 100 characters)."))?;
+    let uploaded_by = uploaded_by.filter(|u| !u.is_empty()).unwrap_or_else(|| "anonymous".into());
+    if !is_valid_id(&uploaded_by) {
+        return Err(AppError::bad_request("invalid-id", "uploaded_by is 1 to 128 letters, digits, '_' or '-'."));
+    }
+    let mood = mood.filter(|m| !m.is_empty()).unwrap_or_else(|| "custom".into());
+    if mood.chars().count() > 40 || !is_valid_id(&mood) {
+        return Err(AppError::bad_request("invalid-mood", "mood is a short word (letters, digits, '_' or '-')."));
+    }
+    let (path, bytes) =
+        file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
+    let head = {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 16];
+        let mut f = tokio::fs::File::open(&path).await.map_err(|e| AppError::Internal(e.to_string()))?;
+        let n = f.read(&mut head).await.map_err(|e| AppError::Internal(e.to_string()))?;
+        head[..n].to_vec()
+    };
+    let kind = sniff_audio(&head).ok_or_else(|| {
+        AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-audio-type",
+            "The music must be an MP3, M4A, WAV or OGG file.",
+        )
+    })?;
+
+    let id = format!("user_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let source_key = format!("bgm/uploads/{id}.{}", kind.ext());
+    let target_key = format!("bgm/user/{uploaded_by}_{id}.mp3");
+    state.storage.put_file(&source_key, &path, "application/octet-stream").await?;
+    drop(path);
+    let facts = match run_task(
+        &state,
+        CatalogTaskKind::AnalyseTrack { source_key: source_key.clone(), target_key: target_key.clone() },
+    )
+    .await
+    {
+        Ok(CatalogTaskResult::Track(f)) => f,
+        Ok(other) => return Err(AppError::Internal(format!("unexpected catalog task result {other:?}"))),
+        Err(e) => {
+            let _ = state.storage.delete(&source_key).await;
+            return Err(e);
+        }
+    };
+    let track = BgmTrack {
+        preview_url: format!("/api/bgm/tracks/{id}/preview"),
+        id,
+        name,
+        kind: EntryType::User,
+        file_path: target_key.clone(),
+        duration_seconds: (facts.duration_seconds * 1000.0).round() / 1000.0,
+        bpm: facts.bpm,
+        mood,
+        volume_db: -14.0,
+        created_at: timestamp(Utc::now()),
+        metadata: BgmMetadata {
+            description: description.unwrap_or_default(),
+            genre: None,
+            seamless_loop: Some(false),
+            original_filename,
+            uploaded_by: Some(uploaded_by),
+            extra: [("loudness_lufs".to_owned(), json!(facts.loudness_lufs.map(|l| (l * 10.0).round() / 10.0)))]
+                .into_iter()
+                .collect(),
+        },
+    };
+    if let Err(e) = state.catalog.add_track(track.clone()).await {
+        let _ = state.storage.delete(&target_key).await;
+        return Err(e.into());
+    }
+    tracing::info!(id = %track.id, bytes, "music track added");
+    Ok((StatusCode::CREATED, Json(track)))
+}
+
+/// `GET /api/bgm/tracks/{id}/preview`: a redirect to a presigned 15-second
+/// excerpt, cut once by a worker and kept in S3.
+async fn track_preview(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
+    check_id(&id)?;
+    let track = state
+        .catalog
+        .track(&id)
+        .await?
+        .ok_or_else(|| AppError::not_found("track-not-found", format!("There is no music track {id:?}.")))?;
+    let key = track_preview_key(&id);
+    if state.storage.head(&key).await?.is_none() {
+        run_task(&state, CatalogTaskKind::TrackPreview { source_key: track.file_path, target_key: key.clone() })
+            .await?;
+    }
+    let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;
+    Ok(Redirect::temporary(&url))
 }

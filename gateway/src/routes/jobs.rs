@@ -11,23 +11,15 @@ use serde_json::json;
 use shared::job::{JOB_VERSION, Resolution, VideoJob};
 use shared::keys::objects;
 use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
-use tokio::io::AsyncWriteExt;
 
 use crate::error::{AppError, AppResult};
 use crate::intake::{check_image, check_message, check_task_id};
 use crate::state::AppState;
+use crate::upload;
 
 pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     Router::new()
-        .route(
-            "/api/video/generate",
-            // The image field is bounded while it streams. The request as a
-            // whole may run to twice that, so that an upload somewhat over
-            // the limit can be read to its end and answered with a clean 413
-            // (closing while a client still sends makes most clients report
-            // a broken pipe instead of the answer); beyond it, we close.
-            post(generate).layer(DefaultBodyLimit::max(drain_limit(max_upload_bytes))),
-        )
+        .route("/api/video/generate", post(generate).layer(DefaultBodyLimit::max(upload::body_limit(max_upload_bytes))))
         .route("/api/video/status/{task_id}", get(status))
         .route("/api/video/result/{task_id}", get(result))
 }
@@ -43,85 +35,43 @@ struct Form {
     resolution: Option<String>,
 }
 
-const MAX_TEXT_FIELD: usize = 8 * 1024;
-
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> AppError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_big()
-    } else {
-        AppError::bad_request("invalid-multipart", format!("The upload could not be read: {}", e.body_text()))
-    }
-}
-
-fn drain_limit(max_upload_bytes: u64) -> usize {
-    (max_upload_bytes as usize).saturating_mul(2) + 64 * 1024
-}
-
-/// Read and discard the rest of the request (bounded by the body limit), so
-/// that the client is done sending when the error answer comes.
-async fn drain(mut mp: Multipart) {
-    while let Ok(Some(mut field)) = mp.next_field().await {
-        while let Ok(Some(_)) = field.chunk().await {}
-    }
-}
-
 fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
 }
 
 async fn read_form(state: &AppState, mut mp: Multipart) -> AppResult<Form> {
     let mut form = Form::default();
-    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, too_big))? {
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "image" => {
                 if form.image.is_some() {
                     return Err(AppError::bad_request("duplicate-field", "The form has more than one image."));
                 }
-                // Spool to disk so that memory stays flat whatever the size.
-                let tmp = tempfile::NamedTempFile::new_in(&state.cfg.tmp_dir)
-                    .map_err(|e| AppError::Internal(format!("creating spool file: {e}")))?;
-                let (file, path) = tmp.into_parts();
-                let mut file = tokio::fs::File::from_std(file);
-                let mut n = 0u64;
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    n += chunk.len() as u64;
-                    if n > state.cfg.max_upload_bytes {
-                        while let Ok(Some(_)) = field.chunk().await {}
+                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await? {
+                    Some((path, n)) => {
+                        form.image = Some(path);
+                        form.image_bytes = n;
+                    }
+                    None => {
                         drop(field);
-                        drain(mp).await;
+                        upload::drain(mp).await;
                         return Err(too_big());
                     }
-                    file.write_all(&chunk).await.map_err(|e| AppError::Internal(format!("spooling upload: {e}")))?;
                 }
-                file.flush().await.map_err(|e| AppError::Internal(format!("spooling upload: {e}")))?;
-                form.image = Some(path);
-                form.image_bytes = n;
             }
             "message" | "voice_profile_id" | "bgm_id" | "resolution" => {
-                let mut buf = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                    buf.extend_from_slice(&chunk);
-                    if buf.len() > MAX_TEXT_FIELD {
-                        return Err(AppError::bad_request("field-too-long", format!("The field {name} is too long.")));
-                    }
-                }
-                let text = String::from_utf8(buf).map_err(|_| {
-                    AppError::bad_request("invalid-field", format!("The field {name} is not UTF-8 text."))
-                })?;
+                let text = upload::text(&mut field, &name, too_big).await?;
                 let slot = match name.as_str() {
                     "message" => &mut form.message,
                     "voice_profile_id" => &mut form.voice_profile_id,
                     "bgm_id" => &mut form.bgm_id,
                     _ => &mut form.resolution,
                 };
-                if slot.is_some() {
-                    return Err(AppError::bad_request("duplicate-field", format!("The field {name} appears twice.")));
-                }
-                *slot = Some(text);
+                upload::set_once(slot, &name, text)?;
             }
             // Unknown fields are drained and ignored, as browsers may add some.
-            _ => while field.chunk().await.map_err(multipart_error)?.is_some() {},
+            _ => while field.chunk().await.map_err(|e| upload::error(e, too_big))?.is_some() {},
         }
     }
     Ok(form)

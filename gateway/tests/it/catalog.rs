@@ -135,3 +135,73 @@ async fn a_broken_catalog_is_reported_kept_read_only_and_restored_from_backup() 
     let out = stack.gateway_cli(&["restore", "--date", "19990101"]);
     assert!(!out.status.success(), "restoring a date that has no backup fails");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploaded_track_is_measured_previewed_and_deleted_with_its_files() {
+    let stack = Stack::start(Options { workers: 1, own_data: true, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A real piece of music in another format: 20 s of the 150 BPM track as Ogg Vorbis.
+    let ogg = dir.path().join("song.ogg");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(stack.data_dir.join("bgm/system/celebration_energetic.mp3"))
+        .args(["-t", "20", "-c:a", "libvorbis"])
+        .arg(&ogg)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let form = reqwest::multipart::Form::new()
+        .text("name", "My Party Song")
+        .text("mood", "energetic")
+        .text("uploaded_by", "user123")
+        .part("file", reqwest::multipart::Part::bytes(std::fs::read(&ogg).unwrap()).file_name("../../etc/passwd.ogg"));
+    let r = reqwest::Client::new().post(format!("{}/api/bgm/tracks", stack.http)).multipart(form).send().await.unwrap();
+    let status = r.status();
+    let track: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{track}");
+    let id = track["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("user_") && !id.contains('/'), "server-chosen id: {id}");
+    assert_eq!(track["type"], "user");
+    assert_eq!(track["file_path"], format!("bgm/user/user123_{id}.mp3"));
+    let duration = track["duration_seconds"].as_f64().unwrap();
+    assert!((duration - 20.0).abs() < 0.3, "{track}");
+    let bpm = track["bpm"].as_u64().unwrap();
+    assert!([75, 150].iter().any(|b| (bpm as i64 - b).abs() <= 3), "150 BPM track measured as {bpm}");
+    let lufs = track["metadata"]["loudness_lufs"].as_f64().unwrap();
+    assert!((-40.0..-3.0).contains(&lufs), "{lufs}");
+    assert_eq!(track["metadata"]["original_filename"], "../../etc/passwd.ogg", "kept as data only");
+    let storage = stack.storage();
+    assert!(storage.head(&format!("bgm/user/user123_{id}.mp3")).await.unwrap().is_some());
+    assert!(storage.list("bgm/uploads/").await.unwrap().is_empty(), "the raw upload is removed");
+    let (_, listed) = get(&stack, "/api/bgm/tracks?type=user").await;
+    assert_eq!(listed["count"], 1);
+
+    // A preview: 15 s, made once, served through a presigned redirect.
+    let preview = dir.path().join("preview.mp3");
+    let r = reqwest::get(format!("{}/api/bgm/tracks/{id}/preview", stack.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.url().as_str().contains("X-Amz-Signature="), "redirected to a presigned URL: {}", r.url());
+    std::fs::write(&preview, r.bytes().await.unwrap()).unwrap();
+    let secs = crate::harness::duration_of(&preview);
+    assert!((secs - 15.0).abs() < 0.5, "preview of {secs}s");
+    assert!(storage.head(&format!("bgm/previews/{id}.mp3")).await.unwrap().is_some());
+    // System tracks have previews too.
+    let r = reqwest::get(format!("{}/api/bgm/tracks/celebration_upbeat/preview", stack.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Not audio: refused before anything is stored.
+    let form = reqwest::multipart::Form::new()
+        .text("name", "x")
+        .part("file", reqwest::multipart::Part::bytes(b"just text".to_vec()).file_name("a.mp3"));
+    let r = reqwest::Client::new().post(format!("{}/api/bgm/tracks", stack.http)).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 415);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "unsupported-audio-type");
+    assert!(storage.list("bgm/uploads/").await.unwrap().is_empty());
+
+    // Delete: the entry, the file and the preview go.
+    assert_eq!(delete(&stack, &format!("/api/bgm/tracks/{id}")).await.0, 204);
+    assert!(storage.head(&format!("bgm/user/user123_{id}.mp3")).await.unwrap().is_none());
+    assert!(storage.head(&format!("bgm/previews/{id}.mp3")).await.unwrap().is_none());
+    assert_eq!(get(&stack, "/api/bgm/tracks?type=user").await.1["count"], 0);
+}

@@ -1,0 +1,91 @@
+//! Catalog work done by workers for the gateway (the gateway never runs
+//! ffmpeg): analysing an uploaded music track and cutting track previews.
+//! Tasks go through their own apalis queue; a result is stored at
+//! `catalog-task:{id}` for 10 minutes, where the waiting gateway finds it.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+
+pub const RESULT_TTL: Duration = Duration::from_secs(600);
+
+pub fn result_key(task_id: &str) -> String {
+    format!("catalog-task:{task_id}")
+}
+
+/// S3 key of a track's 15-second preview.
+pub fn track_preview_key(track_id: &str) -> String {
+    format!("bgm/previews/{track_id}.mp3")
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogTaskKind {
+    /// Transcode an upload (at `source_key`) to MP3 at `target_key`, measure
+    /// it, and delete the upload.
+    AnalyseTrack { source_key: String, target_key: String },
+    /// Cut a 15-second preview of the MP3 at `source_key` to `target_key`.
+    TrackPreview { source_key: String, target_key: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogTask {
+    pub id: String,
+    pub kind: CatalogTaskKind,
+}
+
+/// Facts measured from a track.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackFacts {
+    pub duration_seconds: f64,
+    pub bpm: Option<u32>,
+    /// Integrated loudness, LUFS.
+    pub loudness_lufs: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CatalogTaskResult {
+    Track(TrackFacts),
+    Preview {
+        key: String,
+    },
+    /// The input could not be used (not audio, too short…): the client's fault.
+    Rejected {
+        code: String,
+        message: String,
+    },
+    /// Something failed on our side.
+    Failed {
+        message: String,
+    },
+}
+
+pub async fn store_result(
+    conn: &mut ConnectionManager,
+    task_id: &str,
+    result: &CatalogTaskResult,
+) -> redis::RedisResult<()> {
+    let json = serde_json::to_string(result).expect("results serialize");
+    conn.set_ex(result_key(task_id), json, RESULT_TTL.as_secs()).await
+}
+
+/// Poll for a task's result until `limit`; `Ok(None)` on timeout.
+pub async fn wait_result(
+    conn: &mut ConnectionManager,
+    task_id: &str,
+    limit: Duration,
+) -> redis::RedisResult<Option<CatalogTaskResult>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let raw: Option<String> = conn.get(result_key(task_id)).await?;
+        if let Some(r) = raw.and_then(|s| serde_json::from_str(&s).ok()) {
+            let _: () = conn.del(result_key(task_id)).await?;
+            return Ok(Some(r));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
