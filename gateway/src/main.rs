@@ -11,35 +11,15 @@ use anyhow::Context;
 use gateway::GatewayConfig;
 use shared::catalog::Catalog;
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
-    if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutting down");
-}
-
 const USAGE: &str = "usage: gateway [serve | backup | restore [--date YYYYMMDD]]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
+    shared::telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = GatewayConfig::from_env()?;
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] | ["serve"] => gateway::run(cfg, shutdown_signal()).await,
+        [] | ["serve"] => gateway::run(cfg, shared::signal::shutdown()).await,
         ["backup"] => {
             let storage = gateway::cli_storage(&cfg);
             let catalog = Catalog::new(&cfg.data_dir);

@@ -13,8 +13,10 @@ pub mod lifecycle;
 pub mod progress;
 pub mod queue;
 pub mod redis_conn;
+pub mod signal;
 pub mod storage;
 pub mod tasks;
+pub mod telemetry;
 
 pub use job::{JobError, Resolution, VideoJob, VideoResult};
 pub use progress::{ProgressEvent, Step, TaskMeta, TaskStatus};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, TrackFacts};
 
 use crate::media;
-use crate::process::{self, ProcessError};
+use crate::process::ProcessError;
 use crate::runner::Runner;
 
 /// Sample rate used for analysis.
@@ -32,10 +32,7 @@ pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResul
 }
 
 async fn ffmpeg(runner: &Runner, args: Vec<std::ffi::OsString>) -> Result<Vec<u8>, ProcessError> {
-    let mut all: Vec<std::ffi::OsString> =
-        ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"].iter().map(Into::into).collect();
-    all.extend(args);
-    process::run("ffmpeg", all, None, runner.cfg.tool_timeout).await
+    media::ffmpeg(args, runner.cfg.tool_timeout).await
 }
 
 fn failed(e: impl std::fmt::Display) -> CatalogTaskResult {

@@ -49,6 +49,18 @@ pub fn parse_probe(json: &[u8]) -> Option<Probe> {
     Some(Probe { duration, video, audio })
 }
 
+/// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
+pub async fn ffmpeg<I, S>(args: I, timeout: Duration) -> Result<Vec<u8>, ProcessError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut all: Vec<std::ffi::OsString> =
+        ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"].iter().map(Into::into).collect();
+    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    process::run("ffmpeg", all, None, timeout).await
+}
+
 pub async fn probe(path: &Path, timeout: Duration) -> Result<Probe, ProcessError> {
     let out = process::run(
         "ffprobe",

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
-use crate::process::{self, ProcessError};
+use crate::media;
+use crate::process::ProcessError;
 
 pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
     let ext = Path::new(&j.job.image_key).extension().and_then(|e| e.to_str()).unwrap_or("img");
@@ -18,10 +19,7 @@ pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
 }
 
 async fn ffmpeg(j: &Job<'_>, args: &[&std::ffi::OsStr]) -> Result<(), ProcessError> {
-    let mut all: Vec<&std::ffi::OsStr> =
-        vec!["-nostdin".as_ref(), "-hide_banner".as_ref(), "-loglevel".as_ref(), "error".as_ref(), "-y".as_ref()];
-    all.extend_from_slice(args);
-    process::run("ffmpeg", all, None, j.cfg.tool_timeout).await.map(|_| ())
+    media::ffmpeg(args, j.cfg.tool_timeout).await.map(|_| ())
 }
 
 /// Portrait (9:16) centre crop, plus a small preview.

@@ -8,7 +8,6 @@ use shared::keys::objects;
 
 use super::{Job, PipelineError};
 use crate::media;
-use crate::process;
 
 /// Seconds of music before the voice starts and after it ends.
 pub const INTRO: f64 = 1.0;
@@ -46,8 +45,7 @@ pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<
     let speech = media::probe(voice, j.cfg.tool_timeout).await?.duration;
     let total = INTRO + speech + OUTRO;
     let out = j.path("final_mixed.mp3");
-    let mut args: Vec<std::ffi::OsString> =
-        ["-nostdin", "-loglevel", "error", "-y", "-i"].iter().map(Into::into).collect();
+    let mut args: Vec<std::ffi::OsString> = vec!["-i".into()];
     args.push(voice.into());
     if let Some(t) = track {
         args.extend(["-stream_loop", "-1", "-i"].iter().map(Into::into));
@@ -56,7 +54,7 @@ pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<
     args.extend(["-filter_complex".into(), mix_filter(total, track.is_some()).into(), "-map".into(), "[out]".into()]);
     args.extend(["-c:a", "libmp3lame", "-b:a", "192k", "-ar", "48000"].iter().map(Into::into));
     args.push(out.clone().into());
-    process::run("ffmpeg", args, None, j.cfg.tool_timeout).await?;
+    media::ffmpeg(args, j.cfg.tool_timeout).await?;
     j.storage.put_file(&objects::final_mixed(j.task_id()), &out, "audio/mpeg").await?;
     Ok(out)
 }

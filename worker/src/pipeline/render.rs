@@ -8,18 +8,12 @@ use shared::keys::objects;
 
 use super::{Job, PipelineError};
 use crate::media;
-use crate::process;
 
 pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
-    process::run(
-        "ffmpeg",
+    media::ffmpeg(
         [
-            "-nostdin".as_ref(),
-            "-loglevel".as_ref(),
-            "error".as_ref(),
-            "-y".as_ref(),
             "-loop".as_ref(),
             "1".as_ref(),
             "-framerate".as_ref(),
@@ -47,18 +41,12 @@ pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Resul
             "+faststart".as_ref(),
             video.as_os_str(),
         ],
-        None,
         j.cfg.tool_timeout,
     )
     .await?;
     let thumb = j.path("thumbnail.jpg");
-    process::run(
-        "ffmpeg",
+    media::ffmpeg(
         [
-            "-nostdin".as_ref(),
-            "-loglevel".as_ref(),
-            "error".as_ref(),
-            "-y".as_ref(),
             "-i".as_ref(),
             frame.as_os_str(),
             "-vf".as_ref(),
@@ -67,7 +55,6 @@ pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Resul
             "3".as_ref(),
             thumb.as_os_str(),
         ],
-        None,
         j.cfg.tool_timeout,
     )
     .await?;

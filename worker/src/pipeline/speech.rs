@@ -112,13 +112,8 @@ pub async fn adjust_prosody(j: &Job<'_>, profile: &VoiceProfile, input: &Path) -
     let emb = load_embedding(j, profile).await?;
     let out = j.path("prosody_adjusted.wav");
     let filter = prosody_filter(&emb);
-    process::run(
-        "ffmpeg",
+    crate::media::ffmpeg(
         [
-            "-nostdin".as_ref(),
-            "-loglevel".as_ref(),
-            "error".as_ref(),
-            "-y".as_ref(),
             "-i".as_ref(),
             input.as_os_str(),
             "-af".as_ref(),
@@ -127,7 +122,6 @@ pub async fn adjust_prosody(j: &Job<'_>, profile: &VoiceProfile, input: &Path) -
             "pcm_s16le".as_ref(),
             out.as_os_str(),
         ],
-        None,
         j.cfg.tool_timeout,
     )
     .await?;
