@@ -27,6 +27,12 @@ pub enum CatalogTaskKind {
     AnalyseTrack { source_key: String, target_key: String },
     /// Cut a 15-second preview of the MP3 at `source_key` to `target_key`.
     TrackPreview { source_key: String, target_key: String },
+    /// Measure a reference recording (at `source_key`), match a base voice
+    /// of `language` to it, store the recording as WAV at `target_key`,
+    /// and delete the upload.
+    AnalyseVoice { source_key: String, target_key: String, language: String },
+    /// Speak a short sample in a profile's voice to `target_key`.
+    VoicePreview { profile_id: String, target_key: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,9 +50,28 @@ pub struct TrackFacts {
     pub loudness_lufs: Option<f64>,
 }
 
+/// A reference recording measured and matched to a base voice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoiceMatch {
+    /// The system profile whose base voice is used.
+    pub base_profile_id: String,
+    pub engine: String,
+    pub base_voice: String,
+    /// The embedding file's content: features, pitch shift and speed.
+    pub embedding: serde_json::Value,
+    pub duration_seconds: f64,
+    pub sample_rate: u32,
+}
+
+/// S3 key of a voice profile's spoken sample.
+pub fn voice_preview_key(profile_id: &str) -> String {
+    format!("voices/previews/{profile_id}.wav")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum CatalogTaskResult {
     Track(TrackFacts),
+    Voice(VoiceMatch),
     Preview {
         key: String,
     },

@@ -27,6 +27,12 @@ pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResul
         CatalogTaskKind::TrackPreview { source_key, target_key } => {
             preview(runner, dir.path(), source_key, target_key).await
         }
+        CatalogTaskKind::AnalyseVoice { source_key, target_key, language } => {
+            analyse_voice(runner, dir.path(), source_key, target_key, language).await
+        }
+        CatalogTaskKind::VoicePreview { profile_id, target_key } => {
+            voice_preview(runner, dir.path(), profile_id, target_key).await
+        }
     };
     r.unwrap_or_else(|e| e)
 }
@@ -79,25 +85,7 @@ async fn analyse_track(
         });
     }
     let duration = media::probe(&mp3, runner.cfg.tool_timeout).await.map_err(failed)?.duration;
-    let pcm = ffmpeg(
-        runner,
-        vec![
-            "-i".into(),
-            mp3.clone().into(),
-            "-t".into(),
-            MAX_ANALYSE_SECS.to_string().into(),
-            "-ac".into(),
-            "1".into(),
-            "-ar".into(),
-            RATE.to_string().into(),
-            "-f".into(),
-            "f32le".into(),
-            "-".into(),
-        ],
-    )
-    .await
-    .map_err(failed)?;
-    let samples: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let samples = decode(runner, &mp3, RATE, MAX_ANALYSE_SECS).await.map_err(failed)?;
     let (bpm, loudness) =
         tokio::task::spawn_blocking(move || (estimate_bpm(&samples, RATE), loudness_lufs(&samples, RATE)))
             .await
@@ -139,6 +127,191 @@ async fn preview(
     .await
     .map_err(failed)?;
     runner.storage.put_file(target_key, &out, "audio/mpeg").await.map_err(failed)?;
+    Ok(CatalogTaskResult::Preview { key: target_key.to_owned() })
+}
+
+/// Shortest and longest accepted reference recordings, seconds.
+const REFERENCE_SECS: (f64, f64) = (3.0, 30.0);
+const VOICE_RATE: u32 = 16_000;
+
+/// Decode any audio file to mono f32 samples at `rate`.
+async fn decode(runner: &Runner, path: &Path, rate: u32, max_secs: u32) -> Result<Vec<f32>, ProcessError> {
+    let pcm = ffmpeg(
+        runner,
+        vec![
+            "-i".into(),
+            path.into(),
+            "-t".into(),
+            max_secs.to_string().into(),
+            "-ac".into(),
+            "1".into(),
+            "-ar".into(),
+            rate.to_string().into(),
+            "-f".into(),
+            "f32le".into(),
+            "-".into(),
+        ],
+    )
+    .await?;
+    Ok(pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+fn rejected(code: &str, message: impl Into<String>) -> CatalogTaskResult {
+    CatalogTaskResult::Rejected { code: code.into(), message: message.into() }
+}
+
+async fn analyse_voice(
+    runner: &Runner,
+    dir: &Path,
+    source_key: &str,
+    target_key: &str,
+    language: &str,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
+    let raw = dir.join("reference");
+    runner.storage.get_to_file(source_key, &raw).await.map_err(failed)?;
+    let outcome = analyse_voice_file(runner, &raw, target_key, language).await;
+    let _ = runner.storage.delete(source_key).await;
+    outcome
+}
+
+async fn analyse_voice_file(
+    runner: &Runner,
+    raw: &Path,
+    target_key: &str,
+    language: &str,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
+    let samples = decode(runner, raw, VOICE_RATE, 60).await.map_err(|e| match e {
+        ProcessError::Failed { .. } => rejected("audio-unreadable", "The recording could not be read as audio."),
+        other => failed(other),
+    })?;
+    let secs = samples.len() as f64 / VOICE_RATE as f64;
+    if !(REFERENCE_SECS.0..=REFERENCE_SECS.1).contains(&secs) {
+        return Err(rejected(
+            "reference-audio-length",
+            format!("The recording is {secs:.1} s long; it must be 3 to 30 seconds of speech."),
+        ));
+    }
+    let target = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&samples, VOICE_RATE))
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| rejected("no-voice-found", "No speaking voice was found in the recording."))?;
+
+    // The closest base voice of the language, by median pitch.
+    let doc = runner.catalog.voices_async().await.map_err(failed)?;
+    let mut best: Option<(&shared::catalog::VoiceProfile, crate::voice_analysis::VoiceFeatures)> = None;
+    for p in doc.profiles.iter().filter(|p| p.kind == shared::catalog::EntryType::System && p.language == language) {
+        let f = base_features(runner, p).await?;
+        let distance = |f: &crate::voice_analysis::VoiceFeatures| (f.median_f0_hz / target.median_f0_hz).ln().abs();
+        if best.as_ref().is_none_or(|(_, b)| distance(&f) < distance(b)) {
+            best = Some((p, f));
+        }
+    }
+    let (base, base_features) = best.ok_or_else(|| failed(format!("no system voice for language {language}")))?;
+    let (pitch, speed) = crate::voice_analysis::shift_toward(&target, &base_features);
+
+    let wav = raw.with_extension("wav");
+    ffmpeg(
+        runner,
+        vec![
+            "-i".into(),
+            raw.into(),
+            "-ac".into(),
+            "1".into(),
+            "-ar".into(),
+            "24000".into(),
+            "-c:a".into(),
+            "pcm_s16le".into(),
+            wav.clone().into(),
+        ],
+    )
+    .await
+    .map_err(failed)?;
+    runner.storage.put_file(target_key, &wav, "audio/wav").await.map_err(failed)?;
+    Ok(CatalogTaskResult::Voice(shared::catalog_task::VoiceMatch {
+        base_profile_id: base.id.clone(),
+        engine: base.metadata.engine.clone(),
+        base_voice: base.metadata.base_voice.clone(),
+        embedding: serde_json::json!({
+            "version": "1.0",
+            "method": "voice matching (pitch and speed of a base voice), not cloning",
+            "engine": base.metadata.engine,
+            "base_voice": base.metadata.base_voice,
+            "base_profile": base.id,
+            "pitch_semitones": pitch,
+            "speed": speed,
+            "features": target,
+            "base_features": base_features,
+        }),
+        duration_seconds: (secs * 10.0).round() / 10.0,
+        sample_rate: 24_000,
+    }))
+}
+
+/// A few sentences of ordinary speech, spoken by each base voice to learn
+/// its typical pitch and rate (the median pitch depends on what is said, so
+/// a longer passage gives a steadier reference than one short greeting).
+fn calibration_text(language: &str) -> &'static str {
+    match language {
+        "ja" => {
+            "こんにちは。今日はとても良い天気ですね。最近は仕事が忙しくて、なかなか会えませんでしたが、元気にしていましたか。今度の週末に、一緒に食事でもしましょう。楽しみにしています。"
+        }
+        _ => {
+            "Hello there! The weather is lovely today. I have been busy with work lately, so we have not seen each other for a while. How have you been? Let us have dinner together this weekend. I am looking forward to it."
+        }
+    }
+}
+
+/// Features of a system base voice, measured once per worker process.
+async fn base_features(
+    runner: &Runner,
+    profile: &shared::catalog::VoiceProfile,
+) -> Result<crate::voice_analysis::VoiceFeatures, CatalogTaskResult> {
+    if let Some(f) = runner.base_voice_features.lock().expect("features lock").get(&profile.id) {
+        return Ok(f.clone());
+    }
+    let dir = tempfile::Builder::new().prefix("tayori-calibrate-").tempdir_in(&runner.cfg.work_dir).map_err(failed)?;
+    let wav = dir.path().join("calibration.wav");
+    let text = calibration_text(&profile.language);
+    crate::pipeline::speech::speak(&runner.catalog, profile, text, dir.path(), &wav, runner.cfg.tool_timeout)
+        .await
+        .map_err(failed)?;
+    let samples = decode(runner, &wav, VOICE_RATE, 120).await.map_err(failed)?;
+    let f = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&samples, VOICE_RATE))
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("no voice measured for base voice {}", profile.id)))?;
+    runner.base_voice_features.lock().expect("features lock").insert(profile.id.clone(), f.clone());
+    Ok(f)
+}
+
+/// Sample sentences for voice previews.
+fn sample_text(language: &str) -> &'static str {
+    match language {
+        "ja" => "こんにちは。これは私の声のサンプルです。",
+        _ => "Hello! This is a sample of my voice.",
+    }
+}
+
+async fn voice_preview(
+    runner: &Runner,
+    dir: &Path,
+    profile_id: &str,
+    target_key: &str,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
+    let profile = runner
+        .catalog
+        .voice(profile_id)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| rejected("voice-not-found", format!("There is no voice profile {profile_id:?}.")))?;
+    let spoken = dir.join("spoken.wav");
+    let timeout = runner.cfg.tool_timeout;
+    crate::pipeline::speech::speak(&runner.catalog, &profile, sample_text(&profile.language), dir, &spoken, timeout)
+        .await
+        .map_err(failed)?;
+    let shaped = dir.join("preview.wav");
+    crate::pipeline::speech::shape(&runner.catalog, &profile, &spoken, &shaped, timeout).await.map_err(failed)?;
+    runner.storage.put_file(target_key, &shaped, "audio/wav").await.map_err(failed)?;
     Ok(CatalogTaskResult::Preview { key: target_key.to_owned() })
 }
 

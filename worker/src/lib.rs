@@ -8,6 +8,7 @@ pub mod media;
 pub mod pipeline;
 pub mod process;
 pub mod runner;
+pub mod voice_analysis;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     let runner = Arc::new(Runner {
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         catalog: Catalog::new(&cfg.data_dir),
+        base_voice_features: Default::default(),
         redis: redis.clone(),
         storage,
         cfg: cfg.clone(),

@@ -23,6 +23,8 @@ pub struct Runner {
     pub tasks: TaskStore,
     pub storage: Storage,
     pub catalog: Catalog,
+    /// Measured features of the system base voices (voice matching).
+    pub base_voice_features: std::sync::Mutex<std::collections::HashMap<String, crate::voice_analysis::VoiceFeatures>>,
 }
 
 /// Aborts a background task when dropped.

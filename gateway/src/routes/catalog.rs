@@ -11,8 +11,8 @@ use axum::routing::get;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
-use shared::catalog::{BgmMetadata, BgmTrack, EntryType, is_valid_id, timestamp};
-use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, track_preview_key};
+use shared::catalog::{BgmMetadata, BgmTrack, EntryType, VoiceMetadata, VoiceProfile, is_valid_id, timestamp};
+use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, track_preview_key, voice_preview_key};
 
 use crate::error::{AppError, AppResult};
 use crate::intake::sniff_audio;
@@ -21,8 +21,12 @@ use crate::upload;
 
 pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     Router::new()
-        .route("/api/voice-clone/profiles", get(list_voices))
+        .route(
+            "/api/voice-clone/profiles",
+            get(list_voices).post(create_voice).layer(DefaultBodyLimit::max(upload::body_limit(max_upload_bytes))),
+        )
         .route("/api/voice-clone/profiles/{id}", get(get_voice).delete(delete_voice))
+        .route("/api/voice-clone/profiles/{id}/preview", get(voice_preview))
         .route(
             "/api/bgm/tracks",
             get(list_tracks).post(upload_track).layer(DefaultBodyLimit::max(upload::body_limit(max_upload_bytes))),
@@ -110,7 +114,7 @@ async fn get_voice(State(state): State<AppState>, Path(id): Path<String>) -> App
 async fn delete_voice(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
     check_id(&id)?;
     let p = state.catalog.remove_voice(&id).await?;
-    for key in [p.reference_audio_path.clone(), format!("voices/previews/{id}.wav")] {
+    for key in [p.reference_audio_path.clone(), voice_preview_key(&id)] {
         if key.starts_with("voices/custom/") || key.starts_with("voices/previews/") {
             state.storage.delete(&key).await?;
         }
@@ -221,13 +225,7 @@ async fn upload_track(State(state): State<AppState>, mut mp: Multipart) -> AppRe
     }
     let (path, bytes) =
         file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
-    let head = {
-        use tokio::io::AsyncReadExt;
-        let mut head = [0u8; 16];
-        let mut f = tokio::fs::File::open(&path).await.map_err(|e| AppError::Internal(e.to_string()))?;
-        let n = f.read(&mut head).await.map_err(|e| AppError::Internal(e.to_string()))?;
-        head[..n].to_vec()
-    };
+    let head = read_head(&path).await?;
     let kind = sniff_audio(&head).ok_or_else(|| {
         AppError::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -300,4 +298,139 @@ async fn track_preview(State(state): State<AppState>, Path(id): Path<String>) ->
     }
     let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;
     Ok(Redirect::temporary(&url))
+}
+
+fn voice_too_big() -> AppError {
+    AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "audio-too-large", "The recording is larger than 10 MB.")
+}
+
+/// `POST /api/voice-clone/profiles`, multipart: `name`, `language` (ja|en),
+/// `gender`, `reference_audio` (WAV, MP3 or M4A; 3-30 s; at most 10 MB),
+/// optional `description`. A worker measures the recording (pitch, speaking
+/// rate, loudness) and matches the closest base voice of the language,
+/// shifted toward it: voice matching, not cloning.
+async fn create_voice(State(state): State<AppState>, mut mp: Multipart) -> AppResult<impl IntoResponse> {
+    let (mut file, mut name, mut language, mut gender, mut description) = (None, None, None, None, None);
+    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, voice_too_big))? {
+        let field_name = field.name().unwrap_or_default().to_owned();
+        match field_name.as_str() {
+            "reference_audio" => {
+                if file.is_some() {
+                    return Err(AppError::bad_request("duplicate-field", "The form has more than one recording."));
+                }
+                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, voice_too_big).await? {
+                    Some(spooled) => file = Some(spooled),
+                    None => {
+                        drop(field);
+                        upload::drain(mp).await;
+                        return Err(voice_too_big());
+                    }
+                }
+            }
+            "name" | "language" | "gender" | "description" => {
+                let text = upload::text(&mut field, &field_name, voice_too_big).await?.trim().to_owned();
+                let slot = match field_name.as_str() {
+                    "name" => &mut name,
+                    "language" => &mut language,
+                    "gender" => &mut gender,
+                    _ => &mut description,
+                };
+                upload::set_once(slot, &field_name, text)?;
+            }
+            _ => while field.chunk().await.map_err(|e| upload::error(e, voice_too_big))?.is_some() {},
+        }
+    }
+    let name = name
+        .filter(|n| !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control))
+        .ok_or_else(|| AppError::bad_request("invalid-name", "Please give the voice a name (1 to 100 characters)."))?;
+    let language = language
+        .filter(|l| l == "ja" || l == "en")
+        .ok_or_else(|| AppError::bad_request("invalid-language", "language must be ja or en."))?;
+    let gender = gender
+        .filter(|g| ["female", "male", "other"].contains(&g.as_str()))
+        .ok_or_else(|| AppError::bad_request("invalid-gender", "gender must be female, male or other."))?;
+    let (path, _) =
+        file.ok_or_else(|| AppError::bad_request("file-missing", "Please add a recording (field reference_audio)."))?;
+    let head = read_head(&path).await?;
+    let kind = sniff_audio(&head).filter(|k| !matches!(k, crate::intake::AudioKind::Ogg)).ok_or_else(|| {
+        AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-audio-type",
+            "The recording must be a WAV, MP3 or M4A file.",
+        )
+    })?;
+
+    let id = format!("custom_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let source_key = format!("voices/uploads/{id}.{}", kind.ext());
+    let reference_key = format!("voices/custom/{id}.wav");
+    state.storage.put_file(&source_key, &path, "application/octet-stream").await?;
+    drop(path);
+    let task = CatalogTaskKind::AnalyseVoice {
+        source_key: source_key.clone(),
+        target_key: reference_key.clone(),
+        language: language.clone(),
+    };
+    let matched = match run_task(&state, task).await {
+        Ok(CatalogTaskResult::Voice(v)) => v,
+        Ok(other) => return Err(AppError::Internal(format!("unexpected catalog task result {other:?}"))),
+        Err(e) => {
+            let _ = state.storage.delete(&source_key).await;
+            return Err(e);
+        }
+    };
+    let embedding_path = format!("voices/embeddings/{id}.json");
+    let bytes = serde_json::to_vec_pretty(&matched.embedding).map_err(|e| AppError::Internal(e.to_string()))?;
+    if let Err(e) = state.catalog.write_file(&embedding_path, bytes).await {
+        let _ = state.storage.delete(&reference_key).await;
+        return Err(AppError::Internal(format!("writing the embedding: {e}")));
+    }
+    let profile = VoiceProfile {
+        preview_url: format!("/api/voice-clone/profiles/{id}/preview"),
+        id,
+        name,
+        kind: EntryType::Custom,
+        language,
+        gender,
+        embedding_path: embedding_path.clone(),
+        reference_audio_path: reference_key.clone(),
+        created_at: timestamp(Utc::now()),
+        metadata: VoiceMetadata {
+            description: description.unwrap_or_else(|| "User-uploaded reference audio (voice matching)".into()),
+            sample_rate: Some(matched.sample_rate),
+            duration_seconds: Some(matched.duration_seconds),
+            engine: matched.engine,
+            base_voice: matched.base_voice,
+            extra: [("base_profile".to_owned(), json!(matched.base_profile_id))].into_iter().collect(),
+        },
+    };
+    if let Err(e) = state.catalog.add_voice(profile.clone()).await {
+        let _ = state.storage.delete(&reference_key).await;
+        let _ = state.catalog.remove_file(&embedding_path).await;
+        return Err(e.into());
+    }
+    tracing::info!(id = %profile.id, base = %matched.base_profile_id, "voice profile added");
+    Ok((StatusCode::CREATED, Json(profile)))
+}
+
+/// `GET /api/voice-clone/profiles/{id}/preview`: a redirect to a presigned
+/// spoken sample in that voice, made once by a worker and kept in S3.
+async fn voice_preview(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
+    check_id(&id)?;
+    if state.catalog.voice(&id).await?.is_none() {
+        return Err(AppError::not_found("voice-not-found", format!("There is no voice profile {id:?}.")));
+    }
+    let key = voice_preview_key(&id);
+    if state.storage.head(&key).await?.is_none() {
+        run_task(&state, CatalogTaskKind::VoicePreview { profile_id: id, target_key: key.clone() }).await?;
+    }
+    let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;
+    Ok(Redirect::temporary(&url))
+}
+
+async fn read_head(path: &std::path::Path) -> AppResult<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 16];
+    let mut f = tokio::fs::File::open(path).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    let n = f.read(&mut head).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(head[..n].to_vec())
 }

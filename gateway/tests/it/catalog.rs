@@ -205,3 +205,96 @@ async fn an_uploaded_track_is_measured_previewed_and_deleted_with_its_files() {
     assert!(storage.head(&format!("bgm/previews/{id}.mp3")).await.unwrap().is_none());
     assert_eq!(get(&stack, "/api/bgm/tracks?type=user").await.1["count"], 0);
 }
+
+/// Speak `text` with Open JTalk's male voice, `semitones` higher.
+fn recording(stack: &Stack, dir: &std::path::Path, text: &str, semitones: &str) -> Vec<u8> {
+    let txt = dir.join("ref.txt");
+    std::fs::write(&txt, text).unwrap();
+    let wav = dir.join(format!("ref{semitones}.wav"));
+    let ok = std::process::Command::new("open_jtalk")
+        .args(["-x", "/var/lib/mecab/dic/open-jtalk/naist-jdic", "-fm", semitones, "-m"])
+        .arg(stack.data_dir.join("voices/system/nitech_jp_atr503_m001.htsvoice"))
+        .arg("-ow")
+        .arg(&wav)
+        .arg(&txt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    std::fs::read(wav).unwrap()
+}
+
+async fn post_voice(stack: &Stack, audio: Vec<u8>, file_name: &str) -> (u16, serde_json::Value) {
+    let form = reqwest::multipart::Form::new()
+        .text("name", "My voice")
+        .text("language", "ja")
+        .text("gender", "male")
+        .part("reference_audio", reqwest::multipart::Part::bytes(audio).file_name(file_name.to_owned()));
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/voice-clone/profiles", stack.http))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_voice_is_matched_from_a_recording_and_speaks_in_a_video() {
+    let stack = Stack::start(Options { workers: 1, own_data: true, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audio =
+        recording(&stack, dir.path(), "こんにちは。今日はとても良い天気ですね。また一緒に出かけましょう。", "3");
+    let (s, profile) = post_voice(&stack, audio, "me.wav").await;
+    assert_eq!(s, 201, "{profile}");
+    let id = profile["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("custom_"));
+    assert_eq!(profile["type"], "custom");
+    assert_eq!(profile["metadata"]["base_profile"], "ja_nitech_male", "the male base voice is closest: {profile}");
+    let embedding: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(stack.data_dir.join(profile["embedding_path"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let shift = embedding["pitch_semitones"].as_f64().unwrap();
+    assert!((1.5..=4.5).contains(&shift), "recorded 3 semitones above the base voice, matched {shift}: {embedding}");
+    assert!(embedding["features"]["median_f0_hz"].as_f64().unwrap() > 0.0);
+    let storage = stack.storage();
+    assert!(storage.head(&format!("voices/custom/{id}.wav")).await.unwrap().is_some());
+    assert!(storage.list("voices/uploads/").await.unwrap().is_empty());
+
+    // The profile speaks in a video.
+    let photo = std::fs::read(crate::harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = crate::harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[("message", "ありがとう。"), ("voice_profile_id", id.as_str()), ("resolution", "512x910")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let done = crate::harness::wait_done(&stack, body["task_id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+
+    // A spoken preview, made once and kept.
+    let r = reqwest::get(format!("{}/api/voice-clone/profiles/{id}/preview", stack.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let wav = dir.path().join("preview.wav");
+    std::fs::write(&wav, r.bytes().await.unwrap()).unwrap();
+    assert!(crate::harness::duration_of(&wav) > 1.0);
+    assert!(storage.head(&format!("voices/previews/{id}.wav")).await.unwrap().is_some());
+
+    // Recordings that cannot be used.
+    let short = recording(&stack, dir.path(), "はい。", "0");
+    let (s, body) = post_voice(&stack, short, "short.wav").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (422, Some("reference-audio-length")), "{body}");
+    let (s, body) = post_voice(&stack, b"hello there".to_vec(), "x.wav").await;
+    assert_eq!((s, body["error"]["code"].as_str()), (415, Some("unsupported-audio-type")), "{body}");
+    assert!(storage.list("voices/uploads/").await.unwrap().is_empty());
+
+    // Delete: the profile and its files.
+    assert_eq!(delete(&stack, &format!("/api/voice-clone/profiles/{id}")).await.0, 204);
+    assert!(storage.head(&format!("voices/custom/{id}.wav")).await.unwrap().is_none());
+    assert!(storage.head(&format!("voices/previews/{id}.wav")).await.unwrap().is_none());
+    assert!(!stack.data_dir.join(format!("voices/embeddings/{id}.json")).exists());
+    assert_eq!(get(&stack, &format!("/api/voice-clone/profiles/{id}")).await.0, 404);
+}

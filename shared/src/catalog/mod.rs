@@ -269,6 +269,26 @@ impl Catalog {
         .await
     }
 
+    /// Write a file of an entry (an embedding) under the data directory,
+    /// atomically (temp file, fsync, rename).
+    pub async fn write_file(&self, relative: &str, bytes: Vec<u8>) -> std::io::Result<()> {
+        let Some(path) = self.resolve(relative) else {
+            return Err(std::io::Error::other(format!("{relative:?} is outside the data directory")));
+        };
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let dir = path.parent().expect("resolved paths have a parent");
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Delete a file of an entry (an embedding, a local track) under the data
     /// directory; a missing file is not an error.
     pub async fn remove_file(&self, relative: &str) -> std::io::Result<()> {

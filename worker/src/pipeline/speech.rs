@@ -3,9 +3,10 @@
 //! (pitch shift and speed).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
-use shared::catalog::VoiceProfile;
+use shared::catalog::{Catalog, VoiceProfile};
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
@@ -38,12 +39,26 @@ fn bad_voice(p: &VoiceProfile, reason: impl Into<String>) -> PipelineError {
 }
 
 pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, PipelineError> {
-    let text = j.path("message.txt");
-    tokio::fs::write(&text, format!("{}\n", j.job.message)).await?;
     let out = j.path("base_voice.wav");
+    speak(j.catalog, profile, &j.job.message, &j.dir, &out, j.cfg.tool_timeout).await?;
+    j.storage.put_file(&objects::base_voice(j.task_id()), &out, "audio/wav").await?;
+    Ok(out)
+}
+
+/// Speak `message` with the profile's base voice into the WAV file `out`.
+pub async fn speak(
+    catalog: &Catalog,
+    profile: &VoiceProfile,
+    message: &str,
+    scratch: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), PipelineError> {
+    let text = scratch.join("message.txt");
+    tokio::fs::write(&text, format!("{message}\n")).await?;
     match profile.metadata.engine.as_str() {
         "openjtalk" => {
-            let voice = j.catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
+            let voice = catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
                 bad_voice(
                     profile,
                     format!("voice file {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
@@ -61,7 +76,7 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
                     text.as_os_str(),
                 ],
                 None,
-                j.cfg.tool_timeout,
+                timeout,
             )
             .await?;
         }
@@ -77,19 +92,17 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
                     out.as_os_str(),
                 ],
                 None,
-                j.cfg.tool_timeout,
+                timeout,
             )
             .await?;
         }
         other => return Err(bad_voice(profile, format!("unknown engine {other:?}"))),
     }
-    j.storage.put_file(&objects::base_voice(j.task_id()), &out, "audio/wav").await?;
-    Ok(out)
+    Ok(())
 }
 
-async fn load_embedding(j: &Job<'_>, profile: &VoiceProfile) -> Result<Embedding, PipelineError> {
-    let path = j
-        .catalog
+async fn load_embedding(catalog: &Catalog, profile: &VoiceProfile) -> Result<Embedding, PipelineError> {
+    let path = catalog
         .resolve(&profile.embedding_path)
         .ok_or_else(|| bad_voice(profile, "embedding path leaves the data directory"))?;
     let bytes =
@@ -109,8 +122,21 @@ pub fn prosody_filter(e: &Embedding) -> String {
 }
 
 pub async fn adjust_prosody(j: &Job<'_>, profile: &VoiceProfile, input: &Path) -> Result<PathBuf, PipelineError> {
-    let emb = load_embedding(j, profile).await?;
     let out = j.path("prosody_adjusted.wav");
+    shape(j.catalog, profile, input, &out, j.cfg.tool_timeout).await?;
+    j.storage.put_file(&objects::prosody_adjusted(j.task_id()), &out, "audio/wav").await?;
+    Ok(out)
+}
+
+/// Shape speech to the profile's embedding (pitch and speed) into `out`.
+pub async fn shape(
+    catalog: &Catalog,
+    profile: &VoiceProfile,
+    input: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), PipelineError> {
+    let emb = load_embedding(catalog, profile).await?;
     let filter = prosody_filter(&emb);
     crate::media::ffmpeg(
         [
@@ -122,11 +148,10 @@ pub async fn adjust_prosody(j: &Job<'_>, profile: &VoiceProfile, input: &Path) -
             "pcm_s16le".as_ref(),
             out.as_os_str(),
         ],
-        j.cfg.tool_timeout,
+        timeout,
     )
     .await?;
-    j.storage.put_file(&objects::prosody_adjusted(j.task_id()), &out, "audio/wav").await?;
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
