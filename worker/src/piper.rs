@@ -1,0 +1,270 @@
+//! English speech with a Piper voice (VITS, ONNX) run by ONNX Runtime,
+//! with phonemes from espeak-ng, as Piper itself does.
+//!
+//! The runtime library is loaded once per process (`TAYORI_ORT_LIB`), and
+//! each voice model once; inference runs on the blocking pool.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Deserialize;
+
+use crate::process;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PiperError {
+    #[error("ONNX Runtime could not be loaded from {path}: {reason}")]
+    Runtime { path: String, reason: String },
+    #[error("Piper voice {path}: {reason}")]
+    Model { path: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
+}
+
+#[derive(Debug, Deserialize)]
+struct VoiceConfig {
+    audio: AudioConfig,
+    espeak: EspeakConfig,
+    inference: InferenceConfig,
+    phoneme_id_map: HashMap<String, Vec<i64>>,
+}
+#[derive(Debug, Deserialize)]
+struct AudioConfig {
+    sample_rate: u32,
+}
+#[derive(Debug, Deserialize)]
+struct EspeakConfig {
+    voice: String,
+}
+#[derive(Debug, Deserialize)]
+struct InferenceConfig {
+    noise_scale: f32,
+    length_scale: f32,
+    noise_w: f32,
+}
+
+pub struct PiperVoice {
+    session: Mutex<Session>,
+    config: VoiceConfig,
+}
+
+static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+static VOICES: OnceLock<Mutex<HashMap<PathBuf, Arc<PiperVoice>>>> = OnceLock::new();
+
+fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, PiperError> {
+    RUNTIME
+        .get_or_init(|| {
+            ort::init_from(lib).map_err(|e| e.to_string())?.with_name("tayori").build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| PiperError::Runtime { path: lib.display().to_string(), reason: reason.clone() })
+}
+
+/// Where the ONNX Runtime library is: `TAYORI_ORT_LIB`, default
+/// `{data_dir}/runtime/libonnxruntime.so` (put there by scripts/assets.sh).
+pub fn runtime_path(data_dir: &Path) -> PathBuf {
+    shared::env::var("TAYORI_ORT_LIB").map(PathBuf::from).unwrap_or_else(|| data_dir.join("runtime/libonnxruntime.so"))
+}
+
+/// The voice at `model` (with `model.json` beside it), loaded once. Blocking.
+pub fn voice(lib: &Path, model: &Path) -> Result<Arc<PiperVoice>, PiperError> {
+    let voices = VOICES.get_or_init(Default::default);
+    if let Some(v) = voices.lock().expect("voices lock").get(model) {
+        return Ok(v.clone());
+    }
+    let env = runtime(lib)?;
+    let bad = |reason: String| PiperError::Model { path: model.display().to_string(), reason };
+    let config_path = PathBuf::from(format!("{}.json", model.display()));
+    let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad(e.to_string()))?)
+        .map_err(|e| bad(e.to_string()))?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let session = Session::builder(env)
+        .and_then(|b| Ok(b.with_intra_threads(threads)?))
+        .and_then(|mut b| b.commit_from_file(model))
+        .map_err(|e| bad(e.to_string()))?;
+    let v = Arc::new(PiperVoice { session: Mutex::new(session), config });
+    voices.lock().expect("voices lock").insert(model.to_owned(), v.clone());
+    Ok(v)
+}
+
+/// Split text into sentences, each with its clause punctuation kept, the
+/// way Piper feeds espeak-ng's clauses back with their terminators.
+pub fn clause_marks(text: &str) -> Vec<char> {
+    text.chars().filter(|c| matches!(c, '.' | ',' | '!' | '?' | ';' | ':')).collect()
+}
+
+impl PiperVoice {
+    pub fn sample_rate(&self) -> u32 {
+        self.config.audio.sample_rate
+    }
+
+    /// Phoneme ids of one sentence: BOS, each phoneme followed by PAD, EOS.
+    pub fn ids(&self, phonemes: &str) -> Vec<i64> {
+        let map = &self.config.phoneme_id_map;
+        let get = |s: &str| map.get(s).cloned().unwrap_or_default();
+        let pad = get("_");
+        let mut ids = get("^");
+        ids.extend(&pad);
+        for ch in phonemes.chars() {
+            if let Some(v) = map.get(ch.encode_utf8(&mut [0; 4]) as &str) {
+                ids.extend(v);
+                ids.extend(&pad);
+            }
+        }
+        ids.extend(get("$"));
+        ids
+    }
+
+    /// Audio samples (mono, at `sample_rate`) for one sentence's ids. Blocking.
+    pub fn infer(&self, ids: Vec<i64>) -> Result<Vec<f32>, PiperError> {
+        let n = ids.len();
+        let i = &self.config.inference;
+        let err = |e: ort::Error| PiperError::Inference(e.to_string());
+        let input = Tensor::from_array(([1usize, n], ids)).map_err(err)?;
+        let lengths = Tensor::from_array(([1usize], vec![n as i64])).map_err(err)?;
+        let scales = Tensor::from_array(([3usize], vec![i.noise_scale, i.length_scale, i.noise_w])).map_err(err)?;
+        let mut session = self.session.lock().expect("session lock");
+        let outputs = session
+            .run(ort::inputs! {"input" => input, "input_lengths" => lengths, "scales" => scales})
+            .map_err(err)?;
+        let (_, audio) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+        Ok(audio.to_vec())
+    }
+
+    /// Phonemes of `text` from espeak-ng: one line per clause, each given
+    /// back its punctuation; sentences end at `.`, `!` or `?`.
+    pub async fn phonemize(&self, text: &str, timeout: Duration) -> Result<Vec<String>, PiperError> {
+        let out =
+            process::run("espeak-ng", ["-q", "--ipa", "-v", self.config.espeak.voice.as_str(), text], None, timeout)
+                .await?;
+        let lines: Vec<String> =
+            String::from_utf8_lossy(&out).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
+        let marks = clause_marks(text);
+        let mut sentences = Vec::new();
+        let mut current = String::new();
+        for (k, line) in lines.iter().enumerate() {
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(line);
+            // Only when espeak-ng's clauses line up with the text's marks
+            // can the punctuation be put back.
+            let mark = if marks.len() >= lines.len() - 1 { marks.get(k).copied() } else { None };
+            if let Some(m) = mark {
+                current.push(m);
+            }
+            if matches!(mark, Some('.' | '!' | '?')) || k + 1 == lines.len() {
+                sentences.push(std::mem::take(&mut current));
+            }
+        }
+        Ok(sentences)
+    }
+}
+
+/// Write mono f32 samples as a 16-bit PCM WAV file.
+pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> std::io::Result<()> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + data_len as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * 2).to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, b)
+}
+
+/// Speak `text` with the Piper voice `model` into the WAV file `out`:
+/// sentence by sentence, joined with short pauses.
+pub async fn speak(lib: &Path, model: &Path, text: &str, out: &Path, timeout: Duration) -> Result<(), PiperError> {
+    let (lib2, model2) = (lib.to_owned(), model.to_owned());
+    let voice = tokio::task::spawn_blocking(move || voice(&lib2, &model2))
+        .await
+        .map_err(|e| PiperError::Inference(e.to_string()))??;
+    let sentences = voice.phonemize(text, timeout).await?;
+    let rate = voice.sample_rate();
+    let out = out.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let pause = vec![0.0f32; rate as usize / 5];
+        let mut audio = Vec::new();
+        for (k, s) in sentences.iter().enumerate() {
+            if k > 0 {
+                audio.extend_from_slice(&pause);
+            }
+            audio.extend(voice.infer(voice.ids(s))?);
+        }
+        write_wav(&out, &audio, rate).map_err(|e| PiperError::Inference(e.to_string()))
+    })
+    .await
+    .map_err(|e| PiperError::Inference(e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clause_marks_keep_punctuation_but_not_apostrophes() {
+        assert_eq!(clause_marks("Hello there! It's lovely, isn't it?"), vec!['!', ',', '?']);
+    }
+
+    /// The real voice (fetched by scripts/assets.sh) speaks real English.
+    #[tokio::test]
+    async fn joe_speaks_a_sentence() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("joe.wav");
+        let lib = runtime_path(&data);
+        let model = data.join("voices/system/en_US-joe-medium.onnx");
+        let t0 = std::time::Instant::now();
+        speak(&lib, &model, "Happy birthday! I hope you have a wonderful year.", &out, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let b = std::fs::read(&out).unwrap();
+        let samples: Vec<f32> =
+            b[44..].chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0).collect();
+        let secs = samples.len() as f32 / 22_050.0;
+        let rms = (samples.iter().map(|s| s * s).sum::<f32>() / samples.len() as f32).sqrt();
+        println!("{secs:.2}s of speech in {:.2}s, rms {rms:.3}", t0.elapsed().as_secs_f32());
+        assert!((1.5..6.0).contains(&secs), "{secs}s");
+        assert!(rms > 0.02, "not silent: {rms}");
+        // Longer text gives longer speech.
+        let out2 = dir.path().join("joe2.wav");
+        speak(
+            &lib,
+            &model,
+            "Happy birthday! I hope you have a wonderful year. See you very soon, my friend.",
+            &out2,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert!(std::fs::metadata(&out2).unwrap().len() > b.len() as u64);
+    }
+
+    #[test]
+    fn wav_header_is_44_bytes_and_sized() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.wav");
+        write_wav(&p, &[0.0, 0.5, -0.5], 22_050).unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), 44 + 6);
+        assert_eq!(&b[0..4], b"RIFF");
+        assert_eq!(u32::from_le_bytes([b[40], b[41], b[42], b[43]]), 6);
+    }
+}
