@@ -77,7 +77,9 @@ if [[ ! -f "$data/voices/system/nitech_jp_atr503_m001.htsvoice" ]]; then
 fi
 
 # Music: five system tracks picked by mood, transcoded to MP3 (symphonia and
-# browsers cannot all read Opus; every S3 client can serve MP3).
+# browsers cannot all read Opus; every S3 client can serve MP3) and made
+# loop-ready: the last 2 s are crossfaded into the first 2 s and the file
+# starts after them, so that playing it in a loop has no seam.
 declare -A tracks=(
   [celebration_upbeat]=happy/happy_acoustic_1.opus
   [celebration_gentle]=tender/tender_acoustic_1.opus
@@ -85,13 +87,18 @@ declare -A tracks=(
   [celebration_emotional]=nostalgic/nostalgic_acoustic_1.opus
   [celebration_elegant]=calm/calm_acoustic_1.opus
 )
+xf=2
 for id in "${!tracks[@]}"; do
   out="$data/bgm/system/$id.mp3"
   [[ -f "$out" ]] && continue
-  log "transcoding $id"
+  log "transcoding $id (loop-ready)"
   tmp="$cache/$id.opus"
   unzip -p "$dl/immich_memories_music-0.1.0-py3-none-any.whl" "immich_memories_music/tracks/${tracks[$id]}" > "$tmp"
-  ffmpeg -nostdin -loglevel error -y -i "$tmp" -map_metadata -1 -ar 44100 -ac 2 -c:a libmp3lame -b:a 192k "$out.part.mp3"
+  len=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$tmp")
+  end=$(awk -v l="$len" -v x="$xf" 'BEGIN { printf "%.3f", l - x }')
+  ffmpeg -nostdin -loglevel error -y -i "$tmp" -map_metadata -1 -filter_complex \
+    "[0:a]aresample=44100,asplit=3[a][b][c];[a]atrim=0:$xf,asetpts=PTS-STARTPTS[head];[b]atrim=$xf:$end,asetpts=PTS-STARTPTS[body];[c]atrim=$end,asetpts=PTS-STARTPTS[tail];[tail][head]acrossfade=d=1.9:c1=qsin:c2=qsin[seam];[body][seam]concat=n=2:v=0:a=1[out]" \
+    -map "[out]" -ac 2 -c:a libmp3lame -b:a 192k "$out.part.mp3"
   mv "$out.part.mp3" "$out"
   rm -f "$tmp"
 done
