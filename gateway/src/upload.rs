@@ -29,7 +29,7 @@ pub fn error(e: MultipartError, too_big: fn() -> AppError) -> AppError {
 
 /// Spool a file field to a temp file in `dir`. `Ok(None)` if it is larger
 /// than `max` (the rest of the field has then been read and discarded).
-pub async fn spool(
+async fn spool(
     field: &mut Field<'_>,
     dir: &std::path::Path,
     max: u64,
@@ -52,7 +52,7 @@ pub async fn spool(
 }
 
 /// A small UTF-8 text field.
-pub async fn text(field: &mut Field<'_>, name: &str, too_big: fn() -> AppError) -> AppResult<String> {
+async fn text(field: &mut Field<'_>, name: &str, too_big: fn() -> AppError) -> AppResult<String> {
     let mut buf = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| error(e, too_big))? {
         buf.extend_from_slice(&chunk);
@@ -66,17 +66,70 @@ pub async fn text(field: &mut Field<'_>, name: &str, too_big: fn() -> AppError) 
 
 /// Read and discard the rest of the request (bounded by the body limit), so
 /// that the client is done sending when the error answer comes.
-pub async fn drain(mut mp: Multipart) {
+async fn drain(mut mp: Multipart) {
     while let Ok(Some(mut field)) = mp.next_field().await {
         while let Ok(Some(_)) = field.chunk().await {}
     }
 }
 
-/// Put a text value in its slot, refusing a repeated field.
-pub fn set_once(slot: &mut Option<String>, name: &str, value: String) -> AppResult<()> {
-    if slot.is_some() {
-        return Err(AppError::bad_request("duplicate-field", format!("The field {name} appears twice.")));
+/// A spooled file field.
+pub struct SpooledFile {
+    pub path: tempfile::TempPath,
+    pub bytes: u64,
+    /// The name the client gave (control characters removed, at most 200
+    /// characters); kept as data only, never used as a path.
+    pub file_name: Option<String>,
+}
+
+/// An upload form: one file field and some text fields.
+pub struct Form {
+    pub file: Option<SpooledFile>,
+    text: std::collections::HashMap<&'static str, String>,
+}
+
+impl Form {
+    /// A text field's value, if sent.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.text.get(name).map(String::as_str)
     }
-    *slot = Some(value);
-    Ok(())
+}
+
+/// Read a multipart form: the file field `file_field` spooled to `dir` (at
+/// most `max` bytes: larger answers `too_big` after reading the rest of
+/// the request), the text fields named in `text_fields`, each at most once;
+/// other fields are read and ignored (browsers may add some).
+pub async fn read_form(
+    mut mp: Multipart,
+    file_field: &str,
+    text_fields: &[&'static str],
+    dir: &std::path::Path,
+    max: u64,
+    too_big: fn() -> AppError,
+) -> AppResult<Form> {
+    let mut form = Form { file: None, text: Default::default() };
+    while let Some(mut field) = mp.next_field().await.map_err(|e| error(e, too_big))? {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == file_field {
+            if form.file.is_some() {
+                return Err(AppError::bad_request("duplicate-field", format!("The form has more than one {name}.")));
+            }
+            let file_name = field.file_name().map(|f| f.chars().filter(|c| !c.is_control()).take(200).collect());
+            match spool(&mut field, dir, max, too_big).await? {
+                Some((path, bytes)) => form.file = Some(SpooledFile { path, bytes, file_name }),
+                None => {
+                    drop(field);
+                    drain(mp).await;
+                    return Err(too_big());
+                }
+            }
+        } else if let Some(key) = text_fields.iter().find(|k| **k == name) {
+            let value = text(&mut field, &name, too_big).await?;
+            if form.text.insert(key, value).is_some() {
+                return Err(AppError::bad_request("duplicate-field", format!("The field {name} appears twice.")));
+            }
+        } else {
+            while field.chunk().await.map_err(|e| error(e, too_big))?.is_some() {}
+        }
+    }
+    Ok(form)
 }

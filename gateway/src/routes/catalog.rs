@@ -178,53 +178,25 @@ fn track_too_big() -> AppError {
 /// 10 MB), `name`, optional `mood`, `description`, `uploaded_by`. A worker
 /// transcodes it to MP3 and measures duration, tempo and loudness; the
 /// track is stored under an id the server chooses.
-async fn upload_track(State(state): State<AppState>, mut mp: Multipart) -> AppResult<impl IntoResponse> {
-    let (mut file, mut name, mut mood, mut description, mut uploaded_by) = (None, None, None, None, None);
-    let mut original_filename = None;
-    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, track_too_big))? {
-        let field_name = field.name().unwrap_or_default().to_owned();
-        match field_name.as_str() {
-            "file" => {
-                if file.is_some() {
-                    return Err(AppError::bad_request("duplicate-field", "The form has more than one file."));
-                }
-                original_filename =
-                    field.file_name().map(|f| f.chars().filter(|c| !c.is_control()).take(200).collect::<String>());
-                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, track_too_big).await? {
-                    Some(spooled) => file = Some(spooled),
-                    None => {
-                        drop(field);
-                        upload::drain(mp).await;
-                        return Err(track_too_big());
-                    }
-                }
-            }
-            "name" | "mood" | "description" | "uploaded_by" => {
-                let text = upload::text(&mut field, &field_name, track_too_big).await?.trim().to_owned();
-                let slot = match field_name.as_str() {
-                    "name" => &mut name,
-                    "mood" => &mut mood,
-                    "description" => &mut description,
-                    _ => &mut uploaded_by,
-                };
-                upload::set_once(slot, &field_name, text)?;
-            }
-            _ => while field.chunk().await.map_err(|e| upload::error(e, track_too_big))?.is_some() {},
-        }
-    }
+async fn upload_track(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+    let fields = ["name", "mood", "description", "uploaded_by"];
+    let form =
+        upload::read_form(mp, "file", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, track_too_big).await?;
+    let text = |k: &str| form.text(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (name, mood, description, uploaded_by) = (text("name"), text("mood"), text("description"), text("uploaded_by"));
     let name = name
-        .filter(|n| !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control))
+        .filter(|n| n.chars().count() <= 100 && !n.chars().any(char::is_control))
         .ok_or_else(|| AppError::bad_request("invalid-name", "Please give the track a name (1 to 100 characters)."))?;
-    let uploaded_by = uploaded_by.filter(|u| !u.is_empty()).unwrap_or_else(|| "anonymous".into());
+    let uploaded_by = uploaded_by.unwrap_or_else(|| "anonymous".into());
     if !is_valid_id(&uploaded_by) {
         return Err(AppError::bad_request("invalid-id", "uploaded_by is 1 to 128 letters, digits, '_' or '-'."));
     }
-    let mood = mood.filter(|m| !m.is_empty()).unwrap_or_else(|| "custom".into());
+    let mood = mood.unwrap_or_else(|| "custom".into());
     if mood.chars().count() > 40 || !is_valid_id(&mood) {
         return Err(AppError::bad_request("invalid-mood", "mood is a short word (letters, digits, '_' or '-')."));
     }
-    let (path, bytes) =
-        file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
+    let upload::SpooledFile { path, bytes, file_name: original_filename } =
+        form.file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
     let head = read_head(&path).await?;
     let kind = sniff_audio(&head).ok_or_else(|| {
         AppError::client(
@@ -309,39 +281,21 @@ fn voice_too_big() -> AppError {
 /// optional `description`. A worker measures the recording (pitch, speaking
 /// rate, loudness) and matches the closest base voice of the language,
 /// shifted toward it: voice matching, not cloning.
-async fn create_voice(State(state): State<AppState>, mut mp: Multipart) -> AppResult<impl IntoResponse> {
-    let (mut file, mut name, mut language, mut gender, mut description) = (None, None, None, None, None);
-    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, voice_too_big))? {
-        let field_name = field.name().unwrap_or_default().to_owned();
-        match field_name.as_str() {
-            "reference_audio" => {
-                if file.is_some() {
-                    return Err(AppError::bad_request("duplicate-field", "The form has more than one recording."));
-                }
-                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, voice_too_big).await? {
-                    Some(spooled) => file = Some(spooled),
-                    None => {
-                        drop(field);
-                        upload::drain(mp).await;
-                        return Err(voice_too_big());
-                    }
-                }
-            }
-            "name" | "language" | "gender" | "description" => {
-                let text = upload::text(&mut field, &field_name, voice_too_big).await?.trim().to_owned();
-                let slot = match field_name.as_str() {
-                    "name" => &mut name,
-                    "language" => &mut language,
-                    "gender" => &mut gender,
-                    _ => &mut description,
-                };
-                upload::set_once(slot, &field_name, text)?;
-            }
-            _ => while field.chunk().await.map_err(|e| upload::error(e, voice_too_big))?.is_some() {},
-        }
-    }
+async fn create_voice(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+    let fields = ["name", "language", "gender", "description"];
+    let form = upload::read_form(
+        mp,
+        "reference_audio",
+        &fields,
+        &state.cfg.tmp_dir,
+        state.cfg.max_upload_bytes,
+        voice_too_big,
+    )
+    .await?;
+    let text = |k: &str| form.text(k).map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (name, language, gender, description) = (text("name"), text("language"), text("gender"), text("description"));
     let name = name
-        .filter(|n| !n.is_empty() && n.chars().count() <= 100 && !n.chars().any(char::is_control))
+        .filter(|n| n.chars().count() <= 100 && !n.chars().any(char::is_control))
         .ok_or_else(|| AppError::bad_request("invalid-name", "Please give the voice a name (1 to 100 characters)."))?;
     let language = language
         .filter(|l| l == "ja" || l == "en")
@@ -349,8 +303,9 @@ async fn create_voice(State(state): State<AppState>, mut mp: Multipart) -> AppRe
     let gender = gender
         .filter(|g| ["female", "male", "other"].contains(&g.as_str()))
         .ok_or_else(|| AppError::bad_request("invalid-gender", "gender must be female, male or other."))?;
-    let (path, _) =
-        file.ok_or_else(|| AppError::bad_request("file-missing", "Please add a recording (field reference_audio)."))?;
+    let upload::SpooledFile { path, .. } = form
+        .file
+        .ok_or_else(|| AppError::bad_request("file-missing", "Please add a recording (field reference_audio)."))?;
     let head = read_head(&path).await?;
     let kind = sniff_audio(&head).filter(|k| !matches!(k, crate::intake::AudioKind::Ogg)).ok_or_else(|| {
         AppError::client(

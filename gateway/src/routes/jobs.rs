@@ -24,70 +24,20 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/api/video/result/{task_id}", get(result))
 }
 
-/// The form as received, before validation.
-#[derive(Default)]
-struct Form {
-    image: Option<tempfile::TempPath>,
-    image_bytes: u64,
-    message: Option<String>,
-    voice_profile_id: Option<String>,
-    bgm_id: Option<String>,
-    resolution: Option<String>,
-}
-
 fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
 }
 
-async fn read_form(state: &AppState, mut mp: Multipart) -> AppResult<Form> {
-    let mut form = Form::default();
-    while let Some(mut field) = mp.next_field().await.map_err(|e| upload::error(e, too_big))? {
-        let name = field.name().unwrap_or_default().to_owned();
-        match name.as_str() {
-            "image" => {
-                if form.image.is_some() {
-                    return Err(AppError::bad_request("duplicate-field", "The form has more than one image."));
-                }
-                match upload::spool(&mut field, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await? {
-                    Some((path, n)) => {
-                        form.image = Some(path);
-                        form.image_bytes = n;
-                    }
-                    None => {
-                        drop(field);
-                        upload::drain(mp).await;
-                        return Err(too_big());
-                    }
-                }
-            }
-            "message" | "voice_profile_id" | "bgm_id" | "resolution" => {
-                let text = upload::text(&mut field, &name, too_big).await?;
-                let slot = match name.as_str() {
-                    "message" => &mut form.message,
-                    "voice_profile_id" => &mut form.voice_profile_id,
-                    "bgm_id" => &mut form.bgm_id,
-                    _ => &mut form.resolution,
-                };
-                upload::set_once(slot, &name, text)?;
-            }
-            // Unknown fields are drained and ignored, as browsers may add some.
-            _ => while field.chunk().await.map_err(|e| upload::error(e, too_big))?.is_some() {},
-        }
-    }
-    Ok(form)
-}
-
 async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
-    let form = read_form(&state, mp).await?;
+    let fields = ["message", "voice_profile_id", "bgm_id", "resolution"];
+    let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
 
     let message = check_message(
-        form.message
-            .as_deref()
+        form.text("message")
             .ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
     )?;
     let voice_id = form
-        .voice_profile_id
-        .as_deref()
+        .text("voice_profile_id")
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| AppError::bad_request("voice-missing", "Please choose a voice (voice_profile_id)."))?
@@ -95,19 +45,19 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
     if state.catalog.voice(&voice_id).await?.is_none() {
         return Err(AppError::bad_request("unknown-voice", format!("There is no voice profile {voice_id:?}.")));
     }
-    let bgm_id = form.bgm_id.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let bgm_id = form.text("bgm_id").map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     if let Some(id) = &bgm_id
         && state.catalog.track(id).await?.is_none()
     {
         return Err(AppError::bad_request("unknown-bgm", format!("There is no music track {id:?}.")));
     }
-    let resolution: Resolution = match form.resolution.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+    let resolution: Resolution = match form.text("resolution").map(str::trim).filter(|v| !v.is_empty()) {
         None => Resolution::default(),
         Some(r) => r.parse().map_err(|e: String| AppError::bad_request("invalid-resolution", e))?,
     };
-    let image =
-        form.image.ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
-    if form.image_bytes == 0 {
+    let upload::SpooledFile { path: image, bytes: image_bytes, .. } =
+        form.file.ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
+    if image_bytes == 0 {
         return Err(AppError::bad_request("image-missing", "The photo is empty."));
     }
     let max_pixels = state.cfg.max_image_pixels;
@@ -147,7 +97,7 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
         let _ = state.tasks.forget(&task_id).await;
         return Err(e);
     }
-    tracing::info!(%task_id, width, height, bytes = form.image_bytes, "job queued");
+    tracing::info!(%task_id, width, height, bytes = image_bytes, "job queued");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({
