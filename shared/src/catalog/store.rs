@@ -145,7 +145,12 @@ impl<T: Document> JsonStore<T> {
     /// Refused while the file on disk does not parse.
     pub fn update<R, E>(&self, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<Result<R, E>, CatalogError> {
         let _lock = self.lock()?;
-        let mut doc = T::clone(&*self.read_strict()?);
+        let current = self.read_strict()?;
+        // Take the document out of the cache so that, when no reader holds
+        // it, it is changed in place instead of copied (a 10,000-entry
+        // catalog is megabytes). The write puts the new version back.
+        self.inner.cache.lock().expect("cache lock").take();
+        let mut doc = Arc::try_unwrap(current).unwrap_or_else(|shared| T::clone(&shared));
         let out = match f(&mut doc) {
             Ok(out) => out,
             Err(e) => return Ok(Err(e)),
