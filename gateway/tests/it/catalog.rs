@@ -298,3 +298,26 @@ async fn a_custom_voice_is_matched_from_a_recording_and_speaks_in_a_video() {
     assert!(!stack.data_dir.join(format!("voices/embeddings/{id}.json")).exists());
     assert_eq!(get(&stack, &format!("/api/voice-clone/profiles/{id}")).await.0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_backs_up_the_catalog_by_itself() {
+    let stack = Stack::start(Options {
+        workers: 0,
+        own_data: true,
+        env: vec![("TAYORI_BACKUP_INTERVAL_SECS".into(), "1".into())],
+    })
+    .await;
+    let today = chrono::Utc::now().format("%Y%m%d").to_string();
+    let storage = stack.storage();
+    let t0 = std::time::Instant::now();
+    loop {
+        let keys: Vec<String> = storage.list("backups/metadata/").await.unwrap().into_iter().map(|o| o.key).collect();
+        if keys.len() == 2 {
+            assert!(keys.iter().all(|k| k.starts_with(&format!("backups/metadata/{today}/"))), "{keys:?}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "no backup in S3: {keys:?}\n{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stack.data_dir.join("backups").join(&today).join("bgm_metadata.json").is_file());
+}

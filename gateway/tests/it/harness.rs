@@ -122,6 +122,8 @@ impl Stack {
             ("TAYORI_DATA_DIR".into(), data_dir.display().to_string()),
             ("TAYORI_LIFECYCLE_FILE".into(), repo_root().join("lifecycle.json").display().to_string()),
             ("RUST_LOG".into(), "info".into()),
+            // Tests that want backups run `gateway backup` themselves.
+            ("TAYORI_BACKUP_INTERVAL_SECS".into(), "0".into()),
         ];
         env.extend(opts.env.iter().cloned());
         let mut gateway_env = env.clone();

@@ -50,7 +50,8 @@ pub fn backup_local(catalog: &Catalog, date: NaiveDate) -> Result<Vec<(String, P
         let src = catalog.data_dir().join(rel);
         let bytes = std::fs::read(&src).map_err(io(&src))?;
         let dst = dir.join(name);
-        let tmp = dir.join(format!(".{name}.tmp"));
+        // Unique, as several gateways may share one data directory.
+        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
         std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
         written.push((name.to_owned(), dst));
