@@ -15,7 +15,7 @@ RUN printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nCo
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates curl unzip ffmpeg open-jtalk open-jtalk-mecab-naist-jdic \
-      hts-voice-nitech-jp-atr503-m001 flite fonts-noto-cjk \
+      hts-voice-nitech-jp-atr503-m001 flite espeak-ng fonts-noto-cjk \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY data data
