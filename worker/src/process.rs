@@ -44,6 +44,20 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    run_full(program, args, cwd, timeout).await.map(|(stdout, _)| stdout)
+}
+
+/// Like [`run`], returning stdout and stderr (for tools that report on stderr).
+pub async fn run_full<I, S>(
+    program: &str,
+    args: I,
+    cwd: Option<&Path>,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), ProcessError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let mut cmd = Command::new(program);
     cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -68,7 +82,7 @@ where
             stderr_tail: tail(&out.stderr, 600),
         });
     }
-    Ok(out.stdout)
+    Ok((out.stdout, out.stderr))
 }
 
 #[cfg(test)]

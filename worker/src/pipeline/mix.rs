@@ -1,32 +1,46 @@
-//! Music under the voice: the track looped to the voice's length plus a
-//! short intro and outro, faded in and out, lowered under the voice.
+//! Music under the voice: the (loop-ready) track looped to the voice's
+//! length plus a short intro and outro, faded in and out, ducked under the
+//! voice by a sidechain compressor, and the mix normalized to the track's
+//! loudness target (`volume_db`, -14 LUFS integrated) with true peaks kept
+//! under -1 dBTP (two-pass loudnorm, linear when possible).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use shared::catalog::BgmTrack;
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
 use crate::media;
+use crate::process::ProcessError;
 
 /// Seconds of music before the voice starts and after it ends.
 pub const INTRO: f64 = 1.0;
 pub const OUTRO: f64 = 1.5;
+/// Loudness target without a track, and the true-peak ceiling aimed at
+/// (below -1 dBTP so that MP3 encoding keeps the file under it).
+pub const DEFAULT_LUFS: f64 = -14.0;
+const TRUE_PEAK_TARGET: f64 = -1.5;
 
-/// The filter graph: input 0 is the voice, input 1 (if any) the looped track.
+/// The filter graph: input 0 is the voice, input 1 (if any) the looped
+/// track. Outputs `[out]` (the mix) and, with music, `[bus]` (the ducked
+/// music alone, kept for checking the ducking).
 pub fn mix_filter(total: f64, with_music: bool) -> String {
     let delay_ms = (INTRO * 1000.0).round() as u64;
     let voice = format!(
-        "[0:a]aformat=sample_rates=48000:channel_layouts=stereo,adelay={delay_ms}|{delay_ms},apad=whole_dur={total:.3}[v]"
+        "[0:a]aformat=sample_rates=48000:channel_layouts=stereo,adelay={delay_ms}|{delay_ms},apad=whole_dur={total:.3}"
     );
     if !with_music {
-        return format!("{voice};[v]atrim=0:{total:.3}[out]");
+        return format!("{voice},atrim=0:{total:.3}[out]");
     }
     let fade_out_start = (total - OUTRO).max(0.0);
     format!(
-        "{voice};[1:a]aformat=sample_rates=48000:channel_layouts=stereo,atrim=0:{total:.3},volume=0.22,\
-         afade=t=in:st=0:d={INTRO},afade=t=out:st={fade_out_start:.3}:d={OUTRO}[m];\
-         [v][m]amix=inputs=2:duration=first:normalize=0,atrim=0:{total:.3}[out]"
+        "{voice},asplit=2[v][sc];\
+         [1:a]aformat=sample_rates=48000:channel_layouts=stereo,atrim=0:{total:.3},volume=0.5,\
+         afade=t=in:st=0:d=0.5,afade=t=out:st={fade_out_start:.3}:d={OUTRO}[m0];\
+         [m0][sc]sidechaincompress=threshold=0.01:ratio=10:attack=20:release=600:makeup=1[m];\
+         [m]asplit=2[mx][bus];\
+         [v][mx]amix=inputs=2:duration=first:normalize=0,atrim=0:{total:.3}[out]"
     )
 }
 
@@ -41,20 +55,86 @@ async fn track_file(j: &Job<'_>, track: &BgmTrack) -> Result<PathBuf, PipelineEr
     Ok(path)
 }
 
-pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<PathBuf, PipelineError> {
-    let speech = media::probe(voice, j.cfg.tool_timeout).await?.duration;
+/// Mix `voice` with `track` (looped) in `dir` and normalize to `target_lufs`;
+/// returns the MP3. With a track, `dir/music_bus.wav` holds the ducked music.
+pub async fn mix_files(
+    voice: &Path,
+    track: Option<&Path>,
+    dir: &Path,
+    target_lufs: f64,
+    timeout: Duration,
+) -> Result<PathBuf, ProcessError> {
+    let speech = media::probe(voice, timeout).await?.duration;
     let total = INTRO + speech + OUTRO;
-    let out = j.path("final_mixed.mp3");
-    let mut args: Vec<std::ffi::OsString> = vec!["-i".into()];
-    args.push(voice.into());
+    let raw = dir.join("mix_raw.wav");
+    let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), voice.into()];
     if let Some(t) = track {
         args.extend(["-stream_loop", "-1", "-i"].iter().map(Into::into));
-        args.push(track_file(j, t).await?.into());
+        args.push(t.into());
     }
-    args.extend(["-filter_complex".into(), mix_filter(total, track.is_some()).into(), "-map".into(), "[out]".into()]);
-    args.extend(["-c:a", "libmp3lame", "-b:a", "192k", "-ar", "48000"].iter().map(Into::into));
-    args.push(out.clone().into());
-    media::ffmpeg(args, j.cfg.tool_timeout).await?;
+    args.extend(["-filter_complex".into(), mix_filter(total, track.is_some()).into()]);
+    args.extend(["-map", "[out]", "-c:a", "pcm_f32le"].iter().map(Into::into));
+    args.push(raw.clone().into());
+    if track.is_some() {
+        args.extend(["-map", "[bus]", "-c:a", "pcm_f32le"].iter().map(Into::into));
+        args.push(dir.join("music_bus.wav").into());
+    }
+    media::ffmpeg(args, timeout).await?;
+
+    // Two-pass loudness normalization. loudnorm tends to land a few tenths
+    // below its target (and MP3 encoding moves it a little), so the result is
+    // measured with ffmpeg's EBU R128 meter and, if it is more than 0.2 LU
+    // off, made once more with the target moved by the error.
+    let m = media::measure_loudness(&raw, target_lufs, TRUE_PEAK_TARGET, timeout).await?;
+    let out = dir.join("final_mixed.mp3");
+    let mut aim = target_lufs;
+    for _ in 0..2 {
+        normalize(&raw, &out, &m, aim, timeout).await?;
+        let (got, _) = media::ebur128(&out, timeout).await?;
+        if (got - target_lufs).abs() <= 0.2 {
+            break;
+        }
+        aim += target_lufs - got;
+    }
+    Ok(out)
+}
+
+async fn normalize(
+    raw: &Path,
+    out: &Path,
+    m: &media::Loudness,
+    aim: f64,
+    timeout: Duration,
+) -> Result<(), ProcessError> {
+    let filter = format!(
+        "loudnorm=I={aim:.2}:TP={TRUE_PEAK_TARGET}:LRA=11:measured_I={}:measured_TP={}:measured_LRA={}:measured_thresh={}:offset={}:linear=true,aresample=48000",
+        m.input_i, m.input_tp, m.input_lra, m.input_thresh, m.target_offset
+    );
+    media::ffmpeg(
+        [
+            "-i".as_ref(),
+            raw.as_os_str(),
+            "-af".as_ref(),
+            filter.as_ref(),
+            "-c:a".as_ref(),
+            "libmp3lame".as_ref(),
+            "-b:a".as_ref(),
+            "192k".as_ref(),
+            out.as_os_str(),
+        ],
+        timeout,
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<PathBuf, PipelineError> {
+    let track_path = match track {
+        Some(t) => Some(track_file(j, t).await?),
+        None => None,
+    };
+    let target = track.map(|t| t.volume_db).unwrap_or(DEFAULT_LUFS);
+    let out = mix_files(voice, track_path.as_deref(), &j.dir, target, j.cfg.tool_timeout).await?;
     j.storage.put_file(&objects::final_mixed(j.task_id()), &out, "audio/mpeg").await?;
     Ok(out)
 }
@@ -64,13 +144,79 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_graph_pads_the_voice_and_fades_the_music() {
+    fn the_graph_pads_the_voice_ducks_and_fades_the_music() {
         let f = mix_filter(10.0, true);
         assert!(f.contains("adelay=1000|1000"));
         assert!(f.contains("apad=whole_dur=10.000"));
+        assert!(f.contains("sidechaincompress"));
         assert!(f.contains("afade=t=out:st=8.500:d=1.5"));
-        assert!(f.ends_with("atrim=0:10.000[out]"));
+        assert!(f.contains("[bus]"));
         let f = mix_filter(4.0, false);
         assert!(!f.contains("[1:a]"));
+    }
+
+    fn rms_db(samples: &[f32]) -> f64 {
+        let ms = samples.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / samples.len().max(1) as f64;
+        10.0 * ms.max(1e-12).log10()
+    }
+
+    /// Real speech (Open JTalk, Mei) under a real system track, measured by
+    /// ffmpeg's own ebur128 meter.
+    #[tokio::test]
+    async fn a_real_mix_is_normalized_and_ducked() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "お誕生日おめでとうございます。素敵な一年になりますように。").unwrap();
+        let voice = dir.path().join("voice.wav");
+        let t = Duration::from_secs(60);
+        crate::process::run(
+            "open_jtalk",
+            [
+                "-x".as_ref(),
+                super::super::speech::OPEN_JTALK_DIC.as_ref(),
+                "-m".as_ref(),
+                data.join("voices/system/mei_normal.htsvoice").as_os_str(),
+                "-ow".as_ref(),
+                voice.as_os_str(),
+                text.as_os_str(),
+            ],
+            None,
+            t,
+        )
+        .await
+        .unwrap();
+        let track = data.join("bgm/system/celebration_energetic.mp3");
+        let out = mix_files(&voice, Some(&track), dir.path(), -14.0, t).await.unwrap();
+
+        // ffmpeg's ebur128 filter, an independent meter.
+        let (integrated, peak) = crate::media::ebur128(&out, t).await.unwrap();
+        let peak = peak.expect("a true peak reading");
+        println!("integrated {integrated} LUFS, true peak {peak} dBFS");
+        assert!((integrated + 14.0).abs() <= 0.5, "integrated loudness {integrated} LUFS");
+        assert!(peak <= -1.0, "true peak {peak} dBTP");
+
+        // The music is at least 10 dB lower while the voice speaks than in the intro.
+        let pcm = crate::media::ffmpeg(
+            [
+                "-i".as_ref(),
+                dir.path().join("music_bus.wav").as_os_str(),
+                "-ac".as_ref(),
+                "1".as_ref(),
+                "-f".as_ref(),
+                "f32le".as_ref(),
+                "-".as_ref(),
+            ],
+            t,
+        )
+        .await
+        .unwrap();
+        let s: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let at = |sec: f64| (sec * 48_000.0) as usize;
+        let speech = crate::media::probe(&voice, t).await.unwrap().duration;
+        let intro = rms_db(&s[at(0.55)..at(0.95)]);
+        let under = rms_db(&s[at(INTRO + 0.5)..at(INTRO + speech - 0.3)]);
+        println!("music: intro {intro:.1} dB, under the voice {under:.1} dB");
+        assert!(intro - under >= 10.0, "ducked by only {:.1} dB", intro - under);
     }
 }
