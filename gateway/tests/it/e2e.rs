@@ -102,6 +102,58 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     assert!(speech_secs > 3.0, "a sentence of speech, got {speech_secs}s");
     assert!(duration >= speech_secs && duration <= speech_secs + 3.5, "video {duration}s vs speech {speech_secs}s");
 
+    // 30 fps, yuv420p, and captions burnt in: the band where captions sit
+    // differs from the same band of the prepared frame (which has none),
+    // with white caption pixels in it.
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=pix_fmt,r_frame_rate",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&video)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&probe.stdout).trim(), "yuv420p,30/1");
+    let rgb = |input: &std::path::Path, seek: Option<f64>| -> Vec<u8> {
+        let mut cmd = std::process::Command::new("ffmpeg");
+        cmd.args(["-nostdin", "-loglevel", "error"]);
+        if let Some(t) = seek {
+            cmd.args(["-ss", &format!("{t:.2}")]);
+        }
+        let out = cmd
+            .arg("-i")
+            .arg(input)
+            .args(["-frames:v", "1", "-vf", "scale=512:910", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        out.stdout
+    };
+    let prepared = dir.path().join("prepared.png");
+    storage.get_to_file(&format!("images/uploads/{task_id}/optimized_512x910.png"), &prepared).await.unwrap();
+    let with_captions = rgb(&video, Some(1.0 + speech_secs / 2.0));
+    let without = rgb(&prepared, None);
+    let band = (910 * 84 / 100)..(910 * 92 / 100);
+    let (mut diff, mut white, mut n) = (0u64, 0u64, 0u64);
+    for y in band {
+        for x in 0..512 {
+            let i = (y * 512 + x) * 3;
+            let (a, b) = (&with_captions[i..i + 3], &without[i..i + 3]);
+            diff += a.iter().zip(b).map(|(p, q)| (*p as i32 - *q as i32).unsigned_abs() as u64).sum::<u64>();
+            white += u64::from(a.iter().all(|c| *c > 230));
+            n += 1;
+        }
+    }
+    let mean_diff = diff as f64 / (n * 3) as f64;
+    assert!(mean_diff > 8.0, "the caption band looks like the frame without captions (mean diff {mean_diff:.1})");
+    assert!(white > 500, "no white caption pixels ({white})");
+
     // Every intermediate file is in the original layout.
     for key in [
         format!("images/uploads/{task_id}/original.png"),

@@ -189,7 +189,7 @@ pub async fn run(j: &mut Job<'_>) -> Result<VideoResult, PipelineError> {
     j.begin(Step::MixBgm).await;
     let mixed = mix::mix(j, track.as_ref(), &adjusted).await?;
     j.begin(Step::RenderAndUpload).await;
-    let result = render::render_and_upload(j, &frame, &mixed).await?;
+    let result = render::render_and_upload(j, &frame, &adjusted, &mixed).await?;
     j.finish_timer();
     Ok(VideoResult { step_seconds: j.timings.clone(), ..result })
 }

@@ -9,9 +9,84 @@ use shared::keys::objects;
 use super::{Job, PipelineError};
 use crate::media;
 
-pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Result<VideoResult, PipelineError> {
+/// The message split into caption lines: at sentence ends (。！？.!?) and
+/// line breaks, long sentences cut at about `max_chars` characters.
+pub fn caption_lines(message: &str, max_chars: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for ch in message.chars() {
+        if ch == '\n' {
+            if !cur.trim().is_empty() {
+                lines.push(cur.trim().to_owned());
+            }
+            cur.clear();
+            continue;
+        }
+        cur.push(ch);
+        let end = matches!(ch, '。' | '！' | '？' | '.' | '!' | '?');
+        if end || (cur.chars().count() >= max_chars && (ch == ' ' || ch == '、' || ch == ',' || !ch.is_ascii())) {
+            if !cur.trim().is_empty() {
+                lines.push(cur.trim().to_owned());
+            }
+            cur.clear();
+        }
+    }
+    if !cur.trim().is_empty() {
+        lines.push(cur.trim().to_owned());
+    }
+    lines
+}
+
+fn ass_time(t: f64) -> String {
+    let cs = (t.max(0.0) * 100.0).round() as u64;
+    format!("{}:{:02}:{:02}.{:02}", cs / 360_000, (cs / 6000) % 60, (cs / 100) % 60, cs % 100)
+}
+
+/// An ASS subtitle file: one caption line after another, each shown for a
+/// share of the speech proportional to its length, in Noto Sans CJK JP
+/// (Japanese glyphs), white with a dark outline, near the bottom.
+pub fn captions_ass(message: &str, start: f64, speech: f64, w: u32, h: u32) -> String {
+    let font_size = h / 26;
+    let max_chars = if message.is_ascii() { 32 } else { 16 };
+    let lines = caption_lines(message, max_chars);
+    let total: usize = lines.iter().map(|l| l.chars().count()).sum::<usize>().max(1);
+    let mut out = format!(
+        "[Script Info]\nScriptType: v4.00+\nPlayResX: {w}\nPlayResY: {h}\nWrapStyle: 0\n\n\
+         [V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n\
+         Style: Caption,Noto Sans CJK JP,{font_size},&H00FFFFFF,&H00FFFFFF,&H00202020,&H80000000,1,0,0,0,100,100,0,0,1,{outline},1,2,{margin},{margin},{margin_v},1\n\n\
+         [Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n",
+        outline = (font_size / 12).max(2),
+        margin = w / 12,
+        margin_v = h / 10,
+    );
+    let mut t = start;
+    for line in &lines {
+        let d = speech * line.chars().count() as f64 / total as f64;
+        let text = line.replace('{', "(").replace('}', ")");
+        out.push_str(&format!("Dialogue: 0,{},{},Caption,,0,0,0,,{text}\n", ass_time(t), ass_time(t + d)));
+        t += d;
+    }
+    out
+}
+
+/// A path quoted for an ffmpeg filter argument.
+fn filter_path(p: &Path) -> String {
+    let s = p.display().to_string();
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:"))
+}
+
+pub async fn render_and_upload(
+    j: &Job<'_>,
+    frame: &Path,
+    speech: &Path,
+    audio: &Path,
+) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
+    let speech_secs = media::probe(speech, j.cfg.tool_timeout).await?.duration;
+    let ass = j.path("captions.ass");
+    tokio::fs::write(&ass, captions_ass(&j.job.message, super::mix::INTRO, speech_secs, w, h)).await?;
+    let vf = format!("scale={w}:{h},subtitles=filename={},format=yuv420p", filter_path(&ass));
     media::ffmpeg(
         [
             "-loop".as_ref(),
@@ -23,7 +98,7 @@ pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Resul
             "-i".as_ref(),
             audio.as_os_str(),
             "-vf".as_ref(),
-            format!("scale={w}:{h},format=yuv420p").as_ref(),
+            vf.as_ref(),
             "-c:v".as_ref(),
             "libx264".as_ref(),
             "-preset".as_ref(),
@@ -74,4 +149,34 @@ pub async fn render_and_upload(j: &Job<'_>, frame: &Path, audio: &Path) -> Resul
         thumbnail_bytes,
         step_seconds: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_follow_sentences() {
+        assert_eq!(
+            caption_lines("お誕生日おめでとう！いつもありがとう。\nまたね", 16),
+            vec!["お誕生日おめでとう！", "いつもありがとう。", "またね"]
+        );
+        assert_eq!(caption_lines("Happy birthday! See you soon.", 32), vec!["Happy birthday!", "See you soon."]);
+        let long = caption_lines("This is a rather long sentence that should be cut into shorter caption lines", 32);
+        assert!(long.len() >= 2 && long.iter().all(|l| l.chars().count() <= 40), "{long:?}");
+    }
+
+    #[test]
+    fn captions_share_the_speech_time_in_order() {
+        let ass = captions_ass("おはよう。こんにちは。", 1.0, 4.0, 1080, 1920);
+        assert!(ass.contains("Noto Sans CJK JP"));
+        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:02.82,Caption,,0,0,0,,おはよう。"), "{ass}");
+        assert!(ass.contains("Dialogue: 0,0:00:02.82,0:00:05.00,Caption,,0,0,0,,こんにちは。"), "{ass}");
+        assert_eq!(ass_time(3725.5), "1:02:05.50");
+    }
+
+    #[test]
+    fn filter_paths_are_quoted() {
+        assert_eq!(filter_path(Path::new("/tmp/a:b/c'd.ass")), r"'/tmp/a\:b/c\'d.ass'");
+    }
 }
