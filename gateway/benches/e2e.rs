@@ -4,7 +4,7 @@
 //! worker), submits a Japanese message of about ten seconds of speech at
 //! 1080x1920 and at 512x910, and prints for each run: time from submit to a
 //! working download link, time from enqueue to the first progress event of
-//! the first step, and the speech and video lengths.
+//! the first step, the speech and video lengths, and each step's seconds.
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -57,6 +57,15 @@ async fn main() {
                 harness::duration_of(&speech),
                 result["duration_seconds"].as_f64().unwrap()
             );
+            let status: serde_json::Value =
+                http.get(format!("{}/api/video/status/{id}", stack.http)).send().await.unwrap().json().await.unwrap();
+            let steps: Vec<String> = status["result"]["step_seconds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| format!("{} {:.2}", s[0].as_str().unwrap(), s[1].as_f64().unwrap()))
+                .collect();
+            println!("            steps (s): {}", steps.join(", "));
             totals.push(total);
         }
         totals.sort_by(f64::total_cmp);
