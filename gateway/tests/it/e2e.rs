@@ -101,6 +101,11 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     let speech_secs = harness::duration_of(&speech);
     assert!(speech_secs > 3.0, "a sentence of speech, got {speech_secs}s");
     assert!(duration >= speech_secs && duration <= speech_secs + 3.5, "video {duration}s vs speech {speech_secs}s");
+    // As long as the mix (within 0.2 s).
+    let mixed = dir.path().join("final_mixed.mp3");
+    storage.get_to_file(&format!("voices/generated/{task_id}/final_mixed.mp3"), &mixed).await.unwrap();
+    let mix_secs = harness::duration_of(&mixed);
+    assert!((duration - mix_secs).abs() <= 0.2, "video {duration}s vs mix {mix_secs}s");
 
     // 30 fps, yuv420p, and captions burnt in: the band where captions sit
     // differs from the same band of the prepared frame (which has none),
