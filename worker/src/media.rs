@@ -61,68 +61,6 @@ where
     process::run("ffmpeg", all, None, timeout).await
 }
 
-/// Loudness of a file as measured by ffmpeg's `loudnorm` (first pass).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct Loudness {
-    #[serde(deserialize_with = "num")]
-    pub input_i: f64,
-    #[serde(deserialize_with = "num")]
-    pub input_tp: f64,
-    #[serde(deserialize_with = "num")]
-    pub input_lra: f64,
-    #[serde(deserialize_with = "num")]
-    pub input_thresh: f64,
-    #[serde(deserialize_with = "num")]
-    pub target_offset: f64,
-}
-
-/// loudnorm prints its numbers as JSON strings.
-fn num<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    let s = String::deserialize(d)?;
-    s.trim().parse().map_err(serde::de::Error::custom)
-}
-
-/// The JSON block loudnorm prints at the end of its stderr.
-pub fn parse_loudnorm(stderr: &str) -> Option<Loudness> {
-    let start = stderr.rfind('{')?;
-    let end = stderr[start..].find('}')? + start + 1;
-    serde_json::from_str(&stderr[start..end]).ok()
-}
-
-/// Measure a file's loudness for a target (first loudnorm pass).
-pub async fn measure_loudness(
-    path: &Path,
-    target_i: f64,
-    target_tp: f64,
-    timeout: Duration,
-) -> Result<Loudness, ProcessError> {
-    let filter = format!("loudnorm=I={target_i}:TP={target_tp}:LRA=11:print_format=json");
-    let (_, stderr) = process::run_full(
-        "ffmpeg",
-        [
-            "-nostdin".as_ref(),
-            "-hide_banner".as_ref(),
-            "-nostats".as_ref(),
-            "-i".as_ref(),
-            path.as_os_str(),
-            "-af".as_ref(),
-            filter.as_ref(),
-            "-f".as_ref(),
-            "null".as_ref(),
-            "-".as_ref(),
-        ],
-        None,
-        timeout,
-    )
-    .await?;
-    let text = String::from_utf8_lossy(&stderr);
-    parse_loudnorm(&text).ok_or_else(|| ProcessError::Failed {
-        program: "ffmpeg loudnorm".into(),
-        status: "no measurement in its output".into(),
-        stderr_tail: process::tail(&stderr, 300),
-    })
-}
-
 /// Integrated loudness (LUFS) and true peak (dBTP) from the summary that
 /// ffmpeg's `ebur128=peak=true` filter prints at the end of its stderr.
 pub fn parse_ebur128_summary(stderr: &str) -> Option<(f64, Option<f64>)> {
@@ -203,28 +141,6 @@ mod tests {
         assert_eq!(p.video, Some(("h264".into(), 512, 910)));
         assert_eq!(p.audio.as_deref(), Some("aac"));
         assert!((p.duration - 7.541).abs() < 1e-9);
-    }
-
-    /// Recorded from ffmpeg 5.1's loudnorm (print_format=json).
-    #[test]
-    fn parses_recorded_loudnorm_output() {
-        let stderr = r#"[Parsed_loudnorm_0 @ 0x55d5] 
-{
-	"input_i" : "-23.54",
-	"input_tp" : "-4.82",
-	"input_lra" : "6.10",
-	"input_thresh" : "-34.01",
-	"output_i" : "-14.20",
-	"output_tp" : "-1.50",
-	"output_lra" : "5.20",
-	"output_thresh" : "-24.60",
-	"normalization_type" : "dynamic",
-	"target_offset" : "0.20"
-}
-"#;
-        let l = parse_loudnorm(stderr).unwrap();
-        assert_eq!((l.input_i, l.input_tp, l.target_offset), (-23.54, -4.82, 0.20));
-        assert_eq!(parse_loudnorm("no json here"), None);
     }
 
     /// Recorded from ffmpeg 5.1's ebur128 filter (peak=true).

@@ -2,7 +2,7 @@
 //! length plus a short intro and outro, faded in and out, ducked under the
 //! voice by a sidechain compressor, and the mix normalized to the track's
 //! loudness target (`volume_db`, -14 LUFS integrated) with true peaks kept
-//! under -1 dBTP (two-pass loudnorm, linear when possible).
+//! under -1 dBTP (measured gain and a limiter, checked with ffmpeg's EBU R128 meter).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,35 +81,68 @@ pub async fn mix_files(
     }
     media::ffmpeg(args, timeout).await?;
 
-    // Two-pass loudness normalization. loudnorm tends to land a few tenths
-    // below its target (and MP3 encoding moves it a little), so the result is
-    // measured with ffmpeg's EBU R128 meter and, if it is more than 0.2 LU
-    // off, made once more with the target moved by the error.
-    let m = media::measure_loudness(&raw, target_lufs, TRUE_PEAK_TARGET, timeout).await?;
+    // Loudness normalization: measure the mix (EBU R128 integrated loudness
+    // and true peak, ebur128 crate on the 48 kHz samples), apply the gain to
+    // the target with a limiter keeping true peaks under the ceiling, encode,
+    // and check the result with ffmpeg's own EBU R128 meter; if it is more
+    // than 0.2 LU off (the limiter took some loudness), correct once.
+    let pcm = media::ffmpeg(
+        [
+            "-i".as_ref(),
+            raw.as_os_str(),
+            "-f".as_ref(),
+            "f32le".as_ref(),
+            "-ac".as_ref(),
+            "2".as_ref(),
+            "-ar".as_ref(),
+            "48000".as_ref(),
+            "-".as_ref(),
+        ],
+        timeout,
+    )
+    .await?;
+    let (integrated, peak) = tokio::task::spawn_blocking(move || measure_stereo(&pcm)).await.map_err(|e| {
+        ProcessError::Failed { program: "loudness".into(), status: e.to_string(), stderr_tail: String::new() }
+    })?;
     let out = dir.join("final_mixed.mp3");
-    let mut aim = target_lufs;
+    let mut gain = target_lufs - integrated;
     for _ in 0..2 {
-        normalize(&raw, &out, &m, aim, timeout).await?;
+        encode_with_gain(&raw, &out, gain, peak, timeout).await?;
         let (got, _) = media::ebur128(&out, timeout).await?;
         if (got - target_lufs).abs() <= 0.2 {
             break;
         }
-        aim += target_lufs - got;
+        gain += target_lufs - got;
     }
     Ok(out)
 }
 
-async fn normalize(
+/// Integrated loudness (LUFS) and true peak (dBTP) of interleaved stereo
+/// f32 little-endian samples at 48 kHz.
+fn measure_stereo(pcm: &[u8]) -> (f64, f64) {
+    let samples: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let mut m = ebur128::EbuR128::new(2, 48_000, ebur128::Mode::I | ebur128::Mode::TRUE_PEAK).expect("valid meter");
+    m.add_frames_f32(&samples).expect("interleaved stereo");
+    let integrated = m.loudness_global().unwrap_or(-70.0).max(-70.0);
+    let tp = (0..2).filter_map(|c| m.true_peak(c).ok()).fold(0.0f64, f64::max);
+    (integrated, 20.0 * tp.max(1e-9).log10())
+}
+
+/// Encode `raw` to MP3 with `gain_db` applied; a limiter holds peaks under
+/// the true-peak target when the gain would push them over it.
+async fn encode_with_gain(
     raw: &Path,
     out: &Path,
-    m: &media::Loudness,
-    aim: f64,
+    gain_db: f64,
+    peak_db: f64,
     timeout: Duration,
 ) -> Result<(), ProcessError> {
-    let filter = format!(
-        "loudnorm=I={aim:.2}:TP={TRUE_PEAK_TARGET}:LRA=11:measured_I={}:measured_TP={}:measured_LRA={}:measured_thresh={}:offset={}:linear=true,aresample=48000",
-        m.input_i, m.input_tp, m.input_lra, m.input_thresh, m.target_offset
-    );
+    let mut filter = format!("volume={gain_db:.2}dB");
+    if peak_db + gain_db > TRUE_PEAK_TARGET {
+        // alimiter works on sample peaks; leave room for inter-sample peaks.
+        let limit = 10f64.powf((TRUE_PEAK_TARGET - 0.5) / 20.0);
+        filter.push_str(&format!(",alimiter=limit={limit:.4}:attack=5:release=50:level=false"));
+    }
     media::ffmpeg(
         [
             "-i".as_ref(),
