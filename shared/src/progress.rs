@@ -196,6 +196,9 @@ pub struct TaskMeta {
     pub worker: Option<String>,
     /// How many times a worker started this job (more than one after a crash).
     pub attempts: u32,
+    /// The steps of a failed attempt (a success has them in its result).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pipeline_metrics: Vec<crate::job::StageMetric>,
 }
 
 impl TaskMeta {
@@ -212,6 +215,7 @@ impl TaskMeta {
             date_done: None,
             worker: None,
             attempts: 0,
+            pipeline_metrics: Vec::new(),
         }
     }
 }

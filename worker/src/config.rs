@@ -25,6 +25,11 @@ pub struct WorkerConfig {
     pub job_retries: u32,
     /// `TAYORI_CONCURRENCY`, default 1: jobs run at once by this process.
     pub concurrency: usize,
+    /// `TAYORI_SEGMENTATION_MODEL`, default `isnet` (quality); `u2netp` is fast.
+    pub segmentation: crate::vision::segment::Model,
+    /// `TAYORI_PRELOAD_MODELS`, default true: load the segmentation model
+    /// and run it once at start, so the first job does not pay for it.
+    pub preload_models: bool,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -50,6 +55,8 @@ impl WorkerConfig {
             tool_timeout: env::secs("TAYORI_TOOL_TIMEOUT_SECS", 120)?,
             job_retries: env::parse("TAYORI_JOB_RETRIES", 2)?,
             concurrency: env::parse("TAYORI_CONCURRENCY", 1)?,
+            segmentation: env::parse("TAYORI_SEGMENTATION_MODEL", crate::vision::segment::Model::IsNet)?,
+            preload_models: env::parse("TAYORI_PRELOAD_MODELS", true)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

@@ -5,10 +5,12 @@ pub mod catalog_tasks;
 pub mod config;
 pub mod lease;
 pub mod media;
+pub mod onnx;
 pub mod pipeline;
 pub mod piper;
 pub mod process;
 pub mod runner;
+pub mod vision;
 pub mod voice_analysis;
 
 use std::future::Future;
@@ -70,6 +72,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         storage,
         cfg: cfg.clone(),
     });
+    if cfg.preload_models {
+        preload(&cfg);
+    }
     let backend = cfg.queue.storage(redis.clone());
     let worker = WorkerBuilder::new(cfg.name.as_str())
         .backend(backend)
@@ -103,4 +108,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     worker.run_until(video_stopped).await.context("worker stopped with an error")?;
     catalog_run.await.context("catalog worker panicked")?.context("catalog worker stopped with an error")?;
     Ok(())
+}
+
+/// Load the segmentation model and run it once on a blank image in the
+/// background: the first run of a session is about 1 s slower than later ones.
+fn preload(cfg: &WorkerConfig) {
+    let (data, model) = (cfg.data_dir.clone(), cfg.segmentation);
+    tokio::task::spawn_blocking(move || {
+        let t = std::time::Instant::now();
+        let warmed = vision::segment::segmenter(&data, model)
+            .and_then(|s| s.mask(&image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]))));
+        match warmed {
+            Ok(_) => tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmentation model ready"),
+            Err(e) => tracing::error!(?model, error = %e, "segmentation model could not be loaded"),
+        }
+    });
 }

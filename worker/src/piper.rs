@@ -17,8 +17,8 @@ use crate::process;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PiperError {
-    #[error("ONNX Runtime could not be loaded from {path}: {reason}")]
-    Runtime { path: String, reason: String },
+    #[error(transparent)]
+    Onnx(#[from] crate::onnx::OnnxError),
     #[error("Piper voice {path}: {reason}")]
     Model { path: String, reason: String },
     #[error("inference failed: {0}")]
@@ -54,23 +54,7 @@ pub struct PiperVoice {
     config: VoiceConfig,
 }
 
-static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 static VOICES: OnceLock<Mutex<HashMap<PathBuf, Arc<PiperVoice>>>> = OnceLock::new();
-
-fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, PiperError> {
-    RUNTIME
-        .get_or_init(|| {
-            ort::init_from(lib).map_err(|e| e.to_string())?.with_name("tayori").build().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|reason| PiperError::Runtime { path: lib.display().to_string(), reason: reason.clone() })
-}
-
-/// Where the ONNX Runtime library is: `TAYORI_ORT_LIB`, default
-/// `{data_dir}/runtime/libonnxruntime.so` (put there by scripts/assets.sh).
-pub fn runtime_path(data_dir: &Path) -> PathBuf {
-    shared::env::var("TAYORI_ORT_LIB").map(PathBuf::from).unwrap_or_else(|| data_dir.join("runtime/libonnxruntime.so"))
-}
 
 /// The voice at `model` (with `model.json` beside it), loaded once. Blocking.
 pub fn voice(lib: &Path, model: &Path) -> Result<Arc<PiperVoice>, PiperError> {
@@ -78,16 +62,11 @@ pub fn voice(lib: &Path, model: &Path) -> Result<Arc<PiperVoice>, PiperError> {
     if let Some(v) = voices.lock().expect("voices lock").get(model) {
         return Ok(v.clone());
     }
-    let env = runtime(lib)?;
     let bad = |reason: String| PiperError::Model { path: model.display().to_string(), reason };
     let config_path = PathBuf::from(format!("{}.json", model.display()));
     let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad(e.to_string()))?)
         .map_err(|e| bad(e.to_string()))?;
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let session = Session::builder(env)
-        .and_then(|b| Ok(b.with_intra_threads(threads)?))
-        .and_then(|mut b| b.commit_from_file(model))
-        .map_err(|e| bad(e.to_string()))?;
+    let session = crate::onnx::session(lib, model, crate::onnx::default_threads(), false)?;
     let v = Arc::new(PiperVoice { session: Mutex::new(session), config });
     voices.lock().expect("voices lock").insert(model.to_owned(), v.clone());
     Ok(v)
@@ -229,7 +208,7 @@ mod tests {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("joe.wav");
-        let lib = runtime_path(&data);
+        let lib = crate::onnx::runtime_path(&data);
         let model = data.join("voices/system/en_US-joe-medium.onnx");
         let t0 = std::time::Instant::now();
         speak(&lib, &model, "Happy birthday! I hope you have a wonderful year.", &out, Duration::from_secs(30))

@@ -43,6 +43,9 @@ pub enum RunError {
     Redis(#[from] redis::RedisError),
 }
 
+/// A failed attempt: the error, the step it happened in, the steps' record.
+type Failed = (PipelineError, Option<shared::progress::Step>, Vec<shared::job::StageMetric>);
+
 impl Runner {
     /// Handle one delivery. An `Err` means the outcome could not be
     /// recorded (Redis down); the queue will deliver the job again.
@@ -104,13 +107,14 @@ impl Runner {
                     ));
                 }
                 Ok(Ok(result)) => break Ok(result),
-                Ok(Err((e, _))) if e.is_transient() && attempt <= self.cfg.job_retries => {
+                Ok(Err((e, _, _))) if e.is_transient() && attempt <= self.cfg.job_retries => {
                     let backoff = Duration::from_secs(2u64.pow(attempt));
                     tracing::warn!(%task_id, error = %e, attempt, "transient failure; retrying the job");
                     tokio::time::sleep(backoff.min(left / 4)).await;
                 }
-                Ok(Err((e, step))) => {
+                Ok(Err((e, step, metrics))) => {
                     tracing::error!(%task_id, error = %e, "job failed");
+                    meta.pipeline_metrics = metrics;
                     break Err((e.to_job_error(), step));
                 }
             }
@@ -141,17 +145,14 @@ impl Runner {
 
     /// One attempt of the pipeline in a fresh scratch directory (removed on
     /// return, also when the attempt is cancelled by the time limit).
-    async fn run_pipeline(
-        &self,
-        job: &VideoJob,
-    ) -> Result<shared::job::VideoResult, (PipelineError, Option<shared::progress::Step>)> {
+    async fn run_pipeline(&self, job: &VideoJob) -> Result<shared::job::VideoResult, Failed> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("tayori-{}-", job.task_id))
             .tempdir_in(&self.cfg.work_dir)
-            .map_err(|e| (PipelineError::Io(e), None))?;
-        let step_cfg = StepConfig { tool_timeout: self.cfg.tool_timeout };
-        let mut j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks);
-        let r = pipeline::run(&mut j).await;
-        r.map_err(|e| (e, j.current_step()))
+            .map_err(|e| (PipelineError::Io(e), None, Vec::new()))?;
+        let step_cfg = StepConfig { tool_timeout: self.cfg.tool_timeout, segmentation: self.cfg.segmentation };
+        let j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks);
+        let r = pipeline::run(&j).await;
+        r.map_err(|e| (e, j.failed_step(), j.metrics()))
     }
 }

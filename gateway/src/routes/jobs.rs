@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use chrono::Utc;
 use serde_json::json;
-use shared::job::{JOB_VERSION, Resolution, VideoJob};
+use shared::job::{Background, JOB_VERSION, Resolution, VideoJob};
 use shared::keys::objects;
 use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 
@@ -29,7 +29,7 @@ fn too_big() -> AppError {
 }
 
 async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
-    let fields = ["message", "voice_profile_id", "bgm_id", "resolution"];
+    let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background"];
     let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
 
     let message = check_message(
@@ -54,6 +54,16 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
     let resolution: Resolution = match form.text("resolution").map(str::trim).filter(|v| !v.is_empty()) {
         None => Resolution::default(),
         Some(r) => r.parse().map_err(|e: String| AppError::bad_request("invalid-resolution", e))?,
+    };
+    let person_index: Option<u32> = match form.text("person_index").map(str::trim).filter(|v| !v.is_empty()) {
+        None => None,
+        Some(v) => Some(v.parse().ok().filter(|i| *i < 100).ok_or_else(|| {
+            AppError::bad_request("invalid-person-index", format!("person_index {v:?} is not a number from 0 to 99."))
+        })?),
+    };
+    let background: Background = match form.text("background").map(str::trim).filter(|v| !v.is_empty()) {
+        None => Background::default(),
+        Some(b) => b.parse().map_err(|e: String| AppError::bad_request("invalid-background", e))?,
     };
     let upload::SpooledFile { path: image, bytes: image_bytes, .. } =
         form.file.ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
@@ -82,6 +92,8 @@ async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<imp
         voice_profile_id: voice_id,
         bgm_id,
         resolution,
+        person_index,
+        background,
         submitted_at: now,
     };
     let enqueued = async {

@@ -6,7 +6,9 @@ const JA_MESSAGE: &str = "お誕生日おめでとうございます。いつも
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
-    let stack = Stack::start(Options::default()).await;
+    // The production segmentation model (IS-Net).
+    let env = vec![("TAYORI_SEGMENTATION_MODEL".to_owned(), "isnet".to_owned())];
+    let stack = Stack::start(Options { env, ..Options::default() }).await;
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let t_submit = Instant::now();
     let (status, body) = harness::submit(
@@ -18,6 +20,7 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
             ("voice_profile_id", "ja_mei_female"),
             ("bgm_id", "celebration_gentle"),
             ("resolution", "512x910"),
+            ("background", "#3366CC"),
         ],
     )
     .await;
@@ -49,7 +52,17 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
         "mix_bgm",
         "render_and_upload",
     ];
-    assert_eq!(steps, expected.iter().enumerate().map(|(i, s)| (i as u64 + 1, s.to_string())).collect::<Vec<_>>());
+    // Every step once, with its own index; the image steps and the voice
+    // steps each in order (the two branches run at the same time), the
+    // render last.
+    let mut sorted = steps.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected.iter().enumerate().map(|(i, s)| (i as u64 + 1, s.to_string())).collect::<Vec<_>>());
+    let order =
+        |names: &[&str]| steps.iter().filter(|(_, n)| names.contains(&n.as_str())).map(|(i, _)| *i).collect::<Vec<_>>();
+    assert_eq!(order(&expected[..4]), vec![1, 2, 3, 4], "image steps in order: {steps:?}");
+    assert_eq!(order(&expected[4..7]), vec![5, 6, 7], "voice steps in order: {steps:?}");
+    assert_eq!(steps.last().unwrap().1, "render_and_upload");
     let pct: Vec<u64> = events.iter().map(|e| e["percentage"].as_u64().unwrap()).collect();
     assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentages never go back: {pct:?}");
     let last = events.last().unwrap();
@@ -158,6 +171,35 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     let mean_diff = diff as f64 / (n * 3) as f64;
     assert!(mean_diff > 8.0, "the caption band looks like the frame without captions (mean diff {mean_diff:.1})");
     assert!(white > 500, "no white caption pixels ({white})");
+    // The chosen background colour where the person is not: the top corners
+    // of the middle frame (H.264 and yuv420p shift colours by a few levels).
+    for (x, y) in [(10usize, 10usize), (500, 10), (10, 300), (500, 300)] {
+        let i = (y * 512 + x) * 3;
+        let px = &with_captions[i..i + 3];
+        let near = px.iter().zip([0x33u8, 0x66, 0xCC]).all(|(a, b)| a.abs_diff(b) <= 12);
+        assert!(near, "background at ({x},{y}) is {px:?}, not #3366CC");
+    }
+    // The cut-out person: opaque in the middle of the face, transparent at
+    // the top corners of the crop.
+    let cutout = dir.path().join("cutout.png");
+    storage.get_to_file(&format!("images/uploads/{task_id}/person_0_bg_removed.png"), &cutout).await.unwrap();
+    let alpha = |x: &str, y: &str| -> u8 {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-i"])
+            .arg(&cutout)
+            .args(["-vf", &format!("crop=1:1:{x}:{y}"), "-f", "rawvideo", "-pix_fmt", "rgba", "-"])
+            .output()
+            .unwrap();
+        out.stdout[3]
+    };
+    let corners = (alpha("0", "0"), alpha("iw-1", "0"));
+    assert!(corners.0 < 13 && corners.1 < 13, "background removed at the top corners: {corners:?}");
+    let face = alpha("iw/2", "ih/4");
+    assert!(face > 240, "the face is kept: alpha {face}");
+    // Each step's time and outcome is kept with the result.
+    let metrics = status["result"]["pipeline_metrics"].as_array().unwrap();
+    assert_eq!(metrics.len(), 8, "{metrics:?}");
+    assert!(metrics.iter().all(|m| m["success"] == true && m["duration_ms"].is_u64() && m["error"].is_null()));
 
     // Every intermediate file is in the original layout.
     for key in [
@@ -356,4 +398,44 @@ async fn a_viewer_holds_a_session_key_with_a_ttl_while_connected() {
         assert!(t0.elapsed() < Duration::from_secs(5), "session key kept after close");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_without_a_person_fails_once_with_a_clear_error() {
+    let stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("coffee.png")).unwrap();
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "coffee.png",
+        &[("message", "Hello there."), ("voice_profile_id", "en_slt_female")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap();
+    let done = harness::wait_done(&stack, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "FAILURE", "{done}");
+    assert_eq!(done["error"]["code"], "no-person", "{done}");
+    assert_eq!(done["error"]["retryable"], false, "{done}");
+    assert_eq!(done["attempts"], 1, "not retried: {done}");
+    let failed: Vec<_> =
+        done["pipeline_metrics"].as_array().unwrap().iter().filter(|m| m["success"] == false).collect();
+    assert_eq!(failed.len(), 1, "{done}");
+    assert_eq!(failed[0]["stage"], "detect_person");
+    let (events, _) = harness::follow(&stack, id, Duration::from_secs(10)).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["status"], "FAILURE");
+    assert!(last["message"].as_str().unwrap().contains("No person"), "{last}");
+    // A person index the photo does not have is refused the same way.
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[("message", "Hello."), ("voice_profile_id", "en_slt_female"), ("person_index", "3")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let done = harness::wait_done(&stack, body["task_id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(done["error"]["code"], "person-not-found", "{done}");
 }

@@ -124,6 +124,11 @@ impl Stack {
             ("RUST_LOG".into(), "info".into()),
             // Tests that want backups run `gateway backup` themselves.
             ("TAYORI_BACKUP_INTERVAL_SECS".into(), "0".into()),
+            // The fast segmentation model unless a test asks for IS-Net
+            // (whose quality is checked in the worker's own tests), and no
+            // warm-up run competing with the first job for the two cores.
+            ("TAYORI_SEGMENTATION_MODEL".into(), "u2netp".into()),
+            ("TAYORI_PRELOAD_MODELS".into(), "false".into()),
         ];
         env.extend(opts.env.iter().cloned());
         let mut gateway_env = env.clone();
@@ -210,6 +215,21 @@ impl Stack {
 
     pub fn ws_url(&self, task_id: &str) -> String {
         format!("{}/ws/progress/{task_id}", self.http.replacen("http://", "ws://", 1))
+    }
+
+    /// Peak and current resident memory (kB) of worker `i`, from /proc.
+    #[allow(dead_code)]
+    pub fn worker_memory_kb(&self, i: usize) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.workers[i].0.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
     }
 
     pub fn work_dir(&self, i: usize) -> PathBuf {

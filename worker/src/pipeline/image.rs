@@ -1,15 +1,15 @@
-//! Image steps. In this first slice person detection is a centre crop to
-//! the portrait aspect and background removal converts the crop to an RGBA
-//! PNG unchanged; both are replaced by real models in the media-quality
-//! issue. Every operation is done by ffmpeg on the real photo.
+//! Image steps: download the photo, find the people in it, cut the chosen
+//! one out with the segmentation model, and compose the portrait frames.
+//! The pixel work runs on the blocking pool (see `crate::vision`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use image::{RgbImage, RgbaImage};
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
-use crate::media;
-use crate::process::ProcessError;
+use crate::vision::{self, VisionError, compose, detect, segment};
 
 pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
     let ext = Path::new(&j.job.image_key).extension().and_then(|e| e.to_str()).unwrap_or("img");
@@ -18,68 +18,103 @@ pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
     Ok(path)
 }
 
-async fn ffmpeg(j: &Job<'_>, args: &[&std::ffi::OsStr]) -> Result<(), ProcessError> {
-    media::ffmpeg(args, j.cfg.tool_timeout).await.map(|_| ())
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, VisionError> + Send + 'static,
+) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PipelineError::Vision(VisionError::Inference(e.to_string())))?
+        .map_err(Into::into)
 }
 
-/// Portrait (9:16) centre crop, plus a small preview.
-pub async fn detect_person(j: &Job<'_>, original: &Path) -> Result<PathBuf, PipelineError> {
-    let crop = j.path("person_0_crop.jpg");
-    ffmpeg(
-        j,
-        &[
-            "-i".as_ref(),
-            original.as_os_str(),
-            "-vf".as_ref(),
-            "crop='min(iw,ih*9/16)':'min(ih,iw*16/9)',scale='min(1080,iw)':-2".as_ref(),
-            "-frames:v".as_ref(),
-            "1".as_ref(),
-            "-q:v".as_ref(),
-            "2".as_ref(),
-            crop.as_os_str(),
-        ],
-    )
-    .await
-    .map_err(|e| match e {
-        ProcessError::Failed { stderr_tail, .. } => PipelineError::BadImage(stderr_tail),
-        other => other.into(),
-    })?;
-    let preview = j.path("person_0_preview.jpg");
-    ffmpeg(j, &["-i".as_ref(), crop.as_os_str(), "-vf".as_ref(), "scale=256:-2".as_ref(), preview.as_os_str()]).await?;
-    j.storage.put_file(&objects::person_crop(j.task_id(), 0), &crop, "image/jpeg").await?;
-    j.storage.put_file(&objects::person_preview(j.task_id(), 0), &preview, "image/jpeg").await?;
-    Ok(crop)
+/// The photo (upright) and the chosen person's crop.
+pub struct Found {
+    /// Which person (left to right).
+    pub n: usize,
+    pub photo: Arc<RgbImage>,
+    pub crop: Arc<RgbImage>,
 }
 
-/// RGBA PNG of the person (here: the whole crop, fully opaque).
-pub async fn remove_background(j: &Job<'_>, crop: &Path) -> Result<PathBuf, PipelineError> {
-    let out = j.path("person_0_bg_removed.png");
-    ffmpeg(j, &["-i".as_ref(), crop.as_os_str(), "-pix_fmt".as_ref(), "rgba".as_ref(), out.as_os_str()]).await?;
-    j.storage.put_file(&objects::person_bg_removed(j.task_id(), 0), &out, "image/png").await?;
-    Ok(out)
-}
-
-/// Fit the cut-out into the portrait frame of the requested size, centred
-/// over a soft background colour.
-pub async fn prepare(j: &Job<'_>, cutout: &Path) -> Result<PathBuf, PipelineError> {
-    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
-    let out = j.path(&format!("optimized_{w}x{h}.png"));
-    let filter = format!(
-        "color=c=0xF3EDE4:s={w}x{h}[bg];[0:v]scale={w}:{h}:force_original_aspect_ratio=decrease[fg];[bg][fg]overlay=(W-w)/2:(H-h)/2:format=auto,format=rgb24"
-    );
-    ffmpeg(
-        j,
-        &[
-            "-i".as_ref(),
-            cutout.as_os_str(),
-            "-filter_complex".as_ref(),
-            filter.as_ref(),
-            "-frames:v".as_ref(),
-            "1".as_ref(),
-            out.as_os_str(),
-        ],
-    )
+/// Find every person; write and upload each one's crop and preview; pick
+/// the asked-for person or the one with the largest face.
+pub async fn detect_person(j: &Job<'_>, original: &Path) -> Result<Found, PipelineError> {
+    let original = original.to_owned();
+    let model = detect::model_path(j.catalog.data_dir());
+    let dir = j.dir.clone();
+    let asked = j.job.person_index;
+    let (photo, crops, chosen) = blocking(move || {
+        let photo = vision::load_upright(&original)?;
+        let people = detect::people(&model, &photo)?;
+        let chosen = detect::choose(&people, asked)?;
+        let mut crops = Vec::with_capacity(people.len());
+        for (n, p) in people.iter().enumerate() {
+            let crop = detect::crop(&photo, p.body);
+            vision::save_jpeg(&crop, &dir.join(format!("person_{n}_crop.jpg")), 92)?;
+            let pw = 256.min(crop.width());
+            let ph = ((crop.height() as u64 * pw as u64) / crop.width() as u64).max(1) as u32;
+            let preview = image::imageops::resize(&crop, pw, ph, image::imageops::FilterType::Triangle);
+            vision::save_jpeg(&preview, &dir.join(format!("person_{n}_preview.jpg")), 85)?;
+            crops.push(crop);
+        }
+        tracing::info!(people = people.len(), chosen, ?people, "people found");
+        Ok((photo, crops, chosen))
+    })
     .await?;
-    j.storage.put_file(&objects::optimized(j.task_id(), w, h), &out, "image/png").await?;
-    Ok(out)
+    let uploads = (0..crops.len()).map(|n| async move {
+        let crop = j.path(&format!("person_{n}_crop.jpg"));
+        let preview = j.path(&format!("person_{n}_preview.jpg"));
+        j.storage.put_file(&objects::person_crop(j.task_id(), n), &crop, "image/jpeg").await?;
+        j.storage.put_file(&objects::person_preview(j.task_id(), n), &preview, "image/jpeg").await?;
+        Ok::<_, PipelineError>(())
+    });
+    futures::future::try_join_all(uploads).await?;
+    let crop = crops.into_iter().nth(chosen).expect("chosen is an index of people");
+    Ok(Found { n: chosen, photo: Arc::new(photo), crop: Arc::new(crop) })
+}
+
+/// The person's crop with the background made transparent (soft alpha).
+pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaImage>, PipelineError> {
+    let data = j.catalog.data_dir().to_owned();
+    let model = j.cfg.segmentation;
+    let crop = found.crop.clone();
+    let out = j.path(&format!("person_{}_bg_removed.png", found.n));
+    let path = out.clone();
+    let cutout = blocking(move || {
+        let seg = segment::segmenter(&data, model)?;
+        let t = std::time::Instant::now();
+        let mask = seg.mask(&crop)?;
+        tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmented");
+        let cutout = segment::cut_out(&crop, &mask);
+        vision::save_png(&cutout, &path)?;
+        Ok(cutout)
+    })
+    .await?;
+    j.storage.put_file(&objects::person_bg_removed(j.task_id(), found.n), &out, "image/png").await?;
+    Ok(Arc::new(cutout))
+}
+
+/// The portrait frames: `optimized_512x910.png` always, and one at the
+/// render size when that differs. Returns the render-size frame.
+pub async fn prepare(j: &Job<'_>, found: &Found, cutout: &Arc<RgbaImage>) -> Result<PathBuf, PipelineError> {
+    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
+    let mut sizes = vec![(512, 910)];
+    if (w, h) != (512, 910) {
+        sizes.push((w, h));
+    }
+    let (photo, cutout, bg) = (found.photo.clone(), cutout.clone(), j.job.background.clone());
+    let paths: Vec<(u32, u32, PathBuf)> =
+        sizes.iter().map(|&(w, h)| (w, h, j.path(&format!("optimized_{w}x{h}.png")))).collect();
+    let todo = paths.clone();
+    blocking(move || {
+        for (w, h, path) in &todo {
+            vision::save_png(&compose::frame(&bg, &photo, &cutout, *w, *h), path)?;
+        }
+        Ok(())
+    })
+    .await?;
+    let uploads = paths.iter().map(|(w, h, p)| async move {
+        j.storage.put_file(&objects::optimized(j.task_id(), *w, *h), p, "image/png").await
+    });
+    futures::future::try_join_all(uploads).await?;
+    Ok(paths.last().expect("at least one size").2.clone())
 }

@@ -7,16 +7,19 @@ pub mod mix;
 pub mod render;
 pub mod speech;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shared::catalog::{Catalog, CatalogError};
-use shared::job::{JobError, VideoJob, VideoResult};
+use shared::job::{JobError, StageMetric, VideoJob, VideoResult};
 use shared::progress::{ProgressEvent, Step};
 use shared::storage::{Storage, StorageError};
 use shared::tasks::TaskStore;
 
 use crate::process::ProcessError;
+use crate::vision::VisionError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -28,6 +31,8 @@ pub enum PipelineError {
     Catalog(#[from] CatalogError),
     #[error("the photo could not be read as an image: {0}")]
     BadImage(String),
+    #[error(transparent)]
+    Vision(#[from] crate::vision::VisionError),
     #[error("voice profile {0:?} does not exist")]
     UnknownVoice(String),
     #[error("music track {0:?} does not exist")]
@@ -59,7 +64,18 @@ impl PipelineError {
             PipelineError::Storage(_) => {
                 ("storage-unavailable", "File storage was not reachable; please try again.".to_owned())
             }
-            PipelineError::BadImage(_) => ("image-unreadable", "The photo could not be read as an image.".to_owned()),
+            PipelineError::BadImage(_) | PipelineError::Vision(VisionError::Decode(_)) => {
+                ("image-unreadable", "The photo could not be read as an image.".to_owned())
+            }
+            PipelineError::Vision(VisionError::NoPerson) => (
+                "no-person",
+                "No person was found in the photo. Please use a photo where a face is clearly visible, looking at the camera."
+                    .to_owned(),
+            ),
+            PipelineError::Vision(VisionError::NoSuchPerson { asked, found }) => (
+                "person-not-found",
+                format!("Person {asked} was chosen, but the photo shows {found} (numbered from 0, left to right)."),
+            ),
             PipelineError::UnknownVoice(id) => ("unknown-voice", format!("The voice {id:?} no longer exists.")),
             PipelineError::UnknownTrack(id) => ("unknown-bgm", format!("The music track {id:?} no longer exists.")),
             PipelineError::Process(ProcessError::Timeout { program, .. }) => {
@@ -71,7 +87,7 @@ impl PipelineError {
             PipelineError::BadVoice { .. } | PipelineError::Catalog(_) => {
                 ("catalog-error", "The voice or music catalog could not be used.".to_owned())
             }
-            PipelineError::Process(_) | PipelineError::Io(_) => {
+            PipelineError::Process(_) | PipelineError::Io(_) | PipelineError::Vision(_) => {
                 ("processing-failed", "Making the video failed on our side.".to_owned())
             }
         };
@@ -84,9 +100,12 @@ impl PipelineError {
 pub struct StepConfig {
     /// Longest any one external tool may run.
     pub tool_timeout: Duration,
+    /// The background-removal model.
+    pub segmentation: crate::vision::segment::Model,
 }
 
-/// Everything a job's steps share.
+/// Everything a job's steps share. Steps of the image and voice branches
+/// run at the same time, so the record of them is behind a lock.
 pub struct Job<'a> {
     pub job: &'a VideoJob,
     pub dir: PathBuf,
@@ -94,8 +113,13 @@ pub struct Job<'a> {
     pub catalog: &'a Catalog,
     pub cfg: &'a StepConfig,
     pub tasks: &'a TaskStore,
-    current: Option<(Step, Instant)>,
-    pub timings: Vec<(String, f64)>,
+    record: Mutex<Record>,
+}
+
+#[derive(Default)]
+struct Record {
+    metrics: Vec<StageMetric>,
+    failed: Option<Step>,
 }
 
 impl<'a> Job<'a> {
@@ -107,7 +131,7 @@ impl<'a> Job<'a> {
         cfg: &'a StepConfig,
         tasks: &'a TaskStore,
     ) -> Self {
-        Job { job, dir: dir.to_owned(), storage, catalog, cfg, tasks, current: None, timings: Vec::new() }
+        Job { job, dir: dir.to_owned(), storage, catalog, cfg, tasks, record: Default::default() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -118,25 +142,40 @@ impl<'a> Job<'a> {
         &self.job.task_id
     }
 
-    /// The step now running, for failure reports.
-    pub fn current_step(&self) -> Option<Step> {
-        self.current.map(|(s, _)| s)
+    /// The step that failed first, for the failure report.
+    pub fn failed_step(&self) -> Option<Step> {
+        self.record.lock().expect("record lock").failed
     }
 
-    /// Mark the start of a step: closes the previous step's timer and
-    /// publishes the progress event. Progress is retried briefly but never
-    /// fails the job: viewers recover missed events from the log.
-    pub async fn begin(&mut self, step: Step) {
-        self.finish_timer();
-        self.current = Some((step, Instant::now()));
+    /// What each finished step took, in the order they ended.
+    pub fn metrics(&self) -> Vec<StageMetric> {
+        self.record.lock().expect("record lock").metrics.clone()
+    }
+
+    /// Run one step: publish its progress event, time it, and record the
+    /// outcome. Progress is retried briefly but never fails the job:
+    /// viewers recover missed events from the log.
+    pub async fn step<T>(
+        &self,
+        step: Step,
+        work: impl Future<Output = Result<T, PipelineError>>,
+    ) -> Result<T, PipelineError> {
         tracing::info!(task_id = %self.job.task_id, step = step.name(), "step started");
         publish_progress(self.tasks, ProgressEvent::step(&self.job.task_id, step, 0)).await;
-    }
-
-    fn finish_timer(&mut self) {
-        if let Some((step, t0)) = self.current.take() {
-            self.timings.push((step.name().to_owned(), t0.elapsed().as_secs_f64()));
+        let t0 = Instant::now();
+        let r = work.await;
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let mut rec = self.record.lock().expect("record lock");
+        if r.is_err() && rec.failed.is_none() {
+            rec.failed = Some(step);
         }
+        rec.metrics.push(StageMetric {
+            stage: step.name().to_owned(),
+            duration_ms,
+            success: r.is_ok(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        });
+        r
     }
 }
 
@@ -159,8 +198,9 @@ pub async fn publish_progress(tasks: &TaskStore, ev: ProgressEvent) {
     }
 }
 
-/// Run every step of the job in order.
-pub async fn run(j: &mut Job<'_>) -> Result<VideoResult, PipelineError> {
+/// Run the job: the image branch and the voice branch at the same time
+/// (they share nothing), then the render.
+pub async fn run(j: &Job<'_>) -> Result<VideoResult, PipelineError> {
     if j.job.version != shared::job::JOB_VERSION {
         return Err(PipelineError::UnsupportedVersion(j.job.version));
     }
@@ -173,23 +213,27 @@ pub async fn run(j: &mut Job<'_>) -> Result<VideoResult, PipelineError> {
         Some(id) => Some(j.catalog.track(id).await?.ok_or_else(|| PipelineError::UnknownTrack(id.clone()))?),
         None => None,
     };
+    let (frame, (adjusted, mixed)) = tokio::try_join!(image_branch(j), voice_branch(j, &voice, track.as_ref()))?;
+    let result = j.step(Step::RenderAndUpload, render::render_and_upload(j, &frame, &adjusted, &mixed)).await?;
+    Ok(VideoResult { pipeline_metrics: j.metrics(), ..result })
+}
 
-    j.begin(Step::DownloadImage).await;
-    let original = image::download(j).await?;
-    j.begin(Step::DetectPerson).await;
-    let crop = image::detect_person(j, &original).await?;
-    j.begin(Step::BackgroundRemoval).await;
-    let cutout = image::remove_background(j, &crop).await?;
-    j.begin(Step::PrepareImage).await;
-    let frame = image::prepare(j, &cutout).await?;
-    j.begin(Step::SynthesizeVoice).await;
-    let voice_wav = speech::synthesize(j, &voice).await?;
-    j.begin(Step::AdjustProsody).await;
-    let adjusted = speech::adjust_prosody(j, &voice, &voice_wav).await?;
-    j.begin(Step::MixBgm).await;
-    let mixed = mix::mix(j, track.as_ref(), &adjusted).await?;
-    j.begin(Step::RenderAndUpload).await;
-    let result = render::render_and_upload(j, &frame, &adjusted, &mixed).await?;
-    j.finish_timer();
-    Ok(VideoResult { step_seconds: j.timings.clone(), ..result })
+/// Photo in, portrait frame at the render size out.
+pub async fn image_branch(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
+    let original = j.step(Step::DownloadImage, image::download(j)).await?;
+    let found = j.step(Step::DetectPerson, image::detect_person(j, &original)).await?;
+    let cutout = j.step(Step::BackgroundRemoval, image::remove_background(j, &found)).await?;
+    j.step(Step::PrepareImage, image::prepare(j, &found, &cutout)).await
+}
+
+/// Message in, the adjusted speech and the final mix out.
+pub async fn voice_branch(
+    j: &Job<'_>,
+    voice: &shared::catalog::VoiceProfile,
+    track: Option<&shared::catalog::BgmTrack>,
+) -> Result<(PathBuf, PathBuf), PipelineError> {
+    let base = j.step(Step::SynthesizeVoice, speech::synthesize(j, voice)).await?;
+    let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base)).await?;
+    let mixed = j.step(Step::MixBgm, mix::mix(j, track, &adjusted)).await?;
+    Ok((adjusted, mixed))
 }

@@ -160,7 +160,7 @@ pub async fn render_and_upload(
         height: h,
         video_bytes,
         thumbnail_bytes,
-        step_seconds: Vec::new(),
+        pipeline_metrics: Vec::new(),
     })
 }
 

@@ -103,7 +103,7 @@ pub async fn speak(
                     format!("voice model {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
                 )
             })?;
-            let lib = crate::piper::runtime_path(catalog.data_dir());
+            let lib = crate::onnx::runtime_path(catalog.data_dir());
             crate::piper::speak(&lib, &model, message, out, timeout)
                 .await
                 .map_err(|e| bad_voice(profile, e.to_string()))?;

@@ -1,0 +1,61 @@
+//! Face detection and background removal on a real photo, per model:
+//! `cargo bench -p worker --bench vision [-- PHOTO]` (default: astronaut.png
+//! from the asset cache). Prints the model load time and per-run times.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use worker::vision::{detect, load_upright, segment};
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = root.join("data");
+    let photo_path = std::env::args().skip(1).find(|a| !a.starts_with('-')).map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("TAYORI_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join(".cache"))
+            .join("fixtures/astronaut.png")
+    });
+    let t = Instant::now();
+    let photo = load_upright(&photo_path).expect("photo");
+    println!("decode {}x{}: {:.1} ms", photo.width(), photo.height(), ms(t));
+    let mut people = Vec::new();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        people = detect::people(&detect::model_path(&data), &photo).expect("detect");
+        times.push(ms(t));
+    }
+    println!("detect: {} people, runs {}", people.len(), list(&times));
+    let Some(person) = people.first() else { return };
+    let crop = detect::crop(&photo, person.body);
+    let only = std::env::var("MODEL").ok();
+    for model in [segment::Model::U2netp, segment::Model::IsNet]
+        .into_iter()
+        .filter(|m| only.as_ref().is_none_or(|o| o.parse::<segment::Model>().ok() == Some(*m)))
+    {
+        let t = Instant::now();
+        let seg = segment::segmenter(&data, model).expect("model");
+        let load = ms(t);
+        let times: Vec<f64> = (0..6)
+            .map(|_| {
+                let t = Instant::now();
+                seg.mask(&crop).expect("mask");
+                ms(t)
+            })
+            .collect();
+        println!("{model:?} on a {}x{} crop: load {load:.0} ms, runs {}", crop.width(), crop.height(), list(&times));
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let rss = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("");
+        println!("peak resident: {}", rss.trim_start_matches("VmHWM:").trim());
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter().map(|x| format!("{x:.0} ms")).collect::<Vec<_>>().join(", ")
+}

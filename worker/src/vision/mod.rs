@@ -1,0 +1,184 @@
+//! Seeing the person in the photo: decoding with EXIF orientation, face
+//! detection and person boxes (`detect`), background removal with a
+//! segmentation model (`segment`), and composing the portrait frame
+//! (`compose`). All of it is CPU work: call it from the blocking pool.
+
+pub mod compose;
+pub mod detect;
+pub mod segment;
+
+use std::io::BufReader;
+use std::path::Path;
+
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+
+use crate::onnx::OnnxError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error("the photo could not be decoded: {0}")]
+    Decode(String),
+    #[error("no person was found in the photo")]
+    NoPerson,
+    #[error("person {asked} was asked for but the photo shows {found}")]
+    NoSuchPerson { asked: u32, found: usize },
+    #[error("model file {path} is missing or unreadable: {reason}")]
+    ModelFile { path: String, reason: String },
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("image could not be written: {0}")]
+    Encode(String),
+}
+
+/// Largest photo decoded (pixels): the gateway refuses bigger ones before
+/// this, and this keeps a worker safe from any that get through.
+pub const MAX_PIXELS: u64 = 50_000_000;
+
+/// Decode the photo as upright RGB: the EXIF orientation (JPEG, PNG, WebP)
+/// is applied, so a phone's portrait shot stands up.
+pub fn load_upright(path: &Path) -> Result<RgbImage, VisionError> {
+    let bad = |e: &dyn std::fmt::Display| VisionError::Decode(e.to_string());
+    let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
+    let mut reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(|e| bad(&e))?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 4);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| bad(&e))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(VisionError::Decode(format!("{w}x{h} is too many pixels")));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| bad(&e))?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+/// Save as JPEG at quality `q`.
+pub fn save_jpeg(img: &RgbImage, path: &Path, q: u8) -> Result<(), VisionError> {
+    let enc = |e: &dyn std::fmt::Display| VisionError::Encode(format!("{}: {e}", path.display()));
+    let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| enc(&e))?);
+    image::codecs::jpeg::JpegEncoder::new_with_quality(file, q).encode_image(img).map_err(|e| enc(&e))
+}
+
+/// Save as PNG with fast compression (these files are intermediate).
+pub fn save_png<P, C>(img: &image::ImageBuffer<P, C>, path: &Path) -> Result<(), VisionError>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+    C: std::ops::Deref<Target = [P::Subpixel]>,
+{
+    use image::ImageEncoder;
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let enc = |e: &dyn std::fmt::Display| VisionError::Encode(format!("{}: {e}", path.display()));
+    let file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| enc(&e))?);
+    PngEncoder::new_with_quality(file, CompressionType::Fast, FilterType::Sub)
+        .write_image(image::EncodableLayout::as_bytes(&**img), img.width(), img.height(), P::COLOR_TYPE)
+        .map_err(|e| enc(&e))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    pub fn data_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+    }
+
+    pub fn fixture(name: &str) -> PathBuf {
+        let cache = std::env::var_os("TAYORI_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
+        let p = cache.join("fixtures").join(name);
+        assert!(p.is_file(), "{} is missing: run scripts/assets.sh first", p.display());
+        p
+    }
+
+    /// Mean of `mask` over a box, 0-1.
+    fn mean_alpha(mask: &image::GrayImage, x: u32, y: u32, w: u32, h: u32) -> f64 {
+        let view = image::imageops::crop_imm(mask, x, y, w, h);
+        let px: Vec<u8> = view.to_image().pixels().map(|p| p[0]).collect();
+        px.iter().map(|&v| f64::from(v)).sum::<f64>() / px.len() as f64 / 255.0
+    }
+
+    fn cut_out_astronaut(model: segment::Model) {
+        let data = data_dir();
+        let photo = load_upright(&fixture("astronaut.png")).unwrap();
+        let t0 = std::time::Instant::now();
+        let people = detect::people(&detect::model_path(&data), &photo).unwrap();
+        let t_detect = t0.elapsed();
+        assert_eq!(people.len(), 1, "one person in astronaut.png: {people:?}");
+        let person = people[0];
+        let crop = detect::crop(&photo, person.body);
+        let seg = segment::segmenter(&data, model).unwrap();
+        let t1 = std::time::Instant::now();
+        let mask = seg.mask(&crop).unwrap();
+        let t_seg = t1.elapsed();
+        // The face box, in crop coordinates.
+        let f = person.face;
+        let (fx, fy) = (f.x - person.body.x, f.y - person.body.y);
+        let face = mean_alpha(&mask, fx, fy, f.w, f.h);
+        let c = (crop.width() / 10).max(4);
+        let cw = crop.width();
+        let corners = [(0, 0), (cw - c, 0)].map(|(x, y)| mean_alpha(&mask, x, y, c, c));
+        // The whole photo: the person kept, the background gone at the photo's top corners.
+        let full = seg.mask(&photo).unwrap();
+        let s = photo.width() / 10;
+        let top_corners = [(0, 0), (photo.width() - s, 0)].map(|(x, y)| mean_alpha(&full, x, y, s, s));
+        let soft = mask.pixels().filter(|p| (20..235).contains(&p[0])).count();
+        println!(
+            "{model:?}: detect {:.0} ms, segment {:.0} ms; person {:?}; face alpha {face:.3}, crop top corners {corners:?}, photo top corners {top_corners:?}, soft pixels {soft}",
+            t_detect.as_secs_f64() * 1000.0,
+            t_seg.as_secs_f64() * 1000.0,
+            person
+        );
+        assert!(face > 0.9, "face covered: {face}");
+        assert!(corners.iter().all(|&a| a < 0.1), "crop corners transparent: {corners:?}");
+        assert!(top_corners.iter().all(|&a| a < 0.1), "photo corners transparent: {top_corners:?}");
+        assert!(soft > 100, "edges are soft, not a hard threshold ({soft} partial pixels)");
+    }
+
+    #[test]
+    fn isnet_cuts_out_the_astronaut() {
+        cut_out_astronaut(segment::Model::IsNet);
+    }
+
+    #[test]
+    fn u2netp_cuts_out_the_astronaut() {
+        cut_out_astronaut(segment::Model::U2netp);
+    }
+
+    #[test]
+    fn coffee_has_no_person() {
+        let photo = load_upright(&fixture("coffee.png")).unwrap();
+        let people = detect::people(&detect::model_path(&data_dir()), &photo).unwrap();
+        assert!(people.is_empty(), "{people:?}");
+        assert!(matches!(detect::choose(&people, None), Err(VisionError::NoPerson)));
+    }
+
+    #[test]
+    fn exif_orientation_is_applied() {
+        // A 4x2 JPEG tagged "rotate 90° clockwise" (orientation 6) decodes as 2x4.
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.jpg");
+        save_jpeg(&RgbImage::from_pixel(4, 2, image::Rgb([200, 10, 10])), &plain, 90).unwrap();
+        let bytes = std::fs::read(&plain).unwrap();
+        // APP1 Exif segment: big-endian TIFF, one IFD entry 0x0112 = 6.
+        let mut tiff = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01\0\x06\0\0\0\0\0\0".to_vec();
+        let mut app1 = b"Exif\0\0".to_vec();
+        app1.append(&mut tiff);
+        let len = (app1.len() + 2) as u16;
+        let mut tagged = vec![0xFF, 0xD8, 0xFF, 0xE1];
+        tagged.extend(len.to_be_bytes());
+        tagged.extend(app1);
+        tagged.extend(&bytes[2..]);
+        let rotated = dir.path().join("rotated.jpg");
+        std::fs::write(&rotated, tagged).unwrap();
+        assert_eq!(load_upright(&plain).unwrap().dimensions(), (4, 2));
+        assert_eq!(load_upright(&rotated).unwrap().dimensions(), (2, 4));
+    }
+}

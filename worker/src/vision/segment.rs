@@ -1,0 +1,142 @@
+//! Background removal: a salient-object segmentation model run by ONNX
+//! Runtime gives a soft alpha mask for the person crop.
+//!
+//! - IS-Net (DIS), the default: 1024x1024 input, `(px - 128) / 256`, one
+//!   alpha output. The quint8 build from scripts/assets.sh.
+//! - u2netp, the fast one: 320x320 input, ImageNet mean/std on px/255,
+//!   the first output min-max normalized.
+//!
+//! Each model is loaded once per process and shared; a session runs one
+//! image at a time (its intra-op threads use every core).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use image::imageops::FilterType;
+use image::{GrayImage, RgbImage, RgbaImage};
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::VisionError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Model {
+    IsNet,
+    U2netp,
+}
+
+impl Model {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Model::IsNet => "isnet_quint8.onnx",
+            Model::U2netp => "u2netp.onnx",
+        }
+    }
+    fn side(self) -> u32 {
+        match self {
+            Model::IsNet => 1024,
+            Model::U2netp => 320,
+        }
+    }
+}
+
+impl std::str::FromStr for Model {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "isnet" | "is-net" => Ok(Model::IsNet),
+            "u2netp" => Ok(Model::U2netp),
+            other => Err(format!("unknown segmentation model {other:?} (use isnet or u2netp)")),
+        }
+    }
+}
+
+pub struct Segmenter {
+    model: Model,
+    session: Mutex<Session>,
+}
+
+type Loaded = Mutex<HashMap<(PathBuf, Model), Arc<Segmenter>>>;
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+
+/// The segmenter for `model` (file in `data_dir/models/`), loaded on first
+/// use and kept for the life of the process. Blocking.
+pub fn segmenter(data_dir: &Path, model: Model) -> Result<Arc<Segmenter>, VisionError> {
+    let loaded = LOADED.get_or_init(Default::default);
+    let key = (data_dir.to_owned(), model);
+    // Held while loading, so that two jobs starting together load it once.
+    let mut map = loaded.lock().expect("segmenter lock");
+    if let Some(s) = map.get(&key) {
+        return Ok(s.clone());
+    }
+    let file = data_dir.join("models").join(model.file_name());
+    if !file.is_file() {
+        return Err(VisionError::ModelFile {
+            path: file.display().to_string(),
+            reason: "not found (run scripts/assets.sh)".into(),
+        });
+    }
+    let session =
+        crate::onnx::session(&crate::onnx::runtime_path(data_dir), &file, crate::onnx::default_threads(), true)?;
+    let s = Arc::new(Segmenter { model, session: Mutex::new(session) });
+    map.insert(key, s.clone());
+    Ok(s)
+}
+
+impl Segmenter {
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    /// The alpha mask of the salient object (the person) in `img`, at the
+    /// image's size, soft edges kept (0-255). Blocking.
+    pub fn mask(&self, img: &RgbImage) -> Result<GrayImage, VisionError> {
+        let side = self.model.side();
+        let small = image::imageops::resize(img, side, side, FilterType::Triangle);
+        let n = (side * side) as usize;
+        let mut input = vec![0f32; 3 * n];
+        for (i, px) in small.pixels().enumerate() {
+            for c in 0..3 {
+                let v = f32::from(px[c]);
+                input[c * n + i] = match self.model {
+                    Model::IsNet => (v - 128.0) / 256.0,
+                    Model::U2netp => {
+                        const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+                        const STD: [f32; 3] = [0.229, 0.224, 0.225];
+                        (v / 255.0 - MEAN[c]) / STD[c]
+                    }
+                };
+            }
+        }
+        let err = |e: ort::Error| VisionError::Inference(e.to_string());
+        let tensor = Tensor::from_array(([1usize, 3, side as usize, side as usize], input)).map_err(err)?;
+        let raw: Vec<f32> = {
+            let mut session = self.session.lock().expect("session lock");
+            let name = session.inputs()[0].name().to_owned();
+            let outputs = session.run(ort::inputs! {name => tensor}).map_err(err)?;
+            let (_, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+            data.to_vec()
+        };
+        if raw.len() != n {
+            return Err(VisionError::Inference(format!("mask has {} values, expected {n}", raw.len())));
+        }
+        let (lo, hi) = match self.model {
+            // IS-Net's output is already a probability.
+            Model::IsNet => (0.0, 1.0),
+            Model::U2netp => raw.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v))),
+        };
+        let span = (hi - lo).max(1e-6);
+        let bytes: Vec<u8> = raw.iter().map(|&v| (((v - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+        let small_mask = GrayImage::from_raw(side, side, bytes).expect("side*side bytes");
+        Ok(image::imageops::resize(&small_mask, img.width(), img.height(), FilterType::Triangle))
+    }
+}
+
+/// `img` with `mask` as its alpha channel.
+pub fn cut_out(img: &RgbImage, mask: &GrayImage) -> RgbaImage {
+    RgbaImage::from_fn(img.width(), img.height(), |x, y| {
+        let p = img.get_pixel(x, y);
+        image::Rgba([p[0], p[1], p[2], mask.get_pixel(x, y)[0]])
+    })
+}
