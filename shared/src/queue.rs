@@ -16,11 +16,11 @@ pub struct QueueConfig {
     /// `TAYORI_QUEUE`, default `tayori-video`. No `:` (apalis uses it as a
     /// key separator).
     pub name: String,
-    /// `TAYORI_QUEUE_POLL_MS`, default 500. apalis-redis polls for new jobs
+    /// `TAYORI_QUEUE_POLL_MS`, default 200. apalis-redis polls for new jobs
     /// only on its heartbeat, so this is also the longest a new job waits
     /// for an idle worker in another process.
     pub poll_interval: Duration,
-    /// `TAYORI_QUEUE_MISSED_HEARTBEATS`, default 20: a worker silent for
+    /// `TAYORI_QUEUE_MISSED_HEARTBEATS`, default 50 (10 s): a worker silent for
     /// poll_interval x this long is presumed dead and its jobs are queued again.
     pub missed_heartbeats: usize,
 }
@@ -37,8 +37,8 @@ impl QueueConfig {
         }
         Ok(QueueConfig {
             name,
-            poll_interval: crate::env::millis("TAYORI_QUEUE_POLL_MS", 500)?,
-            missed_heartbeats: crate::env::parse("TAYORI_QUEUE_MISSED_HEARTBEATS", 20)?,
+            poll_interval: crate::env::millis("TAYORI_QUEUE_POLL_MS", 200)?,
+            missed_heartbeats: crate::env::parse("TAYORI_QUEUE_MISSED_HEARTBEATS", 50)?,
         })
     }
 

@@ -85,6 +85,49 @@ where
     Ok((out.stdout, out.stderr))
 }
 
+/// Like [`run`], with stdin fed from `input` (chunks written in order, then
+/// closed). If the program exits early, the rest of the input is dropped and
+/// its exit status decides the result.
+pub async fn run_fed<I, S>(
+    program: &str,
+    args: I,
+    mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ProcessError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    use tokio::io::AsyncWriteExt;
+    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let mut cmd = Command::new(program);
+    cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.to_owned(), source })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let feed = async move {
+        while let Some(chunk) = input.recv().await {
+            if stdin.write_all(&chunk).await.is_err() {
+                break; // The program stopped reading; its status tells why.
+            }
+        }
+        drop(stdin);
+    };
+    let both = async { tokio::join!(feed, child.wait_with_output()).1 };
+    let out = match tokio::time::timeout(timeout, both).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(source)) => return Err(ProcessError::Spawn { program: program.to_owned(), source }),
+        Err(_) => return Err(ProcessError::Timeout { program: program.to_owned(), timeout }),
+    };
+    if !out.status.success() {
+        return Err(ProcessError::Failed {
+            program: program.to_owned(),
+            status: out.status.to_string(),
+            stderr_tail: tail(&out.stderr, 600),
+        });
+    }
+    Ok(out.stdout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

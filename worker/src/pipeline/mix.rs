@@ -64,7 +64,11 @@ pub async fn mix_files(
     target_lufs: f64,
     timeout: Duration,
 ) -> Result<PathBuf, ProcessError> {
-    let speech = media::probe(voice, timeout).await?.duration;
+    let wav = voice.to_owned();
+    let speech = match tokio::task::spawn_blocking(move || media::wav_duration(&wav)).await {
+        Ok(Ok(d)) => d,
+        _ => media::probe(voice, timeout).await?.duration,
+    };
     let total = INTRO + speech + OUTRO;
     let raw = dir.join("mix_raw.wav");
     let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), voice.into()];

@@ -6,6 +6,7 @@
 pub mod compose;
 pub mod detect;
 pub mod segment;
+pub mod zoom;
 
 use std::io::BufReader;
 use std::path::Path;
