@@ -49,6 +49,52 @@ impl std::str::FromStr for Resolution {
     }
 }
 
+/// The parts of a video job, each served by its own pool of workers
+/// (`worker --stages …`), handed from one to the next through Redis.
+/// Image and voice run at the same time; the render starts when both are done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// download_image, detect_person, background_removal, prepare_image
+    Image,
+    /// synthesize_voice, adjust_prosody, mix_bgm
+    Voice,
+    /// render_and_upload
+    Render,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Image, Stage::Voice, Stage::Render];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Image => "image",
+            Stage::Voice => "voice",
+            Stage::Render => "render",
+        }
+    }
+
+    /// A list such as `image,voice` or `all`.
+    pub fn parse_list(s: &str) -> Result<Vec<Stage>, String> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part {
+                "all" => out.extend(Stage::ALL),
+                "image" => out.push(Stage::Image),
+                "voice" => out.push(Stage::Voice),
+                "render" => out.push(Stage::Render),
+                other => return Err(format!("unknown stage {other:?} (stages: image, voice, render, all)")),
+            }
+        }
+        out.sort();
+        out.dedup();
+        if out.is_empty() {
+            return Err("no stage named (stages: image, voice, render, all)".into());
+        }
+        Ok(out)
+    }
+}
+
 /// What shows behind the cut-out person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -169,6 +215,14 @@ mod tests {
         for bad in ["red", "#12345", "color:", "gradient:#000000", "stripes:#000000"] {
             assert!(bad.parse::<Background>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn stage_lists_parse() {
+        assert_eq!(Stage::parse_list("all").unwrap(), Stage::ALL.to_vec());
+        assert_eq!(Stage::parse_list(" render, image ,image").unwrap(), vec![Stage::Image, Stage::Render]);
+        assert!(Stage::parse_list("image,paint").is_err());
+        assert!(Stage::parse_list(" , ").is_err());
     }
 
     #[test]

@@ -38,9 +38,15 @@ pub fn ws_session(session_id: &str) -> String {
     format!("ws:session:{session_id}")
 }
 
-/// Marks a job as claimed so that a redelivered copy is not run twice.
-pub fn job_claim(task_id: &str) -> String {
-    format!("job:claim:{task_id}")
+/// Marks a stage of a job as claimed so that a redelivered copy is not run twice.
+pub fn job_claim(task_id: &str, stage: crate::job::Stage) -> String {
+    format!("job:claim:{task_id}:{}", stage.name())
+}
+
+/// Hash of a job's finished stages (`done:{stage}`), their step records
+/// (`metrics:{stage}`) and how often each was started (`starts:{stage}`).
+pub fn job_stages(task_id: &str) -> String {
+    format!("job:stages:{task_id}")
 }
 
 /// S3 object keys of one job (bucket layout of the original design).

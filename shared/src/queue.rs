@@ -6,7 +6,7 @@ use std::time::Duration;
 use apalis::prelude::TaskSink;
 use apalis_redis::{Config, ConnectionManager, RedisStorage};
 
-use crate::job::VideoJob;
+use crate::job::{Stage, VideoJob};
 
 pub type JobStorage = RedisStorage<VideoJob, ConnectionManager>;
 pub type CatalogTaskStorage = RedisStorage<crate::catalog_task::CatalogTask, ConnectionManager>;
@@ -50,8 +50,22 @@ impl QueueConfig {
             .batch_size(1)
     }
 
+    /// The queue the gateway pushes new jobs to: the image stage's.
     pub fn storage(&self, conn: ConnectionManager) -> JobStorage {
-        RedisStorage::new(conn).with_config(self.config(&self.name))
+        self.stage_storage(conn, Stage::Image)
+    }
+
+    /// The queue of one stage: `{name}` (image, where jobs enter),
+    /// `{name}-voice`, `{name}-render`.
+    pub fn stage_storage(&self, conn: ConnectionManager, stage: Stage) -> JobStorage {
+        RedisStorage::new(conn).with_config(self.config(&self.stage_queue(stage)))
+    }
+
+    pub fn stage_queue(&self, stage: Stage) -> String {
+        match stage {
+            Stage::Image => self.name.clone(),
+            other => format!("{}-{}", self.name, other.name()),
+        }
     }
 
     /// The queue of catalog tasks (`{name}-catalog`).

@@ -62,6 +62,16 @@ redis.call('PUBLISH', ARGV[3], s)
 return seq
 "#;
 
+const PUT_UNLESS_DONE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local st = cjson.decode(cur)['status']
+  if st == 'SUCCESS' or st == 'FAILURE' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TaskStoreError {
     #[error("redis: {0}")]
@@ -141,6 +151,20 @@ impl TaskStore {
             .set_ex(keys::task_meta(&meta.task_id), serde_json::to_string(meta)?, self.ttls.task_meta.as_secs().max(1))
             .await?;
         Ok(())
+    }
+
+    /// Write the meta unless the task already ended (SUCCESS or FAILURE):
+    /// stages of one job run in several processes, and the first final word
+    /// stands. Returns whether it was written.
+    pub async fn put_meta_unless_done(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let written: i64 = redis::Script::new(PUT_UNLESS_DONE)
+            .key(keys::task_meta(&meta.task_id))
+            .arg(serde_json::to_string(meta)?)
+            .arg(self.ttls.task_meta.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(written == 1)
     }
 
     /// Remove every trace of a task (used when a submission is rolled back).

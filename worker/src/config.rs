@@ -23,8 +23,11 @@ pub struct WorkerConfig {
     pub tool_timeout: Duration,
     /// `TAYORI_JOB_RETRIES`, default 2: extra attempts after a transient failure.
     pub job_retries: u32,
-    /// `TAYORI_CONCURRENCY`, default 1: jobs run at once by this process.
+    /// `TAYORI_CONCURRENCY`, default 1: jobs run at once by this process, per stage.
     pub concurrency: usize,
+    /// `--stages` or `TAYORI_STAGES`, default `all`: which stages this
+    /// process serves (`image`, `voice`, `render`, comma-separated).
+    pub stages: Vec<shared::job::Stage>,
     /// `TAYORI_SEGMENTATION_MODEL`, default `isnet` (quality); `u2netp` is fast.
     pub segmentation: crate::vision::segment::Model,
     /// `TAYORI_PRELOAD_MODELS`, default true: load the segmentation model
@@ -55,6 +58,14 @@ impl WorkerConfig {
             tool_timeout: env::secs("TAYORI_TOOL_TIMEOUT_SECS", 120)?,
             job_retries: env::parse("TAYORI_JOB_RETRIES", 2)?,
             concurrency: env::parse("TAYORI_CONCURRENCY", 1)?,
+            stages: match env::var("TAYORI_STAGES") {
+                None => shared::job::Stage::ALL.to_vec(),
+                Some(v) => shared::job::Stage::parse_list(&v).map_err(|reason| EnvError {
+                    name: "TAYORI_STAGES".into(),
+                    value: v,
+                    reason,
+                })?,
+            },
             segmentation: env::parse("TAYORI_SEGMENTATION_MODEL", crate::vision::segment::Model::IsNet)?,
             preload_models: env::parse("TAYORI_PRELOAD_MODELS", true)?,
             redis: RedisConfig::from_env()?,

@@ -1,14 +1,14 @@
-//! A job's claim: the queue delivers at least once (a job whose worker
-//! looked dead is queued again), so before running a job a worker takes
-//! `job:claim:{task_id}` with a short TTL and keeps renewing it while it
-//! works. A second delivery of a job that is running elsewhere waits for the
-//! claim to be released or to expire (its holder died), and a delivery of a
-//! job that already ended is dropped: each job runs to completion once.
+//! A stage's claim: the queue delivers at least once (a job whose worker
+//! looked dead is queued again), so before running a stage of a job a worker
+//! takes `job:claim:{task_id}:{stage}` with a short TTL and keeps renewing
+//! it while it works. A second delivery of a stage that is running elsewhere
+//! waits for the claim to be released or to expire (its holder died), and a
+//! delivery of a stage that already finished, or of a job that already
+//! ended, is dropped: each stage runs to completion once.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use shared::keys;
 
 /// How long a claim lives without renewal.
 pub const CLAIM_TTL: Duration = Duration::from_secs(15);
@@ -29,9 +29,9 @@ return 0
 "#;
 
 /// Try to take the claim; `Ok(false)` when another worker holds it.
-pub async fn try_claim(conn: &mut ConnectionManager, task_id: &str, holder: &str) -> redis::RedisResult<bool> {
+pub async fn try_claim(conn: &mut ConnectionManager, key: &str, holder: &str) -> redis::RedisResult<bool> {
     let r: Option<String> = redis::cmd("SET")
-        .arg(keys::job_claim(task_id))
+        .arg(key)
         .arg(holder)
         .arg("NX")
         .arg("PX")
@@ -41,14 +41,14 @@ pub async fn try_claim(conn: &mut ConnectionManager, task_id: &str, holder: &str
     Ok(r.is_some())
 }
 
-pub async fn release(conn: &mut ConnectionManager, task_id: &str, holder: &str) -> redis::RedisResult<()> {
-    let _: i64 = redis::Script::new(RELEASE).key(keys::job_claim(task_id)).arg(holder).invoke_async(conn).await?;
+pub async fn release(conn: &mut ConnectionManager, key: &str, holder: &str) -> redis::RedisResult<()> {
+    let _: i64 = redis::Script::new(RELEASE).key(key).arg(holder).invoke_async(conn).await?;
     Ok(())
 }
 
 /// Renew the claim until the returned handle is dropped.
-pub fn keep_alive(conn: ConnectionManager, task_id: &str, holder: &str) -> tokio::task::JoinHandle<()> {
-    let key = keys::job_claim(task_id);
+pub fn keep_alive(conn: ConnectionManager, key: &str, holder: &str) -> tokio::task::JoinHandle<()> {
+    let key = key.to_owned();
     let holder = holder.to_owned();
     tokio::spawn(async move {
         let mut conn = conn;

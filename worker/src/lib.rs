@@ -3,6 +3,7 @@
 
 pub mod catalog_tasks;
 pub mod config;
+pub mod handoff;
 pub mod lease;
 pub mod media;
 pub mod onnx;
@@ -20,17 +21,22 @@ use std::time::Duration;
 use anyhow::Context;
 use apalis::prelude::*;
 use shared::catalog::Catalog;
-use shared::job::VideoJob;
+use shared::job::{Stage, VideoJob};
 use shared::storage::Storage;
 use shared::tasks::TaskStore;
 
 pub use config::WorkerConfig;
 use runner::Runner;
 
-async fn handle(job: VideoJob, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+/// The stage a worker loop serves (apalis data).
+#[derive(Clone, Copy)]
+struct Serves(Stage);
+
+async fn handle(job: VideoJob, runner: Data<Arc<Runner>>, stage: Data<Serves>) -> Result<(), BoxDynError> {
     use tracing::Instrument;
-    let span = tracing::info_span!("job", task_id = %job.task_id);
-    runner.handle(job).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
+    let Serves(stage) = *stage;
+    let span = tracing::info_span!("job", task_id = %job.task_id, stage = stage.name());
+    runner.handle(stage, job).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
 }
 
 async fn handle_catalog(task: shared::catalog_task::CatalogTask, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
@@ -68,44 +74,73 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         catalog: Catalog::new(&cfg.data_dir),
         base_voice_features: Default::default(),
+        in_hand: Default::default(),
         redis: redis.clone(),
         storage,
+        voice_queue: cfg.queue.stage_storage(redis.clone(), Stage::Voice),
+        render_queue: cfg.queue.stage_storage(redis.clone(), Stage::Render),
         cfg: cfg.clone(),
     });
     if cfg.preload_models {
         preload(&cfg);
     }
-    let backend = cfg.queue.storage(redis.clone());
-    let worker = WorkerBuilder::new(cfg.name.as_str())
-        .backend(backend)
-        .data(runner.clone())
-        .concurrency(cfg.concurrency.max(1))
-        .build(handle);
+    // One worker loop per stage served, each taking jobs from its stage's
+    // queue: the image and voice stages of a job run at the same time.
+    let stage_workers: Vec<_> = cfg
+        .stages
+        .iter()
+        .map(|&stage| {
+            let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
+                .backend(cfg.queue.stage_storage(redis.clone(), stage))
+                .data(runner.clone())
+                .data(Serves(stage))
+                .concurrency(cfg.concurrency.max(1))
+                .build(handle);
+            (stage, w)
+        })
+        .collect();
     // Catalog tasks (short, interactive) have their own queue and worker
     // loop so that they never wait behind a video job.
     let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
         .backend(cfg.queue.catalog_storage(redis))
-        .data(runner)
+        .data(runner.clone())
         .concurrency(1)
         .build(handle_catalog);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
+    // Stopping is in two phases: first no new jobs (the image stage, where
+    // jobs enter, and catalog tasks); then, once every job this process
+    // worked on has ended (its later stages may still be queued for this
+    // process), the voice and render loops.
+    let (stop_entry_tx, stop_entry_rx) = tokio::sync::watch::channel(false);
+    let (stop_rest_tx, stop_rest_rx) = tokio::sync::watch::channel(false);
+    let when = |rx: &tokio::sync::watch::Receiver<bool>| {
+        let mut rx = rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
             Ok::<(), std::io::Error>(())
         }
     };
-    let catalog_run = tokio::spawn(catalog_worker.run_until(stopped()));
-    tracing::info!(name = %cfg.name, queue = %cfg.queue.name, "worker started");
-    println!("tayori worker {} waiting for jobs on queue {}", cfg.name, cfg.queue.name);
-    let video_stopped = stopped();
+    let catalog_run = tokio::spawn(catalog_worker.run_until(when(&stop_entry_rx)));
+    let stage_runs: Vec<_> = stage_workers
+        .into_iter()
+        .map(|(stage, w)| {
+            let stop = if stage == Stage::Image { when(&stop_entry_rx) } else { when(&stop_rest_rx) };
+            tokio::spawn(w.run_until(stop))
+        })
+        .collect();
+    let stages: Vec<&str> = cfg.stages.iter().map(|s| s.name()).collect();
+    tracing::info!(name = %cfg.name, queue = %cfg.queue.name, ?stages, "worker started");
+    println!("tayori worker {} serving stages {} on queue {}", cfg.name, stages.join(","), cfg.queue.name);
+    let drain = runner.clone();
     tokio::spawn(async move {
         shutdown.await;
-        tracing::info!("stopping: finishing the job in hand, taking no new ones");
-        let _ = stop_tx.send(true);
+        tracing::info!("stopping: taking no new jobs, finishing the ones in hand");
+        let _ = stop_entry_tx.send(true);
+        drain.wait_in_hand_ended().await;
+        let _ = stop_rest_tx.send(true);
     });
-    worker.run_until(video_stopped).await.context("worker stopped with an error")?;
+    for run in stage_runs {
+        run.await.context("stage worker panicked")?.context("stage worker stopped with an error")?;
+    }
     catalog_run.await.context("catalog worker panicked")?.context("catalog worker stopped with an error")?;
     Ok(())
 }

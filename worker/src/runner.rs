@@ -1,21 +1,24 @@
-//! Runs one delivered job: claim it, mark it started, run the pipeline under
-//! the job's time limit (retrying transient failures), record the outcome in
-//! the task meta and the final progress event, and clean up.
+//! Runs one delivered stage of a job: claim it, mark the job started, run
+//! the stage under what is left of the job's time limit (retrying transient
+//! failures), hand the job on (image -> voice at the start, image + voice ->
+//! render at the end), record the outcome in the task meta and the final
+//! progress event, and clean up.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use shared::catalog::Catalog;
-use shared::job::{JobError, VideoJob};
-use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
+use shared::job::{JobError, Stage, StageMetric, VideoJob, VideoResult};
+use shared::progress::{ProgressEvent, Step, TaskMeta, TaskStatus};
+use shared::queue::JobStorage;
 use shared::redis_conn::ConnectionManager;
 use shared::storage::Storage;
 use shared::tasks::{TaskStore, TaskStoreError};
 
 use crate::config::WorkerConfig;
-use crate::lease;
 use crate::pipeline::{self, PipelineError, StepConfig};
+use crate::{handoff, lease};
 
 pub struct Runner {
     pub cfg: WorkerConfig,
@@ -23,6 +26,12 @@ pub struct Runner {
     pub tasks: TaskStore,
     pub storage: Storage,
     pub catalog: Catalog,
+    /// Queues of the voice and render stages (the image stage's is where
+    /// the gateway puts new jobs).
+    pub voice_queue: JobStorage,
+    pub render_queue: JobStorage,
+    /// Jobs this process has worked on that may not have ended yet.
+    pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Measured features of the system base voices (voice matching).
     pub base_voice_features: std::sync::Mutex<std::collections::HashMap<String, crate::voice_analysis::VoiceFeatures>>,
 }
@@ -41,118 +50,197 @@ pub enum RunError {
     Tasks(#[from] TaskStoreError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("the next stage could not be queued: {0}")]
+    Enqueue(#[from] shared::queue::EnqueueError),
 }
 
 /// A failed attempt: the error, the step it happened in, the steps' record.
-type Failed = (PipelineError, Option<shared::progress::Step>, Vec<shared::job::StageMetric>);
+type Failed = (PipelineError, Option<Step>, Vec<StageMetric>);
 
 impl Runner {
-    /// Handle one delivery. An `Err` means the outcome could not be
-    /// recorded (Redis down); the queue will deliver the job again.
-    pub async fn handle(self: &Arc<Self>, job: VideoJob) -> Result<(), RunError> {
+    /// How long the stage bookkeeping is kept: past any redelivery of the job.
+    fn keep(&self) -> Duration {
+        self.cfg.job_timeout * 2 + Duration::from_secs(60)
+    }
+
+    /// Wait (at most the job time limit) until every job this process worked
+    /// on has ended, wherever its other stages ran.
+    pub async fn wait_in_hand_ended(&self) {
+        let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
+        loop {
+            let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").iter().cloned().collect();
+            let mut open = 0;
+            for id in ids {
+                match self.tasks.meta(&id).await {
+                    Ok(Some(m)) if !m.status.is_terminal() => open += 1,
+                    Err(_) => open += 1,
+                    _ => {
+                        self.in_hand.lock().expect("in_hand lock").remove(&id);
+                    }
+                }
+            }
+            if open == 0 || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Handle one delivery of `stage`. An `Err` means the outcome could not
+    /// be recorded (Redis down); the queue will deliver it again.
+    pub async fn handle(self: &Arc<Self>, stage: Stage, job: VideoJob) -> Result<(), RunError> {
         let task_id = job.task_id.clone();
         let holder = format!("{}:{}", self.cfg.name, uuid::Uuid::new_v4().simple());
+        let claim = shared::keys::job_claim(&task_id, stage);
         let mut conn = self.redis.clone();
-        // Wait for the claim, unless the job already ended elsewhere.
+        // Wait for the claim, unless the job ended or the stage finished elsewhere.
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout + lease::CLAIM_TTL * 2;
         loop {
             if let Some(meta) = self.tasks.meta(&task_id).await?
                 && meta.status.is_terminal()
             {
-                tracing::info!(%task_id, "job already finished; dropping a repeated delivery");
+                tracing::info!(%task_id, stage = stage.name(), "job already finished; dropping a repeated delivery");
                 return Ok(());
             }
-            if lease::try_claim(&mut conn, &task_id, &holder).await? {
+            if handoff::is_done(&mut conn, &task_id, stage).await? {
+                tracing::info!(%task_id, stage = stage.name(), "stage already done; dropping a repeated delivery");
+                // Its hand-off may be what was lost: queue the render again if due.
+                if stage != Stage::Render && handoff::render_due(&mut conn, &task_id).await? {
+                    shared::queue::enqueue(&mut self.render_queue.clone(), job).await?;
+                }
+                return Ok(());
+            }
+            if lease::try_claim(&mut conn, &claim, &holder).await? {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                tracing::warn!(%task_id, "job stayed claimed by another worker; leaving it to them");
+                tracing::warn!(%task_id, stage = stage.name(), "stage stayed claimed by another worker; leaving it to them");
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let _renew = AbortOnDrop(lease::keep_alive(self.redis.clone(), &task_id, &holder));
-        let outcome = self.run_claimed(&job).await;
-        let _ = lease::release(&mut conn, &task_id, &holder).await;
+        let _renew = AbortOnDrop(lease::keep_alive(self.redis.clone(), &claim, &holder));
+        self.in_hand.lock().expect("in_hand lock").insert(task_id.clone());
+        let outcome = self.run_claimed(stage, &job).await;
+        let _ = lease::release(&mut conn, &claim, &holder).await;
         outcome
     }
 
-    async fn run_claimed(&self, job: &VideoJob) -> Result<(), RunError> {
+    async fn run_claimed(&self, stage: Stage, job: &VideoJob) -> Result<(), RunError> {
         let task_id = &job.task_id;
+        let mut conn = self.redis.clone();
+        if stage == Stage::Image {
+            // The voice stage starts now, on whichever worker serves it.
+            shared::queue::enqueue(&mut self.voice_queue.clone(), job.clone()).await?;
+        }
+        let starts = handoff::count_start(&mut conn, task_id, stage, self.keep()).await?;
         let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, job.submitted_at));
+        if meta.status.is_terminal() {
+            return Ok(());
+        }
         meta.status = TaskStatus::Started;
-        meta.date_started = Some(Utc::now());
+        let date_started = *meta.date_started.get_or_insert_with(Utc::now);
         meta.worker = Some(self.cfg.name.clone());
-        meta.attempts += 1;
-        self.tasks.put_meta(&meta).await?;
+        meta.attempts = meta.attempts.max(starts);
+        self.tasks.put_meta_unless_done(&meta).await?;
 
+        // The job's time limit counts from its first stage's start.
+        let spent = (Utc::now() - date_started).to_std().unwrap_or_default();
+        let budget = self.cfg.job_timeout.saturating_sub(spent);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            let left = self.cfg.job_timeout.saturating_sub(started.elapsed());
-            let r = tokio::time::timeout(left, self.run_pipeline(job)).await;
-            match r {
+            let left = budget.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.run_stage(stage, job)).await {
                 Err(_) => {
-                    break Err((
-                        JobError {
-                            code: "job-timeout".into(),
-                            message: format!(
-                                "Making the video took longer than {} seconds and was stopped.",
-                                self.cfg.job_timeout.as_secs()
-                            ),
-                            retryable: true,
-                        },
-                        None,
-                    ));
+                    let err = JobError {
+                        code: "job-timeout".into(),
+                        message: format!(
+                            "Making the video took longer than {} seconds and was stopped.",
+                            self.cfg.job_timeout.as_secs()
+                        ),
+                        retryable: true,
+                    };
+                    break Err((err, None, Vec::new()));
                 }
                 Ok(Ok(result)) => break Ok(result),
                 Ok(Err((e, _, _))) if e.is_transient() && attempt <= self.cfg.job_retries => {
                     let backoff = Duration::from_secs(2u64.pow(attempt));
-                    tracing::warn!(%task_id, error = %e, attempt, "transient failure; retrying the job");
+                    tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
                     tokio::time::sleep(backoff.min(left / 4)).await;
                 }
                 Ok(Err((e, step, metrics))) => {
-                    tracing::error!(%task_id, error = %e, "job failed");
-                    meta.pipeline_metrics = metrics;
-                    break Err((e.to_job_error(), step));
+                    tracing::error!(%task_id, stage = stage.name(), error = %e, "job failed");
+                    break Err((e.to_job_error(), step, metrics));
                 }
             }
         };
 
-        let next_seq = self.tasks.snapshot(task_id).await.ok().flatten().map(|s| s.seq + 1).unwrap_or(0);
         match outcome {
-            Ok(result) => {
-                tracing::info!(%task_id, seconds = started.elapsed().as_secs_f64(), duration = result.duration_seconds, "job succeeded");
+            Ok((None, metrics)) => {
+                // Image or voice done: the second of them queues the render.
+                if handoff::mark_done(&mut conn, task_id, stage, &metrics, self.keep()).await? {
+                    let ended = self.tasks.meta(task_id).await?.is_some_and(|m| m.status.is_terminal());
+                    if !ended {
+                        shared::queue::enqueue(&mut self.render_queue.clone(), job.clone()).await?;
+                    }
+                }
+                tracing::info!(%task_id, stage = stage.name(), seconds = started.elapsed().as_secs_f64(), "stage done");
+            }
+            Ok((Some(mut result), metrics)) => {
+                let mut all = handoff::earlier_metrics(&mut conn, task_id).await?;
+                all.extend(metrics);
+                result.pipeline_metrics = all;
+                tracing::info!(%task_id, duration = result.duration_seconds, "job succeeded");
+                let mut meta = self.current_meta(job).await?;
                 meta.status = TaskStatus::Success;
                 meta.result = Some(result);
                 meta.date_done = Some(Utc::now());
-                self.tasks.put_meta(&meta).await?;
-                pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, next_seq)).await;
+                if self.tasks.put_meta_unless_done(&meta).await? {
+                    let seq = self.next_seq(task_id).await;
+                    pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, seq)).await;
+                }
             }
-            Err((err, step)) => {
+            Err((err, step, metrics)) => {
+                let mut all = handoff::earlier_metrics(&mut conn, task_id).await?;
+                all.extend(metrics);
                 let (index, pct) = step.map(|s| (s.index(), s.start_percentage())).unwrap_or((0, 0));
+                let mut meta = self.current_meta(job).await?;
                 meta.status = TaskStatus::Failure;
                 meta.error = Some(err.clone());
                 meta.date_done = Some(Utc::now());
-                self.tasks.put_meta(&meta).await?;
-                pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, next_seq))
-                    .await;
+                meta.pipeline_metrics = all;
+                if self.tasks.put_meta_unless_done(&meta).await? {
+                    let seq = self.next_seq(task_id).await;
+                    pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, seq))
+                        .await;
+                }
             }
         }
         Ok(())
     }
 
-    /// One attempt of the pipeline in a fresh scratch directory (removed on
+    async fn current_meta(&self, job: &VideoJob) -> Result<TaskMeta, TaskStoreError> {
+        Ok(self.tasks.meta(&job.task_id).await?.unwrap_or_else(|| TaskMeta::pending(&job.task_id, job.submitted_at)))
+    }
+
+    async fn next_seq(&self, task_id: &str) -> u64 {
+        self.tasks.snapshot(task_id).await.ok().flatten().map(|s| s.seq + 1).unwrap_or(0)
+    }
+
+    /// One attempt of a stage in a fresh scratch directory (removed on
     /// return, also when the attempt is cancelled by the time limit).
-    async fn run_pipeline(&self, job: &VideoJob) -> Result<shared::job::VideoResult, Failed> {
+    async fn run_stage(&self, stage: Stage, job: &VideoJob) -> Result<(Option<VideoResult>, Vec<StageMetric>), Failed> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("tayori-{}-", job.task_id))
+            .prefix(&format!("tayori-{}-{}-", job.task_id, stage.name()))
             .tempdir_in(&self.cfg.work_dir)
             .map_err(|e| (PipelineError::Io(e), None, Vec::new()))?;
         let step_cfg = StepConfig { tool_timeout: self.cfg.tool_timeout, segmentation: self.cfg.segmentation };
         let j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks);
-        let r = pipeline::run(&j).await;
-        r.map_err(|e| (e, j.failed_step(), j.metrics()))
+        match pipeline::run_stage(&j, stage).await {
+            Ok(r) => Ok((r, j.metrics())),
+            Err(e) => Err((e, j.failed_step(), j.metrics())),
+        }
     }
 }

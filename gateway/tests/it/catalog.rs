@@ -305,6 +305,7 @@ async fn the_gateway_backs_up_the_catalog_by_itself() {
         workers: 0,
         own_data: true,
         env: vec![("TAYORI_BACKUP_INTERVAL_SECS".into(), "1".into())],
+        ..Default::default()
     })
     .await;
     let today = chrono::Utc::now().format("%Y%m%d").to_string();

@@ -241,7 +241,11 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
         let t = ttl(key.clone()).await;
         assert!((1..=300).contains(&t), "{key} ttl {t}");
     }
-    assert!(!redis.exists::<_, bool>(format!("job:claim:{task_id}")).await.unwrap());
+    let stages_ttl = ttl(format!("job:stages:{task_id}")).await;
+    for stage in ["image", "voice", "render"] {
+        assert!(!redis.exists::<_, bool>(format!("job:claim:{task_id}:{stage}")).await.unwrap(), "{stage} claim left");
+    }
+    assert!((1..=700).contains(&stages_ttl), "stage record ttl {stages_ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,14 +273,15 @@ async fn two_jobs_at_once_run_once_each_on_two_workers() {
     assert_eq!(a.0, 202, "{}", a.1);
     assert_eq!(b.0, 202, "{}", b.1);
     let ids = [a.1["task_id"].as_str().unwrap().to_owned(), b.1["task_id"].as_str().unwrap().to_owned()];
-    let mut workers = Vec::new();
     for id in &ids {
         let done = harness::wait_done(&stack, id, Duration::from_secs(240)).await;
         assert_eq!(done["status"], "SUCCESS", "{done}");
         assert_eq!(done["attempts"], 1, "{done}");
-        workers.push(done["worker"].as_str().unwrap().to_owned());
     }
-    assert_ne!(workers[0], workers[1], "both workers took a job");
+    for i in 0..2 {
+        let stages = stack.worker_log_of(i).lines().filter(|l| l.contains("stage done")).count();
+        assert!(stages >= 1, "worker {i} did no stage of either job");
+    }
     let log = stack.worker_log();
     for id in &ids {
         let runs = log.lines().filter(|l| l.contains("job succeeded") && l.contains(id.as_str())).count();
@@ -438,4 +443,63 @@ async fn a_photo_without_a_person_fails_once_with_a_clear_error() {
     assert_eq!(status, 202, "{body}");
     let done = harness::wait_done(&stack, body["task_id"].as_str().unwrap(), Duration::from_secs(60)).await;
     assert_eq!(done["error"]["code"], "person-not-found", "{done}");
+}
+
+/// Stage pools: one worker serves only the image stage, the other voice and
+/// render. The job is handed between them through Redis, the image and voice
+/// stages overlap in time, and the viewer sees one ordered stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_pools_share_a_job_and_run_image_and_voice_at_once() {
+    let stack = Stack::start(Options {
+        workers: 2,
+        stages: vec!["image".into(), "voice,render".into()],
+        env: vec![("TAYORI_SEGMENTATION_MODEL".into(), "isnet".into())],
+        ..Default::default()
+    })
+    .await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[
+            ("message", "Happy birthday! I hope this year brings you everything you wish for."),
+            ("voice_profile_id", "en_joe_male"),
+            ("bgm_id", "celebration_gentle"),
+            ("resolution", "512x910"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let (events, close) = harness::follow(&stack, &id, Duration::from_secs(120)).await;
+    assert_eq!(close, Some(1000), "{events:#?}\n{}", stack.logs());
+    assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "one ordered stream");
+    let pct: Vec<u64> = events.iter().map(|e| e["percentage"].as_u64().unwrap()).collect();
+    assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentages never go back: {pct:?}");
+
+    // Who did what: each worker's log names only its own stages.
+    let done = |i: usize, stage: &str| {
+        stack.worker_log_of(i).lines().any(|l| l.contains("stage done") && l.contains(&format!("\"{stage}\"")))
+    };
+    assert!(done(0, "image") && !done(0, "voice"), "worker 0 serves the image stage only\n{}", stack.logs());
+    assert!(done(1, "voice") && !done(1, "image"), "worker 1 serves voice (and render)");
+    assert!(stack.worker_log_of(1).contains("job succeeded"), "worker 1 rendered");
+
+    // At the same time: the voice stage started before the image stage's last step.
+    let at = |step: &str| {
+        let e = events.iter().find(|e| e["current_step"] == step).unwrap_or_else(|| panic!("no {step} event"));
+        chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
+    };
+    assert!(at("synthesize_voice") < at("prepare_image"), "voice started while the image stage ran");
+    assert!(at("render_and_upload") > at("prepare_image") && at("render_and_upload") > at("mix_bgm"));
+    let status: serde_json::Value =
+        reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
+    let stages: Vec<&str> =
+        status["result"]["pipeline_metrics"].as_array().unwrap().iter().map(|m| m["stage"].as_str().unwrap()).collect();
+    let mut sorted = stages.clone();
+    sorted.sort();
+    assert_eq!(sorted.len(), 8, "{stages:?}");
 }

@@ -66,11 +66,13 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Give the stack its own copy of data/ (for tests that change the catalog).
     pub own_data: bool,
+    /// `--stages` of worker i (none given: every stage).
+    pub stages: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, env: Vec::new(), own_data: false }
+        Options { workers: 2, env: Vec::new(), own_data: false, stages: Vec::new() }
     }
 }
 
@@ -155,9 +157,12 @@ impl Stack {
         for i in 0..opts.workers {
             let work = dir.path().join(format!("work-{i}"));
             std::fs::create_dir_all(&work).unwrap();
+            let mut cmd = Command::new(&worker_bin);
+            if let Some(stages) = opts.stages.get(i) {
+                cmd.args(["--stages", stages]);
+            }
             workers.push(Proc(
-                Command::new(&worker_bin)
-                    .envs(env.iter().map(|(k, v)| (k, v)))
+                cmd.envs(env.iter().map(|(k, v)| (k, v)))
                     .env("TAYORI_S3_ENDPOINT", &s3_endpoint)
                     .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
                     .env("TAYORI_WORK_DIR", &work)
@@ -287,10 +292,11 @@ impl Stack {
 
     /// Every log line of every worker, for counting what happened.
     pub fn worker_log(&self) -> String {
-        (0..self.workers.len())
-            .map(|i| std::fs::read_to_string(self.dir.path().join(format!("worker-{i}.log"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
+        (0..self.workers.len()).map(|i| self.worker_log_of(i)).collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn worker_log_of(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("worker-{i}.log"))).unwrap_or_default()
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use shared::catalog::{Catalog, CatalogError};
-use shared::job::{JobError, StageMetric, VideoJob, VideoResult};
+use shared::job::{JobError, Stage, StageMetric, VideoJob, VideoResult};
 use shared::progress::{ProgressEvent, Step};
 use shared::storage::{Storage, StorageError};
 use shared::tasks::TaskStore;
@@ -198,24 +198,46 @@ pub async fn publish_progress(tasks: &TaskStore, ev: ProgressEvent) {
     }
 }
 
-/// Run the job: the image branch and the voice branch at the same time
-/// (they share nothing), then the render.
-pub async fn run(j: &Job<'_>) -> Result<VideoResult, PipelineError> {
+/// Run one stage of the job. The render stage returns the result; the
+/// others leave their outputs in S3 (the original bucket layout), where the
+/// render, on whichever worker takes it, fetches them.
+pub async fn run_stage(j: &Job<'_>, stage: Stage) -> Result<Option<VideoResult>, PipelineError> {
     if j.job.version != shared::job::JOB_VERSION {
         return Err(PipelineError::UnsupportedVersion(j.job.version));
     }
-    let voice = j
-        .catalog
-        .voice(&j.job.voice_profile_id)
-        .await?
-        .ok_or_else(|| PipelineError::UnknownVoice(j.job.voice_profile_id.clone()))?;
-    let track = match &j.job.bgm_id {
-        Some(id) => Some(j.catalog.track(id).await?.ok_or_else(|| PipelineError::UnknownTrack(id.clone()))?),
-        None => None,
-    };
-    let (frame, (adjusted, mixed)) = tokio::try_join!(image_branch(j), voice_branch(j, &voice, track.as_ref()))?;
-    let result = j.step(Step::RenderAndUpload, render::render_and_upload(j, &frame, &adjusted, &mixed)).await?;
-    Ok(VideoResult { pipeline_metrics: j.metrics(), ..result })
+    match stage {
+        Stage::Image => image_branch(j).await.map(|_| None),
+        Stage::Voice => {
+            let voice = j
+                .catalog
+                .voice(&j.job.voice_profile_id)
+                .await?
+                .ok_or_else(|| PipelineError::UnknownVoice(j.job.voice_profile_id.clone()))?;
+            let track = match &j.job.bgm_id {
+                Some(id) => Some(j.catalog.track(id).await?.ok_or_else(|| PipelineError::UnknownTrack(id.clone()))?),
+                None => None,
+            };
+            voice_branch(j, &voice, track.as_ref()).await.map(|_| None)
+        }
+        Stage::Render => j.step(Step::RenderAndUpload, render_from_storage(j)).await.map(Some),
+    }
+}
+
+/// The render, from the frame and audio the other stages stored.
+async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> {
+    use shared::keys::objects;
+    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
+    let frame = j.path(&format!("optimized_{w}x{h}.png"));
+    let speech = j.path("prosody_adjusted.wav");
+    let mixed = j.path("final_mixed.mp3");
+    let id = j.task_id();
+    let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id), objects::final_mixed(id));
+    tokio::try_join!(
+        j.storage.get_to_file(&keys.0, &frame),
+        j.storage.get_to_file(&keys.1, &speech),
+        j.storage.get_to_file(&keys.2, &mixed),
+    )?;
+    render::render_and_upload(j, &frame, &speech, &mixed).await
 }
 
 /// Photo in, portrait frame at the render size out.
