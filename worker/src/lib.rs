@@ -84,25 +84,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     if cfg.preload_models {
         preload(&cfg);
     }
-    // One worker loop per stage served, each taking jobs from its stage's
-    // queue: the image and voice stages of a job run at the same time.
-    let stage_workers: Vec<_> = cfg
-        .stages
-        .iter()
-        .map(|&stage| {
-            let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
-                .backend(cfg.queue.stage_storage(redis.clone(), stage))
-                .data(runner.clone())
-                .data(Serves(stage))
-                .concurrency(cfg.concurrency.max(1))
-                .build(handle);
-            (stage, w)
-        })
-        .collect();
     // Catalog tasks (short, interactive) have their own queue and worker
     // loop so that they never wait behind a video job.
     let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
-        .backend(cfg.queue.catalog_storage(redis))
+        .backend(cfg.queue.catalog_storage(redis.clone()))
         .data(runner.clone())
         .concurrency(1)
         .build(handle_catalog);
@@ -120,11 +105,32 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         }
     };
     let catalog_run = tokio::spawn(catalog_worker.run_until(when(&stop_entry_rx)));
-    let stage_runs: Vec<_> = stage_workers
-        .into_iter()
-        .map(|(stage, w)| {
-            let stop = if stage == Stage::Image { when(&stop_entry_rx) } else { when(&stop_rest_rx) };
-            tokio::spawn(w.run_until(stop))
+    // One worker loop per stage served, each taking jobs from its stage's
+    // queue: the image and voice stages of a job run at the same time. A
+    // loop that ends before its stop (its backend stream failed) is started
+    // again: a process must not quietly stop serving a stage.
+    let stage_runs: Vec<_> = cfg
+        .stages
+        .iter()
+        .map(|&stage| {
+            let stop_rx = if stage == Stage::Image { stop_entry_rx.clone() } else { stop_rest_rx.clone() };
+            let (cfg, redis, runner) = (cfg.clone(), redis.clone(), runner.clone());
+            tokio::spawn(async move {
+                loop {
+                    let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
+                        .backend(cfg.queue.stage_storage(redis.clone(), stage))
+                        .data(runner.clone())
+                        .data(Serves(stage))
+                        .concurrency(cfg.concurrency.max(1))
+                        .build(handle);
+                    let ended = w.run_until(when(&stop_rx)).await;
+                    if *stop_rx.borrow() {
+                        return ended;
+                    }
+                    tracing::error!(stage = stage.name(), result = ?ended, "stage loop ended by itself; starting it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
         })
         .collect();
     let stages: Vec<&str> = cfg.stages.iter().map(|s| s.name()).collect();

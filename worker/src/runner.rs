@@ -30,8 +30,9 @@ pub struct Runner {
     /// the gateway puts new jobs).
     pub voice_queue: JobStorage,
     pub render_queue: JobStorage,
-    /// Jobs this process has worked on that may not have ended yet.
-    pub in_hand: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Jobs this process has worked on that may not have ended yet, with
+    /// when it last started a stage of each (kept for one job time limit).
+    pub in_hand: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Measured features of the system base voices (voice matching).
     pub base_voice_features: std::sync::Mutex<std::collections::HashMap<String, crate::voice_analysis::VoiceFeatures>>,
 }
@@ -68,7 +69,7 @@ impl Runner {
     pub async fn wait_in_hand_ended(&self) {
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
         loop {
-            let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").iter().cloned().collect();
+            let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").keys().cloned().collect();
             let mut open = 0;
             for id in ids {
                 match self.tasks.meta(&id).await {
@@ -120,7 +121,12 @@ impl Runner {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let _renew = AbortOnDrop(lease::keep_alive(self.redis.clone(), &claim, &holder));
-        self.in_hand.lock().expect("in_hand lock").insert(task_id.clone());
+        {
+            let mut in_hand = self.in_hand.lock().expect("in_hand lock");
+            let limit = self.cfg.job_timeout;
+            in_hand.retain(|_, t| t.elapsed() < limit);
+            in_hand.insert(task_id.clone(), std::time::Instant::now());
+        }
         let outcome = self.run_claimed(stage, &job).await;
         let _ = lease::release(&mut conn, &claim, &holder).await;
         outcome
