@@ -96,6 +96,66 @@ pub fn wav_duration(path: &Path) -> std::io::Result<f64> {
     }
 }
 
+/// Write mono f32 samples as a 16-bit PCM WAV file.
+pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> std::io::Result<()> {
+    let data_len = (samples.len() * 2) as u32;
+    let mut b = Vec::with_capacity(44 + data_len as usize);
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data_len).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    b.extend_from_slice(&1u16.to_le_bytes()); // mono
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate * 2).to_le_bytes());
+    b.extend_from_slice(&2u16.to_le_bytes());
+    b.extend_from_slice(&16u16.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, b)
+}
+
+/// Samples (-1..1, channels averaged) and rate of a 16-bit PCM WAV file. Blocking.
+pub fn read_wav(path: &Path) -> std::io::Result<(Vec<f32>, u32)> {
+    let bytes = std::fs::read(path)?;
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err(bad("not a RIFF/WAVE file"));
+    }
+    let (mut pos, mut fmt) = (12usize, None);
+    while pos + 8 <= bytes.len() {
+        let size = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
+        let body = &bytes[pos + 8..(pos + 8 + size).min(bytes.len())];
+        match &bytes[pos..pos + 4] {
+            b"fmt " if body.len() >= 16 => {
+                let u16at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
+                fmt = Some((u16at(0), u16at(2).max(1) as usize, rate, u16at(14)));
+            }
+            b"data" => {
+                let (format, channels, rate, bits) = fmt.ok_or_else(|| bad("data before fmt"))?;
+                if !(format == 1 || format == 0xFFFE) || bits != 16 {
+                    return Err(bad("not 16-bit PCM"));
+                }
+                let samples = body
+                    .chunks_exact(2 * channels)
+                    .map(|f| {
+                        f.chunks_exact(2).map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0).sum::<f32>()
+                            / channels as f32
+                    })
+                    .collect();
+                return Ok((samples, rate));
+            }
+            _ => {}
+        }
+        pos += 8 + size + size % 2;
+    }
+    Err(bad("no data chunk"))
+}
+
 /// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
 pub async fn ffmpeg<I, S>(args: I, timeout: Duration) -> Result<Vec<u8>, ProcessError>
 where

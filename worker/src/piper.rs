@@ -146,28 +146,6 @@ impl PiperVoice {
     }
 }
 
-/// Write mono f32 samples as a 16-bit PCM WAV file.
-pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> std::io::Result<()> {
-    let data_len = (samples.len() * 2) as u32;
-    let mut b = Vec::with_capacity(44 + data_len as usize);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    b.extend_from_slice(&1u16.to_le_bytes()); // mono
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * 2).to_le_bytes());
-    b.extend_from_slice(&2u16.to_le_bytes());
-    b.extend_from_slice(&16u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes());
-    }
-    std::fs::write(path, b)
-}
-
 /// Speak `text` with the Piper voice `model` into the WAV file `out`:
 /// sentence by sentence, joined with short pauses.
 pub async fn speak(lib: &Path, model: &Path, text: &str, out: &Path, timeout: Duration) -> Result<(), PiperError> {
@@ -179,15 +157,9 @@ pub async fn speak(lib: &Path, model: &Path, text: &str, out: &Path, timeout: Du
     let rate = voice.sample_rate();
     let out = out.to_owned();
     tokio::task::spawn_blocking(move || {
-        let pause = vec![0.0f32; rate as usize / 5];
-        let mut audio = Vec::new();
-        for (k, s) in sentences.iter().enumerate() {
-            if k > 0 {
-                audio.extend_from_slice(&pause);
-            }
-            audio.extend(voice.infer(voice.ids(s))?);
-        }
-        write_wav(&out, &audio, rate).map_err(|e| PiperError::Inference(e.to_string()))
+        let parts = sentences.iter().map(|s| voice.infer(voice.ids(s))).collect::<Result<Vec<_>, _>>()?;
+        let audio = crate::pipeline::speech::join_speech(parts, rate);
+        crate::media::write_wav(&out, &audio, rate).map_err(|e| PiperError::Inference(e.to_string()))
     })
     .await
     .map_err(|e| PiperError::Inference(e.to_string()))?
@@ -240,7 +212,7 @@ mod tests {
     fn wav_header_is_44_bytes_and_sized() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a.wav");
-        write_wav(&p, &[0.0, 0.5, -0.5], 22_050).unwrap();
+        crate::media::write_wav(&p, &[0.0, 0.5, -0.5], 22_050).unwrap();
         let b = std::fs::read(&p).unwrap();
         assert_eq!(b.len(), 44 + 6);
         assert_eq!(&b[0..4], b"RIFF");

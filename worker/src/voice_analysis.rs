@@ -32,7 +32,8 @@ fn frame_rms(samples: &[f32], hop: usize, len: usize) -> Vec<f32> {
         .collect()
 }
 
-/// F0 (Hz) of each voiced 40 ms frame, 10 ms apart, searched in 60-400 Hz.
+/// F0 (Hz) of each voiced 40 ms frame, 10 ms apart, searched in 60-800 Hz
+/// (a female voice shifted up a few semitones goes well past 400 Hz).
 pub fn f0_track(samples: &[f32], rate: u32) -> Vec<f32> {
     let (len, hop) = ((rate as usize * 40) / 1000, (rate as usize * 10) / 1000);
     let rms = frame_rms(samples, hop, len);
@@ -42,7 +43,7 @@ pub fn f0_track(samples: &[f32], rate: u32) -> Vec<f32> {
         return Vec::new();
     }
     let loud = sorted[(sorted.len() - 1) * 95 / 100];
-    let (min_lag, max_lag) = (rate as usize / 400, rate as usize / 60);
+    let (min_lag, max_lag) = (rate as usize / 800, rate as usize / 60);
     let mut out = Vec::new();
     for (i, r) in rms.iter().enumerate() {
         if *r < 0.1 * loud || loud <= 0.0 {
@@ -194,7 +195,8 @@ mod tests {
         };
         let mei = measure("ja_mei_female.wav");
         let nitech = measure("ja_nitech_male.wav");
-        assert!((150.0..400.0).contains(&mei.median_f0_hz), "{mei:?}");
+        // Mei is a high voice: an independent YIN estimate gives a 421 Hz median.
+        assert!((300.0..500.0).contains(&mei.median_f0_hz), "{mei:?}");
         assert!((70.0..180.0).contains(&nitech.median_f0_hz), "{nitech:?}");
         assert!(mei.median_f0_hz > nitech.median_f0_hz * 1.3);
         assert!((2.0..12.0).contains(&mei.syllables_per_second), "{mei:?}");

@@ -45,7 +45,70 @@ pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, 
     Ok(out)
 }
 
+/// The message cut into sentences: after 。！？!? and line breaks, and
+/// after a `.` that ends a word; pieces with nothing to say (only
+/// punctuation) join the sentence before them.
+pub fn sentences(message: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur = String::new();
+    let chars: Vec<char> = message.chars().collect();
+    for (i, &ch) in chars.iter().enumerate() {
+        if ch == '\n' {
+            push_sentence(&mut out, &mut cur);
+            continue;
+        }
+        cur.push(ch);
+        let next = chars.get(i + 1).copied();
+        let ends = matches!(ch, '。' | '！' | '？' | '!' | '?')
+            && !matches!(next, Some('!' | '?' | '！' | '？' | '」' | '』'))
+            || (ch == '.' && next.is_none_or(char::is_whitespace));
+        if ends {
+            push_sentence(&mut out, &mut cur);
+        }
+    }
+    push_sentence(&mut out, &mut cur);
+    out
+}
+
+fn push_sentence(out: &mut Vec<String>, cur: &mut String) {
+    let t = cur.trim();
+    if !t.is_empty() {
+        match out.last_mut() {
+            Some(prev) if !t.chars().any(char::is_alphanumeric) => prev.push_str(t),
+            _ => out.push(t.to_owned()),
+        }
+    }
+    cur.clear();
+}
+
+/// Pause between sentences.
+const PAUSE_SECS: f32 = 0.25;
+/// Fade at each end of a sentence, so that the joins do not click.
+const FADE_SECS: f32 = 0.005;
+
+/// Sentences joined with pauses, each faded in and out over a few ms.
+pub fn join_speech(parts: Vec<Vec<f32>>, rate: u32) -> Vec<f32> {
+    let fade = ((rate as f32 * FADE_SECS) as usize).max(1);
+    let pause = vec![0.0f32; (rate as f32 * PAUSE_SECS) as usize];
+    let mut out = Vec::new();
+    for (k, mut part) in parts.into_iter().enumerate() {
+        let n = part.len();
+        for i in 0..fade.min(n) {
+            let g = i as f32 / fade as f32;
+            part[i] *= g;
+            part[n - 1 - i] *= g;
+        }
+        if k > 0 {
+            out.extend_from_slice(&pause);
+        }
+        out.extend(part);
+    }
+    out
+}
+
 /// Speak `message` with the profile's base voice into the WAV file `out`.
+/// Open JTalk and Flite get one sentence per process, two at a time, and the
+/// sentences are joined here; Piper splits the text itself.
 pub async fn speak(
     catalog: &Catalog,
     profile: &VoiceProfile,
@@ -54,62 +117,80 @@ pub async fn speak(
     out: &Path,
     timeout: Duration,
 ) -> Result<(), PipelineError> {
-    let text = scratch.join("message.txt");
-    tokio::fs::write(&text, format!("{message}\n")).await?;
-    match profile.metadata.engine.as_str() {
-        "openjtalk" => {
-            let voice = catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
+    let engine = profile.metadata.engine.as_str();
+    let voice = match engine {
+        "openjtalk" | "piper" => {
+            catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
                 bad_voice(
                     profile,
                     format!("voice file {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
                 )
-            })?;
-            process::run(
-                "open_jtalk",
-                [
-                    "-x".as_ref(),
-                    OPEN_JTALK_DIC.as_ref(),
-                    "-m".as_ref(),
-                    voice.as_os_str(),
-                    "-ow".as_ref(),
-                    out.as_os_str(),
-                    text.as_os_str(),
-                ],
-                None,
-                timeout,
-            )
-            .await?;
+            })?
         }
-        "flite" => {
-            process::run(
-                "flite",
-                [
-                    "-voice".as_ref(),
-                    profile.metadata.base_voice.as_ref(),
-                    "-f".as_ref(),
-                    text.as_os_str(),
-                    "-o".as_ref(),
-                    out.as_os_str(),
-                ],
-                None,
-                timeout,
-            )
-            .await?;
-        }
-        "piper" => {
-            let model = catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
-                bad_voice(
-                    profile,
-                    format!("voice model {} is missing (run scripts/assets.sh)", profile.metadata.base_voice),
-                )
-            })?;
-            let lib = crate::onnx::runtime_path(catalog.data_dir());
-            crate::piper::speak(&lib, &model, message, out, timeout)
-                .await
-                .map_err(|e| bad_voice(profile, e.to_string()))?;
-        }
+        "flite" => PathBuf::from(&profile.metadata.base_voice),
         other => return Err(bad_voice(profile, format!("unknown engine {other:?}"))),
+    };
+    if engine == "piper" {
+        let lib = crate::onnx::runtime_path(catalog.data_dir());
+        return crate::piper::speak(&lib, &voice, message, out, timeout)
+            .await
+            .map_err(|e| bad_voice(profile, e.to_string()));
     }
+    speak_sentences(engine, &voice, message, scratch, out, timeout).await
+}
+
+/// Open JTalk or Flite, sentence by sentence (two processes at a time).
+pub async fn speak_sentences(
+    engine: &str,
+    voice: &Path,
+    message: &str,
+    scratch: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<(), PipelineError> {
+    use futures::StreamExt;
+    let parts = sentences(message);
+    let program = if engine == "openjtalk" { "open_jtalk" } else { "flite" };
+    let mut jobs = Vec::with_capacity(parts.len());
+    for (i, sentence) in parts.into_iter().enumerate() {
+        let text = scratch.join(format!("sentence_{i}.txt"));
+        let wav = scratch.join(format!("sentence_{i}.wav"));
+        tokio::fs::write(&text, format!("{sentence}\n")).await?;
+        let args: Vec<std::ffi::OsString> = match engine {
+            "openjtalk" => vec![
+                "-x".into(),
+                OPEN_JTALK_DIC.into(),
+                "-m".into(),
+                voice.into(),
+                "-ow".into(),
+                wav.clone().into(),
+                text.into(),
+            ],
+            _ => vec!["-voice".into(), voice.into(), "-f".into(), text.into(), "-o".into(), wav.clone().into()],
+        };
+        jobs.push(async move { process::run(program, args, None, timeout).await.map(|_| wav) });
+    }
+    let wavs: Vec<PathBuf> =
+        futures::stream::iter(jobs).buffered(2).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+    let out = out.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut rate = 0;
+        let mut audio = Vec::with_capacity(wavs.len());
+        for w in &wavs {
+            let (samples, r) = crate::media::read_wav(w)?;
+            if rate != 0 && r != rate {
+                return Err(std::io::Error::other(format!("{}: {r} Hz after {rate} Hz", w.display())));
+            }
+            rate = r;
+            audio.push(samples);
+        }
+        if audio.is_empty() {
+            return Err(std::io::Error::other("the message has nothing to speak"));
+        }
+        crate::media::write_wav(&out, &join_speech(audio, rate), rate)
+    })
+    .await
+    .map_err(|e| PipelineError::Io(std::io::Error::other(e.to_string())))??;
     Ok(())
 }
 
@@ -149,7 +230,12 @@ pub async fn shape(
     timeout: Duration,
 ) -> Result<(), PipelineError> {
     let emb = load_embedding(catalog, profile).await?;
-    let filter = prosody_filter(&emb);
+    shape_with(&emb, input, out, timeout).await
+}
+
+/// Apply an embedding's pitch and speed to the speech in `input`.
+pub async fn shape_with(emb: &Embedding, input: &Path, out: &Path, timeout: Duration) -> Result<(), PipelineError> {
+    let filter = prosody_filter(emb);
     crate::media::ffmpeg(
         [
             "-i".as_ref(),
@@ -169,6 +255,94 @@ pub async fn shape(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_split_into_sentences() {
+        assert_eq!(
+            sentences("おめでとう！！いつもありがとう。\nまたね"),
+            vec!["おめでとう！！", "いつもありがとう。", "またね"]
+        );
+        assert_eq!(sentences("Hi Dr. Who. It's 3.5 m long! Bye"), vec!["Hi Dr.", "Who.", "It's 3.5 m long!", "Bye"]);
+        assert_eq!(sentences("Wow. ... !"), vec!["Wow....!"]);
+        assert!(sentences("  \n ").is_empty());
+    }
+
+    #[test]
+    fn joins_fade_to_silence_so_they_do_not_click() {
+        // Two loud square-ish parts that would click if butted together.
+        let part = vec![0.8f32; 4800];
+        let joined = join_speech(vec![part.clone(), part], 48_000);
+        assert_eq!(joined.len(), 4800 * 2 + 12_000);
+        let max_step = joined.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
+        assert!(max_step < 0.01, "largest sample-to-sample step {max_step}");
+        assert_eq!((joined[0], joined[4800 + 6000]), (0.0, 0.0));
+    }
+
+    fn rms(s: &[f32]) -> f32 {
+        (s.iter().map(|x| x * x).sum::<f32>() / s.len().max(1) as f32).sqrt()
+    }
+
+    fn data() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+    }
+
+    /// Real Open JTalk (Mei) and Flite (slt): audible speech, longer for a
+    /// longer message, sentences joined.
+    #[tokio::test]
+    async fn japanese_and_english_speech_is_audible_and_grows_with_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(60);
+        let mei = data().join("voices/system/mei_normal.htsvoice");
+        let cases = [
+            (
+                "openjtalk",
+                mei.as_path(),
+                "こんにちは。",
+                "こんにちは。お誕生日おめでとうございます。素敵な一年になりますように。",
+            ),
+            ("flite", Path::new("slt"), "Hello.", "Hello. Happy birthday to you. I hope this year is a wonderful one."),
+        ];
+        for (engine, voice, short, long) in cases {
+            let mut secs = Vec::new();
+            for (k, text) in [short, long].into_iter().enumerate() {
+                let scratch = dir.path().join(format!("{engine}-{k}"));
+                std::fs::create_dir_all(&scratch).unwrap();
+                let out = scratch.join("out.wav");
+                speak_sentences(engine, voice, text, &scratch, &out, t).await.unwrap();
+                let (samples, rate) = crate::media::read_wav(&out).unwrap();
+                let level = rms(&samples);
+                assert!(level > 0.02, "{engine} {text:?}: rms {level} is near silence");
+                secs.push(samples.len() as f64 / f64::from(rate));
+            }
+            println!("{engine}: {:.2} s -> {:.2} s", secs[0], secs[1]);
+            assert!(secs[1] > secs[0] * 2.0, "{engine}: {secs:?}");
+        }
+    }
+
+    /// A profile 4 semitones up measures higher (median F0) than its base
+    /// voice: about 2^(4/12) = 1.26 times.
+    #[tokio::test]
+    async fn four_semitones_up_raises_the_measured_pitch() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(60);
+        let base = dir.path().join("base.wav");
+        let text = "こんにちは。今日はとても良い天気ですね。お誕生日おめでとうございます。";
+        let mei = data().join("voices/system/mei_normal.htsvoice");
+        speak_sentences("openjtalk", &mei, text, dir.path(), &base, t).await.unwrap();
+        let neutral = dir.path().join("neutral.wav");
+        shape_with(&Embedding { pitch_semitones: 0.0, speed: 1.0 }, &base, &neutral, t).await.unwrap();
+        let up = dir.path().join("up.wav");
+        shape_with(&Embedding { pitch_semitones: 4.0, speed: 1.0 }, &base, &up, t).await.unwrap();
+        let f0 = |p: &Path| {
+            let (s, rate) = crate::media::read_wav(p).unwrap();
+            crate::voice_analysis::analyse(&s, rate).unwrap().median_f0_hz
+        };
+        let (a, b) = (f0(&neutral), f0(&up));
+        let semitones = 12.0 * (b / a).log2();
+        println!("median F0 {a:.1} Hz -> {b:.1} Hz ({semitones:.2} semitones)");
+        assert!(b > a, "{a} -> {b}");
+        assert!((3.0..5.0).contains(&semitones), "{semitones} semitones");
+    }
 
     #[test]
     fn neutral_profiles_are_only_resampled() {
