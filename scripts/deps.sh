@@ -2,7 +2,7 @@
 # Install the Debian packages tayori needs (only those missing).
 # Open JTalk's male voice (nitech) is in Debian's contrib section.
 set -euo pipefail
-pkgs=(redis-server ffmpeg open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001 flite espeak-ng fonts-noto-cjk curl unzip ca-certificates)
+pkgs=(redis-server ffmpeg open-jtalk open-jtalk-mecab-naist-jdic hts-voice-nitech-jp-atr503-m001 flite espeak-ng fonts-noto-cjk curl unzip ca-certificates openssl python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
