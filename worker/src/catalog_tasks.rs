@@ -53,26 +53,39 @@ async fn analyse_track(
 ) -> Result<CatalogTaskResult, CatalogTaskResult> {
     let raw = dir.join("upload");
     runner.storage.get_to_file(source_key, &raw).await.map_err(failed)?;
+    // Decoded first (to learn its length), then made loop-ready and
+    // encoded, so that the mix can loop it without a seam.
+    let wav = dir.join("track.wav");
     let mp3 = dir.join("track.mp3");
-    let transcoded = ffmpeg(
-        runner,
-        vec![
-            "-i".into(),
-            raw.clone().into(),
-            "-map_metadata".into(),
-            "-1".into(),
-            "-vn".into(),
-            "-ar".into(),
-            "44100".into(),
-            "-ac".into(),
-            "2".into(),
-            "-c:a".into(),
-            "libmp3lame".into(),
-            "-b:a".into(),
-            "192k".into(),
-            mp3.clone().into(),
-        ],
-    )
+    let transcoded = async {
+        ffmpeg(
+            runner,
+            vec![
+                "-i".into(),
+                raw.clone().into(),
+                "-map_metadata".into(),
+                "-1".into(),
+                "-vn".into(),
+                "-ar".into(),
+                "44100".into(),
+                "-ac".into(),
+                "2".into(),
+                "-c:a".into(),
+                "pcm_s16le".into(),
+                wav.clone().into(),
+            ],
+        )
+        .await?;
+        let w = wav.clone();
+        let secs = tokio::task::spawn_blocking(move || media::wav_duration(&w)).await.ok().and_then(Result::ok);
+        let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), wav.clone().into()];
+        if let Some(filter) = secs.and_then(crate::pipeline::mix::loop_ready_filter) {
+            args.extend(["-filter_complex".into(), filter.into(), "-map".into(), "[out]".into()]);
+        }
+        args.extend(["-c:a", "libmp3lame", "-b:a", "192k"].map(Into::into));
+        args.push(mp3.clone().into());
+        ffmpeg(runner, args).await
+    }
     .await;
     if let Err(e) = transcoded {
         let _ = runner.storage.delete(source_key).await;

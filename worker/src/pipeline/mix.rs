@@ -44,6 +44,27 @@ pub fn mix_filter(total: f64, with_music: bool) -> String {
     )
 }
 
+/// Seconds of a track's end that are crossfaded into its start.
+pub const LOOP_XF: f64 = 2.0;
+
+/// The filter that makes a track loop-ready (the same as scripts/assets.sh
+/// does for the system tracks): its last `LOOP_XF` seconds are crossfaded
+/// into its first ones and the result starts after them, so the end flows
+/// into the start when it is played in a loop. `None` for tracks too short
+/// to spare the seconds (they loop as they are).
+pub fn loop_ready_filter(duration: f64) -> Option<String> {
+    if duration < 4.0 * LOOP_XF {
+        return None;
+    }
+    let end = duration - LOOP_XF;
+    Some(format!(
+        "[0:a]asplit=3[a][b][c];[a]atrim=0:{LOOP_XF},asetpts=PTS-STARTPTS[head];\
+         [b]atrim={LOOP_XF}:{end:.3},asetpts=PTS-STARTPTS[body];[c]atrim={end:.3},asetpts=PTS-STARTPTS[tail];\
+         [tail][head]acrossfade=d={:.2}:c1=qsin:c2=qsin[seam];[body][seam]concat=n=2:v=0:a=1[out]",
+        LOOP_XF - 0.1
+    ))
+}
+
 /// Where the worker reads a track: the data directory if the file is
 /// there, else the S3 object of the same key.
 async fn track_file(j: &Job<'_>, track: &BgmTrack) -> Result<PathBuf, PipelineError> {
@@ -190,6 +211,45 @@ mod tests {
         assert!(f.contains("[bus]"));
         let f = mix_filter(4.0, false);
         assert!(!f.contains("[1:a]"));
+    }
+
+    /// A track whose level rises from quiet to loud would jump back at a
+    /// plain loop point; made loop-ready, its end is as loud as its start.
+    #[tokio::test]
+    async fn a_loop_ready_track_ends_the_way_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Duration::from_secs(60);
+        let src = dir.path().join("ramp.wav");
+        let out = dir.path().join("loop.wav");
+        media::ffmpeg(
+            ["-f", "lavfi", "-i", "sine=f=440:d=12:r=44100", "-af", "volume='0.05+0.9*t/12':eval=frame"]
+                .iter()
+                .map(std::ffi::OsString::from)
+                .chain([src.clone().into_os_string()]),
+            t,
+        )
+        .await
+        .unwrap();
+        assert!(loop_ready_filter(5.0).is_none());
+        let (raw, rate) = media::read_wav(&src).unwrap();
+        let n = rate as usize / 20;
+        let jump = rms_db(&raw[raw.len() - n..]) - rms_db(&raw[..n]);
+        assert!(jump > 20.0, "as it is, the track jumps {jump:.1} dB at the loop point");
+        let filter = loop_ready_filter(12.0).unwrap();
+        media::ffmpeg(
+            ["-i".into(), src.into_os_string(), "-filter_complex".into(), filter.into(), "-map".into(), "[out]".into()]
+                .into_iter()
+                .chain([std::ffi::OsString::from(&out)]),
+            t,
+        )
+        .await
+        .unwrap();
+        let (s, _) = media::read_wav(&out).unwrap();
+        let secs = s.len() as f64 / f64::from(rate);
+        assert!((secs - 10.1).abs() < 0.05, "12 s minus the 2 s folded in (0.1 s overlap kept): {secs}");
+        let (head, tail) = (rms_db(&s[..n]), rms_db(&s[s.len() - n..]));
+        println!("first 50 ms {head:.1} dB, last 50 ms {tail:.1} dB");
+        assert!((head - tail).abs() < 3.0, "loop point jumps from {tail:.1} to {head:.1} dB");
     }
 
     fn rms_db(samples: &[f32]) -> f64 {
