@@ -35,6 +35,14 @@ pub struct GatewayConfig {
     /// `TAYORI_CATALOG_TASK_TIMEOUT_SECS`, default 60: how long an upload
     /// analysis or a preview may take on a worker before the request gives up.
     pub catalog_task_timeout: Duration,
+    /// `TAYORI_RATE_LIMIT_PER_MIN`, default 5: video jobs per client address
+    /// per minute, shared by every gateway through Redis (0: no limit).
+    pub rate_limit_per_min: u32,
+    /// `TAYORI_TRUST_PROXY_HEADERS`, default false: take the client address
+    /// from `X-Forwarded-For` (only behind a proxy that sets it).
+    pub trust_proxy_headers: bool,
+    /// `TAYORI_MAX_QUEUE_DEPTH`, default 1000: above it new jobs get 503 (0: no bound).
+    pub max_queue_depth: u64,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -66,6 +74,9 @@ impl GatewayConfig {
             presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
             backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,
             catalog_task_timeout: env::secs("TAYORI_CATALOG_TASK_TIMEOUT_SECS", 60)?,
+            rate_limit_per_min: env::parse("TAYORI_RATE_LIMIT_PER_MIN", 5)?,
+            trust_proxy_headers: env::parse("TAYORI_TRUST_PROXY_HEADERS", false)?,
+            max_queue_depth: env::parse("TAYORI_MAX_QUEUE_DEPTH", 1000)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

@@ -17,6 +17,9 @@ pub enum AppError {
     /// The request is wrong: 4xx with a stable code and a helpful message.
     #[error("{message}")]
     Client { status: StatusCode, code: &'static str, message: String },
+    /// Not now: 429 (rate limit) or 503 (queue full), with `Retry-After`.
+    #[error("{message}")]
+    Busy { status: StatusCode, code: &'static str, message: String, retry_after: u64 },
     /// A finished job failed: its own code and message.
     #[error("job failed: {code}: {message}")]
     JobFailed { code: String, message: String },
@@ -78,6 +81,7 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {
             AppError::Client { status, code, message } => (*status, (*code).to_owned(), message.clone()),
+            AppError::Busy { status, code, message, .. } => (*status, (*code).to_owned(), message.clone()),
             AppError::JobFailed { code, message } => (StatusCode::UNPROCESSABLE_ENTITY, code.clone(), message.clone()),
             AppError::Redis(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -100,11 +104,13 @@ impl IntoResponse for AppError {
                 "Something went wrong on our side. It has been logged.".to_owned(),
             ),
         };
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, AppError::Busy { .. }) {
             tracing::error!(error = %self, %code, "request failed");
         }
         let mut resp = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let AppError::Busy { retry_after, .. } = &self {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
         }
         resp

@@ -2,6 +2,7 @@
 //! apalis-redis, progress relay over WebSockets, presigned S3 links, and (by
 //! default) an embedded S3 endpoint.
 
+pub mod admission;
 pub mod backup;
 pub mod config;
 pub mod error;
@@ -132,7 +133,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     println!("tayori gateway listening on http://{addr}");
-    let result = axum::serve(listener, app(state))
+    let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);

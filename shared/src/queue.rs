@@ -84,7 +84,16 @@ pub async fn enqueue(storage: &mut JobStorage, job: VideoJob) -> Result<(), Enqu
 }
 
 /// Number of jobs waiting in the queue (not yet taken by a worker).
+/// apalis-redis keeps a pushed job in `{queue}:scheduled` (pushes carry a
+/// run-at time) until a worker's fetch moves it to `{queue}:active`: both count.
 pub async fn depth(conn: &mut ConnectionManager, cfg: &QueueConfig) -> redis::RedisResult<u64> {
-    let key = Config::default().queue(&cfg.name).active_jobs_list();
-    redis::cmd("LLEN").arg(key).query_async(conn).await
+    let c = Config::default().queue(&cfg.name);
+    let (active, scheduled): (u64, u64) = redis::pipe()
+        .cmd("LLEN")
+        .arg(c.active_jobs_list())
+        .cmd("ZCARD")
+        .arg(c.scheduled_jobs_set())
+        .query_async(conn)
+        .await?;
+    Ok(active + scheduled)
 }

@@ -28,7 +28,14 @@ fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
 }
 
-async fn generate(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+async fn generate(
+    State(state): State<AppState>,
+    ip: crate::admission::ClientIp,
+    mp: Multipart,
+) -> AppResult<impl IntoResponse> {
+    // Before reading the body: a refused client costs no upload.
+    crate::admission::queue_room(&state).await?;
+    crate::admission::rate_limit(&mut state.redis.clone(), ip.0, state.cfg.rate_limit_per_min).await?;
     let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background"];
     let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
 

@@ -131,6 +131,8 @@ impl Stack {
             // warm-up run competing with the first job for the two cores.
             ("TAYORI_SEGMENTATION_MODEL".into(), "u2netp".into()),
             ("TAYORI_PRELOAD_MODELS".into(), "false".into()),
+            // Every test client is 127.0.0.1: the rate limit has its own test.
+            ("TAYORI_RATE_LIMIT_PER_MIN".into(), "0".into()),
         ];
         env.extend(opts.env.iter().cloned());
         let mut gateway_env = env.clone();

@@ -1,0 +1,73 @@
+//! Floods are refused with a clear 429/503 and `Retry-After`, before
+//! anything is stored or queued.
+
+use redis::AsyncCommands;
+
+use crate::harness::{self, Options, Stack};
+
+async fn post(stack: &Stack, forwarded_for: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part("image", reqwest::multipart::Part::bytes(photo).file_name("a.png"))
+        .text("message", "hello")
+        .text("voice_profile_id", "en_slt_female");
+    let mut req = reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form);
+    if let Some(ip) = forwarded_for {
+        req = req.header("X-Forwarded-For", ip);
+    }
+    let r = req.send().await.unwrap();
+    let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (r.status().as_u16(), retry, r.json().await.unwrap_or_default())
+}
+
+/// Jobs waiting: apalis-redis holds a new job in `{queue}:scheduled`, then `{queue}:active`.
+async fn queued(stack: &Stack) -> u64 {
+    let mut redis = stack.redis().await;
+    let active: u64 = redis.llen(format!("{}:active", stack.queue)).await.unwrap();
+    let scheduled: u64 = redis.zcard(format!("{}:scheduled", stack.queue)).await.unwrap();
+    active + scheduled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_address_gets_a_few_jobs_a_minute_then_429_with_retry_after() {
+    let env = vec![("TAYORI_RATE_LIMIT_PER_MIN".into(), "3".into())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    for _ in 0..3 {
+        assert_eq!(post(&stack, None).await.0, 202);
+    }
+    // X-Forwarded-For is not trusted unless configured: still the same client.
+    let (status, retry, body) = post(&stack, Some("203.0.113.9")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate-limited");
+    let secs: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    assert_eq!(queued(&stack).await, 3, "the refused job was not queued");
+    let mut redis = stack.redis().await;
+    let ttl: i64 = redis.pttl("ratelimit:127.0.0.1").await.unwrap();
+    assert!((1..=60_000).contains(&ttl), "ratelimit key ttl {ttl} ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_address_counts() {
+    let env =
+        vec![("TAYORI_RATE_LIMIT_PER_MIN".into(), "2".into()), ("TAYORI_TRUST_PROXY_HEADERS".into(), "true".into())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    for _ in 0..2 {
+        assert_eq!(post(&stack, Some("203.0.113.7, 10.0.0.1")).await.0, 202);
+    }
+    assert_eq!(post(&stack, Some("203.0.113.7")).await.0, 429);
+    assert_eq!(post(&stack, Some("203.0.113.8")).await.0, 202, "another client has its own budget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_busy_instead_of_growing() {
+    let env = vec![("TAYORI_MAX_QUEUE_DEPTH".into(), "2".into())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    assert_eq!(post(&stack, None).await.0, 202);
+    assert_eq!(post(&stack, None).await.0, 202);
+    let (status, retry, body) = post(&stack, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "server-busy");
+    assert_eq!(retry.as_deref(), Some("30"));
+    assert_eq!(queued(&stack).await, 2);
+}
