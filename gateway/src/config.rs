@@ -41,6 +41,9 @@ pub struct GatewayConfig {
     /// `TAYORI_TRUST_PROXY_HEADERS`, default false: take the client address
     /// from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_proxy_headers: bool,
+    /// `TAYORI_HEADER_READ_TIMEOUT_SECS`, default 10: time a client gets to
+    /// send a request's head (slow clients are cut off).
+    pub header_read_timeout: Duration,
     /// `TAYORI_MAX_QUEUE_DEPTH`, default 1000: above it new jobs get 503 (0: no bound).
     pub max_queue_depth: u64,
     pub redis: RedisConfig,
@@ -77,6 +80,7 @@ impl GatewayConfig {
             rate_limit_per_min: env::parse("TAYORI_RATE_LIMIT_PER_MIN", 5)?,
             trust_proxy_headers: env::parse("TAYORI_TRUST_PROXY_HEADERS", false)?,
             max_queue_depth: env::parse("TAYORI_MAX_QUEUE_DEPTH", 1000)?,
+            header_read_timeout: env::secs("TAYORI_HEADER_READ_TIMEOUT_SECS", 10)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

@@ -10,6 +10,7 @@ pub mod hub;
 pub mod intake;
 pub mod routes;
 pub mod s3_server;
+pub mod serve;
 pub mod state;
 pub mod upload;
 
@@ -133,12 +134,12 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
     println!("tayori gateway listening on http://{addr}");
-    let result = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
+    let header_timeout = state.cfg.header_read_timeout;
+    let result = serve::serve(listener, app(state), header_timeout, async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
     background.abort_all();
     result.context("serving HTTP")
 }

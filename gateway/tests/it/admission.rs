@@ -71,3 +71,37 @@ async fn a_full_queue_answers_503_busy_instead_of_growing() {
     assert_eq!(retry.as_deref(), Some("30"));
     assert_eq!(queued(&stack).await, 2);
 }
+
+/// A slowloris client (request head sent a byte at a time) is cut off after
+/// the header timeout; a normal request on the same server still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = vec![("TAYORI_HEADER_READ_TIMEOUT_SECS".into(), "2".into())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    let addr = stack.http.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    sock.write_all(b"POST /api/video/generate HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut closed = false;
+    for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if sock.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(std::time::Duration::from_millis(1), sock.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(closed, "still connected after {secs:.1} s");
+    assert!((1.5..6.0).contains(&secs), "cut off after {secs:.1} s (timeout 2 s)");
+    let health = reqwest::get(format!("{}/health", stack.http)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
