@@ -13,9 +13,21 @@ pub struct EnvError {
     pub reason: String,
 }
 
-/// The variable's value, or `None` when unset or empty.
+/// The variable's value, or `None` when unset or empty. When `NAME` is
+/// unset and `NAME_FILE` names a file (Docker and Kubernetes secrets), the
+/// file's contents, without the trailing newline.
 pub fn var(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).or_else(|| {
+        let path = std::env::var_os(format!("{name}_FILE"))?;
+        match std::fs::read_to_string(&path) {
+            Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_owned()).filter(|v| !v.trim().is_empty()),
+            Err(e) => {
+                // The path is not secret; the contents never appear here.
+                tracing::error!(variable = %format!("{name}_FILE"), path = ?path, error = %e, "cannot read the file");
+                None
+            }
+        }
+    })
 }
 
 /// The variable parsed as `T`, or `default` when unset.
@@ -39,4 +51,25 @@ pub fn secs(name: &str, default_secs: u64) -> Result<Duration, EnvError> {
 /// A duration given in milliseconds.
 pub fn millis(name: &str, default_ms: u64) -> Result<Duration, EnvError> {
     parse(name, default_ms).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secret");
+        std::fs::write(&f, "s3cr3t\n").unwrap();
+        // SAFETY: this test alone uses these variable names.
+        unsafe {
+            std::env::set_var("TAYORI_TEST_SECRET_FILE", &f);
+            std::env::set_var("TAYORI_TEST_DIRECT", "direct");
+            std::env::set_var("TAYORI_TEST_DIRECT_FILE", &f);
+        }
+        assert_eq!(var("TAYORI_TEST_SECRET").as_deref(), Some("s3cr3t"));
+        assert_eq!(var("TAYORI_TEST_DIRECT").as_deref(), Some("direct"), "the variable itself wins");
+        assert_eq!(var("TAYORI_TEST_UNSET"), None);
+    }
 }
