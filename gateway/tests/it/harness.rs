@@ -280,6 +280,13 @@ impl Stack {
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
+    /// SIGKILL worker `i` (a crash: no clean-up, no release of its claims).
+    #[allow(dead_code)]
+    pub fn kill_worker(&mut self, i: usize) {
+        self.workers[i].0.kill().unwrap();
+        let _ = self.workers[i].0.wait();
+    }
+
     /// Wait for worker `i` to exit; its exit status, or None after `limit`.
     pub async fn wait_worker_exit(&mut self, i: usize, limit: Duration) -> Option<std::process::ExitStatus> {
         let t0 = Instant::now();
@@ -362,19 +369,30 @@ pub fn duration_of(path: &Path) -> f64 {
 
 /// Follow a job's WebSocket to its end: every event, and the close code.
 pub async fn follow(stack: &Stack, task_id: &str, limit: Duration) -> (Vec<serde_json::Value>, Option<u16>) {
+    match follow_url(&stack.ws_url(task_id), limit).await {
+        Ok(r) => r,
+        Err(events) => panic!("no end of job within {limit:?}; events so far: {events:#?}\n{}", stack.logs()),
+    }
+}
+
+/// Read the WebSocket at `url` to its end: the events and the close code;
+/// `Err(events so far)` if it does not end within `limit`.
+pub async fn follow_url(
+    url: &str,
+    limit: Duration,
+) -> Result<(Vec<serde_json::Value>, Option<u16>), Vec<serde_json::Value>> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(stack.ws_url(task_id)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next()).await;
-        match msg {
-            Err(_) => panic!("no end of job within {limit:?}; events so far: {events:#?}\n{}", stack.logs()),
-            Ok(None) => return (events, None),
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return Err(events),
+            Ok(None) => return Ok((events, None)),
             Ok(Some(Err(e))) => panic!("websocket error {e}"),
             Ok(Some(Ok(Message::Text(t)))) => events.push(serde_json::from_str(t.as_str()).unwrap()),
-            Ok(Some(Ok(Message::Close(frame)))) => return (events, frame.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(Message::Close(frame)))) => return Ok((events, frame.map(|f| u16::from(f.code)))),
             Ok(Some(Ok(_))) => {}
         }
     }

@@ -5,5 +5,6 @@ mod admission;
 mod bad_input;
 mod catalog;
 mod e2e;
+mod faults;
 mod harness;
 mod presign;

@@ -1,0 +1,68 @@
+//! Faults injected into real processes.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{self, Options, Stack};
+
+/// A worker killed with SIGKILL while it renders: the render stage is taken
+/// over by the other worker (after its claim and apalis's heartbeat expire),
+/// the job succeeds once, and a viewer connected throughout sees it go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_rendering_is_replaced_and_the_job_finishes_once() {
+    let mut stack = Stack::start(Options { workers: 2, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let message = "お誕生日おめでとうございます。いつも本当にありがとう。素敵な一年になりますように。";
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[("message", message), ("voice_profile_id", "ja_mei_female"), ("bgm_id", "celebration_gentle")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    // A viewer follows the job from the start, across the crash.
+    let ws = stack.ws_url(&id);
+    let viewer = tokio::spawn(async move { harness::follow_url(&ws, Duration::from_secs(240)).await });
+    harness::wait_event(&stack, &id, Duration::from_secs(120), |e| e["current_step"] == "render_and_upload").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let renderer = (0..2)
+        .find(|&i| {
+            stack
+                .worker_log_of(i)
+                .lines()
+                .any(|l| l.contains(id.as_str()) && l.contains("step started") && l.contains("render_and_upload"))
+        })
+        .expect("a worker logged the render start");
+    stack.kill_worker(renderer);
+    let killed_at = Instant::now();
+
+    let done = harness::wait_done(&stack, &id, Duration::from_secs(120)).await;
+    let recovery = killed_at.elapsed().as_secs_f64();
+    println!("killed worker {renderer}; job done {recovery:.1} s later: {}", done["status"]);
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert!(recovery < 60.0, "taken over within 60 s, took {recovery:.1} s");
+    assert_eq!(done["attempts"], 2, "the render ran a second time: {done}");
+    let survivor = 1 - renderer;
+    let succeeded = stack
+        .worker_log_of(survivor)
+        .lines()
+        .filter(|l| l.contains("job succeeded") && l.contains(id.as_str()))
+        .count();
+    assert_eq!(succeeded, 1, "one SUCCESS");
+
+    let (events, close) = viewer.await.unwrap().expect("the viewer's stream ended");
+    assert_eq!(close, Some(1000), "the viewer saw the end: {events:#?}");
+    let renders = events.iter().filter(|e| e["current_step"] == "render_and_upload").count();
+    assert_eq!(renders, 2, "the viewer saw the render start again");
+    let successes = events.iter().filter(|e| e["status"] == "SUCCESS").count();
+    assert_eq!(successes, 1);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+    // One set of final objects, and a working link.
+    let result: serde_json::Value =
+        reqwest::get(format!("{}/api/video/result/{id}", stack.http)).await.unwrap().json().await.unwrap();
+    assert!(result["video_url"].is_string(), "{result}");
+    let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
+    assert_eq!(keys.len(), 2, "final_video.mp4 and thumbnail.jpg only: {keys:?}");
+}
