@@ -66,3 +66,39 @@ async fn a_worker_killed_while_rendering_is_replaced_and_the_job_finishes_once()
     let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
     assert_eq!(keys.len(), 2, "final_video.mp4 and thumbnail.jpg only: {keys:?}");
 }
+
+/// The gateway (with the embedded S3 inside it) crashes and comes back while
+/// a job runs and a viewer watches: the viewer's connection drops, a
+/// reconnecting viewer gets the whole story so far and then the end, and the
+/// job finishes (its uploads during the outage are retried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_reconnecting_after_a_gateway_restart_resumes_the_job() {
+    let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = harness::submit(
+        &stack,
+        photo,
+        "a.png",
+        &[("message", "Happy birthday! I hope you have a wonderful year ahead."), ("voice_profile_id", "en_joe_male")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let ws = stack.ws_url(&id);
+    let first_viewer = tokio::spawn(async move { harness::follow_url(&ws, Duration::from_secs(120)).await });
+    harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
+    let t0 = Instant::now();
+    stack.restart_gateway().await;
+    println!("gateway back in {:.2} s", t0.elapsed().as_secs_f64());
+    // The first viewer lost its connection without a normal close.
+    match first_viewer.await.unwrap() {
+        Ok((_, close)) => assert_ne!(close, Some(1000), "the old connection cannot have seen a normal end"),
+        Err(events) => panic!("the old connection hung: {events:?}"),
+    }
+    let (events, close) = harness::follow(&stack, &id, Duration::from_secs(120)).await;
+    assert_eq!(close, Some(1000), "{events:#?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "the whole story, in order");
+    assert!(events.iter().any(|e| e["current_step"] == "detect_person"), "events from before the restart");
+    assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}\n{}", stack.logs());
+}

@@ -280,6 +280,40 @@ impl Stack {
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
+    /// Crash the gateway (SIGKILL: its embedded S3 goes down with it) and
+    /// start it again on the same ports and storage; returns once healthy.
+    #[allow(dead_code)]
+    pub async fn restart_gateway(&mut self) {
+        self.gateway.0.kill().unwrap();
+        let _ = self.gateway.0.wait();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(format!("{name}.log")))
+                .unwrap()
+        };
+        self.gateway = Proc(
+            Command::new(bin("gateway"))
+                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
+                .stdout(log("gateway"))
+                .stderr(log("gateway.err"))
+                .spawn()
+                .unwrap(),
+        );
+        let http = reqwest::Client::new();
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{}/health", self.http)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not come back\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL worker `i` (a crash: no clean-up, no release of its claims).
     #[allow(dead_code)]
     pub fn kill_worker(&mut self, i: usize) {
@@ -390,7 +424,8 @@ pub async fn follow_url(
         match tokio::time::timeout_at(deadline, ws.next()).await {
             Err(_) => return Err(events),
             Ok(None) => return Ok((events, None)),
-            Ok(Some(Err(e))) => panic!("websocket error {e}"),
+            // The connection broke: no close code.
+            Ok(Some(Err(_))) => return Ok((events, None)),
             Ok(Some(Ok(Message::Text(t)))) => events.push(serde_json::from_str(t.as_str()).unwrap()),
             Ok(Some(Ok(Message::Close(frame)))) => return Ok((events, frame.map(|f| u16::from(f.code)))),
             Ok(Some(Ok(_))) => {}
