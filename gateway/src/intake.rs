@@ -215,4 +215,95 @@ mod tests {
         std::fs::write(&t, b"\x89PNG\r\n\x1a\n").unwrap();
         assert_eq!(code(check_image(&t, 40_000_000).unwrap_err()), "image-unreadable");
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A real PNG (the test photo's header region) and JPEG, mutated.
+        fn image_bytes() -> impl Strategy<Value = Vec<u8>> {
+            let dir = tempfile::tempdir().unwrap();
+            let png = dir.path().join("s.png");
+            let jpg = dir.path().join("s.jpg");
+            for (out, extra) in [(&png, &[][..]), (&jpg, &["-q:v", "5"][..])] {
+                let ok = std::process::Command::new("ffmpeg")
+                    .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=s=64x48", "-frames:v", "1"])
+                    .args(extra)
+                    .arg(out)
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok);
+            }
+            let seeds = [std::fs::read(&png).unwrap(), std::fs::read(&jpg).unwrap()];
+            (
+                0..seeds.len(),
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+                0..3u8,
+                proptest::collection::vec(any::<u8>(), 0..64),
+            )
+                .prop_map(move |(which, at, byte, how, junk)| {
+                    let mut b = seeds[which].clone();
+                    let i = at.index(b.len());
+                    match how {
+                        0 => b[i] = byte,
+                        1 => b.truncate(i),
+                        _ => b = junk,
+                    }
+                    b
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+            /// No input makes the photo check panic; what it accepts is an
+            /// image its magic bytes name, of a size within the bound.
+            #[test]
+            fn the_photo_check_never_panics_and_accepts_only_bounded_images(bytes in image_bytes()) {
+                let dir = tempfile::tempdir().unwrap();
+                let p = dir.path().join("upload");
+                std::fs::write(&p, &bytes).unwrap();
+                if let Ok((kind, w, h)) = check_image(&p, 1_000_000) {
+                    prop_assert_eq!(sniff(&bytes[..bytes.len().min(16)]), Some(kind));
+                    prop_assert!(w > 0 && h > 0 && u64::from(w) * u64::from(h) <= 1_000_000);
+                }
+            }
+
+            /// Any text: an accepted message is trimmed, 1-500 characters,
+            /// with no control characters but line breaks.
+            #[test]
+            fn accepted_messages_are_clean(raw in "\\PC{0,40}|[\\x00-\\x1f \\u{3000}a-z\\n\\r\\t]{0,600}") {
+                match check_message(&raw) {
+                    Ok(m) => {
+                        let n = m.chars().count();
+                        prop_assert!((1..=500).contains(&n));
+                        prop_assert_eq!(m.trim(), m.as_str());
+                        prop_assert!(m.chars().all(|c| c == '\n' || !c.is_control()));
+                    }
+                    Err(e) => prop_assert!(["message-empty", "message-too-long"].contains(&code(e))),
+                }
+            }
+
+            /// Real v4 ids pass; the same ids with anything around them do not.
+            #[test]
+            fn v4_ids_pass_and_decorated_ones_do_not(bits in any::<u128>(), prefix in "[./%]{0,3}", suffix in "[./%a]{0,3}") {
+                let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid().hyphenated().to_string();
+                prop_assert_eq!(check_task_id(&id).ok(), Some(id.clone()));
+                let decorated = format!("{prefix}{id}{suffix}");
+                prop_assert_eq!(check_task_id(&decorated).is_ok(), decorated == id);
+            }
+
+            /// Only v4 UUIDs pass as task ids, so no id reaches a key with a path in it.
+            #[test]
+            fn task_ids_never_carry_paths(raw in "[0-9a-f./%-]{0,40}") {
+                if let Ok(id) = check_task_id(&raw) {
+                    prop_assert!(!id.contains('/') && !id.contains('.') && !id.contains('%'));
+                    prop_assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4);
+                }
+            }
+        }
+    }
 }

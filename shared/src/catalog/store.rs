@@ -327,4 +327,69 @@ mod tests {
             assert!(!is_valid_id(bad), "{bad:?}");
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::super::super::VoicesFile;
+        use super::*;
+
+        /// The shipped voices file, mutated: bytes flipped, the end cut off,
+        /// or bytes inserted, so that most cases are almost valid JSON.
+        fn mutated() -> impl Strategy<Value = Vec<u8>> {
+            let base = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/voices/voices_metadata.json"))
+                .unwrap();
+            let n = base.len();
+            prop_oneof![
+                (0..n, any::<u8>()).prop_map({
+                    let b = base.clone();
+                    move |(i, v)| {
+                        let mut b = b.clone();
+                        b[i] = v;
+                        b
+                    }
+                }),
+                (0..n).prop_map({
+                    let b = base.clone();
+                    move |i| b[..i].to_vec()
+                }),
+                (0..n, proptest::collection::vec(any::<u8>(), 1..8)).prop_map({
+                    let b = base.clone();
+                    move |(i, ins)| {
+                        let mut b = b.clone();
+                        b.splice(i..i, ins);
+                        b
+                    }
+                }),
+                proptest::collection::vec(any::<u8>(), 0..256),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            /// Whatever bytes a restore is given: no panic; either they parse
+            /// and become the file, or they are refused and the file on disk
+            /// is the previous good version, byte for byte.
+            #[test]
+            fn a_restore_of_any_bytes_keeps_the_file_valid(bytes in mutated()) {
+                let dir = tempfile::tempdir().unwrap();
+                let cat = catalog(dir.path());
+                let path = cat.voices.path().to_owned();
+                let before = std::fs::read(&path).unwrap();
+                let store: JsonStore<VoicesFile> = JsonStore::new(path.clone());
+                match store.replace_with(&bytes) {
+                    Ok(()) => {
+                        let doc = store.read_strict().unwrap();
+                        let expected: VoicesFile = serde_json::from_slice(&bytes).unwrap();
+                        prop_assert_eq!(&*doc, &expected);
+                    }
+                    Err(CatalogError::Corrupt { .. }) => {
+                        prop_assert_eq!(std::fs::read(&path).unwrap(), before);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other}"),
+                }
+            }
+        }
+    }
 }
