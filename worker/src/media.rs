@@ -49,10 +49,20 @@ pub fn parse_probe(json: &[u8]) -> Option<Probe> {
     Some(Probe { duration, video, audio })
 }
 
-/// Duration of a PCM WAV file from its header (`fmt ` and `data` chunks),
-/// without starting ffprobe (100 ms a call here). Blocking; the header is
-/// read in a few small reads.
-pub fn wav_duration(path: &Path) -> std::io::Result<f64> {
+/// Where a WAV file's samples are and how they are laid out, from its
+/// `fmt ` and `data` chunks (other chunks skipped).
+struct WavLayout {
+    format: u16,
+    channels: usize,
+    rate: u32,
+    byte_rate: u32,
+    bits: u16,
+    data_offset: u64,
+    data_len: u64,
+}
+
+/// Walk the chunks of the WAV file at `path` (a few small reads).
+fn wav_layout(path: &Path) -> std::io::Result<(std::fs::File, WavLayout)> {
     use std::io::{Read, Seek, SeekFrom};
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
     let mut f = std::fs::File::open(path)?;
@@ -61,38 +71,58 @@ pub fn wav_duration(path: &Path) -> std::io::Result<f64> {
     if &riff[0..4] != b"RIFF" || &riff[8..12] != b"WAVE" {
         return Err(bad("not a RIFF/WAVE file"));
     }
-    let mut byte_rate = None;
+    let mut fmt = None;
     loop {
         let mut head = [0u8; 8];
         f.read_exact(&mut head)?;
         let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         match &head[0..4] {
             b"fmt " => {
-                let mut fmt = vec![0u8; size as usize];
-                f.read_exact(&mut fmt)?;
-                if fmt.len() < 16 {
+                let mut body = vec![0u8; size as usize];
+                f.read_exact(&mut body)?;
+                if body.len() < 16 {
                     return Err(bad("short fmt chunk"));
                 }
-                byte_rate = Some(u32::from_le_bytes([fmt[8], fmt[9], fmt[10], fmt[11]]));
+                let u16at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
+                let u32at = |i: usize| u32::from_le_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+                fmt = Some((u16at(0), u16at(2).max(1) as usize, u32at(4), u32at(8), u16at(14)));
                 if size % 2 == 1 {
                     f.seek(SeekFrom::Current(1))?;
                 }
             }
             b"data" => {
-                let rate = byte_rate.filter(|r| *r > 0).ok_or_else(|| bad("data before fmt"))?;
-                // A streamed WAV may leave the size at 0 or 0xFFFFFFFF: use the file's length.
-                let size = if size == 0 || size == u32::MAX {
-                    let here = f.stream_position()?;
-                    f.metadata()?.len().saturating_sub(here)
-                } else {
-                    u64::from(size)
-                };
-                return Ok(size as f64 / f64::from(rate));
+                let (format, channels, rate, byte_rate, bits) = fmt.ok_or_else(|| bad("data before fmt"))?;
+                let data_offset = f.stream_position()?;
+                // A streamed WAV may leave the size at 0 or 0xFFFFFFFF; a cut
+                // one claims more than there is: use what the file holds.
+                let held = f.metadata()?.len().saturating_sub(data_offset);
+                let data_len = if size == 0 || size == u32::MAX { held } else { u64::from(size).min(held) };
+                return Ok((f, WavLayout { format, channels, rate, byte_rate, bits, data_offset, data_len }));
             }
             _ => {
                 f.seek(SeekFrom::Current(i64::from(size) + i64::from(size % 2)))?;
             }
         }
+    }
+}
+
+/// Duration of a PCM WAV file from its header, without starting ffprobe
+/// (100 ms a call here). Blocking.
+pub fn wav_duration(path: &Path) -> std::io::Result<f64> {
+    let (_, w) = wav_layout(path)?;
+    if w.byte_rate == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: byte rate 0", path.display())));
+    }
+    Ok(w.data_len as f64 / f64::from(w.byte_rate))
+}
+
+/// Length of speech the pipeline wrote (a WAV): from its header, or from
+/// ffprobe if the header cannot be read.
+pub async fn speech_seconds(path: &Path, timeout: Duration) -> Result<f64, ProcessError> {
+    let wav = path.to_owned();
+    match tokio::task::spawn_blocking(move || wav_duration(&wav)).await {
+        Ok(Ok(d)) => Ok(d),
+        _ => Ok(probe(path, timeout).await?.duration),
     }
 }
 
@@ -120,40 +150,25 @@ pub fn write_wav(path: &Path, samples: &[f32], rate: u32) -> std::io::Result<()>
 
 /// Samples (-1..1, channels averaged) and rate of a 16-bit PCM WAV file. Blocking.
 pub fn read_wav(path: &Path) -> std::io::Result<(Vec<f32>, u32)> {
-    let bytes = std::fs::read(path)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
-    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
-        return Err(bad("not a RIFF/WAVE file"));
+    use std::io::{Read, Seek, SeekFrom};
+    let (mut f, w) = wav_layout(path)?;
+    if !(w.format == 1 || w.format == 0xFFFE) || w.bits != 16 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: not 16-bit PCM", path.display()),
+        ));
     }
-    let (mut pos, mut fmt) = (12usize, None);
-    while pos + 8 <= bytes.len() {
-        let size = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]) as usize;
-        let body = &bytes[pos + 8..(pos + 8 + size).min(bytes.len())];
-        match &bytes[pos..pos + 4] {
-            b"fmt " if body.len() >= 16 => {
-                let u16at = |i: usize| u16::from_le_bytes([body[i], body[i + 1]]);
-                let rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-                fmt = Some((u16at(0), u16at(2).max(1) as usize, rate, u16at(14)));
-            }
-            b"data" => {
-                let (format, channels, rate, bits) = fmt.ok_or_else(|| bad("data before fmt"))?;
-                if !(format == 1 || format == 0xFFFE) || bits != 16 {
-                    return Err(bad("not 16-bit PCM"));
-                }
-                let samples = body
-                    .chunks_exact(2 * channels)
-                    .map(|f| {
-                        f.chunks_exact(2).map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0).sum::<f32>()
-                            / channels as f32
-                    })
-                    .collect();
-                return Ok((samples, rate));
-            }
-            _ => {}
-        }
-        pos += 8 + size + size % 2;
-    }
-    Err(bad("no data chunk"))
+    f.seek(SeekFrom::Start(w.data_offset))?;
+    let mut body = vec![0u8; w.data_len as usize];
+    f.read_exact(&mut body)?;
+    let samples = body
+        .chunks_exact(2 * w.channels)
+        .map(|frame| {
+            frame.chunks_exact(2).map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0).sum::<f32>()
+                / w.channels as f32
+        })
+        .collect();
+    Ok((samples, w.rate))
 }
 
 /// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
@@ -169,14 +184,15 @@ where
 }
 
 /// Run ffmpeg (errors only, overwrite outputs) with its stdin fed from `input`.
-pub async fn ffmpeg_fed<I, S>(
+pub async fn ffmpeg_fed<I, S, B>(
     args: I,
-    input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    input: tokio::sync::mpsc::Receiver<B>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ProcessError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
+    B: AsRef<[u8]>,
 {
     let mut all: Vec<std::ffi::OsString> =
         ["-hide_banner", "-loglevel", "error", "-y"].iter().map(Into::into).collect();

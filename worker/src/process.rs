@@ -58,60 +58,62 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-    let mut cmd = Command::new(program);
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let span = tracing::debug_span!("process", program, args = ?args);
-    let _enter = span.enter();
-    let child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.to_owned(), source })?;
-    drop(_enter);
-    // wait_with_output drains both pipes concurrently; dropping it (on
-    // timeout, or when the job is cancelled) kills the child.
-    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(source)) => return Err(ProcessError::Spawn { program: program.to_owned(), source }),
-        Err(_) => return Err(ProcessError::Timeout { program: program.to_owned(), timeout }),
-    };
-    if !out.status.success() {
-        return Err(ProcessError::Failed {
-            program: program.to_owned(),
-            status: out.status.to_string(),
-            stderr_tail: tail(&out.stderr, 600),
-        });
-    }
-    Ok((out.stdout, out.stderr))
+    run_inner::<_, _, Vec<u8>>(program, args, cwd, None, timeout).await
 }
 
 /// Like [`run`], with stdin fed from `input` (chunks written in order, then
 /// closed). If the program exits early, the rest of the input is dropped and
 /// its exit status decides the result.
-pub async fn run_fed<I, S>(
+pub async fn run_fed<I, S, B>(
     program: &str,
     args: I,
-    mut input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    input: tokio::sync::mpsc::Receiver<B>,
     timeout: Duration,
 ) -> Result<Vec<u8>, ProcessError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
+    B: AsRef<[u8]>,
+{
+    run_inner(program, args, None, Some(input), timeout).await.map(|(stdout, _)| stdout)
+}
+
+async fn run_inner<I, S, B>(
+    program: &str,
+    args: I,
+    cwd: Option<&Path>,
+    input: Option<tokio::sync::mpsc::Receiver<B>>,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Vec<u8>), ProcessError>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+    B: AsRef<[u8]>,
 {
     use tokio::io::AsyncWriteExt;
     let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
     let mut cmd = Command::new(program);
-    cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+    cmd.args(&args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let span = tracing::debug_span!("process", program, args = ?args);
+    let _enter = span.enter();
     let mut child = cmd.spawn().map_err(|source| ProcessError::Spawn { program: program.to_owned(), source })?;
-    let mut stdin = child.stdin.take().expect("stdin is piped");
+    drop(_enter);
+    let stdin = child.stdin.take();
     let feed = async move {
-        while let Some(chunk) = input.recv().await {
-            if stdin.write_all(&chunk).await.is_err() {
-                break; // The program stopped reading; its status tells why.
+        if let (Some(mut input), Some(mut stdin)) = (input, stdin) {
+            while let Some(chunk) = input.recv().await {
+                if stdin.write_all(chunk.as_ref()).await.is_err() {
+                    break; // The program stopped reading; its status tells why.
+                }
             }
         }
-        drop(stdin);
     };
+    // wait_with_output drains both pipes concurrently; dropping it (on
+    // timeout, or when the job is cancelled) kills the child.
     let both = async { tokio::join!(feed, child.wait_with_output()).1 };
     let out = match tokio::time::timeout(timeout, both).await {
         Ok(Ok(out)) => out,
@@ -125,7 +127,7 @@ where
             stderr_tail: tail(&out.stderr, 600),
         });
     }
-    Ok(out.stdout)
+    Ok((out.stdout, out.stderr))
 }
 
 #[cfg(test)]

@@ -34,8 +34,7 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     let (events, close) = harness::follow(&stack, &task_id, Duration::from_secs(240)).await;
     let elapsed = t_submit.elapsed();
     assert_eq!(close, Some(1000), "normal close after the end; events: {events:#?}");
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "no gaps, no repeats");
+    harness::assert_seq_contiguous(&events, "no gaps, no repeats");
     assert_eq!(events[0]["status"], "PENDING");
     let steps: Vec<(u64, String)> = events
         .iter()
@@ -475,8 +474,7 @@ async fn stage_pools_share_a_job_and_run_image_and_voice_at_once() {
     let (events, close) = harness::follow(&stack, &id, Duration::from_secs(120)).await;
     assert_eq!(close, Some(1000), "{events:#?}\n{}", stack.logs());
     assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}");
-    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "one ordered stream");
+    harness::assert_seq_contiguous(&events, "one ordered stream");
     let pct: Vec<u64> = events.iter().map(|e| e["percentage"].as_u64().unwrap()).collect();
     assert!(pct.windows(2).all(|w| w[0] <= w[1]), "percentages never go back: {pct:?}");
 

@@ -26,6 +26,27 @@ pub fn fixture(name: &str) -> PathBuf {
     p
 }
 
+/// The events' `seq` numbers are 0, 1, 2, … with no gap or repeat.
+pub fn assert_seq_contiguous(events: &[serde_json::Value], what: &str) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>(), "{what}");
+}
+
+/// Start the gateway with `env`, its output appended to the logs in `dir`.
+fn spawn_gateway(bin: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
+    let log = |name: &str| {
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{name}.log"))).unwrap()
+    };
+    Proc(
+        Command::new(bin)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log("gateway"))
+            .stderr(log("gateway.err"))
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn bin(name: &str) -> PathBuf {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
     let p = gateway.with_file_name(name);
@@ -143,18 +164,7 @@ impl Stack {
             ("TAYORI_TMP_DIR".to_owned(), dir.path().display().to_string()),
         ]);
         let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let gateway = Proc(
-            Command::new(&gateway_bin)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .env("TAYORI_BIND", format!("127.0.0.1:{http_port}"))
-                .env("TAYORI_S3_EMBEDDED_BIND", format!("127.0.0.1:{s3_port}"))
-                .env("TAYORI_S3_EMBEDDED_DIR", dir.path().join("s3"))
-                .env("TAYORI_TMP_DIR", dir.path())
-                .stdout(log("gateway"))
-                .stderr(log("gateway.err"))
-                .spawn()
-                .unwrap(),
-        );
+        let gateway = spawn_gateway(&gateway_bin, dir.path(), &gateway_env);
         let mut workers = Vec::new();
         for i in 0..opts.workers {
             let work = dir.path().join(format!("work-{i}"));
@@ -188,18 +198,23 @@ impl Stack {
             gateway,
             workers,
         };
+        stack.wait_healthy().await;
+        stack
+    }
+
+    /// Wait until the gateway answers /health with a success.
+    async fn wait_healthy(&self) {
         let http = reqwest::Client::new();
         let t0 = Instant::now();
         loop {
-            if let Ok(r) = http.get(format!("{}/health", stack.http)).send().await
+            if let Ok(r) = http.get(format!("{}/health", self.http)).send().await
                 && r.status().is_success()
             {
-                break;
+                return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not become healthy\n{}", stack.logs());
+            assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not become healthy\n{}", self.logs());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        stack
     }
 
     /// Storage client with the stack's credentials, for inspecting S3.
@@ -286,32 +301,8 @@ impl Stack {
     pub async fn restart_gateway(&mut self) {
         self.gateway.0.kill().unwrap();
         let _ = self.gateway.0.wait();
-        let log = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.dir.path().join(format!("{name}.log")))
-                .unwrap()
-        };
-        self.gateway = Proc(
-            Command::new(bin("gateway"))
-                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
-                .stdout(log("gateway"))
-                .stderr(log("gateway.err"))
-                .spawn()
-                .unwrap(),
-        );
-        let http = reqwest::Client::new();
-        let t0 = Instant::now();
-        loop {
-            if let Ok(r) = http.get(format!("{}/health", self.http)).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            assert!(t0.elapsed() < Duration::from_secs(30), "gateway did not come back\n{}", self.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.gateway = spawn_gateway(&bin("gateway"), self.dir.path(), &self.gateway_env);
+        self.wait_healthy().await;
     }
 
     /// SIGKILL worker `i` (a crash: no clean-up, no release of its claims).

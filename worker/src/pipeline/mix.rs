@@ -85,11 +85,7 @@ pub async fn mix_files(
     target_lufs: f64,
     timeout: Duration,
 ) -> Result<PathBuf, ProcessError> {
-    let wav = voice.to_owned();
-    let speech = match tokio::task::spawn_blocking(move || media::wav_duration(&wav)).await {
-        Ok(Ok(d)) => d,
-        _ => media::probe(voice, timeout).await?.duration,
-    };
+    let speech = media::speech_seconds(voice, timeout).await?;
     let total = INTRO + speech + OUTRO;
     let raw = dir.join("mix_raw.wav");
     let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), voice.into()];

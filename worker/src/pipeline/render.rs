@@ -83,16 +83,18 @@ const FPS: u32 = 30;
 const ZOOM_EVERY: u32 = 3;
 
 /// Frames of the slow zoom over `frames` frames, made on the blocking pool
-/// and sent one by one (the channel holds a few, so memory stays flat).
-fn zoom_frames(planes: vision::zoom::Planes, frames: u32) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+/// and sent one by one (the channel holds a few, so memory stays flat); a
+/// repeated frame is the same buffer sent again, not a copy.
+fn zoom_frames(planes: vision::zoom::Planes, frames: u32) -> tokio::sync::mpsc::Receiver<bytes::Bytes> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut frame = Vec::new();
+        let mut frame = bytes::Bytes::new();
         for n in 0..frames {
             if n % ZOOM_EVERY == 0 {
                 let z = 1.0 + ZOOM * f64::from(n) / f64::from(frames.max(2) - 1);
-                frame = Vec::with_capacity(planes.frame_len());
-                planes.zoomed(z, FOCUS.0, FOCUS.1, &mut frame);
+                let mut next = Vec::with_capacity(planes.frame_len());
+                planes.zoomed(z, FOCUS.0, FOCUS.1, &mut next);
+                frame = bytes::Bytes::from(next);
             }
             if tx.blocking_send(frame.clone()).is_err() {
                 return; // ffmpeg is gone (failed or cancelled).
@@ -185,11 +187,7 @@ pub async fn render_and_upload(
 ) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
-    let wav = speech.to_owned();
-    let speech_secs = match tokio::task::spawn_blocking(move || media::wav_duration(&wav)).await {
-        Ok(Ok(d)) => d,
-        _ => media::probe(speech, j.cfg.tool_timeout).await?.duration,
-    };
+    let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
     let ass = j.path("captions.ass");
     tokio::fs::write(&ass, captions_ass(&j.job.message, super::mix::INTRO, speech_secs, w, h)).await?;
     // The mix is cut to exactly this long (see mix::mix_filter).

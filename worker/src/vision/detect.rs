@@ -61,7 +61,7 @@ const SCORE_THRESHOLD: f64 = 2.0;
 pub fn people(model_file: &Path, photo: &RgbImage) -> Result<Vec<Person>, VisionError> {
     let (w, h) = photo.dimensions();
     let scale = (DETECT_SIDE as f64 / w.max(h) as f64).min(1.0);
-    let gray = image::DynamicImage::ImageRgb8(photo.clone()).into_luma8();
+    let gray = image::imageops::grayscale(photo);
     let gray = if scale < 1.0 {
         let (sw, sh) = (((w as f64) * scale).round() as u32, ((h as f64) * scale).round() as u32);
         image::imageops::resize(&gray, sw.max(1), sh.max(1), FilterType::Triangle)
