@@ -87,7 +87,7 @@ pub async fn queue_room(state: &AppState) -> Result<(), AppError> {
     if max == 0 {
         return Ok(());
     }
-    let depth = shared::queue::depth(&mut state.redis.clone(), &state.cfg.queue).await?;
+    let depth = state.queue.stats().await?.waiting;
     if depth >= max {
         return Err(AppError::Busy {
             status: axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -71,6 +71,12 @@ impl From<EntryError> for AppError {
     }
 }
 
+impl From<shared::queue::QueueError> for AppError {
+    fn from(e: shared::queue::QueueError) -> Self {
+        AppError::Redis(e.to_string())
+    }
+}
+
 impl From<redis::RedisError> for AppError {
     fn from(e: redis::RedisError) -> Self {
         AppError::Redis(e.to_string())

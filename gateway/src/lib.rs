@@ -121,8 +121,8 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     background.spawn(hub.clone().run(cfg.redis.client()?));
 
     let state = AppState {
-        queue: cfg.queue.storage(redis.clone()),
-        catalog_queue: cfg.queue.catalog_storage(redis.clone()),
+        queue: cfg.queue.jobs(redis.clone()),
+        catalog_queue: cfg.queue.catalog(redis.clone()),
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         redis,
         storage,

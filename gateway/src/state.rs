@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use shared::catalog::Catalog;
-use shared::queue::{CatalogTaskStorage, JobStorage};
+use shared::catalog_task::CatalogTask;
+use shared::job::VideoJob;
+use shared::queue::Queue;
 use shared::redis_conn::ConnectionManager;
 use shared::storage::Storage;
 use shared::tasks::TaskStore;
@@ -16,8 +18,8 @@ pub struct AppState {
     pub cfg: Arc<GatewayConfig>,
     pub redis: ConnectionManager,
     pub tasks: TaskStore,
-    pub queue: JobStorage,
-    pub catalog_queue: CatalogTaskStorage,
+    pub queue: Queue<VideoJob>,
+    pub catalog_queue: Queue<CatalogTask>,
     pub storage: Storage,
     pub catalog: Catalog,
     pub hub: ProgressHub,

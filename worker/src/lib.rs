@@ -22,6 +22,7 @@ use anyhow::Context;
 use apalis::prelude::*;
 use shared::catalog::Catalog;
 use shared::job::{Stage, VideoJob};
+use shared::queue::Delivery;
 use shared::storage::Storage;
 use shared::tasks::TaskStore;
 
@@ -32,11 +33,16 @@ use runner::Runner;
 #[derive(Clone, Copy)]
 struct Serves(Stage);
 
-async fn handle(job: VideoJob, runner: Data<Arc<Runner>>, stage: Data<Serves>) -> Result<(), BoxDynError> {
+async fn handle(
+    job: VideoJob,
+    runner: Data<Arc<Runner>>,
+    stage: Data<Serves>,
+    delivery: Data<Delivery>,
+) -> Result<(), BoxDynError> {
     use tracing::Instrument;
     let Serves(stage) = *stage;
-    let span = tracing::info_span!("job", task_id = %job.task_id, stage = stage.name());
-    runner.handle(stage, job).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
+    let span = tracing::info_span!("job", task_id = %job.task_id, stage = stage.name(), delivery = delivery.attempt);
+    runner.handle(stage, job, delivery.attempt).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
 }
 
 async fn handle_catalog(task: shared::catalog_task::CatalogTask, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
@@ -68,6 +74,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
             }
         }
     };
+    let client = cfg.redis.client().context("the Redis URL")?;
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("creating {}", cfg.work_dir.display()))?;
     let storage = Storage::new(cfg.s3.clone());
     let runner = Arc::new(Runner {
@@ -77,8 +84,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         in_hand: Default::default(),
         redis: redis.clone(),
         storage,
-        voice_queue: cfg.queue.stage_storage(redis.clone(), Stage::Voice),
-        render_queue: cfg.queue.stage_storage(redis.clone(), Stage::Render),
+        voice_queue: cfg.queue.stage(redis.clone(), Stage::Voice),
+        render_queue: cfg.queue.stage(redis.clone(), Stage::Render),
         cfg: cfg.clone(),
     });
     if cfg.preload_models {
@@ -87,7 +94,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     // Catalog tasks (short, interactive) have their own queue and worker
     // loop so that they never wait behind a video job.
     let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
-        .backend(cfg.queue.catalog_storage(redis.clone()))
+        .backend(cfg.queue.catalog(redis.clone()).consumer(client.clone(), 1))
         .data(runner.clone())
         .concurrency(1)
         .build(handle_catalog);
@@ -114,11 +121,11 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         .iter()
         .map(|&stage| {
             let stop_rx = if stage == Stage::Image { stop_entry_rx.clone() } else { stop_rest_rx.clone() };
-            let (cfg, redis, runner) = (cfg.clone(), redis.clone(), runner.clone());
+            let (cfg, redis, runner, client) = (cfg.clone(), redis.clone(), runner.clone(), client.clone());
             tokio::spawn(async move {
                 loop {
                     let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
-                        .backend(cfg.queue.stage_storage(redis.clone(), stage))
+                        .backend(cfg.queue.stage(redis.clone(), stage).consumer(client.clone(), cfg.concurrency.max(1)))
                         .data(runner.clone())
                         .data(Serves(stage))
                         .concurrency(cfg.concurrency.max(1))

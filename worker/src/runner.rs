@@ -11,7 +11,7 @@ use chrono::Utc;
 use shared::catalog::Catalog;
 use shared::job::{JobError, Stage, StageMetric, VideoJob, VideoResult};
 use shared::progress::{ProgressEvent, Step, TaskMeta, TaskStatus};
-use shared::queue::JobStorage;
+use shared::queue::Queue;
 use shared::redis_conn::ConnectionManager;
 use shared::storage::Storage;
 use shared::tasks::{TaskStore, TaskStoreError};
@@ -28,8 +28,8 @@ pub struct Runner {
     pub catalog: Catalog,
     /// Queues of the voice and render stages (the image stage's is where
     /// the gateway puts new jobs).
-    pub voice_queue: JobStorage,
-    pub render_queue: JobStorage,
+    pub voice_queue: Queue<VideoJob>,
+    pub render_queue: Queue<VideoJob>,
     /// Jobs this process has worked on that may not have ended yet, with
     /// when it last started a stage of each (kept for one job time limit).
     pub in_hand: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -52,8 +52,11 @@ pub enum RunError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("the next stage could not be queued: {0}")]
-    Enqueue(#[from] shared::queue::EnqueueError),
+    Enqueue(#[from] shared::queue::QueueError),
 }
+
+/// Deliveries of one stage after which the job is failed (`gave-up`).
+pub const MAX_DELIVERIES: u64 = 5;
 
 /// A failed attempt: the error, the step it happened in, the steps' record.
 type Failed = (PipelineError, Option<Step>, Vec<StageMetric>);
@@ -87,10 +90,36 @@ impl Runner {
         }
     }
 
-    /// Handle one delivery of `stage`. An `Err` means the outcome could not
-    /// be recorded (Redis down); the queue will deliver it again.
-    pub async fn handle(self: &Arc<Self>, stage: Stage, job: VideoJob) -> Result<(), RunError> {
+    /// Handle one delivery of `stage` (`delivery` counts from 1). An `Err`
+    /// means the outcome could not be recorded (Redis down); the queue will
+    /// deliver it again.
+    pub async fn handle(self: &Arc<Self>, stage: Stage, job: VideoJob, delivery: u64) -> Result<(), RunError> {
         let task_id = job.task_id.clone();
+        if delivery > MAX_DELIVERIES {
+            // Every worker that took it stopped (crashed, or Redis failed
+            // under it): end the job with a clear word instead of looping.
+            let err = JobError {
+                code: "gave-up".into(),
+                message: format!(
+                    "The {} stage was started {} times without finishing; please try again.",
+                    stage.name(),
+                    delivery - 1
+                ),
+                retryable: true,
+            };
+            tracing::error!(%task_id, stage = stage.name(), delivery, "giving up on a job delivered too often");
+            let mut meta = self.current_meta(&job).await?;
+            if !meta.status.is_terminal() {
+                meta.status = TaskStatus::Failure;
+                meta.error = Some(err.clone());
+                meta.date_done = Some(Utc::now());
+                if self.tasks.put_meta_unless_done(&meta).await? {
+                    let seq = self.next_seq(&task_id).await;
+                    pipeline::publish_progress(&self.tasks, ProgressEvent::failed(&task_id, 0, 0, &err, seq)).await;
+                }
+            }
+            return Ok(());
+        }
         let holder = format!("{}:{}", self.cfg.name, uuid::Uuid::new_v4().simple());
         let claim = shared::keys::job_claim(&task_id, stage);
         let mut conn = self.redis.clone();
@@ -107,7 +136,7 @@ impl Runner {
                 tracing::info!(%task_id, stage = stage.name(), "stage already done; dropping a repeated delivery");
                 // Its hand-off may be what was lost: queue the render again if due.
                 if stage != Stage::Render && handoff::render_due(&mut conn, &task_id).await? {
-                    shared::queue::enqueue(&mut self.render_queue.clone(), job).await?;
+                    self.render_queue.push(&job).await?;
                 }
                 return Ok(());
             }
@@ -137,7 +166,7 @@ impl Runner {
         let mut conn = self.redis.clone();
         if stage == Stage::Image {
             // The voice stage starts now, on whichever worker serves it.
-            shared::queue::enqueue(&mut self.voice_queue.clone(), job.clone()).await?;
+            self.voice_queue.push(job).await?;
         }
         let starts = handoff::count_start(&mut conn, task_id, stage, self.keep()).await?;
         let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, job.submitted_at));
@@ -189,7 +218,7 @@ impl Runner {
                 if handoff::mark_done(&mut conn, task_id, stage, &metrics, self.keep()).await? {
                     let ended = self.tasks.meta(task_id).await?.is_some_and(|m| m.status.is_terminal());
                     if !ended {
-                        shared::queue::enqueue(&mut self.render_queue.clone(), job.clone()).await?;
+                        self.render_queue.push(job).await?;
                     }
                 }
                 tracing::info!(%task_id, stage = stage.name(), seconds = started.elapsed().as_secs_f64(), "stage done");

@@ -39,11 +39,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
 async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
     let task = CatalogTask { id: uuid::Uuid::new_v4().simple().to_string(), kind };
     let id = task.id.clone();
-    let mut queue = state.catalog_queue.clone();
-    {
-        use apalis::prelude::TaskSink;
-        queue.push(task).await.map_err(|e| AppError::Redis(e.to_string()))?;
-    }
+    state.catalog_queue.push(&task).await?;
     let mut conn = state.redis.clone();
     match shared::catalog_task::wait_result(&mut conn, &id, state.cfg.catalog_task_timeout).await? {
         Some(CatalogTaskResult::Failed { message }) => {

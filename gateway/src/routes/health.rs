@@ -17,8 +17,13 @@ pub fn router() -> Router<AppState> {
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let mut conn = state.redis.clone();
     let redis = match redis::cmd("PING").query_async::<String>(&mut conn).await {
-        Ok(_) => match shared::queue::depth(&mut conn, &state.cfg.queue).await {
-            Ok(depth) => json!({"status": "healthy", "queue": state.cfg.queue.name, "queue_depth": depth}),
+        Ok(_) => match state.queue.stats().await {
+            Ok(q) => json!({
+                "status": "healthy",
+                "queue": state.cfg.queue.name,
+                "queue_depth": q.waiting,
+                "jobs_in_progress": q.leased,
+            }),
             Err(e) => json!({"status": "unhealthy", "error": e.to_string()}),
         },
         Err(e) => json!({"status": "unhealthy", "error": e.to_string()}),

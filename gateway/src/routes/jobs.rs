@@ -106,8 +106,8 @@ async fn generate(
     let enqueued = async {
         state.tasks.put_meta(&TaskMeta::pending(&task_id, now)).await?;
         state.tasks.publish(&ProgressEvent::queued(&task_id)).await?;
-        let mut queue = state.queue.clone();
-        shared::queue::enqueue(&mut queue, job).await.map_err(|e| AppError::Redis(e.to_string()))
+        state.queue.push(&job).await?;
+        Ok::<_, AppError>(())
     }
     .await;
     if let Err(e) = enqueued {

@@ -20,12 +20,10 @@ async fn post(stack: &Stack, forwarded_for: Option<&str>) -> (u16, Option<String
     (r.status().as_u16(), retry, r.json().await.unwrap_or_default())
 }
 
-/// Jobs waiting: apalis-redis holds a new job in `{queue}:scheduled`, then `{queue}:active`.
+/// Jobs waiting in the image stage's queue (where the gateway puts them).
 async fn queued(stack: &Stack) -> u64 {
     let mut redis = stack.redis().await;
-    let active: u64 = redis.llen(format!("{}:active", stack.queue)).await.unwrap();
-    let scheduled: u64 = redis.zcard(format!("{}:scheduled", stack.queue)).await.unwrap();
-    active + scheduled
+    redis.llen(format!("queue:{}:pending", stack.queue)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

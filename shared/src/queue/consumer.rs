@@ -1,0 +1,453 @@
+//! Taking jobs from a [`Queue`]: an apalis [`Backend`] whose work happens in
+//! three background tasks, so the worker's stream never sees a Redis error
+//! (a Redis restart is waited out, not fatal):
+//!
+//! - the **fetcher** takes as many jobs as there are free slots (bounded by
+//!   the worker's concurrency), and when the queue is empty blocks on the
+//!   wake-up list until a push (or `idle_wait`) wakes it;
+//! - the **renewer** extends the lease of every job in hand (delivered or
+//!   still buffered) every third of the lease time;
+//! - the **settler** records outcomes in batches (done: entry and data
+//!   removed; failed: retried after a backoff), retrying until Redis takes
+//!   them, and only then frees the slot.
+//!
+//! Outcomes come from [`SettleLayer`], the backend's middleware, which sees
+//! each job's result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
+use apalis_core::error::BoxDynError;
+use apalis_core::task::Task;
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::{RandomId, TaskId};
+use apalis_core::worker::context::WorkerContext;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Keys, Queue, scripts};
+
+/// Most entries taken, or settled, in one script call.
+const BATCH: usize = 256;
+
+/// What a delivered job knows about its delivery (task data: a handler can
+/// take it as `Data<Delivery>`).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The queue entry's id (not the job's own id).
+    pub entry: String,
+    /// 1 for the first delivery; more after a crash or a failed attempt.
+    pub attempt: u64,
+}
+
+/// An outcome to record.
+struct Settlement {
+    entry: String,
+    attempt: u64,
+    /// `None`: done; `Some(d)`: retry after `d`.
+    retry_after: Option<Duration>,
+}
+
+/// Jobs in hand (entry -> attempt) and the slots they take.
+struct InHand {
+    held: Mutex<HashMap<String, u64>>,
+    slots: Semaphore,
+    /// Signalled whenever entries are settled.
+    settled: tokio::sync::Notify,
+}
+
+impl InHand {
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        self.held.lock().expect("in-hand lock").iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held.lock().expect("in-hand lock").is_empty()
+    }
+}
+
+/// Aborts a background task when dropped.
+struct Background(tokio::task::JoinHandle<()>);
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The consuming end of a queue, for `WorkerBuilder::backend`. Give it the
+/// same concurrency as the worker.
+pub struct Consumer<T> {
+    queue: Queue<T>,
+    client: redis::Client,
+    concurrency: usize,
+    in_hand: Arc<InHand>,
+    settle_tx: mpsc::UnboundedSender<Settlement>,
+    settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
+    jobs: Option<mpsc::Receiver<Task<T>>>,
+    tasks: Vec<Background>,
+    closing: Option<BoxFuture<'static, ()>>,
+}
+
+impl<T> Queue<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    /// A consumer of this queue; `client` opens its blocking wake-up
+    /// connection.
+    pub fn consumer(&self, client: redis::Client, concurrency: usize) -> Consumer<T> {
+        let concurrency = concurrency.max(1);
+        let (settle_tx, settle_rx) = mpsc::unbounded_channel();
+        Consumer {
+            queue: self.clone(),
+            client,
+            concurrency,
+            in_hand: Arc::new(InHand {
+                held: Mutex::new(HashMap::new()),
+                slots: Semaphore::new(concurrency),
+                settled: tokio::sync::Notify::new(),
+            }),
+            settle_tx,
+            settle_rx: Some(settle_rx),
+            jobs: None,
+            tasks: Vec::new(),
+            closing: None,
+        }
+    }
+}
+
+impl<T> Consumer<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    fn start(&mut self) {
+        let (tx, rx) = mpsc::channel(self.concurrency);
+        self.jobs = Some(rx);
+        let settle_rx = self.settle_rx.take().expect("started once");
+        self.tasks.push(Background(tokio::spawn(fetcher(
+            self.queue.clone(),
+            self.client.clone(),
+            self.in_hand.clone(),
+            self.settle_tx.clone(),
+            tx,
+        ))));
+        self.tasks.push(Background(tokio::spawn(renewer(self.queue.clone(), self.in_hand.clone()))));
+        // The settler is not aborted with the consumer: it ends when every
+        // sender (this consumer and its middleware) is gone and its last
+        // outcomes are recorded.
+        tokio::spawn(settler(self.queue.clone(), self.in_hand.clone(), settle_rx));
+    }
+}
+
+/// Backoff between attempts of a failed job: 1 s, 2 s, 4 s, ... at most 60 s.
+pub fn retry_backoff(attempt: u64) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+fn invocation(script: &'static redis::Script, keys: &[&str]) -> redis::ScriptInvocation<'static> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(*k);
+    }
+    inv
+}
+
+/// Take up to `n` entries.
+async fn fetch(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    lease: Duration,
+    n: usize,
+) -> redis::RedisResult<Vec<String>> {
+    let mut inv =
+        invocation(&scripts::FETCH, &[&keys.pending, &keys.data, &keys.leased, &keys.attempts, &keys.delayed]);
+    inv.arg(lease.as_millis() as u64).arg(n).arg(BATCH);
+    inv.invoke_async(conn).await
+}
+
+async fn fetcher<T: DeserializeOwned + Send + 'static>(
+    queue: Queue<T>,
+    client: redis::Client,
+    in_hand: Arc<InHand>,
+    settle: mpsc::UnboundedSender<Settlement>,
+    out: mpsc::Sender<Task<T>>,
+) {
+    let mut conn = queue.conn.clone();
+    let mut waker: Option<redis::aio::MultiplexedConnection> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // A free slot first; then as many more as are free, up to a batch.
+        let Ok(first) = in_hand.slots.acquire().await else { return };
+        first.forget();
+        let mut n = 1;
+        while n < BATCH && in_hand.slots.try_acquire().map(|p| p.forget()).is_ok() {
+            n += 1;
+        }
+        let got = match fetch(&mut conn, &queue.keys, queue.lease, n).await {
+            Ok(flat) => {
+                backoff = Duration::from_millis(100);
+                flat
+            }
+            Err(e) => {
+                in_hand.slots.add_permits(n);
+                tracing::warn!(queue = %queue.name, error = %e, "taking jobs failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let taken = got.len() / 3;
+        in_hand.slots.add_permits(n - taken);
+        for entry in got.chunks_exact(3) {
+            let (id, json, attempt) = (&entry[0], &entry[1], entry[2].parse::<u64>().unwrap_or(1));
+            in_hand.held.lock().expect("in-hand lock").insert(id.clone(), attempt);
+            match serde_json::from_str::<T>(json) {
+                Ok(job) => {
+                    let task = TaskBuilder::new(job)
+                        .task_id(TaskId::from_string(id.clone()))
+                        .data(Delivery { entry: id.clone(), attempt })
+                        .build();
+                    if out.send(task).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Nothing can ever run it: drop it rather than retry forever.
+                    tracing::error!(queue = %queue.name, entry = %id, error = %e, "dropping a job that cannot be decoded");
+                    let _ = settle.send(Settlement { entry: id.clone(), attempt, retry_after: None });
+                }
+            }
+        }
+        if taken == n {
+            continue;
+        }
+        // The queue is empty (for now): wait for a push, or look again for
+        // retries and expired leases after `idle_wait`.
+        if waker.is_none() {
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(5)))
+                .set_response_timeout(Some(queue.idle_wait + Duration::from_secs(5)));
+            match client.get_multiplexed_async_connection_with_config(&cfg).await {
+                Ok(c) => waker = Some(c),
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, "no wake-up connection; polling");
+                    tokio::time::sleep(queue.idle_wait.min(backoff)).await;
+                    continue;
+                }
+            }
+        }
+        let c = waker.as_mut().expect("connected above");
+        let woke: redis::RedisResult<Option<(String, String)>> =
+            redis::cmd("BLPOP").arg(&queue.keys.wake).arg(queue.idle_wait.as_secs_f64()).query_async(c).await;
+        if let Err(e) = woke {
+            tracing::warn!(queue = %queue.name, error = %e, "wake-up wait failed");
+            waker = None;
+            tokio::time::sleep(backoff).await;
+        }
+    }
+}
+
+async fn renewer<T>(queue: Queue<T>, in_hand: Arc<InHand>) {
+    let mut conn = queue.conn.clone();
+    let every = queue.lease / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        for chunk in in_hand.snapshot().chunks(BATCH) {
+            let mut inv = invocation(&scripts::RENEW, &[&queue.keys.leased, &queue.keys.attempts]);
+            inv.arg(queue.lease.as_millis() as u64);
+            for (entry, attempt) in chunk {
+                inv.arg(entry).arg(attempt);
+            }
+            match inv.invoke_async::<Vec<String>>(&mut conn).await {
+                Ok(lost) if lost.is_empty() => {}
+                Ok(lost) => {
+                    // Still held here but no longer leased: another worker
+                    // may get it too (the stage claims keep that harmless).
+                    tracing::warn!(queue = %queue.name, ?lost, "job leases ran out while in hand");
+                }
+                Err(e) => tracing::warn!(queue = %queue.name, error = %e, "renewing job leases failed"),
+            }
+        }
+    }
+}
+
+async fn settler<T>(queue: Queue<T>, in_hand: Arc<InHand>, mut rx: mpsc::UnboundedReceiver<Settlement>) {
+    let mut conn = queue.conn.clone();
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut inv = invocation(
+                &scripts::SETTLE,
+                &[&queue.keys.leased, &queue.keys.data, &queue.keys.attempts, &queue.keys.delayed],
+            );
+            for s in &batch {
+                let after = s.retry_after.map_or(-1, |d| d.as_millis() as i64);
+                inv.arg(&s.entry).arg(s.attempt).arg(after);
+            }
+            match inv.invoke_async::<u64>(&mut conn).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(queue = %queue.name, error = %e, n = batch.len(), "recording job outcomes failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        {
+            let mut held = in_hand.held.lock().expect("in-hand lock");
+            for s in &batch {
+                held.remove(&s.entry);
+            }
+        }
+        in_hand.slots.add_permits(batch.len());
+        in_hand.settled.notify_waiters();
+        batch.clear();
+    }
+}
+
+impl<T> Backend for Consumer<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    type Task = Task<T>;
+    type Error = std::convert::Infallible;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.jobs.is_none() {
+            self.start();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _worker: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        if self.jobs.is_none() {
+            self.start();
+        }
+        match self.jobs.as_mut().expect("started").poll_recv(cx) {
+            Poll::Ready(Some(task)) => Poll::Ready(Some(Ok(task))),
+            // The fetcher only ends with the consumer.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Stop taking jobs, give back the ones taken but not started (retried
+    /// at once), and wait (at most 10 s) until every outcome is recorded.
+    fn poll_close(&mut self, cx: &mut Context<'_>, _worker: &WorkerContext) -> Poll<Result<(), Self::Error>> {
+        if self.closing.is_none() {
+            // Abort the fetcher only: the renewer keeps the leases of jobs
+            // whose outcomes are still being recorded.
+            if !self.tasks.is_empty() {
+                self.tasks.remove(0);
+            }
+            if let Some(jobs) = self.jobs.as_mut() {
+                jobs.close();
+                while let Ok(task) = jobs.try_recv() {
+                    if let Some(d) = task.ctx().data().get::<Delivery>() {
+                        let _ = self.settle_tx.send(Settlement {
+                            entry: d.entry.clone(),
+                            attempt: d.attempt,
+                            retry_after: Some(Duration::ZERO),
+                        });
+                    }
+                }
+            }
+            let in_hand = self.in_hand.clone();
+            self.closing = Some(
+                async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        while !in_hand.is_empty() {
+                            let settled = in_hand.settled.notified();
+                            if in_hand.is_empty() {
+                                break;
+                            }
+                            let _ = tokio::time::timeout(Duration::from_millis(100), settled).await;
+                        }
+                    })
+                    .await;
+                }
+                .boxed(),
+            );
+        }
+        self.closing.as_mut().expect("set above").poll_unpin(cx).map(Ok)
+    }
+}
+
+impl<T> BackendConfig for Consumer<T>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+{
+    type Args = T;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = SettleLayer;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
+        SettleLayer { tx: self.settle_tx.clone() }
+    }
+}
+
+/// Records each job's outcome: `Ok` is done, `Err` is retried after
+/// [`retry_backoff`].
+#[derive(Clone)]
+pub struct SettleLayer {
+    tx: mpsc::UnboundedSender<Settlement>,
+}
+
+impl<S> tower::Layer<S> for SettleLayer {
+    type Service = SettleService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        SettleService { inner, tx: self.tx.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct SettleService<S> {
+    inner: S,
+    tx: mpsc::UnboundedSender<Settlement>,
+}
+
+impl<S, T> tower::Service<Task<T>> for SettleService<S>
+where
+    S: tower::Service<Task<T>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxDynError>,
+{
+    type Response = S::Response;
+    type Error = BoxDynError;
+    type Future = BoxFuture<'static, Result<S::Response, BoxDynError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, task: Task<T>) -> Self::Future {
+        let delivery = task.ctx().data().get::<Delivery>().cloned();
+        let fut = self.inner.call(task);
+        let tx = self.tx.clone();
+        async move {
+            let res = fut.await.map_err(Into::into);
+            if let Some(d) = delivery {
+                let retry_after = res.as_ref().err().map(|_| retry_backoff(d.attempt));
+                let _ = tx.send(Settlement { entry: d.entry, attempt: d.attempt, retry_after });
+            }
+            res
+        }
+        .boxed()
+    }
+}
