@@ -31,8 +31,10 @@ impl Noop {
 }
 
 /// What a handler saw: job number -> (deliveries, when last delivered).
+type Log = HashMap<u64, (Vec<u64>, Instant)>;
+
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<u64, (Vec<u64>, Instant)>>>);
+struct Seen(Arc<Mutex<Log>>);
 
 impl Seen {
     fn count(&self) -> usize {
