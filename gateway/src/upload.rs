@@ -133,3 +133,15 @@ pub async fn read_form(
     }
     Ok(form)
 }
+
+/// Read and throw away the rest of a multipart body (at most the route's
+/// body limit, for at most 10 s) before a refusal is sent: a client still
+/// sending its upload then reads the answer instead of a broken pipe.
+pub async fn discard(mut mp: Multipart) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async move {
+        while let Ok(Some(mut field)) = mp.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    })
+    .await;
+}

@@ -21,8 +21,10 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// `TAYORI_TOOL_TIMEOUT_SECS`, default 120: any one ffmpeg/TTS call.
     pub tool_timeout: Duration,
-    /// `TAYORI_JOB_RETRIES`, default 2: extra attempts after a transient failure.
-    pub job_retries: u32,
+    /// `TAYORI_JOB_RETRY_BUDGET_SECS`, default 60: how long a stage keeps
+    /// being retried (backoff 1, 2, 4, 8, 8, ... s) after transient failures
+    /// (S3 or disk trouble) before the job fails with a retryable error.
+    pub retry_budget: Duration,
     /// `TAYORI_CONCURRENCY`, default 1: jobs run at once by this process, per stage.
     pub concurrency: usize,
     /// `--stages` or `TAYORI_STAGES`, default `all`: which stages this
@@ -56,7 +58,7 @@ impl WorkerConfig {
             work_dir: env::parse("TAYORI_WORK_DIR", std::env::temp_dir())?,
             job_timeout: env::secs("TAYORI_JOB_TIMEOUT_SECS", 300)?,
             tool_timeout: env::secs("TAYORI_TOOL_TIMEOUT_SECS", 120)?,
-            job_retries: env::parse("TAYORI_JOB_RETRIES", 2)?,
+            retry_budget: env::secs("TAYORI_JOB_RETRY_BUDGET_SECS", 60)?,
             concurrency: env::parse("TAYORI_CONCURRENCY", 1)?,
             stages: match env::var("TAYORI_STAGES") {
                 None => shared::job::Stage::ALL.to_vec(),

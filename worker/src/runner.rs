@@ -184,6 +184,7 @@ impl Runner {
         let budget = self.cfg.job_timeout.saturating_sub(spent);
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
+        let mut first_failure: Option<tokio::time::Instant> = None;
         let outcome = loop {
             attempt += 1;
             let left = budget.saturating_sub(started.elapsed());
@@ -200,8 +201,11 @@ impl Runner {
                     break Err((err, None, Vec::new()));
                 }
                 Ok(Ok(result)) => break Ok(result),
-                Ok(Err((e, _, _))) if e.is_transient() && attempt <= self.cfg.job_retries => {
-                    let backoff = Duration::from_secs(2u64.pow(attempt));
+                Ok(Err((e, _, _)))
+                    if e.is_transient()
+                        && first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed() < self.cfg.retry_budget =>
+                {
+                    let backoff = Duration::from_secs(1 << (attempt - 1).min(3));
                     tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
                     tokio::time::sleep(backoff.min(left / 4)).await;
                 }

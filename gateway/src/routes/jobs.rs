@@ -33,9 +33,16 @@ async fn generate(
     ip: crate::admission::ClientIp,
     mp: Multipart,
 ) -> AppResult<impl IntoResponse> {
-    // Before reading the body: a refused client costs no upload.
-    crate::admission::queue_room(&state).await?;
-    crate::admission::rate_limit(&mut state.redis.clone(), ip.0, state.cfg.rate_limit_per_min).await?;
+    // Decided before the upload is stored: a refused client costs no disk.
+    let admitted = async {
+        crate::admission::queue_room(&state).await?;
+        crate::admission::rate_limit(&mut state.redis.clone(), ip.0, state.cfg.rate_limit_per_min).await
+    }
+    .await;
+    if let Err(e) = admitted {
+        upload::discard(mp).await;
+        return Err(e);
+    }
     let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background"];
     let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
 

@@ -100,3 +100,135 @@ async fn a_viewer_reconnecting_after_a_gateway_restart_resumes_the_job() {
     assert!(events.iter().any(|e| e["current_step"] == "detect_person"), "events from before the restart");
     assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}\n{}", stack.logs());
 }
+
+const SHORT_EN: &[(&str, &str)] = &[("message", "Happy birthday to you."), ("voice_profile_id", "en_joe_male")];
+
+async fn submit_short(stack: &Stack) -> String {
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) = harness::submit(stack, photo, "a.png", SHORT_EN).await;
+    assert_eq!(status, 202, "{body}");
+    body["task_id"].as_str().unwrap().to_owned()
+}
+
+/// While Redis is down the gateway answers at once with 503 and a clear code.
+async fn assert_answers_503_while_redis_is_down(stack: &Stack) -> Duration {
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let t0 = Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(15), harness::submit(stack, photo, "a.png", SHORT_EN))
+        .await
+        .expect("the gateway answered while Redis is down");
+    let took = t0.elapsed();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "queue-unavailable", "{body}");
+    assert!(took < Duration::from_secs(10), "answered in {took:?}");
+    let health = reqwest::get(format!("{}/health", stack.http)).await.unwrap();
+    assert_eq!(health.status(), 503);
+    took
+}
+
+/// Submit until the gateway (reconnected to Redis) accepts the job.
+async fn submit_when_back(stack: &Stack) -> (String, Duration) {
+    let t0 = Instant::now();
+    loop {
+        let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+        let (status, body) = harness::submit(stack, photo, "a.png", SHORT_EN).await;
+        if status == 202 {
+            return (body["task_id"].as_str().unwrap().to_owned(), t0.elapsed());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the gateway did not recover: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Redis (append-only file on) is stopped with SIGTERM, then crashes with
+/// SIGKILL, each time while jobs are queued and running. The gateway
+/// answers 503 `queue-unavailable` while it is down, everything reconnects
+/// by itself, and every accepted job finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarts_lose_no_accepted_job() {
+    let mut stack = Stack::start(Options { workers: 2, redis_aof: true, ..Default::default() }).await;
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        accepted.push(submit_short(&stack).await);
+    }
+    harness::wait_event(&stack, &accepted[0], Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
+
+    stack.stop_redis("TERM");
+    let answered = assert_answers_503_while_redis_is_down(&stack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.start_redis();
+    let (id, back) = submit_when_back(&stack).await;
+    accepted.push(id);
+    println!("SIGTERM: 503 answered in {answered:?}; a job accepted {back:?} after Redis came back");
+
+    for _ in 0..2 {
+        accepted.push(submit_short(&stack).await);
+    }
+    harness::wait_event(&stack, &accepted[3], Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
+    stack.stop_redis("KILL");
+    let answered = assert_answers_503_while_redis_is_down(&stack).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.start_redis();
+    let (id, back) = submit_when_back(&stack).await;
+    accepted.push(id);
+    println!("SIGKILL: 503 answered in {answered:?}; a job accepted {back:?} after Redis came back");
+
+    let t0 = Instant::now();
+    for id in &accepted {
+        let done = harness::wait_done(&stack, id, Duration::from_secs(240)).await;
+        assert_eq!(done["status"], "SUCCESS", "{done}\n{}", stack.logs());
+    }
+    println!("all {} accepted jobs succeeded ({:.1} s after the second restart)", accepted.len(), t0.elapsed().as_secs_f64());
+    // Each job succeeded once.
+    let log = stack.worker_log();
+    for id in &accepted {
+        let n = log.lines().filter(|l| l.contains("job succeeded") && l.contains(id.as_str())).count();
+        assert_eq!(n, 1, "job {id} succeeded {n} times");
+    }
+}
+
+/// S3 (the gateway's embedded endpoint) goes away for 20 s in the middle of
+/// a job: the worker retries with backoff and the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_for_20_s_mid_job_is_waited_out() {
+    let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let id = submit_short(&stack).await;
+    harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
+    stack.kill_gateway();
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    stack.start_gateway().await;
+    let done = harness::wait_meta_done(&stack, &id, Duration::from_secs(120)).await;
+    println!("S3 down 20 s: job {} {:.1} s after S3 went down", done["status"], down.elapsed().as_secs_f64());
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert!(
+        stack.worker_log().contains("transient failure; retrying the stage"),
+        "the outage was met and retried:\n{}",
+        stack.worker_log()
+    );
+    let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+/// S3 stays down past the job's retry budget: the job fails with a clear,
+/// retryable error, and no result objects are left visible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
+    let env = vec![("TAYORI_JOB_RETRY_BUDGET_SECS".into(), "4".into())];
+    let mut stack = Stack::start(Options { workers: 1, env, ..Default::default() }).await;
+    let id = submit_short(&stack).await;
+    harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
+    stack.kill_gateway();
+    let down = Instant::now();
+    let done = harness::wait_meta_done(&stack, &id, Duration::from_secs(90)).await;
+    println!("S3 down, budget 4 s: job {} after {:.1} s", done["status"], down.elapsed().as_secs_f64());
+    assert_eq!(done["status"], "FAILURE", "{done}");
+    assert_eq!(done["error"]["code"], "storage-unavailable", "{done}");
+    assert_eq!(done["error"]["retryable"], true, "{done}");
+    assert!(done["result"].is_null(), "{done}");
+    stack.start_gateway().await;
+    let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
+    assert!(keys.is_empty(), "no result objects: {keys:?}");
+    let status: serde_json::Value = reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
+    assert_eq!(status["status"], "FAILURE", "{status}");
+}

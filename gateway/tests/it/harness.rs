@@ -47,6 +47,28 @@ fn spawn_gateway(bin: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
     )
 }
 
+/// Start redis-server on `port` with its files in `dir`; returns once it answers.
+fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
+    let aof = if aof { "yes" } else { "no" };
+    let redis = Proc(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", aof])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/deps.sh)"),
+    );
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let t0 = Instant::now();
+    while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis
+}
+
 fn bin(name: &str) -> PathBuf {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
     let p = gateway.with_file_name(name);
@@ -74,6 +96,8 @@ pub struct Stack {
     pub access_key: String,
     pub secret_key: String,
     pub data_dir: PathBuf,
+    redis_port: u16,
+    redis_aof: bool,
     /// Environment given to the gateway, for running its subcommands.
     gateway_env: Vec<(String, String)>,
     // Dropped in this order: workers first, Redis last.
@@ -89,11 +113,13 @@ pub struct Options {
     pub own_data: bool,
     /// `--stages` of worker i (none given: every stage).
     pub stages: Vec<String>,
+    /// Redis with its append-only file on, so that it can be restarted.
+    pub redis_aof: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, env: Vec::new(), own_data: false, stages: Vec::new() }
+        Options { workers: 2, env: Vec::new(), own_data: false, stages: Vec::new(), redis_aof: false }
     }
 }
 
@@ -104,23 +130,8 @@ impl Stack {
         let (gateway_bin, worker_bin) = (bin("gateway"), bin("worker"));
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
-        let redis = Proc(
-            Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string(), "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed (scripts/deps.sh)"),
-        );
+        let redis = spawn_redis(redis_port, dir.path(), opts.redis_aof);
         let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
-        let client = redis::Client::open(redis_url.as_str()).unwrap();
-        let t0 = Instant::now();
-        while client.get_connection().is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
 
         let http_port = free_port();
         let s3_port = free_port();
@@ -185,6 +196,8 @@ impl Stack {
             ));
         }
         let stack = Stack {
+            redis_port,
+            redis_aof: opts.redis_aof,
             dir,
             http: format!("http://127.0.0.1:{http_port}"),
             s3_endpoint,
@@ -299,8 +312,35 @@ impl Stack {
     /// start it again on the same ports and storage; returns once healthy.
     #[allow(dead_code)]
     pub async fn restart_gateway(&mut self) {
+        self.kill_gateway();
+        self.start_gateway().await;
+    }
+
+    /// Stop Redis with `signal` (`TERM`: it writes its files and exits;
+    /// `KILL`: a crash) and wait until it has exited.
+    #[allow(dead_code)]
+    pub fn stop_redis(&mut self, signal: &str) {
+        let pid = self.redis.0.id().to_string();
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+        let _ = self.redis.0.wait();
+    }
+
+    /// Start Redis again on the same port with the same files.
+    #[allow(dead_code)]
+    pub fn start_redis(&mut self) {
+        self.redis = spawn_redis(self.redis_port, self.dir.path(), self.redis_aof);
+    }
+
+    /// Crash the gateway (SIGKILL: its embedded S3 goes down with it).
+    #[allow(dead_code)]
+    pub fn kill_gateway(&mut self) {
         self.gateway.0.kill().unwrap();
         let _ = self.gateway.0.wait();
+    }
+
+    /// Start the gateway again on the same ports and storage; returns once healthy.
+    #[allow(dead_code)]
+    pub async fn start_gateway(&mut self) {
         self.gateway = spawn_gateway(&bin("gateway"), self.dir.path(), &self.gateway_env);
         self.wait_healthy().await;
     }
@@ -460,6 +500,30 @@ pub async fn wait_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_j
             return body;
         }
         assert!(t0.elapsed() < limit, "job {task_id} did not end within {limit:?}: {body}\n{}", stack.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The job's task meta read straight from Redis (works while the gateway is down).
+#[allow(dead_code)]
+pub async fn meta(stack: &Stack, task_id: &str) -> Option<serde_json::Value> {
+    let mut redis = stack.redis().await;
+    let raw: Option<String> =
+        redis::cmd("GET").arg(shared::keys::task_meta(task_id)).query_async(&mut redis).await.ok().flatten();
+    raw.map(|r| serde_json::from_str(&r).unwrap())
+}
+
+/// Poll the task meta in Redis until the job ends; returns it.
+#[allow(dead_code)]
+pub async fn wait_meta_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        if let Some(m) = meta(stack, task_id).await
+            && (m["status"] == "SUCCESS" || m["status"] == "FAILURE")
+        {
+            return m;
+        }
+        assert!(t0.elapsed() < limit, "job {task_id} did not end within {limit:?}\n{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
