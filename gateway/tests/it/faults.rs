@@ -232,3 +232,43 @@ async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
     let status: serde_json::Value = reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "FAILURE", "{status}");
 }
+
+/// Every worker is down while jobs are submitted; then two workers start
+/// and every job finishes. CI runs 24 jobs; the 500 of the issue run on
+/// demand with `TAYORI_TEST_DOWN_JOBS=500` (several minutes on 2 cores).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_submitted_while_every_worker_is_down_all_finish_when_workers_start() {
+    use futures::StreamExt;
+    let n: usize = std::env::var("TAYORI_TEST_DOWN_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let mut stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let t0 = Instant::now();
+    let ids: Vec<String> = futures::stream::iter(0..n).map(|_| submit_short(&stack)).buffer_unordered(8).collect().await;
+    let submitted = t0.elapsed();
+    let health: serde_json::Value = reqwest::get(format!("{}/health", stack.http)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["redis"]["queue_depth"], n, "{health}");
+    stack.start_worker();
+    stack.start_worker();
+    let t1 = Instant::now();
+    let limit = Duration::from_secs(60 + 10 * n as u64);
+    let mut redis = stack.redis().await;
+    let keys: Vec<String> = ids.iter().map(|id| shared::keys::task_meta(id)).collect();
+    loop {
+        let metas: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut redis).await.unwrap();
+        let metas: Vec<serde_json::Value> = metas.iter().flatten().map(|m| serde_json::from_str(m).unwrap()).collect();
+        let ended: Vec<&serde_json::Value> =
+            metas.iter().filter(|m| m["status"] == "SUCCESS" || m["status"] == "FAILURE").collect();
+        if ended.len() == n {
+            let failed: Vec<_> = ended.iter().filter(|m| m["status"] != "SUCCESS").collect();
+            assert!(failed.is_empty(), "{failed:#?}");
+            break;
+        }
+        assert!(t1.elapsed() < limit, "{} of {n} jobs ended within {limit:?}\n{}", ended.len(), stack.logs());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = t1.elapsed().as_secs_f64();
+    println!(
+        "{n} jobs submitted with no worker in {:.1} s; two workers then finished them all in {took:.1} s ({:.2} jobs/s)",
+        submitted.as_secs_f64(),
+        n as f64 / took
+    );
+}

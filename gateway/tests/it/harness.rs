@@ -98,6 +98,8 @@ pub struct Stack {
     pub data_dir: PathBuf,
     redis_port: u16,
     redis_aof: bool,
+    worker_env: Vec<(String, String)>,
+    stages: Vec<String>,
     /// Environment given to the gateway, for running its subcommands.
     gateway_env: Vec<(String, String)>,
     // Dropped in this order: workers first, Redis last.
@@ -127,7 +129,7 @@ impl Stack {
     pub async fn start(opts: Options) -> Stack {
         // Find the binaries before starting anything, so that a missing one
         // leaves no stray process behind.
-        let (gateway_bin, worker_bin) = (bin("gateway"), bin("worker"));
+        let (gateway_bin, _) = (bin("gateway"), bin("worker"));
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
         let redis = spawn_redis(redis_port, dir.path(), opts.redis_aof);
@@ -174,28 +176,13 @@ impl Stack {
             ("TAYORI_S3_EMBEDDED_DIR".to_owned(), dir.path().join("s3").display().to_string()),
             ("TAYORI_TMP_DIR".to_owned(), dir.path().display().to_string()),
         ]);
-        let log = |name: &str| std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
         let gateway = spawn_gateway(&gateway_bin, dir.path(), &gateway_env);
-        let mut workers = Vec::new();
-        for i in 0..opts.workers {
-            let work = dir.path().join(format!("work-{i}"));
-            std::fs::create_dir_all(&work).unwrap();
-            let mut cmd = Command::new(&worker_bin);
-            if let Some(stages) = opts.stages.get(i) {
-                cmd.args(["--stages", stages]);
-            }
-            workers.push(Proc(
-                cmd.envs(env.iter().map(|(k, v)| (k, v)))
-                    .env("TAYORI_S3_ENDPOINT", &s3_endpoint)
-                    .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
-                    .env("TAYORI_WORK_DIR", &work)
-                    .stdout(log(&format!("worker-{i}")))
-                    .stderr(log(&format!("worker-{i}.err")))
-                    .spawn()
-                    .unwrap(),
-            ));
-        }
-        let stack = Stack {
+        let mut worker_env = env;
+        worker_env.push(("TAYORI_S3_ENDPOINT".into(), s3_endpoint.clone()));
+        let mut stack = Stack {
+            worker_env,
+            stages: opts.stages.clone(),
+            workers: Vec::new(),
             redis_port,
             redis_aof: opts.redis_aof,
             dir,
@@ -209,10 +196,33 @@ impl Stack {
             gateway_env,
             redis,
             gateway,
-            workers,
         };
+        for _ in 0..opts.workers {
+            stack.start_worker();
+        }
         stack.wait_healthy().await;
         stack
+    }
+
+    /// Start one more worker process (index = number started before).
+    pub fn start_worker(&mut self) {
+        let i = self.workers.len();
+        let log = |name: &str| std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let work = self.dir.path().join(format!("work-{i}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let mut cmd = Command::new(bin("worker"));
+        if let Some(stages) = self.stages.get(i) {
+            cmd.args(["--stages", stages]);
+        }
+        self.workers.push(Proc(
+            cmd.envs(self.worker_env.iter().map(|(k, v)| (k, v)))
+                .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
+                .env("TAYORI_WORK_DIR", &work)
+                .stdout(log(&format!("worker-{i}")))
+                .stderr(log(&format!("worker-{i}.err")))
+                .spawn()
+                .unwrap(),
+        ));
     }
 
     /// Wait until the gateway answers /health with a success.
