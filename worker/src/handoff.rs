@@ -14,7 +14,14 @@ use redis::aio::ConnectionManager;
 use shared::job::{Stage, StageMetric};
 use shared::keys;
 
+// A job that has already ended (the other stage failed) gets no new record:
+// it would only linger until its TTL.
 const MARK_DONE: &str = r#"
+local meta = redis.call('GET', KEYS[2])
+if meta then
+  local status = cjson.decode(meta)['status']
+  if status == 'SUCCESS' or status == 'FAILURE' then return -1 end
+end
 redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], 1, 'metrics:' .. ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local n = 0
@@ -36,6 +43,7 @@ pub async fn mark_done(
     let json = serde_json::to_string(metrics).unwrap_or_else(|_| "[]".into());
     let n: i64 = redis::Script::new(MARK_DONE)
         .key(keys::job_stages(task_id))
+        .key(keys::task_meta(task_id))
         .arg(stage.name())
         .arg(json)
         .arg(keep.as_millis() as u64)
@@ -93,4 +101,10 @@ pub async fn render_due(conn: &mut ConnectionManager, task_id: &str) -> redis::R
         .query_async(conn)
         .await?;
     Ok(image && voice)
+}
+
+/// Drop a job's stage record once the job has ended: a later delivery of any
+/// of its stages sees the final task meta first and is dropped.
+pub async fn forget(conn: &mut ConnectionManager, task_id: &str) -> redis::RedisResult<()> {
+    redis::cmd("DEL").arg(keys::job_stages(task_id)).query_async(conn).await
 }

@@ -64,7 +64,7 @@ type Failed = (PipelineError, Option<Step>, Vec<StageMetric>);
 impl Runner {
     /// How long the stage bookkeeping is kept: past any redelivery of the job.
     fn keep(&self) -> Duration {
-        self.cfg.job_timeout * 2 + Duration::from_secs(60)
+        self.cfg.job_timeout + Duration::from_secs(60)
     }
 
     /// Wait (at most the job time limit) until every job this process worked
@@ -114,6 +114,7 @@ impl Runner {
                 meta.error = Some(err.clone());
                 meta.date_done = Some(Utc::now());
                 if self.tasks.put_meta_unless_done(&meta).await? {
+                    handoff::forget(&mut self.redis.clone(), &task_id).await?;
                     let seq = self.next_seq(&task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::failed(&task_id, 0, 0, &err, seq)).await;
                 }
@@ -168,11 +169,11 @@ impl Runner {
             // The voice stage starts now, on whichever worker serves it.
             self.voice_queue.push(job).await?;
         }
-        let starts = handoff::count_start(&mut conn, task_id, stage, self.keep()).await?;
         let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, job.submitted_at));
         if meta.status.is_terminal() {
             return Ok(());
         }
+        let starts = handoff::count_start(&mut conn, task_id, stage, self.keep()).await?;
         meta.status = TaskStatus::Started;
         let date_started = *meta.date_started.get_or_insert_with(Utc::now);
         meta.worker = Some(self.cfg.name.clone());
@@ -203,7 +204,8 @@ impl Runner {
                 Ok(Ok(result)) => break Ok(result),
                 Ok(Err((e, _, _)))
                     if e.is_transient()
-                        && first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed() < self.cfg.retry_budget =>
+                        && first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                            < self.cfg.retry_budget =>
                 {
                     let backoff = Duration::from_secs(1 << (attempt - 1).min(3));
                     tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
@@ -237,6 +239,7 @@ impl Runner {
                 meta.result = Some(result);
                 meta.date_done = Some(Utc::now());
                 if self.tasks.put_meta_unless_done(&meta).await? {
+                    handoff::forget(&mut conn, task_id).await?;
                     let seq = self.next_seq(task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, seq)).await;
                 }
@@ -251,6 +254,7 @@ impl Runner {
                 meta.date_done = Some(Utc::now());
                 meta.pipeline_metrics = all;
                 if self.tasks.put_meta_unless_done(&meta).await? {
+                    handoff::forget(&mut conn, task_id).await?;
                     let seq = self.next_seq(task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, seq))
                         .await;

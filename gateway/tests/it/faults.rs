@@ -114,9 +114,10 @@ async fn submit_short(stack: &Stack) -> String {
 async fn assert_answers_503_while_redis_is_down(stack: &Stack) -> Duration {
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let t0 = Instant::now();
-    let (status, body) = tokio::time::timeout(Duration::from_secs(15), harness::submit(stack, photo, "a.png", SHORT_EN))
-        .await
-        .expect("the gateway answered while Redis is down");
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(15), harness::submit(stack, photo, "a.png", SHORT_EN))
+            .await
+            .expect("the gateway answered while Redis is down");
     let took = t0.elapsed();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "queue-unavailable", "{body}");
@@ -178,7 +179,11 @@ async fn redis_restarts_lose_no_accepted_job() {
         let done = harness::wait_done(&stack, id, Duration::from_secs(240)).await;
         assert_eq!(done["status"], "SUCCESS", "{done}\n{}", stack.logs());
     }
-    println!("all {} accepted jobs succeeded ({:.1} s after the second restart)", accepted.len(), t0.elapsed().as_secs_f64());
+    println!(
+        "all {} accepted jobs succeeded ({:.1} s after the second restart)",
+        accepted.len(),
+        t0.elapsed().as_secs_f64()
+    );
     // Each job succeeded once.
     let log = stack.worker_log();
     for id in &accepted {
@@ -229,7 +234,8 @@ async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
     stack.start_gateway().await;
     let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
     assert!(keys.is_empty(), "no result objects: {keys:?}");
-    let status: serde_json::Value = reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
+    let status: serde_json::Value =
+        reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "FAILURE", "{status}");
 }
 
@@ -242,7 +248,8 @@ async fn jobs_submitted_while_every_worker_is_down_all_finish_when_workers_start
     let n: usize = std::env::var("TAYORI_TEST_DOWN_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
     let mut stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
     let t0 = Instant::now();
-    let ids: Vec<String> = futures::stream::iter(0..n).map(|_| submit_short(&stack)).buffer_unordered(8).collect().await;
+    let ids: Vec<String> =
+        futures::stream::iter(0..n).map(|_| submit_short(&stack)).buffer_unordered(8).collect().await;
     let submitted = t0.elapsed();
     let health: serde_json::Value = reqwest::get(format!("{}/health", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(health["redis"]["queue_depth"], n, "{health}");

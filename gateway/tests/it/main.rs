@@ -8,3 +8,4 @@ mod e2e;
 mod faults;
 mod harness;
 mod presign;
+mod soak;
