@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use shared::keys;
+use shared::progress::ProgressEvent;
 use tokio::sync::broadcast;
 
 /// Events buffered per task for slow viewers before they must resync from
@@ -16,14 +18,36 @@ const PER_TASK_BUFFER: usize = 64;
 
 #[derive(Clone, Default)]
 pub struct ProgressHub {
-    tasks: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
+    tasks: Arc<Mutex<HashMap<String, broadcast::Sender<Relayed>>>>,
+}
+
+/// An event as relayed to viewers: read once here, however many watch, and
+/// its text shared (cloning it is a reference count).
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    /// Its sequence number; `None` when the payload could not be read (the
+    /// viewer then takes the events from the log).
+    pub seq: Option<u64>,
+    pub terminal: bool,
+    pub text: Utf8Bytes,
+}
+
+impl Relayed {
+    fn new(payload: String) -> Self {
+        let ev = serde_json::from_str::<ProgressEvent>(&payload).ok();
+        Relayed {
+            seq: ev.as_ref().map(|e| e.seq),
+            terminal: ev.is_some_and(|e| e.status.is_terminal()),
+            text: Utf8Bytes::from(payload),
+        }
+    }
 }
 
 /// A viewer's subscription; unregisters the task when the last one drops.
 pub struct Subscription {
     hub: ProgressHub,
     task_id: String,
-    pub rx: broadcast::Receiver<Arc<str>>,
+    pub rx: broadcast::Receiver<Relayed>,
 }
 
 impl Drop for Subscription {
@@ -50,11 +74,9 @@ impl ProgressHub {
         self.tasks.lock().expect("hub lock").len()
     }
 
-    fn dispatch(&self, task_id: &str, payload: Arc<str>) {
-        let tasks = self.tasks.lock().expect("hub lock");
-        if let Some(tx) = tasks.get(task_id) {
-            let _ = tx.send(payload);
-        }
+    fn dispatch(&self, task_id: &str, payload: String) {
+        let Some(tx) = self.tasks.lock().expect("hub lock").get(task_id).cloned() else { return };
+        let _ = tx.send(Relayed::new(payload));
     }
 
     /// Keep a pattern subscription open, reconnecting with backoff, until
@@ -73,7 +95,7 @@ impl ProgressHub {
                             let channel = msg.get_channel_name().to_owned();
                             let Some(task_id) = keys::task_id_from_channel(&channel) else { continue };
                             let Ok(payload) = msg.get_payload::<String>() else { continue };
-                            self.dispatch(task_id, Arc::from(payload));
+                            self.dispatch(task_id, payload);
                         }
                         tracing::warn!("progress relay lost its Redis subscription; reconnecting");
                     }

@@ -43,6 +43,10 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> AppResult<Response> {
     let task_id = check_task_id(&task_id)?;
+    // Viewers send only pings and pongs, and each event is small: small
+    // buffers (tungstenite's defaults are 128 KiB each way) keep ten
+    // thousand viewers within a few hundred MB.
+    let ws = ws.read_buffer_size(4 * 1024).write_buffer_size(0).max_message_size(16 * 1024).max_frame_size(16 * 1024);
     Ok(ws.on_upgrade(move |socket| async move {
         if let Err(e) = serve(state, task_id.clone(), socket).await {
             tracing::debug!(%task_id, error = %e, "progress socket ended with an error");
@@ -136,13 +140,15 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
     while !ended {
         tokio::select! {
             ev = sub.rx.recv() => match ev {
-                Ok(payload) => match serde_json::from_str::<ProgressEvent>(&payload) {
-                    Ok(ev) if ev.seq == next_seq => {
+                Ok(ev) => match ev.seq {
+                    Some(seq) if seq == next_seq => {
                         next_seq += 1;
-                        sink.send(Message::Text(payload.to_string().into())).await?;
-                        ended = ev.status.is_terminal();
+                        sink.send(Message::Text(ev.text)).await?;
+                        ended = ev.terminal;
+                        // Events are flowing: no need to look in Redis yet.
+                        resync.reset();
                     }
-                    Ok(ev) if ev.seq < next_seq => {} // already sent from the log
+                    Some(seq) if seq < next_seq => {} // already sent from the log
                     // A gap (or an event we cannot read): take it from the log.
                     _ => ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?,
                 },

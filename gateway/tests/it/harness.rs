@@ -69,6 +69,20 @@ fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
     redis
 }
 
+/// (peak, current) resident memory of a process in KiB.
+fn memory_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
 fn bin(name: &str) -> PathBuf {
     let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
     let p = gateway.with_file_name(name);
@@ -265,16 +279,13 @@ impl Stack {
     /// Peak and current resident memory (kB) of worker `i`, from /proc.
     #[allow(dead_code)]
     pub fn worker_memory_kb(&self, i: usize) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.workers[i].0.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmHWM:"), field("VmRSS:"))
+        memory_kb(self.workers[i].0.id())
+    }
+
+    /// The gateway's (peak, current) resident memory in KiB.
+    #[allow(dead_code)]
+    pub fn gateway_memory_kb(&self) -> (u64, u64) {
+        memory_kb(self.gateway.0.id())
     }
 
     pub fn work_dir(&self, i: usize) -> PathBuf {
