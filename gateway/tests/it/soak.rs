@@ -49,13 +49,13 @@ async fn key_names(stack: &Stack) -> Vec<String> {
 /// fifth followed by a WebSocket viewer to the end. Returns once the job
 /// ended: its id and whether it succeeded.
 async fn one_job(stack: &Stack, i: usize) -> (String, bool) {
-    let (photo, name) = if i % 10 == 0 { ("astronaut.png", "a.png") } else { ("coffee.png", "c.png") };
+    let (photo, name) = if i.is_multiple_of(10) { ("astronaut.png", "a.png") } else { ("coffee.png", "c.png") };
     let bytes = std::fs::read(harness::fixture(photo)).unwrap();
     let fields = [("message", "Happy birthday to you."), ("voice_profile_id", "en_joe_male")];
     let (status, body) = harness::submit(stack, bytes, name, &fields).await;
     assert_eq!(status, 202, "{body}");
     let id = body["task_id"].as_str().unwrap().to_owned();
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         let (events, close) = harness::follow(stack, &id, Duration::from_secs(600)).await;
         assert_eq!(close, Some(1000), "{events:?}");
     }
@@ -93,7 +93,7 @@ async fn redis_memory_returns_to_its_starting_level_after_many_jobs() {
             let (stack, peak) = (&stack, &peak);
             async move {
                 let done = one_job(stack, i).await;
-                if i % 20 == 0 {
+                if i.is_multiple_of(20) {
                     peak.fetch_max(used_memory(stack).await.0, std::sync::atomic::Ordering::Relaxed);
                 }
                 done
