@@ -24,6 +24,9 @@ pub struct GatewayConfig {
     pub tmp_dir: PathBuf,
     /// `TAYORI_MAX_UPLOAD_BYTES`, default 10 MiB.
     pub max_upload_bytes: u64,
+    /// `TAYORI_CORS_ORIGINS`: other web origins allowed to call the API
+    /// (comma-separated; default none: same-origin only).
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     /// `TAYORI_MAX_IMAGE_PIXELS`, default 40,000,000: larger photos are refused
     /// before anything decodes them.
     pub max_image_pixels: u64,
@@ -73,6 +76,14 @@ impl GatewayConfig {
             lifecycle_file: env::parse("TAYORI_LIFECYCLE_FILE", PathBuf::from("lifecycle.json"))?,
             tmp_dir: env::parse("TAYORI_TMP_DIR", std::env::temp_dir())?,
             max_upload_bytes: env::parse("TAYORI_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
+            cors_origins: {
+                let raw = env::var("TAYORI_CORS_ORIGINS").unwrap_or_default();
+                crate::cors::parse_origins(&raw).map_err(|reason| shared::env::EnvError {
+                    name: "TAYORI_CORS_ORIGINS".into(),
+                    value: raw.clone(),
+                    reason,
+                })?
+            },
             max_image_pixels: env::parse("TAYORI_MAX_IMAGE_PIXELS", 40_000_000)?,
             presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
             backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,

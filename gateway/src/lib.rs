@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod backup;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod hub;
 pub mod intake;
@@ -33,7 +34,7 @@ use state::AppState;
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .merge(routes::page::router())
         .merge(routes::catalog::router(state.cfg.max_upload_bytes))
         .merge(routes::jobs::router(state.cfg.max_upload_bytes))
@@ -41,9 +42,12 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::health::router())
         .fallback(|| async {
             error::AppError::not_found("no-such-endpoint", "There is no such endpoint; see the README for the API.")
-        })
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        });
+    let router = match cors::api(&state.cfg.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.layer(TraceLayer::new_for_http()).with_state(state)
 }
 
 /// Retry an async start-up step for up to `patience` (services started
@@ -90,7 +94,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     };
 
     if let Some(emb) = &cfg.embedded_s3 {
-        let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, stopped())
+        let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, &cfg.cors_origins, stopped())
             .await
             .with_context(|| format!("starting the embedded S3 endpoint on {}", emb.bind))?;
         let url = format!("http://{}", s3.addr);

@@ -21,7 +21,6 @@ use s3s_fs::FileSystem;
 use shared::lifecycle::LifecycleRules;
 use shared::storage::Storage;
 use tokio::net::TcpListener;
-use tower_http::cors::{Any, CorsLayer};
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedS3Config {
@@ -159,6 +158,7 @@ pub async fn start(
     cfg: &EmbeddedS3Config,
     access_key: &str,
     secret_key: &str,
+    origins: &[http::HeaderValue],
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<EmbeddedS3> {
     let objects = cfg.dir.join("objects");
@@ -185,12 +185,7 @@ pub async fn start(
         }
     };
     // Browsers fetch presigned URLs and POST uploads straight to this port.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods(Any)
-        .allow_headers(Any)
-        .expose_headers([http::header::ETAG, http::header::CONTENT_LENGTH])
-        .max_age(Duration::from_secs(600));
+    let cors = crate::cors::embedded_s3(origins);
     let app = axum::Router::new().fallback(handler).layer(cors);
     let listener = TcpListener::bind(cfg.bind).await?;
     let addr = listener.local_addr()?;

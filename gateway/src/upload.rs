@@ -1,8 +1,8 @@
 //! Reading multipart uploads: files are spooled to disk (memory stays flat
 //! whatever the size) and bounded while they stream; text fields are small.
 
-use axum::extract::Multipart;
 use axum::extract::multipart::{Field, MultipartError};
+use axum::extract::{FromRequest, Multipart};
 use axum::http::StatusCode;
 use tokio::io::AsyncWriteExt;
 
@@ -64,14 +64,6 @@ async fn text(field: &mut Field<'_>, name: &str, too_big: fn() -> AppError) -> A
         .map_err(|_| AppError::bad_request("invalid-field", format!("The field {name} is not UTF-8 text.")))
 }
 
-/// Read and discard the rest of the request (bounded by the body limit), so
-/// that the client is done sending when the error answer comes.
-async fn drain(mut mp: Multipart) {
-    while let Ok(Some(mut field)) = mp.next_field().await {
-        while let Ok(Some(_)) = field.chunk().await {}
-    }
-}
-
 /// A spooled file field.
 pub struct SpooledFile {
     pub path: tempfile::TempPath,
@@ -118,7 +110,7 @@ pub async fn read_form(
                 Some((path, bytes)) => form.file = Some(SpooledFile { path, bytes, file_name }),
                 None => {
                     drop(field);
-                    drain(mp).await;
+                    discard(mp).await;
                     return Err(too_big());
                 }
             }
@@ -144,4 +136,23 @@ pub async fn discard(mut mp: Multipart) {
         }
     })
     .await;
+}
+
+/// The multipart extractor with tayori's error answer: a request that is
+/// not `multipart/form-data` (JSON, a bare body, a missing boundary) gets
+/// 415 `multipart-required` in the usual JSON error shape.
+pub struct MultipartForm(pub Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for MultipartForm {
+    type Rejection = AppError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        Multipart::from_request(req, state).await.map(MultipartForm).map_err(|e| {
+            AppError::client(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "multipart-required",
+                format!("Send this as a multipart/form-data upload ({e})."),
+            )
+        })
+    }
 }

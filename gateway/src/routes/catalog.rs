@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::response::Redirect;
@@ -174,7 +174,10 @@ fn track_too_big() -> AppError {
 /// 10 MB), `name`, optional `mood`, `description`, `uploaded_by`. A worker
 /// transcodes it to MP3 and measures duration, tempo and loudness; the
 /// track is stored under an id the server chooses.
-async fn upload_track(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+async fn upload_track(
+    State(state): State<AppState>,
+    crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
+) -> AppResult<impl IntoResponse> {
     let fields = ["name", "mood", "description", "uploaded_by"];
     let form =
         upload::read_form(mp, "file", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, track_too_big).await?;
@@ -277,7 +280,10 @@ fn voice_too_big() -> AppError {
 /// optional `description`. A worker measures the recording (pitch, speaking
 /// rate, loudness) and matches the closest base voice of the language,
 /// shifted toward it: voice matching, not cloning.
-async fn create_voice(State(state): State<AppState>, mp: Multipart) -> AppResult<impl IntoResponse> {
+async fn create_voice(
+    State(state): State<AppState>,
+    crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
+) -> AppResult<impl IntoResponse> {
     let fields = ["name", "language", "gender", "description"];
     let form = upload::read_form(
         mp,

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -31,7 +31,7 @@ fn too_big() -> AppError {
 async fn generate(
     State(state): State<AppState>,
     ip: crate::admission::ClientIp,
-    mp: Multipart,
+    crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
 ) -> AppResult<impl IntoResponse> {
     // Decided before the upload is stored: a refused client costs no disk.
     let admitted = async {

@@ -76,16 +76,35 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
         reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"]["code"], "image-missing");
-    // Not multipart at all.
-    let r = reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).body("{}").send().await.unwrap();
-    assert!(r.status().is_client_error(), "{}", r.status());
+    // Not multipart at all: JSON (well-formed or not), a bare body, a
+    // multipart type without its boundary, on every upload endpoint.
+    let http = reqwest::Client::new();
+    for path in ["/api/video/generate", "/api/voice-clone/profiles", "/api/bgm/tracks"] {
+        for (ctype, body) in [
+            ("application/json", "{\"message\": \"hi\", "),
+            ("application/json", "{\"message\": \"hi\"}"),
+            ("text/plain", "hello"),
+            ("multipart/form-data", "--x\r\n"),
+        ] {
+            let r = http
+                .post(format!("{}{path}", stack.http))
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 415, "{path} {ctype}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "multipart-required", "{path} {ctype}: {body}");
+        }
+    }
 
     // Nothing was queued or stored.
     let mut redis = stack.redis().await;
     let metas: Vec<String> = redis.keys("celery-task-meta-*").await.unwrap();
     assert!(metas.is_empty(), "{metas:?}");
-    let queued: u64 = redis.llen(format!("{}:active", stack.queue)).await.unwrap();
-    assert_eq!(queued, 0);
+    let queued: u64 = redis.hlen(format!("queue:{}:data", stack.queue)).await.unwrap();
+    assert_eq!(queued, 0, "no job data in the queue");
     let objects = stack.storage().list("").await.unwrap();
     assert!(objects.is_empty(), "{:?}", objects.iter().map(|o| &o.key).collect::<Vec<_>>());
 
@@ -119,4 +138,127 @@ async fn health_reports_redis_s3_and_the_catalog() {
     // The page is served and wired to the API.
     let page = reqwest::get(format!("{}/", stack.http)).await.unwrap().text().await.unwrap();
     assert!(page.contains("/api/video/generate") && page.contains("/ws/progress/") && page.contains("<video"));
+}
+
+/// Send a multipart upload whose photo is `total` bytes of zeros straight
+/// over TCP (declared with Content-Length, or chunked), reading the answer
+/// while sending. Returns the status, the bytes sent when it came, and when.
+async fn huge_upload(stack: &Stack, total: u64, chunked: bool) -> (Option<u16>, u64, std::time::Duration) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = stack.http.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let boundary = "tayoriBOUNDARY";
+    let preamble = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n"
+    );
+    let mut head = format!(
+        "POST /api/video/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+    );
+    if chunked {
+        head += "Transfer-Encoding: chunked\r\n\r\n";
+    } else {
+        head += &format!("Content-Length: {}\r\n\r\n", preamble.len() as u64 + total);
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = sent.clone();
+    let t0 = std::time::Instant::now();
+    let writer = tokio::spawn(async move {
+        let frame = |data: &[u8]| -> Vec<u8> {
+            if chunked {
+                let mut f = format!("{:x}\r\n", data.len()).into_bytes();
+                f.extend_from_slice(data);
+                f.extend_from_slice(b"\r\n");
+                f
+            } else {
+                data.to_vec()
+            }
+        };
+        wr.write_all(head.as_bytes()).await?;
+        wr.write_all(&frame(preamble.as_bytes())).await?;
+        let chunk = frame(&vec![0u8; 256 * 1024]);
+        let mut left = total;
+        while left > 0 {
+            wr.write_all(&chunk).await?;
+            counter.fetch_add(256 * 1024, Ordering::Relaxed);
+            left = left.saturating_sub(256 * 1024);
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let status = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(120), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                answer.extend_from_slice(&buf[..n]);
+                if let Some(line) = answer.split(|b| *b == b'\n').next().filter(|_| answer.contains(&b'\n')) {
+                    break std::str::from_utf8(line)
+                        .ok()
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|s| s.parse().ok());
+                }
+            }
+            _ => break None,
+        }
+    };
+    let at = (sent.load(Ordering::Relaxed), t0.elapsed());
+    writer.abort();
+    (status, at.0, at.1)
+}
+
+/// A 1 GB upload (declared, and chunked) is answered 413 long before it is
+/// sent, and the gateway's memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_1_gb_upload_is_cut_off_early_with_flat_memory() {
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let (_, before) = stack.gateway_memory_kb();
+    for chunked in [false, true] {
+        let (status, sent, took) = huge_upload(&stack, 1 << 30, chunked).await;
+        println!("1 GB upload (chunked: {chunked}): {status:?} after {} MB sent, {took:?}", sent >> 20);
+        assert_eq!(status, Some(413), "chunked: {chunked}");
+        assert!(sent < 64 << 20, "cut off early: {} MB sent", sent >> 20);
+    }
+    let (peak, _) = stack.gateway_memory_kb();
+    println!("gateway resident memory: {} MB before, peak {} MB", before >> 10, peak >> 10);
+    assert!(peak < before + (64 << 10), "memory flat: {before} KiB -> peak {peak} KiB");
+    // Nothing stored.
+    let objects = stack.storage().list("").await.unwrap();
+    assert!(objects.is_empty());
+}
+
+/// CORS: only configured origins may call the API; the embedded S3 also
+/// allows pages from its own host (the gateway's page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_only_configured_origins() {
+    let env = vec![("TAYORI_CORS_ORIGINS".into(), "https://app.example".into())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    let http = reqwest::Client::new();
+    let preflight = |url: String, origin: &str| {
+        http.request(reqwest::Method::OPTIONS, url)
+            .header("origin", origin.to_owned())
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed =
+        |r: &reqwest::Response| r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned());
+    let api = format!("{}/api/video/generate", stack.http);
+    let r = preflight(api.clone(), "https://app.example").await.unwrap();
+    assert_eq!(allowed(&r).as_deref(), Some("https://app.example"));
+    let r = preflight(api.clone(), "https://evil.example").await.unwrap();
+    assert_eq!(allowed(&r), None, "an unlisted origin gets no CORS grant");
+    let r = http.get(format!("{}/health", stack.http)).header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(allowed(&r), None);
+    // The embedded S3: the listed origin and the gateway's own page, no other.
+    let s3 = format!("{}/tayori/images/x.png", stack.s3_endpoint);
+    for (origin, ok) in [("https://app.example", true), (stack.http.as_str(), true), ("https://evil.example", false)] {
+        let r = preflight(s3.clone(), origin).await.unwrap();
+        assert_eq!(allowed(&r).is_some(), ok, "S3 preflight from {origin}: {:?}", r.headers());
+    }
+
+    // No origins configured: no CORS headers on the API at all.
+    let plain = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let r = preflight(format!("{}/api/video/generate", plain.http), "https://app.example").await.unwrap();
+    assert_eq!(allowed(&r), None);
 }
