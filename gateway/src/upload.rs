@@ -156,3 +156,159 @@ impl<S: Send + Sync> FromRequest<S> for MultipartForm {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    const MAX: u64 = 2048;
+
+    fn too_big() -> AppError {
+        AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "file-too-large", "too big")
+    }
+
+    fn valid_body() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"--BND\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\nhello there\r\n");
+        b.extend_from_slice(b"--BND\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n");
+        b.extend_from_slice(b"Content-Type: image/png\r\n\r\n");
+        b.extend_from_slice(&[0x89, b'P', b'N', b'G', 13, 10, 26, 10]);
+        b.extend_from_slice(&[7u8; 300]);
+        b.extend_from_slice(b"\r\n--BND--\r\n");
+        b
+    }
+
+    /// Run `read_form` on `body` as the body of a multipart request.
+    async fn read(body: Vec<u8>, dir: &std::path::Path) -> AppResult<Form> {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .header("content-type", "multipart/form-data; boundary=BND")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let mp = Multipart::from_request(req, &()).await.expect("the header is right");
+        read_form(mp, "image", &["message"], dir, MAX, too_big).await
+    }
+
+    /// Whatever the body, the answer is a form within bounds or a 4xx.
+    fn check(body: Vec<u8>) -> Result<(), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        match rt.block_on(read(body, dir.path())) {
+            Ok(form) => {
+                if let Some(f) = &form.file {
+                    let on_disk = std::fs::metadata(&f.path).map(|m| m.len()).unwrap_or(u64::MAX);
+                    if f.bytes > MAX || on_disk != f.bytes {
+                        return Err(format!("file of {} bytes ({} on disk)", f.bytes, on_disk));
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let status = e.into_response().status();
+                if status.is_client_error() { Ok(()) } else { Err(format!("answered {status}")) }
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_form_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let form = rt.block_on(read(valid_body(), dir.path())).unwrap();
+        assert_eq!(form.text("message"), Some("hello there"));
+        assert_eq!(form.file.as_ref().unwrap().bytes, 308);
+    }
+
+    /// Cases kept from fuzzing and from known multipart pitfalls.
+    #[test]
+    fn broken_forms_get_a_4xx() {
+        let v = valid_body();
+        let cases: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"--BND--\r\n".to_vec(),
+            v[..v.len() - 12].to_vec(), // no closing boundary
+            v[..40].to_vec(),           // cut inside the headers
+            b"--BND\r\n\r\nno disposition\r\n--BND--\r\n".to_vec(),
+            b"--BND\r\nContent-Disposition: form-data; name=\"message\"\r\n\r\n\xff\xfe\r\n--BND--\r\n".to_vec(),
+            [v.clone(), v.clone()].concat(), // every field twice
+            {
+                let mut big = v.clone();
+                let at = big.len() - 12;
+                big.splice(at..at, std::iter::repeat_n(1u8, 4000));
+                big
+            },
+        ];
+        for (i, body) in cases.into_iter().enumerate() {
+            check(body).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        }
+    }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Mutation {
+            Truncate(usize),
+            Flip(usize, u8),
+            Insert(usize, Vec<u8>),
+            Repeat(usize, usize),
+        }
+
+        fn mutation() -> impl Strategy<Value = Mutation> {
+            prop_oneof![
+                any::<usize>().prop_map(Mutation::Truncate),
+                (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+                (any::<usize>(), proptest::collection::vec(any::<u8>(), 0..64))
+                    .prop_map(|(i, v)| Mutation::Insert(i, v)),
+                (any::<usize>(), 1usize..200).prop_map(|(i, n)| Mutation::Repeat(i, n)),
+            ]
+        }
+
+        fn apply(mut body: Vec<u8>, muts: &[Mutation]) -> Vec<u8> {
+            for m in muts {
+                let n = body.len().max(1);
+                match m {
+                    Mutation::Truncate(i) => body.truncate(i % n),
+                    Mutation::Flip(i, b) => {
+                        if !body.is_empty() {
+                            body[i % n] ^= b | 1;
+                        }
+                    }
+                    Mutation::Insert(i, v) => {
+                        let at = i % (body.len() + 1);
+                        body.splice(at..at, v.iter().copied());
+                    }
+                    Mutation::Repeat(i, len) => {
+                        let at = i % n;
+                        let end = (at + len).min(body.len());
+                        let piece = body[at.min(end)..end].to_vec();
+                        body.splice(end..end, piece);
+                    }
+                }
+            }
+            body
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_mangled_form_is_read_within_bounds_or_refused_with_a_4xx(
+                muts in proptest::collection::vec(mutation(), 1..6)
+            ) {
+                let body = apply(super::valid_body(), &muts);
+                if let Err(e) = super::check(body) {
+                    prop_assert!(false, "{}", e);
+                }
+            }
+
+            #[test]
+            fn random_bytes_never_break_the_reader(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+                if let Err(e) = super::check(body) {
+                    prop_assert!(false, "{}", e);
+                }
+            }
+        }
+    }
+}
