@@ -30,10 +30,8 @@ fn config(name: &str) -> QueueConfig {
     QueueConfig { name: name.into(), lease: Duration::from_secs(10), idle_wait: Duration::from_millis(1000) }
 }
 
-const CONCURRENCY: usize = 64;
-
 /// A consuming process: wait for the go signal, then work until killed.
-async fn consume(url: &str, name: &str) {
+async fn consume(url: &str, name: &str, concurrency: usize) {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_connection_manager().await.unwrap();
     let _: i64 = redis::cmd("INCR").arg("bench:ready").query_async(&mut conn).await.unwrap();
@@ -42,8 +40,8 @@ async fn consume(url: &str, name: &str) {
     }
     let q: Queue<Noop> = Queue::new(conn, name, &config(name));
     let worker = WorkerBuilder::new(format!("bench-{}", std::process::id()).as_str())
-        .backend(q.consumer(client, CONCURRENCY))
-        .concurrency(CONCURRENCY)
+        .backend(q.consumer(client, concurrency))
+        .concurrency(concurrency)
         .build(noop);
     let _ = worker.run().await;
 }
@@ -58,8 +56,8 @@ impl Drop for Kill {
     }
 }
 
-async fn consume_rate(redis: &support::RedisServer, jobs: u64, processes: usize) -> f64 {
-    let name = format!("bench-consume-{processes}");
+async fn consume_rate(redis: &support::RedisServer, jobs: u64, processes: usize, concurrency: usize) -> f64 {
+    let name = format!("bench-consume-{processes}-{concurrency}");
     let mut conn = redis.manager().await;
     let _: () = redis::pipe().del("bench:ready").del("bench:go").query_async(&mut conn).await.unwrap();
     let q: Queue<Noop> = Queue::new(conn.clone(), &name, &config(&name));
@@ -75,6 +73,7 @@ async fn consume_rate(redis: &support::RedisServer, jobs: u64, processes: usize)
                     .env("TAYORI_QUEUE_BENCH_ROLE", "consume")
                     .env("TAYORI_QUEUE_BENCH_URL", &redis.url)
                     .env("TAYORI_QUEUE_BENCH_NAME", &name)
+                    .env("TAYORI_QUEUE_BENCH_CONCURRENCY", concurrency.to_string())
                     .spawn()
                     .unwrap()
             })
@@ -125,9 +124,10 @@ async fn bench() {
     }
     let bulk = jobs as f64 / t0.elapsed().as_secs_f64();
     println!("enqueue {jobs} jobs: single pushes (64 in flight) {single:.0}/s; batches of 1,000 {bulk:.0}/s");
-    for processes in [1, 4] {
-        let rate = consume_rate(&redis, jobs, processes).await;
-        println!("consume {jobs} jobs: {processes} worker process(es), concurrency {CONCURRENCY} each: {rate:.0}/s");
+    // Concurrency 64: jobs that wait (I/O); 1: how video workers run.
+    for (processes, concurrency) in [(1, 64), (4, 64), (1, 1), (4, 1)] {
+        let rate = consume_rate(&redis, jobs, processes, concurrency).await;
+        println!("consume {jobs} jobs: {processes} worker process(es), concurrency {concurrency} each: {rate:.0}/s");
     }
 }
 
@@ -137,7 +137,8 @@ async fn main() {
         Ok("consume") => {
             let url = std::env::var("TAYORI_QUEUE_BENCH_URL").unwrap();
             let name = std::env::var("TAYORI_QUEUE_BENCH_NAME").unwrap();
-            consume(&url, &name).await
+            let concurrency = std::env::var("TAYORI_QUEUE_BENCH_CONCURRENCY").unwrap().parse().unwrap();
+            consume(&url, &name, concurrency).await
         }
         _ => {
             if std::env::args().any(|a| a == "--bench") || std::env::args().len() == 1 {
