@@ -113,7 +113,107 @@ pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind
             format!("The photo is {w}x{h} pixels; at most {max_pixels} pixels are accepted."),
         ));
     }
-    Ok((kind, w as u32, h as u32))
+    let bytes = std::fs::read(path).map_err(|e| AppError::Internal(format!("reading spooled upload: {e}")))?;
+    match structure(kind, &bytes) {
+        Structure::Whole => Ok((kind, w as u32, h as u32)),
+        Structure::Truncated => Err(AppError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image-truncated",
+            "The photo file is cut short (the upload or the file is incomplete); please choose it again.",
+        )),
+        Structure::ExtraData => Err(AppError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image-extra-data",
+            "The photo file carries other data after the image (a motion photo, or something hidden in it); \
+             please save it as a plain JPEG, PNG or WebP.",
+        )),
+    }
+}
+
+/// What walking a file's container structure (no pixel decoding) found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Structure {
+    Whole,
+    /// The image ends before its structure does.
+    Truncated,
+    /// Bytes follow the image's end (a polyglot or an appended file).
+    ExtraData,
+}
+
+/// Walk the container: PNG chunks to `IEND`, JPEG segments to `EOI`, the
+/// WebP RIFF size. Pixel data is not decoded (the worker does that, bounded).
+/// Written here: image decoders stop at the image's end and ignore what
+/// follows, which is exactly what a polyglot relies on.
+pub fn structure(kind: ImageKind, b: &[u8]) -> Structure {
+    let end = match kind {
+        ImageKind::Png => png_end(b),
+        ImageKind::Jpeg => jpeg_end(b),
+        ImageKind::Webp => {
+            let size = b.get(4..8).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+            size.map(|s| s + 8 + (s & 1)).filter(|e| *e <= b.len())
+        }
+    };
+    match end {
+        None => Structure::Truncated,
+        // Zero padding after the end is harmless (some writers add it).
+        Some(e) if b[e..].iter().all(|x| *x == 0) => Structure::Whole,
+        Some(_) => Structure::ExtraData,
+    }
+}
+
+/// Offset just past the `IEND` chunk.
+fn png_end(b: &[u8]) -> Option<usize> {
+    let mut pos = 8;
+    loop {
+        let len = u32::from_be_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as usize;
+        let kind = b.get(pos + 4..pos + 8)?;
+        let next = pos.checked_add(12)?.checked_add(len)?;
+        if next > b.len() {
+            return None;
+        }
+        if kind == b"IEND" {
+            return Some(next);
+        }
+        pos = next;
+    }
+}
+
+/// Offset just past the `EOI` marker that ends the image (markers inside
+/// APPn segments, such as an EXIF thumbnail, are skipped with their segment).
+fn jpeg_end(b: &[u8]) -> Option<usize> {
+    let mut pos = 2;
+    loop {
+        if *b.get(pos)? != 0xFF {
+            return None;
+        }
+        let mut m = *b.get(pos + 1)?;
+        while m == 0xFF {
+            pos += 1;
+            m = *b.get(pos + 1)?;
+        }
+        pos += 2;
+        match m {
+            0xD9 => return Some(pos),
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let len = u16::from_be_bytes([*b.get(pos)?, *b.get(pos + 1)?]) as usize;
+        pos = pos.checked_add(len).filter(|p| *p <= b.len() && len >= 2)?;
+        if m == 0xDA {
+            // Entropy-coded data: stuffed FF00 and restart markers belong
+            // to it; any other marker ends it.
+            loop {
+                let i = pos + b.get(pos..)?.iter().position(|x| *x == 0xFF)?;
+                match *b.get(i + 1)? {
+                    0x00 | 0xD0..=0xD7 | 0xFF => pos = i + 1,
+                    _ => {
+                        pos = i;
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Normalize and check the message: line breaks kept, other control
@@ -214,6 +314,56 @@ mod tests {
         let t = dir.path().join("t.png");
         std::fs::write(&t, b"\x89PNG\r\n\x1a\n").unwrap();
         assert_eq!(code(check_image(&t, 40_000_000).unwrap_err()), "image-unreadable");
+    }
+
+    fn fixture(name: &str) -> Option<Vec<u8>> {
+        let cache = std::env::var_os("TAYORI_CACHE_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache"));
+        std::fs::read(cache.join("fixtures").join(name)).ok()
+    }
+
+    /// A small baseline JPEG: SOI, APP0, an APP1 holding a whole "thumbnail"
+    /// (SOI..EOI inside the segment), SOS with stuffed and restart bytes, EOI.
+    fn jpeg() -> Vec<u8> {
+        let mut j = vec![0xFF, 0xD8];
+        j.extend_from_slice(&[0xFF, 0xE0, 0x00, 0x06, b'J', b'F', b'I', b'F']);
+        j.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x08, 0xFF, 0xD8, 0x12, 0x34, 0xFF, 0xD9]);
+        j.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x04, 0x01, 0x02]);
+        j.extend_from_slice(&[0x11, 0xFF, 0x00, 0x22, 0xFF, 0xD3, 0x33, 0xFF, 0xFF, 0x00]);
+        j.extend_from_slice(&[0xFF, 0xD9]);
+        j
+    }
+
+    #[test]
+    fn truncated_and_polyglot_files_are_found_by_their_structure() {
+        let png = fixture("astronaut.png").expect("scripts/assets.sh fetched astronaut.png");
+        assert_eq!(structure(ImageKind::Png, &png), Structure::Whole);
+        assert_eq!(structure(ImageKind::Png, &png[..png.len() - 100]), Structure::Truncated);
+        assert_eq!(structure(ImageKind::Png, &png[..png.len() - 4]), Structure::Truncated, "IEND's CRC cut");
+        let mut html = png.clone();
+        html.extend_from_slice(b"<html><script>alert(1)</script></html>");
+        assert_eq!(structure(ImageKind::Png, &html), Structure::ExtraData);
+        let mut zip = png.clone();
+        zip.extend_from_slice(b"PK\x03\x04 an appended archive");
+        assert_eq!(structure(ImageKind::Png, &zip), Structure::ExtraData);
+        let mut padded = png.clone();
+        padded.extend_from_slice(&[0; 64]);
+        assert_eq!(structure(ImageKind::Png, &padded), Structure::Whole);
+
+        let j = jpeg();
+        assert_eq!(structure(ImageKind::Jpeg, &j), Structure::Whole);
+        assert_eq!(structure(ImageKind::Jpeg, &j[..j.len() - 2]), Structure::Truncated);
+        assert_eq!(structure(ImageKind::Jpeg, &j[..14]), Structure::Truncated, "cut inside the thumbnail");
+        let mut motion = j.clone();
+        motion.extend_from_slice(b"\0\0\0\x18ftypmp42 an appended video");
+        assert_eq!(structure(ImageKind::Jpeg, &motion), Structure::ExtraData);
+
+        let mut webp = b"RIFF\x08\0\0\0WEBPVP8 ".to_vec();
+        assert_eq!(structure(ImageKind::Webp, &webp), Structure::Whole);
+        webp.extend_from_slice(b"more");
+        assert_eq!(structure(ImageKind::Webp, &webp), Structure::ExtraData);
+        assert_eq!(structure(ImageKind::Webp, &webp[..10]), Structure::Truncated);
     }
 
     mod fuzz {

@@ -19,6 +19,11 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
     let mut big = photo.clone();
     big.resize(11 * 1024 * 1024, 0);
     let long = "あ".repeat(501);
+    // A tiny PNG whose header declares 30,000 x 30,000 pixels.
+    let mut bomb = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    bomb.extend_from_slice(&30000u32.to_be_bytes());
+    bomb.extend_from_slice(&30000u32.to_be_bytes());
+    bomb.extend_from_slice(&[8, 2, 0, 0, 0, 0, 0, 0, 0]);
     // (what, image bytes, file name, form fields, expected status, expected code)
     type Case<'a> = (&'a str, Vec<u8>, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -31,6 +36,23 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
             "unsupported-image-type",
         ),
         ("11 MB image", big, "big.png", ok_fields(), 413, "image-too-large"),
+        ("truncated PNG", photo[..photo.len() - 1000].to_vec(), "a.png", ok_fields(), 422, "image-truncated"),
+        (
+            "PNG + HTML polyglot",
+            [photo.as_slice(), b"<html><script>alert(document.cookie)</script></html>"].concat(),
+            "a.png",
+            ok_fields(),
+            422,
+            "image-extra-data",
+        ),
+        (
+            "decompression bomb (30000x30000 PNG header)",
+            bomb,
+            "bomb.png",
+            ok_fields(),
+            422,
+            "image-dimensions-too-large",
+        ),
         ("empty message", photo.clone(), "a.png", with(ok_fields(), "message", ""), 400, "message-empty"),
         ("whitespace message", photo.clone(), "a.png", with(ok_fields(), "message", " \n\t "), 400, "message-empty"),
         ("501-character message", photo.clone(), "a.png", with(ok_fields(), "message", &long), 400, "message-too-long"),
