@@ -190,6 +190,8 @@ async fn redis_restarts_lose_no_accepted_job() {
         let n = log.lines().filter(|l| l.contains("job succeeded") && l.contains(id.as_str())).count();
         assert_eq!(n, 1, "job {id} succeeded {n} times");
     }
+    // Errors were logged while Redis was down; the secret never was.
+    stack.assert_secret_not_logged();
 }
 
 /// S3 (the gateway's embedded endpoint) goes away for 20 s in the middle of
@@ -234,6 +236,8 @@ async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
     stack.start_gateway().await;
     let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
     assert!(keys.is_empty(), "no result objects: {keys:?}");
+    // S3 errors were logged; the secret never was.
+    stack.assert_secret_not_logged();
     let status: serde_json::Value =
         reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(status["status"], "FAILURE", "{status}");

@@ -293,6 +293,19 @@ impl Stack {
     }
 
     /// The tail of every process log.
+    /// Assert that no log of any process contains the S3 secret key.
+    #[allow(dead_code)]
+    pub fn assert_secret_not_logged(&self) {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                assert!(!text.is_empty() || !p.to_string_lossy().contains("gateway.log"), "{} is empty", p.display());
+                assert!(!text.contains(&self.secret_key), "{} contains the S3 secret key", p.display());
+            }
+        }
+    }
+
     pub fn logs(&self) -> String {
         let mut out = String::new();
         let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
