@@ -67,26 +67,47 @@ impl Runner {
         self.cfg.job_timeout + Duration::from_secs(60)
     }
 
+    /// How many jobs this process worked on have not ended (wherever their
+    /// other stages run); ended ones are forgotten. A job whose state cannot
+    /// be read counts as open.
+    async fn open_jobs(&self) -> usize {
+        let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").keys().cloned().collect();
+        let mut open = 0;
+        for id in ids {
+            match self.tasks.meta(&id).await {
+                Ok(Some(m)) if !m.status.is_terminal() => open += 1,
+                Err(_) => open += 1,
+                _ => {
+                    self.in_hand.lock().expect("in_hand lock").remove(&id);
+                }
+            }
+        }
+        open
+    }
+
     /// Wait (at most the job time limit) until every job this process worked
     /// on has ended, wherever its other stages ran.
     pub async fn wait_in_hand_ended(&self) {
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
-        loop {
-            let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").keys().cloned().collect();
-            let mut open = 0;
-            for id in ids {
-                match self.tasks.meta(&id).await {
-                    Ok(Some(m)) if !m.status.is_terminal() => open += 1,
-                    Err(_) => open += 1,
-                    _ => {
-                        self.in_hand.lock().expect("in_hand lock").remove(&id);
-                    }
-                }
-            }
-            if open == 0 || tokio::time::Instant::now() > deadline {
-                return;
-            }
+        while self.open_jobs().await > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Before a new job enters (its image stage, which starts its clock):
+    /// wait while this process has `2 x concurrency` jobs open. Without this
+    /// the quick image stage races through a backlog, and jobs time out
+    /// waiting for their voice and render stages. The job waits leased (and
+    /// renewed), so an idle worker elsewhere takes the next ones.
+    async fn wait_for_room(&self, task_id: &str) {
+        let limit = self.cfg.concurrency.max(1) * 2;
+        let mut waited = false;
+        while self.open_jobs().await >= limit {
+            if !waited {
+                tracing::debug!(%task_id, limit, "waiting for jobs in progress to end before starting another");
+                waited = true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -120,6 +141,9 @@ impl Runner {
                 }
             }
             return Ok(());
+        }
+        if stage == Stage::Image {
+            self.wait_for_room(&task_id).await;
         }
         let holder = format!("{}:{}", self.cfg.name, uuid::Uuid::new_v4().simple());
         let claim = shared::keys::job_claim(&task_id, stage);

@@ -55,6 +55,14 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
         ),
         ("empty message", photo.clone(), "a.png", with(ok_fields(), "message", ""), 400, "message-empty"),
         ("whitespace message", photo.clone(), "a.png", with(ok_fields(), "message", " \n\t "), 400, "message-empty"),
+        (
+            "control characters only",
+            photo.clone(),
+            "a.png",
+            with(ok_fields(), "message", "\u{7}\u{1b}\u{0}\u{8}\u{7f}"),
+            400,
+            "message-empty",
+        ),
         ("501-character message", photo.clone(), "a.png", with(ok_fields(), "message", &long), 400, "message-too-long"),
         (
             "unknown voice",
