@@ -1,4 +1,6 @@
 //! `GET /health`: Redis, S3 and the catalog files, each with its state.
+//! `GET /ready`: a cheap readiness probe for load balancers and orchestrators:
+//! 200 when Redis and S3 answer within 2 s, else 503 naming what is missing.
 
 use axum::Json;
 use axum::Router;
@@ -11,7 +13,7 @@ use serde_json::json;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/health", get(health))
+    Router::new().route("/health", get(health)).route("/ready", get(ready))
 }
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
@@ -47,4 +49,17 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             "progress_viewers_tasks": state.hub.watched_tasks(),
         })),
     )
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let limit = std::time::Duration::from_secs(2);
+    let redis = async {
+        let mut conn = state.redis.clone();
+        matches!(tokio::time::timeout(limit, redis::cmd("PING").query_async::<String>(&mut conn)).await, Ok(Ok(_)))
+    };
+    let s3 = async { matches!(tokio::time::timeout(limit, state.storage.check()).await, Ok(Ok(()))) };
+    let (redis, s3) = tokio::join!(redis, s3);
+    let missing: Vec<&str> = [("redis", redis), ("s3", s3)].iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+    let code = if missing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(json!({"ready": missing.is_empty(), "waiting_for": missing})))
 }

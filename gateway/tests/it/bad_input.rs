@@ -165,6 +165,9 @@ async fn health_reports_redis_s3_and_the_catalog() {
     assert_eq!(h["catalog"]["voice_profiles"]["count"], 4);
     assert_eq!(h["catalog"]["bgm_tracks"]["count"], 5);
     assert!(h["catalog"]["bgm_tracks"]["last_updated"].is_string());
+    let r = reqwest::get(format!("{}/ready", stack.http)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
     // The page is served and wired to the API.
     let page = reqwest::get(format!("{}/", stack.http)).await.unwrap().text().await.unwrap();
     assert!(page.contains("/api/video/generate") && page.contains("/ws/progress/") && page.contains("<video"));

@@ -124,6 +124,10 @@ async fn assert_answers_503_while_redis_is_down(stack: &Stack) -> Duration {
     assert!(took < Duration::from_secs(10), "answered in {took:?}");
     let health = reqwest::get(format!("{}/health", stack.http)).await.unwrap();
     assert_eq!(health.status(), 503);
+    let ready = reqwest::get(format!("{}/ready", stack.http)).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["waiting_for"], serde_json::json!(["redis"]), "{ready}");
     took
 }
 
