@@ -7,6 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash scripts/deps.sh
 bash scripts/assets.sh
+bash scripts/browser-deps.sh
 python3 scripts/check_compose.py docker-compose.yml
 # The integration tests start the gateway and worker binaries.
 cargo build --release --locked --bins

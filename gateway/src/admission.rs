@@ -57,10 +57,23 @@ impl FromRequestParts<AppState> for ClientIp {
 /// Count a submission from `ip`; `Err` 429 with the seconds to wait when
 /// it already made `per_minute` in the last minute. 0 turns the limit off.
 pub async fn rate_limit(conn: &mut ConnectionManager, ip: Option<IpAddr>, per_minute: u32) -> Result<(), AppError> {
+    rate_limit_scoped(conn, "", ip, per_minute).await
+}
+
+/// [`rate_limit`] with its own window per `scope` (`ratelimit:{ip}:{scope}`;
+/// the empty scope is the video jobs' `ratelimit:{ip}`).
+pub async fn rate_limit_scoped(
+    conn: &mut ConnectionManager,
+    scope: &str,
+    ip: Option<IpAddr>,
+    per_minute: u32,
+) -> Result<(), AppError> {
     let Some(ip) = ip.filter(|_| per_minute > 0) else { return Ok(()) };
+    let key = if scope.is_empty() { format!("ratelimit:{ip}") } else { format!("ratelimit:{ip}:{scope}") };
+    let what = if scope.is_empty() { "videos" } else { scope };
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
     let wait_ms: i64 = redis::Script::new(RATE_LIMIT)
-        .key(format!("ratelimit:{ip}"))
+        .key(key)
         .arg(now)
         .arg(WINDOW.as_millis() as u64)
         .arg(per_minute)
@@ -73,7 +86,7 @@ pub async fn rate_limit(conn: &mut ConnectionManager, ip: Option<IpAddr>, per_mi
             status: axum::http::StatusCode::TOO_MANY_REQUESTS,
             code: "rate-limited",
             message: format!(
-                "Too many videos from your address: at most {per_minute} a minute. Try again in {secs} s."
+                "Too many {what} from your address: at most {per_minute} a minute. Try again in {secs} s."
             ),
             retry_after: secs,
         });

@@ -110,6 +110,9 @@ impl IntoResponse for AppError {
                 "Something went wrong on our side. It has been logged.".to_owned(),
             ),
         };
+        if let AppError::Redis(_) = &self {
+            shared::metrics::count_error(shared::metrics::Service::Redis);
+        }
         if status.is_server_error() && !matches!(self, AppError::Busy { .. }) {
             tracing::error!(error = %self, %code, "request failed");
         }

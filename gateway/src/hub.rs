@@ -103,6 +103,7 @@ impl ProgressHub {
                 },
                 Err(e) => tracing::warn!(error = %e, "progress relay cannot reach Redis"),
             }
+            shared::metrics::count_error(shared::metrics::Service::Redis);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }

@@ -38,8 +38,10 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::page::router())
         .merge(routes::catalog::router(state.cfg.max_upload_bytes))
         .merge(routes::jobs::router(state.cfg.max_upload_bytes))
+        .merge(routes::uploads::router())
         .merge(routes::progress::router())
         .merge(routes::health::router())
+        .merge(routes::metrics::router())
         .fallback(|| async {
             error::AppError::not_found("no-such-endpoint", "There is no such endpoint; see the README for the API.")
         });
@@ -132,6 +134,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
         storage,
         catalog,
         hub,
+        metrics: Default::default(),
         cfg: Arc::new(cfg),
     };
     let listener = TcpListener::bind(state.cfg.bind).await.with_context(|| format!("binding {}", state.cfg.bind))?;

@@ -76,6 +76,22 @@ macro_rules! delegate {
 
 #[async_trait::async_trait]
 impl S3 for Embedded {
+    /// s3s-fs, plus the `response-content-disposition` and
+    /// `response-content-type` overrides of a signed GET (S3 honours them
+    /// in presigned URLs: the page's download link names the file).
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let disposition = req.input.response_content_disposition.clone();
+        let content_type = req.input.response_content_type.clone();
+        let mut resp = self.fs.get_object(req).await?;
+        if disposition.is_some() {
+            resp.output.content_disposition = disposition;
+        }
+        if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
+            resp.output.content_type = Some(ct);
+        }
+        Ok(resp)
+    }
+
     delegate! {
         create_bucket(CreateBucketInput) -> CreateBucketOutput;
         copy_object(CopyObjectInput) -> CopyObjectOutput;
@@ -83,7 +99,6 @@ impl S3 for Embedded {
         delete_object(DeleteObjectInput) -> DeleteObjectOutput;
         delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
         get_bucket_location(GetBucketLocationInput) -> GetBucketLocationOutput;
-        get_object(GetObjectInput) -> GetObjectOutput;
         head_bucket(HeadBucketInput) -> HeadBucketOutput;
         head_object(HeadObjectInput) -> HeadObjectOutput;
         list_buckets(ListBucketsInput) -> ListBucketsOutput;

@@ -23,4 +23,5 @@ pub struct AppState {
     pub storage: Storage,
     pub catalog: Catalog,
     pub hub: ProgressHub,
+    pub metrics: Arc<crate::routes::metrics::GatewayMetrics>,
 }

@@ -1,5 +1,6 @@
 //! Catalog work done by workers for the gateway (the gateway never runs
-//! ffmpeg): analysing an uploaded music track and cutting track previews.
+//! ffmpeg or a model): analysing uploaded music and voices, cutting
+//! previews, and finding the people in an uploaded photo.
 //! Tasks go through their own apalis queue; a result is stored at
 //! `catalog-task:{id}` for 10 minutes, where the waiting gateway finds it.
 
@@ -33,6 +34,9 @@ pub enum CatalogTaskKind {
     AnalyseVoice { source_key: String, target_key: String, language: String },
     /// Speak a short sample in a profile's voice to `target_key`.
     VoicePreview { profile_id: String, target_key: String },
+    /// Find the people in an uploaded photo (at `source_key`) and store a
+    /// preview of each at `images/previews/{upload_id}/person_{n}_preview.jpg`.
+    DetectPeople { source_key: String, upload_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +67,24 @@ pub struct VoiceMatch {
     pub sample_rate: u32,
 }
 
+/// One person found in a photo: boxes in photo pixels (upright), `[x, y, w, h]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonFound {
+    pub index: u32,
+    pub face: [u32; 4],
+    pub body: [u32; 4],
+    pub preview_key: String,
+}
+
+/// Every person found in a photo, and the one a job picks when none is asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeopleFound {
+    pub width: u32,
+    pub height: u32,
+    pub people: Vec<PersonFound>,
+    pub default_index: u32,
+}
+
 /// S3 key of a voice profile's spoken sample.
 pub fn voice_preview_key(profile_id: &str) -> String {
     format!("voices/previews/{profile_id}.wav")
@@ -75,6 +97,8 @@ pub enum CatalogTaskResult {
     Preview {
         key: String,
     },
+    /// The people in a photo, left to right.
+    People(PeopleFound),
     /// The input could not be used (not audio, too short…): the client's fault.
     Rejected {
         code: String,

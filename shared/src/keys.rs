@@ -49,6 +49,12 @@ pub fn job_stages(task_id: &str) -> String {
     format!("job:stages:{task_id}")
 }
 
+/// A photo uploaded straight to S3 through a presigned POST policy: its
+/// object key and declared type, until a job uses it (1 hour).
+pub fn upload(upload_id: &str) -> String {
+    format!("upload:{upload_id}")
+}
+
 /// S3 object keys of one job (bucket layout of the original design).
 pub mod objects {
     pub fn upload_original(task_id: &str, ext: &str) -> String {

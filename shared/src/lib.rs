@@ -10,6 +10,7 @@ pub mod env;
 pub mod job;
 pub mod keys;
 pub mod lifecycle;
+pub mod metrics;
 pub mod progress;
 pub mod queue;
 pub mod redis_conn;

@@ -93,6 +93,25 @@ impl Step {
             Step::RenderAndUpload => "動画を作成してアップロード中...",
         }
     }
+
+    /// The step's message in English (for the page and the command line).
+    pub fn message_en(self) -> &'static str {
+        match self {
+            Step::DownloadImage => "Downloading the photo...",
+            Step::DetectPerson => "Finding the person...",
+            Step::BackgroundRemoval => "Removing the background...",
+            Step::PrepareImage => "Preparing the picture...",
+            Step::SynthesizeVoice => "Speaking the message...",
+            Step::AdjustProsody => "Adjusting the voice...",
+            Step::MixBgm => "Mixing in the music...",
+            Step::RenderAndUpload => "Making the video and saving it...",
+        }
+    }
+
+    /// The step with this wire name.
+    pub fn from_name(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
 }
 
 pub const TOTAL_STEPS: u32 = Step::ALL.len() as u32;

@@ -106,6 +106,7 @@ impl StorageError {
         op: &'static str,
         err: SdkError<E>,
     ) -> Self {
+        crate::metrics::count_error(crate::metrics::Service::S3);
         let transient = match &err {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
             SdkError::ServiceError(e) => e.raw().status().is_server_error() || e.raw().status().as_u16() == 429,
@@ -359,6 +360,29 @@ impl Storage {
             .get_object()
             .bucket(&self.cfg.bucket)
             .key(key)
+            .presigned(cfg)
+            .await
+            .map_err(|e| StorageError::from_sdk("PresignGetObject", e))?;
+        Ok((req.uri().to_owned(), Utc::now() + ttl))
+    }
+
+    /// A presigned GET URL that makes browsers save the object as
+    /// `file_name` (`Content-Disposition: attachment`), valid for `ttl`.
+    pub async fn presign_download(
+        &self,
+        key: &str,
+        file_name: &str,
+        ttl: Duration,
+    ) -> Result<(String, DateTime<Utc>), StorageError> {
+        let cfg = presigning(ttl)?;
+        let safe: String =
+            file_name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
+        let req = self
+            .presign_client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .response_content_disposition(format!("attachment; filename=\"{safe}\""))
             .presigned(cfg)
             .await
             .map_err(|e| StorageError::from_sdk("PresignGetObject", e))?;

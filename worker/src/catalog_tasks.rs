@@ -33,6 +33,9 @@ pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResul
         CatalogTaskKind::VoicePreview { profile_id, target_key } => {
             voice_preview(runner, dir.path(), profile_id, target_key).await
         }
+        CatalogTaskKind::DetectPeople { source_key, upload_id } => {
+            detect_people(runner, dir.path(), source_key, upload_id).await
+        }
     };
     r.unwrap_or_else(|e| e)
 }
@@ -372,6 +375,59 @@ pub fn estimate_bpm(samples: &[f32], rate: u32) -> Option<u32> {
     let shift = if denom.abs() > f32::EPSILON { 0.5 * (a - c) / denom } else { 0.0 };
     let lag = best as f32 + shift.clamp(-0.5, 0.5);
     Some((fps * 60.0 / lag).round() as u32)
+}
+
+/// Find the people in an uploaded photo and store a preview of each, so
+/// that the page can show them to pick from before the job is made.
+async fn detect_people(
+    runner: &Runner,
+    dir: &Path,
+    source_key: &str,
+    upload_id: &str,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
+    use crate::vision::{self, VisionError, detect};
+    use shared::catalog_task::{PeopleFound, PersonFound};
+    let photo = dir.join("photo");
+    runner.storage.get_to_file(source_key, &photo).await.map_err(failed)?;
+    let model = detect::model_path(runner.catalog.data_dir());
+    let out = dir.to_owned();
+    let found = tokio::task::spawn_blocking(move || {
+        let img = vision::load_upright(&photo)?;
+        let people = detect::people(&model, &img)?;
+        let default = detect::choose(&people, None)?;
+        for (n, p) in people.iter().enumerate() {
+            let preview = detect::preview(&detect::crop(&img, p.body));
+            vision::save_jpeg(&preview, &out.join(format!("person_{n}.jpg")), 85)?;
+        }
+        Ok::<_, VisionError>((img.width(), img.height(), people, default))
+    })
+    .await
+    .map_err(failed)?;
+    let (width, height, people, default) = match found {
+        Ok(f) => f,
+        Err(VisionError::NoPerson) => {
+            return Err(rejected(
+                "no-person",
+                "No person was found in the photo. Please use a photo where a face is clearly visible, looking at the camera.",
+            ));
+        }
+        Err(VisionError::Decode(_)) => {
+            return Err(rejected("image-unreadable", "The photo could not be read as an image."));
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let uploads = people.iter().enumerate().map(|(n, p)| {
+        let key = shared::keys::objects::person_preview(upload_id, n);
+        let file = dir.join(format!("person_{n}.jpg"));
+        let r = |r: detect::Rect| [r.x, r.y, r.w, r.h];
+        let person = PersonFound { index: n as u32, face: r(p.face), body: r(p.body), preview_key: key.clone() };
+        async move {
+            runner.storage.put_file(&key, &file, "image/jpeg").await?;
+            Ok::<_, shared::storage::StorageError>(person)
+        }
+    });
+    let people = futures::future::try_join_all(uploads).await.map_err(failed)?;
+    Ok(CatalogTaskResult::People(PeopleFound { width, height, people, default_index: default as u32 }))
 }
 
 #[cfg(test)]

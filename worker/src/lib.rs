@@ -143,6 +143,16 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     let stages: Vec<&str> = cfg.stages.iter().map(|s| s.name()).collect();
     tracing::info!(name = %cfg.name, queue = %cfg.queue.name, ?stages, "worker started");
     println!("tayori worker {} serving stages {} on queue {}", cfg.name, stages.join(","), cfg.queue.name);
+    // Errors this process met talking to Redis and S3, added to the
+    // cluster's counts for /metrics every 10 s.
+    let mut flush_conn = redis.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let _ = shared::metrics::flush_errors(&mut flush_conn).await;
+        }
+    });
     let drain = runner.clone();
     tokio::spawn(async move {
         shutdown.await;

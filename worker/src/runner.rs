@@ -136,6 +136,7 @@ impl Runner {
                 meta.date_done = Some(Utc::now());
                 if self.tasks.put_meta_unless_done(&meta).await? {
                     handoff::forget(&mut self.redis.clone(), &task_id).await?;
+                    record_end(&mut self.redis.clone(), Some(&err.code), &[]).await;
                     let seq = self.next_seq(&task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::failed(&task_id, 0, 0, &err, seq)).await;
                 }
@@ -260,10 +261,12 @@ impl Runner {
                 tracing::info!(%task_id, duration = result.duration_seconds, "job succeeded");
                 let mut meta = self.current_meta(job).await?;
                 meta.status = TaskStatus::Success;
+                let steps = result.pipeline_metrics.clone();
                 meta.result = Some(result);
                 meta.date_done = Some(Utc::now());
                 if self.tasks.put_meta_unless_done(&meta).await? {
                     handoff::forget(&mut conn, task_id).await?;
+                    record_end(&mut conn, None, &steps).await;
                     let seq = self.next_seq(task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, seq)).await;
                 }
@@ -279,6 +282,7 @@ impl Runner {
                 meta.pipeline_metrics = all;
                 if self.tasks.put_meta_unless_done(&meta).await? {
                     handoff::forget(&mut conn, task_id).await?;
+                    record_end(&mut conn, Some(&err.code), &meta.pipeline_metrics).await;
                     let seq = self.next_seq(task_id).await;
                     pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, seq))
                         .await;
@@ -309,5 +313,17 @@ impl Runner {
             Ok(r) => Ok((r, j.metrics())),
             Err(e) => Err((e, j.failed_step(), j.metrics())),
         }
+    }
+}
+
+/// Count a job's end for `/metrics` (a failure to count is logged, not fatal).
+async fn record_end(
+    conn: &mut shared::redis_conn::ConnectionManager,
+    error_code: Option<&str>,
+    steps: &[shared::job::StageMetric],
+) {
+    if let Err(e) = shared::metrics::record_job_end(conn, error_code, steps).await {
+        shared::metrics::count_error(shared::metrics::Service::Redis);
+        tracing::warn!(error = %e, "could not record the job's metrics");
     }
 }

@@ -36,7 +36,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
 }
 
 /// Run a catalog task on a worker and wait for its result.
-async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
+pub(crate) async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
     let task = CatalogTask { id: uuid::Uuid::new_v4().simple().to_string(), kind };
     let id = task.id.clone();
     state.catalog_queue.push(&task).await?;

@@ -43,7 +43,7 @@ async fn generate(
         upload::discard(mp).await;
         return Err(e);
     }
-    let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background"];
+    let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background", "upload_id"];
     let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
 
     let message = check_message(
@@ -79,23 +79,40 @@ async fn generate(
         None => Background::default(),
         Some(b) => b.parse().map_err(|e: String| AppError::bad_request("invalid-background", e))?,
     };
-    let upload::SpooledFile { path: image, bytes: image_bytes, .. } =
-        form.file.ok_or_else(|| AppError::bad_request("image-missing", "Please choose a photo (field image)."))?;
-    if image_bytes == 0 {
-        return Err(AppError::bad_request("image-missing", "The photo is empty."));
-    }
-    let max_pixels = state.cfg.max_image_pixels;
-    let (image, (kind, width, height)) = tokio::task::spawn_blocking(move || {
-        let checked = check_image(&image, max_pixels);
-        checked.map(|c| (image, c))
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))??;
-
+    let upload_id = form.text("upload_id").map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     let task_id = uuid::Uuid::new_v4().to_string();
-    let image_key = objects::upload_original(&task_id, kind.ext());
-    state.storage.put_file(&image_key, &image, kind.mime()).await?;
-    drop(image);
+    // The photo: sent in this form, or uploaded before straight to S3.
+    let (image_key, uploaded_here, width, height, image_bytes) = match (form.file, upload_id) {
+        (Some(_), Some(_)) => {
+            return Err(AppError::bad_request(
+                "duplicate-field",
+                "Send either the photo (image) or the id of an upload (upload_id), not both.",
+            ));
+        }
+        (None, Some(id)) => {
+            let up = crate::routes::uploads::checked(&state, &id).await?;
+            (up.key, false, up.width, up.height, 0)
+        }
+        (None, None) => {
+            return Err(AppError::bad_request("image-missing", "Please choose a photo (field image)."));
+        }
+        (Some(upload::SpooledFile { path: image, bytes, .. }), None) => {
+            if bytes == 0 {
+                return Err(AppError::bad_request("image-missing", "The photo is empty."));
+            }
+            let max_pixels = state.cfg.max_image_pixels;
+            let (image, (kind, width, height)) = tokio::task::spawn_blocking(move || {
+                let checked = check_image(&image, max_pixels);
+                checked.map(|c| (image, c))
+            })
+            .await
+            .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))??;
+            let image_key = objects::upload_original(&task_id, kind.ext());
+            state.storage.put_file(&image_key, &image, kind.mime()).await?;
+            drop(image);
+            (image_key, true, width, height, bytes)
+        }
+    };
 
     let now = Utc::now();
     let job = VideoJob {
@@ -119,10 +136,13 @@ async fn generate(
     .await;
     if let Err(e) = enqueued {
         // Leave nothing behind for a job that was never queued.
-        let _ = state.storage.delete(&image_key).await;
+        if uploaded_here {
+            let _ = state.storage.delete(&image_key).await;
+        }
         let _ = state.tasks.forget(&task_id).await;
         return Err(e);
     }
+    state.metrics.jobs_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%task_id, width, height, bytes = image_bytes, "job queued");
     Ok((
         StatusCode::ACCEPTED,
@@ -173,10 +193,13 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
             let ttl = state.cfg.presign_ttl;
             let (video_url, expires_at) = state.storage.presign_get(&r.video_key, ttl).await?;
             let (thumbnail_url, _) = state.storage.presign_get(&r.thumbnail_key, ttl).await?;
+            let file_name = format!("tayori-{}.mp4", &task_id[..8]);
+            let (download_url, _) = state.storage.presign_download(&r.video_key, &file_name, ttl).await?;
             Ok(Json(json!({
                 "task_id": task_id,
                 "video_url": video_url,
                 "thumbnail_url": thumbnail_url,
+                "download_url": download_url,
                 "expires_at": expires_at,
                 "duration_seconds": r.duration_seconds,
                 "width": r.width,

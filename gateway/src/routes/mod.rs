@@ -3,5 +3,7 @@
 pub mod catalog;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod page;
 pub mod progress;
+pub mod uploads;

@@ -92,6 +92,7 @@ async fn send_from_log(state: &AppState, task_id: &str, next_seq: &mut u64, sink
 }
 
 async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::Result<()> {
+    let _viewer = state.metrics.viewer();
     let (mut sink, mut stream) = socket.split();
     // Subscribe before reading the log so that nothing falls in between.
     let mut sub = state.hub.subscribe(&task_id);

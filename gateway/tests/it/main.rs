@@ -3,9 +3,12 @@
 
 mod admission;
 mod bad_input;
+mod browser;
 mod catalog;
 mod e2e;
 mod faults;
 mod harness;
+mod metrics;
 mod presign;
 mod soak;
+mod uploads;

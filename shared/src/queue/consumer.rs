@@ -196,6 +196,7 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
             }
             Err(e) => {
                 in_hand.slots.add_permits(n);
+                crate::metrics::count_error(crate::metrics::Service::Redis);
                 tracing::warn!(queue = %queue.name, error = %e, "taking jobs failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -236,6 +237,7 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
             match client.get_multiplexed_async_connection_with_config(&cfg).await {
                 Ok(c) => waker = Some(c),
                 Err(e) => {
+                    crate::metrics::count_error(crate::metrics::Service::Redis);
                     tracing::warn!(queue = %queue.name, error = %e, "no wake-up connection; polling");
                     tokio::time::sleep(queue.idle_wait.min(backoff)).await;
                     continue;
@@ -246,6 +248,7 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
         let woke: redis::RedisResult<Option<(String, String)>> =
             redis::cmd("BLPOP").arg(&queue.keys.wake).arg(queue.idle_wait.as_secs_f64()).query_async(c).await;
         if let Err(e) = woke {
+            crate::metrics::count_error(crate::metrics::Service::Redis);
             tracing::warn!(queue = %queue.name, error = %e, "wake-up wait failed");
             waker = None;
             tokio::time::sleep(backoff).await;
@@ -271,7 +274,10 @@ async fn renewer<T>(queue: Queue<T>, in_hand: Arc<InHand>) {
                     // may get it too (the stage claims keep that harmless).
                     tracing::warn!(queue = %queue.name, ?lost, "job leases ran out while in hand");
                 }
-                Err(e) => tracing::warn!(queue = %queue.name, error = %e, "renewing job leases failed"),
+                Err(e) => {
+                    crate::metrics::count_error(crate::metrics::Service::Redis);
+                    tracing::warn!(queue = %queue.name, error = %e, "renewing job leases failed")
+                }
             }
         }
     }
@@ -294,6 +300,7 @@ async fn settler<T>(queue: Queue<T>, in_hand: Arc<InHand>, mut rx: mpsc::Unbound
             match inv.invoke_async::<u64>(&mut conn).await {
                 Ok(_) => break,
                 Err(e) => {
+                    crate::metrics::count_error(crate::metrics::Service::Redis);
                     tracing::warn!(queue = %queue.name, error = %e, n = batch.len(), "recording job outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -50,10 +50,7 @@ pub async fn detect_person(j: &Job<'_>, original: &Path) -> Result<Found, Pipeli
         for (n, p) in people.iter().enumerate() {
             let crop = detect::crop(&photo, p.body);
             vision::save_jpeg(&crop, &dir.join(format!("person_{n}_crop.jpg")), 92)?;
-            let pw = 256.min(crop.width());
-            let ph = ((crop.height() as u64 * pw as u64) / crop.width() as u64).max(1) as u32;
-            let preview = image::imageops::resize(&crop, pw, ph, image::imageops::FilterType::Triangle);
-            vision::save_jpeg(&preview, &dir.join(format!("person_{n}_preview.jpg")), 85)?;
+            vision::save_jpeg(&detect::preview(&crop), &dir.join(format!("person_{n}_preview.jpg")), 85)?;
             crops.push(crop);
         }
         tracing::info!(people = people.len(), chosen, ?people, "people found");

@@ -123,6 +123,14 @@ pub fn crop(photo: &RgbImage, r: Rect) -> RgbImage {
     image::imageops::crop_imm(photo, r.x, r.y, r.w, r.h).to_image()
 }
 
+/// A small preview of a person's crop (256 pixels wide at most), for the
+/// person picker.
+pub fn preview(crop: &RgbImage) -> RgbImage {
+    let pw = 256.min(crop.width());
+    let ph = ((crop.height() as u64 * pw as u64) / crop.width().max(1) as u64).max(1) as u32;
+    image::imageops::resize(crop, pw, ph, image::imageops::FilterType::Triangle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,123 @@
+//! Operational counters, kept where every process can add to them.
+//!
+//! Job outcomes and step durations are recorded by whichever worker ends a
+//! job, so they live in Redis (`metrics:jobs`, `metrics:steps`: two hashes
+//! with a fixed, small set of fields, so they never grow) and any gateway's
+//! `/metrics` shows the whole cluster. Errors talking to Redis and S3 are
+//! counted in this process ([`count_error`]); a worker adds its counts to
+//! `metrics:errors` now and then ([`flush_errors`]), since Redis may be the
+//! very thing that is down when they happen.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redis::aio::ConnectionLike;
+
+use crate::job::StageMetric;
+
+pub const JOBS_KEY: &str = "metrics:jobs";
+pub const STEPS_KEY: &str = "metrics:steps";
+pub const ERRORS_KEY: &str = "metrics:errors";
+
+/// Upper bounds (seconds) of the step-duration histogram's buckets.
+pub const STEP_BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0];
+
+/// A backing service whose failed calls are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Redis,
+    S3,
+}
+
+impl Service {
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Redis => "redis",
+            Service::S3 => "s3",
+        }
+    }
+}
+
+static REDIS_ERRORS: AtomicU64 = AtomicU64::new(0);
+static S3_ERRORS: AtomicU64 = AtomicU64::new(0);
+static REDIS_FLUSHED: AtomicU64 = AtomicU64::new(0);
+static S3_FLUSHED: AtomicU64 = AtomicU64::new(0);
+
+fn counter(s: Service) -> (&'static AtomicU64, &'static AtomicU64) {
+    match s {
+        Service::Redis => (&REDIS_ERRORS, &REDIS_FLUSHED),
+        Service::S3 => (&S3_ERRORS, &S3_FLUSHED),
+    }
+}
+
+/// Count one failed call to `s` made by this process.
+pub fn count_error(s: Service) {
+    counter(s).0.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Failed calls to `s` made by this process since it started.
+pub fn errors(s: Service) -> u64 {
+    counter(s).0.load(Ordering::Relaxed)
+}
+
+/// Add this process's error counts since the last flush to `metrics:errors`
+/// (fields `redis`, `s3`). What fails to reach Redis is added next time.
+pub async fn flush_errors<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
+    for s in [Service::Redis, Service::S3] {
+        let (total, flushed) = counter(s);
+        let now = total.load(Ordering::Relaxed);
+        let delta = now.saturating_sub(flushed.load(Ordering::Relaxed));
+        if delta > 0 {
+            redis::cmd("HINCRBY").arg(ERRORS_KEY).arg(s.name()).arg(delta).query_async::<i64>(conn).await?;
+            flushed.store(now, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Index of the first bucket that holds `secs` (`STEP_BUCKETS.len()`: +Inf).
+pub fn bucket_of(secs: f64) -> usize {
+    STEP_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(STEP_BUCKETS.len())
+}
+
+/// Record a job's end: `metrics:jobs` `succeeded` or `failed` and
+/// `failed:{code}`, and each step's duration in `metrics:steps`
+/// (`{step}:{bucket}` counts per bucket, not cumulative; `{step}:sum` in
+/// milliseconds; `{step}:count`).
+pub async fn record_job_end<C: ConnectionLike + Send>(
+    conn: &mut C,
+    error_code: Option<&str>,
+    steps: &[StageMetric],
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    match error_code {
+        None => {
+            pipe.hincr(JOBS_KEY, "succeeded", 1).ignore();
+        }
+        Some(code) => {
+            pipe.hincr(JOBS_KEY, "failed", 1).ignore();
+            pipe.hincr(JOBS_KEY, format!("failed:{code}"), 1).ignore();
+        }
+    }
+    for m in steps.iter().filter(|m| m.success) {
+        let secs = m.duration_ms as f64 / 1000.0;
+        pipe.hincr(STEPS_KEY, format!("{}:{}", m.stage, bucket_of(secs)), 1).ignore();
+        pipe.hincr(STEPS_KEY, format!("{}:sum", m.stage), m.duration_ms).ignore();
+        pipe.hincr(STEPS_KEY, format!("{}:count", m.stage), 1).ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_that_holds_them() {
+        assert_eq!(bucket_of(0.0), 0);
+        assert_eq!(bucket_of(0.05), 0);
+        assert_eq!(bucket_of(0.051), 1);
+        assert_eq!(bucket_of(3.9), 6);
+        assert_eq!(bucket_of(120.0), 11);
+        assert_eq!(bucket_of(121.0), STEP_BUCKETS.len());
+    }
+}
