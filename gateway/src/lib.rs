@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod backup;
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod error;

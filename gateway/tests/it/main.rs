@@ -5,6 +5,7 @@ mod admission;
 mod bad_input;
 mod browser;
 mod catalog;
+mod cli;
 mod e2e;
 mod faults;
 mod harness;

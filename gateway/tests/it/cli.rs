@@ -1,0 +1,139 @@
+//! The `tayori` command-line client against a whole stack: lists, a job
+//! followed to its saved video, and the exit codes scripts rely on.
+
+use std::process::{Command, Output};
+
+use crate::harness::{self, Options, Stack};
+
+fn tayori(server: &str, args: &[&str]) -> Output {
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_tayori"));
+    Command::new(bin).arg("--server").arg(server).args(args).env_remove("LANG").output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_lists_submits_saves_and_exits_with_meaning() {
+    let stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = stack.http.clone();
+    let run = move |args: Vec<String>| {
+        let server = server.clone();
+        async move {
+            tokio::task::spawn_blocking(move || tayori(&server, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .await
+                .unwrap()
+        }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let o = run(args(&["voices"])).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().next().unwrap().starts_with("ID"), "{out}");
+    for id in ["ja_mei_female", "ja_nitech_male", "en_slt_female", "en_joe_male"] {
+        assert!(out.contains(id), "{id} in {out}");
+    }
+    let o = run(args(&["voices", "--language", "en", "--json"])).await;
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let o = run(args(&["tracks", "--mood", "cheerful"])).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("celebration_upbeat") && !out.contains("celebration_gentle"), "{out}");
+
+    // A job followed to its end and saved.
+    let video = dir.path().join("video.mp4");
+    let photo = harness::fixture("astronaut.png");
+    let o = run(args(&[
+        "submit",
+        photo.to_str().unwrap(),
+        "--message",
+        "Hello from the command line.",
+        "--voice",
+        "en_joe_male",
+        "--bgm",
+        "celebration_gentle",
+        "--resolution",
+        "512x910",
+        "--out",
+        video.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), stack.logs());
+    let err = String::from_utf8_lossy(&o.stderr);
+    // Not a terminal: each step on its own line, with its percentage.
+    for step in ["Finding the person...", "Speaking the message...", "Making the video and saving it..."] {
+        assert!(err.contains(step), "{step} in {err}");
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("saved:") && out.contains("video.mp4"), "{out}");
+    let (vcodec, w, h, acodec, dur) = harness::ffprobe(&video);
+    assert_eq!((vcodec.as_str(), w, h, acodec.as_str()), ("h264", 512, 910, "aac"));
+    assert!(dur > 1.0);
+    assert!(!dir.path().join("video.part").exists());
+
+    // --json: one JSON object on stdout.
+    let o = run(args(&[
+        "submit",
+        photo.to_str().unwrap(),
+        "-m",
+        "JSON please.",
+        "-v",
+        "en_slt_female",
+        "--resolution",
+        "512x910",
+        "--json",
+    ]))
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "SUCCESS");
+    assert!(v["video_url"].as_str().unwrap().starts_with("http"));
+
+    // Exit codes.
+    let coffee = harness::fixture("coffee.png");
+    let o = run(args(&["submit", coffee.to_str().unwrap(), "-m", "x", "-v", "en_joe_male", "--resolution", "512x910"]))
+        .await;
+    assert_eq!(o.status.code(), Some(5), "the job fails: no person\n{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-person"), "{}", text(&o));
+    let o = run(args(&["submit", photo.to_str().unwrap(), "-m", "x", "-v", "nobody"])).await;
+    assert_eq!(o.status.code(), Some(3), "refused: unknown voice\n{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown-voice"), "{}", text(&o));
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not a photo").unwrap();
+    let o = run(args(&["submit", notes.to_str().unwrap(), "-m", "x", "-v", "en_joe_male"])).await;
+    assert_eq!(o.status.code(), Some(3), "refused: not a photo\n{}", text(&o));
+    let o = run(args(&["submit", "/no/such/photo.jpg", "-m", "x", "-v", "en_joe_male"])).await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(args(&["submit", photo.to_str().unwrap()])).await;
+    assert_eq!(o.status.code(), Some(2), "missing --message and --voice\n{}", text(&o));
+    let dead = format!("http://127.0.0.1:{}", harness::free_port());
+    let o = tokio::task::spawn_blocking(move || tayori(&dead, &["voices"])).await.unwrap();
+    assert_eq!(o.status.code(), Some(6), "nothing listening\n{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_says_busy_with_its_own_exit_code() {
+    // One job a minute per client: the second is rate-limited (429).
+    let env = vec![("TAYORI_RATE_LIMIT_PER_MIN".to_owned(), "1".to_owned())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    let photo = harness::fixture("astronaut.png");
+    let server = stack.http.clone();
+    let o = tokio::task::spawn_blocking(move || {
+        let p = photo.to_str().unwrap();
+        let _first = tayori(&server, &["submit", p, "-m", "x", "-v", "en_joe_male", "--timeout", "1", "-q"]);
+        tayori(&server, &["submit", p, "-m", "x", "-v", "en_joe_male", "--timeout", "1", "-q"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("try again in"), "{}", text(&o));
+}
