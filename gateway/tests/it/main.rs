@@ -6,6 +6,7 @@ mod bad_input;
 mod browser;
 mod catalog;
 mod cli;
+mod deploy;
 mod e2e;
 mod faults;
 mod harness;

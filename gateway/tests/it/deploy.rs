@@ -1,0 +1,64 @@
+//! The deployment files, checked without a Docker engine by
+//! `scripts/check_compose.py` (Compose Specification schema, what tayori
+//! needs, Dockerfile sources): the real files pass, broken ones do not.
+
+use std::process::Command;
+
+use crate::harness;
+
+fn check(compose: &std::path::Path) -> (bool, String) {
+    let o = Command::new("python3")
+        .arg(harness::repo_root().join("scripts/check_compose.py"))
+        .arg(compose)
+        .env(
+            "TAYORI_CACHE_DIR",
+            std::env::var("TAYORI_CACHE_DIR")
+                .unwrap_or_else(|_| harness::repo_root().join(".cache").display().to_string()),
+        )
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+#[test]
+fn the_compose_file_is_valid_and_broken_ones_are_caught() {
+    let root = harness::repo_root();
+    let (ok, out) = check(&root.join("docker-compose.yml"));
+    assert!(ok, "{out}");
+    assert!(out.contains("valid against the Compose Specification schema"), "{out}");
+
+    let good = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["Dockerfile", ".dockerignore", "lifecycle.json", "Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    for d in ["shared", "gateway", "worker", "data", "scripts"] {
+        std::os::unix::fs::symlink(root.join(d), dir.path().join(d)).unwrap();
+    }
+    let cases = [
+        ("a misspelt key", good.replace("    stop_grace_period: 5m", "    stop_grace_periods: 5m"), "schema"),
+        (
+            "a worker that cannot scale",
+            good.replace("    stop_grace_period: 5m", "    stop_grace_period: 5m\n    container_name: w"),
+            "scale",
+        ),
+        ("Redis without AOF", good.replace("\"--appendonly\", \"yes\"", "\"--appendonly\", \"no\""), "appendonly"),
+        (
+            "an unknown dependency",
+            good.replace(
+                "      redis:\n        condition: service_healthy\n      gateway:",
+                "      rediss:\n        condition: service_healthy\n      gateway:",
+            ),
+            "unknown service",
+        ),
+        ("a wrong type", good.replace("      retries: 10", "      retries: [10]"), "schema"),
+    ];
+    for (what, text, expect) in cases {
+        assert_ne!(text, good, "{what}: the case changes nothing");
+        let path = dir.path().join("docker-compose.yml");
+        std::fs::write(&path, text).unwrap();
+        let (ok, out) = check(&path);
+        assert!(!ok, "{what} passed:\n{out}");
+        assert!(out.contains(expect), "{what}: {out}");
+    }
+}
