@@ -27,7 +27,8 @@ use shared::lifecycle::LifecycleRules;
 use shared::storage::Storage;
 use shared::tasks::TaskStore;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::LatencyUnit;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 
 pub use config::GatewayConfig;
 use hub::ProgressHub;
@@ -50,7 +51,13 @@ pub fn app(state: AppState) -> Router {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router.layer(TraceLayer::new_for_http()).with_state(state)
+    // One span per request (method, path), closed by a line with the status
+    // and the latency, at the info level that operators see by default.
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO).latency_unit(LatencyUnit::Millis));
+    router.layer(trace).with_state(state)
 }
 
 /// Retry an async start-up step for up to `patience` (services started

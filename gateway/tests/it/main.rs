@@ -10,6 +10,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod harness;
+mod logs;
 mod metrics;
 mod presign;
 mod soak;
