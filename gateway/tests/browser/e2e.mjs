@@ -6,7 +6,7 @@
 //   ARTIFACTS    where screenshots and the downloaded video go
 // Exits non-zero with a message on the first check that fails.
 import { chromium } from "playwright-core";
-import { writeFileSync, readFileSync, statSync } from "node:fs";
+import { writeFileSync, readFileSync, statSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import assert from "node:assert/strict";
 
@@ -148,6 +148,33 @@ try {
   await page.click("#again");
   assert.ok(await page.isHidden("#result"));
 
+  // ---- a dropped connection: the gateway is killed while the page follows
+  // a job (the test harness restarts it when told), the page reconnects ----
+  await page.setInputFiles("#image", join(fixtures, "astronaut.png"));
+  await page.waitForFunction(() => /person found/.test(document.getElementById("photo-status").textContent), null, { timeout: 60000 });
+  await page.fill("#message", "The connection will drop while this is made.");
+  await page.check("#voice_profile_id-en_slt_female");
+  await page.selectOption("#resolution", "512x910");
+  await page.evaluate(() => {
+    window.stepTexts = [];
+    const step = document.getElementById("step");
+    new MutationObserver(() => window.stepTexts.push(step.textContent)).observe(step, { childList: true, characterData: true, subtree: true });
+  });
+  await page.click("#submit");
+  await page.waitForSelector("#job:not([hidden])");
+  console.log("DROP");
+  const restarted = join(out, "gateway-restarted");
+  for (let i = 0; i < 600 && !existsSync(restarted); i++) await page.waitForTimeout(100);
+  assert.ok(existsSync(restarted), "the harness restarted the gateway");
+  await page.waitForSelector("#result:not([hidden])", { timeout: 120000 });
+  const texts = await page.evaluate(() => window.stepTexts);
+  assert.ok(texts.includes("Connection lost; reconnecting…"), `the page said it was reconnecting: ${texts}`);
+  assert.equal(await page.textContent("#step"), "Done!");
+  await page.waitForFunction(() => document.getElementById("video").readyState >= 1, null, { timeout: 30000 });
+  await shot("05b-after-reconnect");
+  log("gateway killed and restarted mid-job: the page reconnected and shows the video");
+  await page.click("#again");
+
   // ---- keyboard: every control is reachable with Tab, focus is visible ----
   await page.goto(url);
   await page.waitForSelector("#voices input");
@@ -224,9 +251,10 @@ try {
   await page.waitForFunction(() => /Deleted/.test(document.getElementById("form-ok").textContent));
   log("track added and deleted");
 
-  // Errors the server logged in the page's console are failures too (the
-  // 415 of the fake PNG is an answered request, not a script error).
-  const real = problems.filter((p) => !/status of 4\d\d/.test(p));
+  // Script errors fail the test. The browser's own network lines are
+  // expected: the 415 of the fake PNG, and refused reconnects while the
+  // gateway was down.
+  const real = problems.filter((p) => !/status of 4\d\d|net::ERR_CONNECTION_REFUSED/.test(p));
   assert.deepEqual(real, [], "no script errors in the pages");
   writeFileSync(join(out, "summary.json"), JSON.stringify({ video, steps_seen_live: [...seen], seconds: (Date.now() - t0) / 1000 }, null, 2));
   log("all browser checks passed");

@@ -36,20 +36,39 @@ async fn the_page_makes_a_video_in_chromium() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("node is needed for the browser test");
+    // Stdout is read line by line: "DROP" asks for the gateway to be
+    // killed and started again while the page follows a job.
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
-    let read = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
-        tokio::spawn(async move {
-            let mut s = String::new();
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut r, &mut s).await;
-            s
-        })
-    };
-    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
-    let status = tokio::time::timeout(Duration::from_secs(420), child.wait()).await;
-    let (out, err) = (out.await.unwrap(), err.await.unwrap());
-    println!("{out}\n{err}");
-    let status = status.unwrap_or_else(|_| panic!("the browser test ran past 420 s\n{out}\n{err}\n{}", stack.logs()));
+    let err = tokio::spawn(async move {
+        let mut s = String::new();
+        let mut r = stderr;
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut r, &mut s).await;
+        s
+    });
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut out = String::new();
+    let mut stack = stack;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(420);
+    loop {
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            Ok(_) => break,
+            Err(_) => panic!("the browser test ran past 420 s\n{out}\n{}", stack.logs()),
+        };
+        println!("{line}");
+        if line == "DROP" {
+            stack.kill_gateway();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            stack.start_gateway().await;
+            std::fs::write(artifacts.join("gateway-restarted"), b"").unwrap();
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("node exits");
+    let err = err.await.unwrap();
+    eprintln!("{err}");
     assert!(status.unwrap().success(), "the browser test failed:\n{out}\n{err}\n{}", stack.logs());
     println!("browser test took {:.1} s; artifacts in {}", t0.elapsed().as_secs_f64(), artifacts.display());
     for shot in ["01-error-text-file", "03-form-filled", "04-progress", "05-result", "06-phone-ja", "07-voices"] {
