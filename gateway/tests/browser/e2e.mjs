@@ -89,6 +89,20 @@ try {
   await page.selectOption("#resolution", "512x910");
   await shot("03-form-filled");
 
+  // A busy server (503 with Retry-After, as the gateway answers when its
+  // queue is full) is said in words with the wait, next to the button.
+  await page.route("**/api/video/generate", (route) => route.fulfill({
+    status: 503,
+    headers: { "Retry-After": "30", "Content-Type": "application/json" },
+    body: JSON.stringify({ error: { code: "server-busy", message: "The server is busy (1000 videos waiting). Try again in 30 s." } }),
+  }));
+  await page.click("#submit");
+  await page.waitForSelector("#form-error:not([hidden])");
+  assert.equal(await page.textContent("#form-error"), "The server is busy. Please try again in 30 s.");
+  assert.ok(await page.isEnabled("#submit"), "the button is usable again");
+  await page.unroute("**/api/video/generate");
+  log("a busy server is said in words, with the wait");
+
   // ---- submit, watch the steps, reload in the middle ----
   await page.click("#submit");
   await page.waitForSelector("#job:not([hidden])");
@@ -227,12 +241,13 @@ try {
   await page.click("#submit");
   await page.waitForFunction(() => /Added/.test(document.getElementById("form-ok").textContent), null, { timeout: 90000 });
   const added = page.locator("#list li", { hasText: "Browser test voice" });
+  await added.waitFor({ timeout: 10000 });
   assert.equal(await added.count(), 1);
   await shot("07-voices");
   page.once("dialog", (d) => d.accept());
   await added.locator("button", { hasText: "Delete" }).click();
   await page.waitForFunction(() => /Deleted/.test(document.getElementById("form-ok").textContent));
-  assert.equal(await page.locator("#list li", { hasText: "Browser test voice" }).count(), 0);
+  await page.locator("#list li", { hasText: "Browser test voice" }).waitFor({ state: "detached", timeout: 10000 });
   log("voice added from a recording file and deleted");
 
   // ---- music: add a track, delete it ----
@@ -244,17 +259,19 @@ try {
   await page.click("#submit");
   await page.waitForFunction(() => /Added/.test(document.getElementById("form-ok").textContent), null, { timeout: 90000 });
   const track = page.locator("#list li", { hasText: "Browser test track" });
+  await track.waitFor({ timeout: 10000 });
   assert.equal(await track.count(), 1);
   await shot("08-music");
   page.once("dialog", (d) => d.accept());
   await track.locator("button", { hasText: "Delete" }).click();
   await page.waitForFunction(() => /Deleted/.test(document.getElementById("form-ok").textContent));
+  await track.waitFor({ state: "detached", timeout: 10000 });
   log("track added and deleted");
 
   // Script errors fail the test. The browser's own network lines are
-  // expected: the 415 of the fake PNG, and refused reconnects while the
-  // gateway was down.
-  const real = problems.filter((p) => !/status of 4\d\d|net::ERR_CONNECTION_REFUSED/.test(p));
+  // expected: the 415 of the fake PNG, the 503 of the busy server, and
+  // refused reconnects while the gateway was down.
+  const real = problems.filter((p) => !/status of (4\d\d|503)|net::ERR_CONNECTION_REFUSED/.test(p));
   assert.deepEqual(real, [], "no script errors in the pages");
   writeFileSync(join(out, "summary.json"), JSON.stringify({ video, steps_seen_live: [...seen], seconds: (Date.now() - t0) / 1000 }, null, 2));
   log("all browser checks passed");

@@ -170,7 +170,11 @@ async fn health_reports_redis_s3_and_the_catalog() {
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
     // The page is served and wired to the API.
     let page = reqwest::get(format!("{}/", stack.http)).await.unwrap().text().await.unwrap();
-    assert!(page.contains("/api/video/generate") && page.contains("/ws/progress/") && page.contains("<video"));
+    assert!(page.contains("<video") && page.contains("/static/app.js"), "{page}");
+    let js = reqwest::get(format!("{}/static/app.js", stack.http)).await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    let js = js.text().await.unwrap();
+    assert!(js.contains("/api/video/generate") && js.contains("/ws/progress/") && js.contains("/api/uploads"));
 }
 
 /// Send a multipart upload whose photo is `total` bytes of zeros straight

@@ -27,7 +27,14 @@ async fn post_to_s3(p: &Value, body: Vec<u8>, content_type: &str) -> reqwest::St
     }
     let part = reqwest::multipart::Part::bytes(body).file_name("photo").mime_str(content_type).unwrap();
     form = form.part(p["file_field"].as_str().unwrap().to_owned(), part);
-    reqwest::Client::new().post(p["url"].as_str().unwrap()).multipart(form).send().await.unwrap().status()
+    // An endpoint may refuse an oversized upload by answering 4xx or by
+    // closing the connection before the client has sent it all: a refusal
+    // either way (reported as 413 here).
+    match reqwest::Client::new().post(p["url"].as_str().unwrap()).multipart(form).send().await {
+        Ok(r) => r.status(),
+        Err(e) if e.is_request() => reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+        Err(e) => panic!("{e:?}"),
+    }
 }
 
 async fn people(stack: &Stack, upload_id: &str) -> (reqwest::StatusCode, Value) {
