@@ -262,9 +262,8 @@ async fn follow(client: &Client, task_id: &str, bar: &indicatif::ProgressBar, li
                             }
                             last_step.clone_from(&text);
                             bar.set_message(text);
-                            match ev["status"].as_str() {
-                                Some(s @ ("SUCCESS" | "FAILURE")) => return Ok(s.to_owned()),
-                                _ => {}
+                            if let Some(s @ ("SUCCESS" | "FAILURE")) = ev["status"].as_str() {
+                                return Ok(s.to_owned());
                             }
                         }
                         Ok(Message::Close(Some(frame))) if u16::from(frame.code) == 4404 => {
@@ -281,14 +280,15 @@ async fn follow(client: &Client, task_id: &str, bar: &indicatif::ProgressBar, li
             Err(_) => failures += 1,
         }
         // The socket ended without a final event, or could not be opened.
-        let status = client.get(&format!("/api/video/status/{task_id}")).await;
-        if let Ok(s) = &status
-            && let Some(st @ ("SUCCESS" | "FAILURE")) = s["status"].as_str()
-        {
-            return Ok(st.to_owned());
-        }
-        if failures > 0 && status.is_err() && failures >= 10 {
-            return Err(status.err().expect("checked"));
+        match client.get(&format!("/api/video/status/{task_id}")).await {
+            Ok(s) => {
+                if let Some(st @ ("SUCCESS" | "FAILURE")) = s["status"].as_str() {
+                    return Ok(st.to_owned());
+                }
+            }
+            // The server has been unreachable for a while: give up.
+            Err(e) if failures >= 10 => return Err(e),
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(500 * u64::from(failures.clamp(1, 8)))).await;
     }
