@@ -73,7 +73,7 @@ function showPeople(found) {
       el("img", { src: p.preview_url, alt: t("person_n", p.index), loading: "lazy" }),
       el("span", {}, t("person_n", p.index))));
   }
-  $("people-box").hidden = found.people.length < 2;
+  $("people-box").hidden = found.people.length === 0;
 }
 
 function setupPhoto() {

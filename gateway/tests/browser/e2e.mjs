@@ -80,6 +80,12 @@ try {
   await page.setInputFiles("#image", join(fixtures, "astronaut.png"));
   await page.waitForFunction(() => /person found/.test(document.getElementById("photo-status").textContent), null, { timeout: 60000 });
   assert.ok(await page.isHidden("#photo-error"));
+  // The person's preview (from S3) is shown, chosen.
+  await page.waitForFunction(() => {
+    const img = document.querySelector("#people .person img");
+    return img && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: 10000 });
+  assert.ok(await page.isChecked("#person-0"));
   log("photo uploaded to S3; people found:", await page.textContent("#photo-status"));
 
   await page.fill("#message", "Happy birthday! Thank you for everything.");
@@ -164,8 +170,14 @@ try {
 
   // ---- a dropped connection: the gateway is killed while the page follows
   // a job (the test harness restarts it when told), the page reconnects ----
-  await page.setInputFiles("#image", join(fixtures, "astronaut.png"));
-  await page.waitForFunction(() => /person found/.test(document.getElementById("photo-status").textContent), null, { timeout: 60000 });
+  // Two people this time (the photo twice, side by side): pick the second.
+  await page.setInputFiles("#image", process.env.TWINS);
+  await page.waitForFunction(() => /2 people found/.test(document.getElementById("photo-status").textContent), null, { timeout: 60000 });
+  assert.equal(await page.locator("#people .person").count(), 2);
+  await page.check("#person-1");
+  const sent = new Promise((resolve) => page.on("request", (r) => {
+    if (r.url().endsWith("/api/video/generate") && r.method() === "POST") resolve(r.postData());
+  }));
   await page.fill("#message", "The connection will drop while this is made.");
   await page.check("#voice_profile_id-en_slt_female");
   await page.selectOption("#resolution", "512x910");
@@ -176,6 +188,7 @@ try {
   });
   await page.click("#submit");
   await page.waitForSelector("#job:not([hidden])");
+  assert.match(await sent, /name="person_index"\r\n\r\n1\r\n/, "the chosen person is sent");
   console.log("DROP");
   const restarted = join(out, "gateway-restarted");
   for (let i = 0; i < 600 && !existsSync(restarted); i++) await page.waitForTimeout(100);

@@ -21,6 +21,18 @@ async fn the_page_makes_a_video_in_chromium() {
     let _ = std::fs::remove_dir_all(&artifacts);
     std::fs::create_dir_all(&artifacts).unwrap();
     let fixtures = harness::fixture("astronaut.png").parent().unwrap().to_owned();
+    // A photo of two people: the astronaut twice, side by side.
+    let twins = artifacts.join("twins.png");
+    let made = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+        .arg(harness::fixture("astronaut.png"))
+        .arg("-i")
+        .arg(harness::fixture("astronaut.png"))
+        .args(["-filter_complex", "hstack"])
+        .arg(&twins)
+        .status()
+        .unwrap();
+    assert!(made.success());
 
     let t0 = Instant::now();
     let mut child = tokio::process::Command::new("node")
@@ -28,6 +40,7 @@ async fn the_page_makes_a_video_in_chromium() {
         .current_dir(&browser_dir)
         .env("TAYORI_URL", format!("{}/", stack.http))
         .env("FIXTURES", &fixtures)
+        .env("TWINS", &twins)
         .env("DATA_DIR", &stack.data_dir)
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", &chromium)
