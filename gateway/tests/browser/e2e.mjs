@@ -76,8 +76,17 @@ try {
   await shot("02-error-fake-png");
   log("a text file is refused with words, by the page and by the server");
 
-  // ---- the real photo, straight to S3, then its people ----
-  await page.setInputFiles("#image", join(fixtures, "astronaut.png"));
+  // ---- the real photo, dropped on the page, straight to S3, then its people ----
+  const b64 = readFileSync(join(fixtures, "astronaut.png")).toString("base64");
+  const dropped = await page.evaluateHandle((data) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], "astronaut.png", { type: "image/png" }));
+    return dt;
+  }, b64);
+  await page.dispatchEvent("#drop", "dragover", { dataTransfer: dropped });
+  assert.ok(await page.$eval("#drop", (d) => d.classList.contains("over")), "the drop zone lights up");
+  await page.dispatchEvent("#drop", "drop", { dataTransfer: dropped });
   await page.waitForFunction(() => /person found/.test(document.getElementById("photo-status").textContent), null, { timeout: 60000 });
   assert.ok(await page.isHidden("#photo-error"));
   // The person's preview (from S3) is shown, chosen.
@@ -86,7 +95,7 @@ try {
     return img && img.complete && img.naturalWidth > 0;
   }, null, { timeout: 10000 });
   assert.ok(await page.isChecked("#person-0"));
-  log("photo uploaded to S3; people found:", await page.textContent("#photo-status"));
+  log("photo dropped and uploaded to S3; people found:", await page.textContent("#photo-status"));
 
   await page.fill("#message", "Happy birthday! Thank you for everything.");
   assert.equal(await page.textContent("#count"), "41 / 500");
