@@ -66,6 +66,7 @@ if ! curl -fsS "http://127.0.0.1:$port/health" >/dev/null; then
 fi
 echo
 echo "  tayori is running: open http://127.0.0.1:$port/"
+echo "  command line: target/release/tayori --server http://127.0.0.1:$port --help"
 echo "  logs: $home/logs   stop: Ctrl-C"
 echo
 wait -n "${pids[@]}" || true

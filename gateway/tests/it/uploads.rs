@@ -157,3 +157,27 @@ async fn uploads_that_are_not_photos_are_refused_and_removed() {
         reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_policies_have_their_own_rate_limit() {
+    // One video a minute per client, so four upload policies a minute.
+    let env = vec![("TAYORI_RATE_LIMIT_PER_MIN".to_owned(), "1".to_owned())];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
+    for i in 0..4 {
+        let (status, body) = policy(&stack, "image/png").await;
+        assert_eq!(status, 201, "policy {i}: {body}");
+    }
+    let r =
+        reqwest::Client::new().post(format!("{}/api/uploads?content_type=image/png", stack.http)).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate-limited");
+    assert!(body["error"]["message"].as_str().unwrap().contains("uploads"), "{body}");
+    // The uploads did not use up the video allowance.
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let (status, body) =
+        harness::submit(&stack, photo, "a.png", &[("message", "x"), ("voice_profile_id", "en_joe_male")]).await;
+    assert_eq!(status, 202, "{body}");
+}
