@@ -162,7 +162,14 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
     }
 }
 
-async fn people(State(state): State<AppState>, Path(upload_id): Path<String>) -> AppResult<impl IntoResponse> {
+async fn people(
+    State(state): State<AppState>,
+    ip: crate::admission::ClientIp,
+    Path(upload_id): Path<String>,
+) -> AppResult<impl IntoResponse> {
+    // Each call costs a worker a detection run: bounded per client like the policies.
+    let per_minute = state.cfg.rate_limit_per_min.saturating_mul(UPLOADS_PER_VIDEO);
+    crate::admission::rate_limit_scoped(&mut state.redis.clone(), "people", ip.0, per_minute).await?;
     let upload = checked(&state, &upload_id).await?;
     let task = CatalogTaskKind::DetectPeople { source_key: upload.key.clone(), upload_id: upload_id.clone() };
     let found = match super::catalog::run_task(&state, task).await? {

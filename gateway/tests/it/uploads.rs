@@ -175,6 +175,13 @@ async fn upload_policies_have_their_own_rate_limit() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate-limited");
     assert!(body["error"]["message"].as_str().unwrap().contains("uploads"), "{body}");
+    // Finding people has its own allowance too.
+    let id = uuid::Uuid::new_v4().to_string();
+    for _ in 0..4 {
+        assert_eq!(people(&stack, &id).await.0, 404);
+    }
+    let (status, body) = people(&stack, &id).await;
+    assert_eq!(status, 429, "{body}");
     // The uploads did not use up the video allowance.
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let (status, body) =
