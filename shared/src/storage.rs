@@ -404,18 +404,33 @@ impl Storage {
         Ok(req.uri().to_owned())
     }
 
-    /// A presigned POST policy: the S3 endpoint itself enforces the key, the
-    /// content type and `content-length-range` 0..=max_bytes.
-    pub fn presign_post(&self, key: &str, content_type: &str, max_bytes: u64, ttl: Duration) -> PresignedPost {
-        let now = Utc::now();
-        let url = match &self.cfg.public_endpoint {
+    /// The bucket's address as browsers reach it (path-style or virtual-host).
+    pub fn public_bucket_url(&self) -> String {
+        match &self.cfg.public_endpoint {
             Some(ep) if self.cfg.path_style => format!("{}/{}", ep.trim_end_matches('/'), self.cfg.bucket),
             Some(ep) => {
                 let (scheme, host) = ep.split_once("://").unwrap_or(("https", ep));
                 format!("{scheme}://{}.{}", self.cfg.bucket, host.trim_end_matches('/'))
             }
             None => format!("https://{}.s3.{}.amazonaws.com", self.cfg.bucket, self.cfg.region),
-        };
+        }
+    }
+
+    /// The origin (`scheme://host[:port]`) of [`Storage::public_bucket_url`]:
+    /// where browsers send uploads and fetch previews and videos.
+    pub fn public_origin(&self) -> String {
+        let url = self.public_bucket_url();
+        let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(&url);
+        let host = rest.split('/').next().unwrap_or(rest);
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("https");
+        format!("{scheme}://{host}")
+    }
+
+    /// A presigned POST policy: the S3 endpoint itself enforces the key, the
+    /// content type and `content-length-range` 0..=max_bytes.
+    pub fn presign_post(&self, key: &str, content_type: &str, max_bytes: u64, ttl: Duration) -> PresignedPost {
+        let now = Utc::now();
+        let url = self.public_bucket_url();
         let post = sign_post_policy(&PostPolicyInput {
             bucket: &self.cfg.bucket,
             key,

@@ -8,6 +8,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -26,9 +27,9 @@ const APP_CSS: &str = include_str!("../../static/app.css");
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { page(INDEX_HTML, &h) }))
-        .route("/voices", get(|h: HeaderMap| async move { page(VOICES_HTML, &h) }))
-        .route("/music", get(|h: HeaderMap| async move { page(MUSIC_HTML, &h) }))
+        .route("/", get(|State(s): State<AppState>, h: HeaderMap| async move { page(&s, INDEX_HTML, &h) }))
+        .route("/voices", get(|State(s): State<AppState>, h: HeaderMap| async move { page(&s, VOICES_HTML, &h) }))
+        .route("/music", get(|State(s): State<AppState>, h: HeaderMap| async move { page(&s, MUSIC_HTML, &h) }))
         .route("/static/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/static/manage.js", get(|| async { asset(MANAGE_JS, "text/javascript; charset=utf-8") }))
         .route("/static/common.js", get(|| async { asset(COMMON_JS, "text/javascript; charset=utf-8") }))
@@ -58,17 +59,29 @@ pub fn language(headers: &HeaderMap) -> &'static str {
     }
 }
 
-fn page(html: &'static str, headers: &HeaderMap) -> Response {
+/// The pages' Content-Security-Policy: scripts, styles and connections to
+/// this origin only, plus the S3 endpoint (uploads, people previews, audio
+/// previews and the video), which may be on another host or port.
+pub fn content_security_policy(s3_origin: &str) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: {s3_origin}; \
+         media-src 'self' blob: {s3_origin}; connect-src 'self' {s3_origin}; form-action 'self'; \
+         frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    )
+}
+
+fn page(state: &AppState, html: &'static str, headers: &HeaderMap) -> Response {
     let lang = language(headers);
     let body = html.replacen("<html lang=\"en\">", &format!("<html lang=\"{lang}\">"), 1);
     let mut resp = Html(body).into_response();
     let h = resp.headers_mut();
     h.insert(header::VARY, HeaderValue::from_static("Accept-Language"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // The page talks to this origin and to the S3 endpoint (uploads,
-    // previews, the video), which may be on another host or port.
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if let Ok(csp) = HeaderValue::from_str(&content_security_policy(&state.storage.public_origin())) {
+        h.insert(header::CONTENT_SECURITY_POLICY, csp);
+    }
     resp
 }
 

@@ -169,7 +169,13 @@ async fn health_reports_redis_s3_and_the_catalog() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
     // The page is served and wired to the API.
-    let page = reqwest::get(format!("{}/", stack.http)).await.unwrap().text().await.unwrap();
+    let page = reqwest::get(format!("{}/", stack.http)).await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains("script-src 'self';") && csp.contains(&format!("connect-src 'self' {};", stack.s3_endpoint)),
+        "{csp}"
+    );
+    let page = page.text().await.unwrap();
     assert!(page.contains("<video") && page.contains("/static/app.js"), "{page}");
     let js = reqwest::get(format!("{}/static/app.js", stack.http)).await.unwrap();
     assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
