@@ -257,6 +257,13 @@ try {
   await page.waitForSelector("#playback:not([hidden])", { timeout: 10000 });
   assert.match(await page.textContent("#recorded"), /Recorded \d/);
   log("recorded from the (fake) microphone:", await page.textContent("#recorded"));
+  // The recording (made into a WAV by the page) goes to the server, which
+  // measures it: 1.5 s is too short, and the page says so.
+  await page.fill("#name", "Too short");
+  await page.click("#submit");
+  await page.waitForSelector("#form-error:not([hidden])", { timeout: 60000 });
+  assert.equal(await page.textContent("#form-error"), "The recording must be 3 to 30 seconds long.");
+  log("the recorded WAV reached the server, which measured it as too short");
   await page.fill("#name", "Browser test voice");
   await page.selectOption("#language", "ja");
   await page.setInputFiles("#file", join(data, "voices/system/ja_mei_female.wav"));
