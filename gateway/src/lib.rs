@@ -148,7 +148,9 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     let listener = TcpListener::bind(state.cfg.bind).await.with_context(|| format!("binding {}", state.cfg.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "gateway listening");
-    println!("tayori gateway listening on http://{addr}");
+    if !shared::telemetry::json_logs() {
+        println!("tayori gateway listening on http://{addr}");
+    }
     let header_timeout = state.cfg.header_read_timeout;
     let result = serve::serve(listener, app(state), header_timeout, async move {
         shutdown.await;

@@ -142,7 +142,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         .collect();
     let stages: Vec<&str> = cfg.stages.iter().map(|s| s.name()).collect();
     tracing::info!(name = %cfg.name, queue = %cfg.queue.name, ?stages, "worker started");
-    println!("tayori worker {} serving stages {} on queue {}", cfg.name, stages.join(","), cfg.queue.name);
+    if !shared::telemetry::json_logs() {
+        println!("tayori worker {} serving stages {} on queue {}", cfg.name, stages.join(","), cfg.queue.name);
+    }
     // Errors this process met talking to Redis and S3, added to the
     // cluster's counts for /metrics every 10 s.
     let mut flush_conn = redis.clone();
