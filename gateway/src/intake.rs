@@ -80,6 +80,17 @@ pub fn sniff_audio(head: &[u8]) -> Option<AudioKind> {
     }
 }
 
+/// [`check_image`] on the blocking pool (it reads the file); the file is
+/// handed back with the photo's type and size.
+pub async fn check_image_file(
+    file: tempfile::TempPath,
+    max_pixels: u64,
+) -> Result<(tempfile::TempPath, (ImageKind, u32, u32)), AppError> {
+    tokio::task::spawn_blocking(move || check_image(&file, max_pixels).map(|c| (file, c)))
+        .await
+        .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))?
+}
+
 /// Check a spooled photo: a supported format whose header gives sane
 /// dimensions. Nothing is decoded, so a huge declared size costs nothing.
 pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind, u32, u32), AppError> {

@@ -50,7 +50,7 @@ pub fn job_stages(task_id: &str) -> String {
 }
 
 /// A photo uploaded straight to S3 through a presigned POST policy: its
-/// object key and declared type, until a job uses it (1 hour).
+/// object key, until a job uses it (1 hour).
 pub fn upload(upload_id: &str) -> String {
     format!("upload:{upload_id}")
 }

@@ -405,14 +405,10 @@ async fn detect_people(
     .map_err(failed)?;
     let (width, height, people, default) = match found {
         Ok(f) => f,
-        Err(VisionError::NoPerson) => {
-            return Err(rejected(
-                "no-person",
-                "No person was found in the photo. Please use a photo where a face is clearly visible, looking at the camera.",
-            ));
-        }
-        Err(VisionError::Decode(_)) => {
-            return Err(rejected("image-unreadable", "The photo could not be read as an image."));
+        // The photo's fault: the same words a job would fail with.
+        Err(e @ (VisionError::NoPerson | VisionError::Decode(_))) => {
+            let err = crate::pipeline::PipelineError::Vision(e).to_job_error();
+            return Err(rejected(&err.code, err.message));
         }
         Err(e) => return Err(failed(e)),
     };

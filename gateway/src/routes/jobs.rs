@@ -13,7 +13,7 @@ use shared::keys::objects;
 use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 
 use crate::error::{AppError, AppResult};
-use crate::intake::{check_image, check_message, check_task_id};
+use crate::intake::{check_image_file, check_message, check_task_id};
 use crate::state::AppState;
 use crate::upload;
 
@@ -100,13 +100,7 @@ async fn generate(
             if bytes == 0 {
                 return Err(AppError::bad_request("image-missing", "The photo is empty."));
             }
-            let max_pixels = state.cfg.max_image_pixels;
-            let (image, (kind, width, height)) = tokio::task::spawn_blocking(move || {
-                let checked = check_image(&image, max_pixels);
-                checked.map(|c| (image, c))
-            })
-            .await
-            .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))??;
+            let (image, (kind, width, height)) = check_image_file(image, state.cfg.max_image_pixels).await?;
             let image_key = objects::upload_original(&task_id, kind.ext());
             state.storage.put_file(&image_key, &image, kind.mime()).await?;
             drop(image);

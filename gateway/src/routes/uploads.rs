@@ -19,14 +19,14 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use chrono::Utc;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use shared::catalog_task::{CatalogTaskKind, CatalogTaskResult};
 use shared::keys::{self, objects};
 use shared::storage::StorageError;
 
 use crate::error::{AppError, AppResult};
-use crate::intake::{ImageKind, check_image, check_task_id};
+use crate::intake::{ImageKind, check_image_file, check_task_id};
 use crate::state::AppState;
 
 /// How long a client has to start the upload once it has the policy.
@@ -41,11 +41,10 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/api/uploads", post(create)).route("/api/uploads/{upload_id}/people", post(people))
 }
 
-/// What the gateway keeps about an upload (`upload:{id}`, 1 hour).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UploadRecord {
-    pub key: String,
-    pub content_type: String,
+/// The per-client limit of `scope` (its own window): 4 × the video limit.
+async fn limit(state: &AppState, scope: &str, ip: crate::admission::ClientIp) -> AppResult<()> {
+    let per_minute = state.cfg.rate_limit_per_min.saturating_mul(UPLOADS_PER_VIDEO);
+    crate::admission::rate_limit_scoped(&mut state.redis.clone(), scope, ip.0, per_minute).await
 }
 
 #[derive(Deserialize)]
@@ -70,14 +69,11 @@ async fn create(
                 "The photo must be a JPEG, PNG or WebP image (content_type=image/jpeg, image/png or image/webp).",
             )
         })?;
-    let per_minute = state.cfg.rate_limit_per_min.saturating_mul(UPLOADS_PER_VIDEO);
-    crate::admission::rate_limit_scoped(&mut state.redis.clone(), "uploads", ip.0, per_minute).await?;
+    limit(&state, "uploads", ip).await?;
 
     let upload_id = uuid::Uuid::new_v4().to_string();
     let key = objects::upload_original(&upload_id, kind.ext());
-    let record = UploadRecord { key: key.clone(), content_type: kind.mime().to_owned() };
-    let raw = serde_json::to_string(&record).map_err(|e| AppError::Internal(e.to_string()))?;
-    let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), raw, RECORD_TTL.as_secs()).await?;
+    let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), &key, RECORD_TTL.as_secs()).await?;
     let post = state.storage.presign_post(&key, kind.mime(), state.cfg.max_upload_bytes, POLICY_TTL);
     let fields: serde_json::Map<String, serde_json::Value> =
         post.fields.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
@@ -100,7 +96,6 @@ async fn create(
 /// refused with the same 4xx.
 pub struct CheckedUpload {
     pub key: String,
-    pub kind: ImageKind,
     pub width: u32,
     pub height: u32,
 }
@@ -108,8 +103,8 @@ pub struct CheckedUpload {
 pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUpload> {
     let upload_id = check_task_id(upload_id)
         .map_err(|_| AppError::bad_request("invalid-upload-id", "That is not a valid upload id."))?;
-    let raw: Option<String> = state.redis.clone().get(keys::upload(&upload_id)).await?;
-    let record: UploadRecord = raw.and_then(|r| serde_json::from_str(&r).ok()).ok_or_else(|| {
+    let key: Option<String> = state.redis.clone().get(keys::upload(&upload_id)).await?;
+    let key = key.ok_or_else(|| {
         AppError::not_found(
             "upload-not-found",
             "No such upload (upload links are kept for one hour); please upload the photo again.",
@@ -117,7 +112,7 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
     })?;
     let too_big =
         || AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.");
-    match state.storage.head(&record.key).await? {
+    match state.storage.head(&key).await? {
         None => {
             return Err(AppError::client(
                 StatusCode::CONFLICT,
@@ -126,7 +121,7 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
             ));
         }
         Some(n) if n > state.cfg.max_upload_bytes => {
-            let _ = state.storage.delete(&record.key).await;
+            let _ = state.storage.delete(&key).await;
             return Err(too_big());
         }
         Some(_) => {}
@@ -136,26 +131,18 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
         .tempfile_in(&state.cfg.tmp_dir)
         .map_err(|e| AppError::Internal(format!("temp file: {e}")))?
         .into_temp_path();
-    match state.storage.get_to_file(&record.key, &file).await {
+    match state.storage.get_to_file(&key, &file).await {
         Ok(_) => {}
         Err(StorageError::NotFound { .. }) => {
             return Err(AppError::client(StatusCode::CONFLICT, "upload-missing", "The photo is no longer in storage."));
         }
         Err(e) => return Err(e.into()),
     }
-    let max_pixels = state.cfg.max_image_pixels;
-    let checked = tokio::task::spawn_blocking(move || {
-        let r = check_image(&file, max_pixels);
-        drop(file);
-        r
-    })
-    .await
-    .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))?;
-    match checked {
-        Ok((kind, width, height)) => Ok(CheckedUpload { key: record.key, kind, width, height }),
+    match check_image_file(file, state.cfg.max_image_pixels).await {
+        Ok((_file, (_, width, height))) => Ok(CheckedUpload { key, width, height }),
         Err(e) => {
             if matches!(e, AppError::Client { .. }) {
-                let _ = state.storage.delete(&record.key).await;
+                let _ = state.storage.delete(&key).await;
             }
             Err(e)
         }
@@ -168,8 +155,7 @@ async fn people(
     Path(upload_id): Path<String>,
 ) -> AppResult<impl IntoResponse> {
     // Each call costs a worker a detection run: bounded per client like the policies.
-    let per_minute = state.cfg.rate_limit_per_min.saturating_mul(UPLOADS_PER_VIDEO);
-    crate::admission::rate_limit_scoped(&mut state.redis.clone(), "people", ip.0, per_minute).await?;
+    limit(&state, "people", ip).await?;
     let upload = checked(&state, &upload_id).await?;
     let task = CatalogTaskKind::DetectPeople { source_key: upload.key.clone(), upload_id: upload_id.clone() };
     let found = match super::catalog::run_task(&state, task).await? {
