@@ -3,7 +3,6 @@
 // WebSocket (survives reloads and dropped connections), the result.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const MAX_BYTES = 10 * 1024 * 1024;
 const PHOTO_TYPES = ["image/jpeg", "image/png", "image/webp"];
 const TASK_KEY = "tayori-task";
@@ -108,8 +107,7 @@ function renderVoices() {
   // The page's language first.
   const sorted = [...voices].sort((a, b) => (a.language === lang ? 0 : 1) - (b.language === lang ? 0 : 1));
   sorted.forEach((v, i) => {
-    const detail = `${t(v.language === "ja" ? "lang_ja" : "lang_en")} · ${t(v.gender)} · ${t(v.type)}`;
-    box.append(choice("voice_profile_id", v.id, v.name, detail, v.preview_url, t("play_voice", v.name), chosen ? chosen === v.id : i === 0));
+    box.append(choice("voice_profile_id", v.id, v.name, voiceDetail(v), v.preview_url, t("play_voice", v.name), chosen ? chosen === v.id : i === 0));
   });
 }
 
@@ -121,9 +119,8 @@ function renderTracks() {
   box.append(choice("bgm_id", "", t("music_none"), "", null, null, chosen === ""));
   const shown = tracks.filter((tr) => !mood || tr.mood === mood);
   shown.forEach((tr, i) => {
-    const detail = `${tr.mood} · ${Math.round(tr.duration_seconds)} s${tr.bpm ? ` · ${tr.bpm} BPM` : ""}`;
     const checked = chosen ? chosen === tr.id : i === 0;
-    box.append(choice("bgm_id", tr.id, tr.name, detail, tr.preview_url, t("play_track", tr.name), checked));
+    box.append(choice("bgm_id", tr.id, tr.name, trackDetail(tr), tr.preview_url, t("play_track", tr.name), checked));
   });
   if (!box.querySelector("input:checked")) box.querySelector("input").checked = true;
 }

@@ -139,6 +139,16 @@ const ERRORS = {
   },
 };
 
+const $ = (id) => document.getElementById(id);
+
+// One line under a voice's or a track's name.
+function voiceDetail(v) {
+  return `${t(v.language === "ja" ? "lang_ja" : "lang_en")} · ${t(v.gender)} · ${t(v.type)}`;
+}
+function trackDetail(tr) {
+  return `${tr.mood} · ${Math.round(tr.duration_seconds)} s${tr.bpm ? ` · ${tr.bpm} BPM` : ""}`;
+}
+
 function currentLang() {
   const saved = localStorage.getItem("tayori-lang");
   if (saved === "ja" || saved === "en") return saved;

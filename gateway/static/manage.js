@@ -2,7 +2,6 @@
 // entry (a recording may be made in the browser), delete your own.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const page = document.body.dataset.page; // "voices" | "music"
 const CFG = page === "voices"
   ? { list: "/api/voice-clone/profiles", items: "profiles", own: "custom", file: "reference_audio", play: "play_voice" }
@@ -12,8 +11,7 @@ let entries = [];
 let recorded = null; // a WAV Blob recorded here
 
 function describe(x) {
-  if (page === "voices") return `${t(x.language === "ja" ? "lang_ja" : "lang_en")} · ${t(x.gender)} · ${t(x.type)}`;
-  return `${x.mood} · ${Math.round(x.duration_seconds)} s${x.bpm ? ` · ${x.bpm} BPM` : ""} · ${t(x.type)}`;
+  return page === "voices" ? voiceDetail(x) : `${trackDetail(x)} · ${t(x.type)}`;
 }
 
 function render() {
