@@ -1,38 +1,51 @@
-//! Who may submit a job now: a per-client rate limit kept in Redis (so every
-//! gateway instance shares it) and a bound on the queue's depth, so that a
+//! Who may make work now: per-client rate limits kept in Redis (so every
+//! gateway instance shares them) and bounds on the queues' depth, so that a
 //! flood is answered with 429/503 and `Retry-After` instead of growing the
-//! queue without limit.
+//! queues without limit.
+//!
+//! A client is its address as the last trusted hop saw it: the connection's
+//! peer, or behind `TAYORI_TRUSTED_PROXY_HOPS` proxies the entry of
+//! `X-Forwarded-For` that many places from the right (the one the outermost
+//! trusted proxy appended), never an entry the client wrote itself. IPv6
+//! clients are counted per /64, the block one subscriber usually holds.
+//!
+//! Only requests that passed validation are counted: a route first
+//! [`Limit::check`]s that the client has room (before reading a body, so a
+//! refused flood costs no disk), then [`Limit::take`]s a slot once the
+//! request is known to be good. A typo costs the client nothing.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use shared::redis_conn::ConnectionManager;
 
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// Sliding one-minute window of submission times in a sorted set
-/// (`ratelimit:{ip}`): old entries dropped, the new one added only if the
-/// window has room; otherwise the milliseconds until the oldest leaves it.
+/// Sliding one-minute window of request times in a sorted set: old entries
+/// dropped; with room, 0 (and in `take` mode the new entry is added);
+/// without, the milliseconds until the oldest leaves the window.
 const RATE_LIMIT: &str = r#"
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return tonumber(oldest[2]) + window - now
+  return math.max(1, tonumber(oldest[2]) + window - now)
 end
-redis.call('ZADD', KEYS[1], now, ARGV[4])
-redis.call('PEXPIRE', KEYS[1], window)
+if ARGV[5] == 'take' then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window)
+end
 return 0
 "#;
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 
-/// The client's address: the connection's peer, or, only when
-/// `TAYORI_TRUST_PROXY_HEADERS` is set, the first address of `X-Forwarded-For`.
+/// The client's address (see the module docs).
 pub struct ClientIp(pub Option<IpAddr>);
 
 impl FromRequestParts<AppState> for ClientIp {
@@ -40,58 +53,166 @@ impl FromRequestParts<AppState> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        if state.cfg.trust_proxy_headers
-            && let Some(ip) = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .and_then(|v| v.trim().parse().ok())
-        {
-            return Ok(ClientIp(Some(ip)));
+        Ok(ClientIp(client_address(peer, &parts.headers, state.cfg.trusted_proxy_hops)))
+    }
+}
+
+/// The client behind `hops` trusted proxies: the `X-Forwarded-For` entry
+/// `hops` places from the right (every header line, in order). With fewer
+/// entries than hops, the leftmost (each was appended by a trusted proxy);
+/// without a usable entry, or with no trusted proxies, the peer.
+pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, hops: u32) -> Option<IpAddr> {
+    if hops == 0 {
+        return peer.map(canonical);
+    }
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let Some(first) = entries.first() else { return peer.map(canonical) };
+    let chosen = entries.len().checked_sub(hops as usize).map_or(*first, |i| entries[i]);
+    parse_entry(chosen).or(peer).map(canonical)
+}
+
+/// An `X-Forwarded-For` entry: an address, possibly with a port
+/// (`203.0.113.7:4711`, `[2001:db8::1]:443`).
+fn parse_entry(e: &str) -> Option<IpAddr> {
+    e.parse::<IpAddr>().ok().or_else(|| e.parse::<SocketAddr>().ok().map(|s| s.ip()))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are their IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What a rate limit counts: an IPv4 address, or an IPv6 /64.
+pub fn client_key(ip: IpAddr) -> String {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{}/64", Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
         }
-        Ok(ClientIp(peer))
     }
 }
 
-/// Count a submission from `ip`; `Err` 429 with the seconds to wait when
-/// it already made `per_minute` in the last minute. 0 turns the limit off.
-pub async fn rate_limit(conn: &mut ConnectionManager, ip: Option<IpAddr>, per_minute: u32) -> Result<(), AppError> {
-    rate_limit_scoped(conn, "", ip, per_minute).await
+/// The work a client can ask for, each with its own window and allowance
+/// (a multiple of `TAYORI_RATE_LIMIT_PER_MIN`, the video allowance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Video jobs (`ratelimit:{client}`).
+    Videos,
+    /// Photo upload policies: a person may try a few photos per video.
+    Uploads,
+    /// People lookups in an uploaded photo (a detection run each).
+    People,
+    /// Music and voice uploads (a transcode and analysis each).
+    CatalogUploads,
+    /// Voice and music previews that have to be made (a cached one is free).
+    Previews,
 }
 
-/// [`rate_limit`] with its own window per `scope` (`ratelimit:{ip}:{scope}`;
-/// the empty scope is the video jobs' `ratelimit:{ip}`).
-pub async fn rate_limit_scoped(
-    conn: &mut ConnectionManager,
-    scope: &str,
-    ip: Option<IpAddr>,
+impl Scope {
+    fn name(self) -> &'static str {
+        match self {
+            Scope::Videos => "",
+            Scope::Uploads => "uploads",
+            Scope::People => "people",
+            Scope::CatalogUploads => "catalog-uploads",
+            Scope::Previews => "previews",
+        }
+    }
+
+    fn multiple(self) -> u32 {
+        match self {
+            Scope::Videos | Scope::CatalogUploads => 1,
+            Scope::Uploads | Scope::People | Scope::Previews => 4,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Scope::Videos => "videos",
+            Scope::Uploads => "uploads",
+            Scope::People => "photo checks",
+            Scope::CatalogUploads => "music and voice uploads",
+            Scope::Previews => "previews",
+        }
+    }
+}
+
+/// One client's allowance in one scope.
+pub struct Limit {
+    conn: ConnectionManager,
+    key: Option<String>,
     per_minute: u32,
-) -> Result<(), AppError> {
-    let Some(ip) = ip.filter(|_| per_minute > 0) else { return Ok(()) };
-    let key = if scope.is_empty() { format!("ratelimit:{ip}") } else { format!("ratelimit:{ip}:{scope}") };
-    let what = if scope.is_empty() { "videos" } else { scope };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-    let wait_ms: i64 = redis::Script::new(RATE_LIMIT)
-        .key(key)
-        .arg(now)
-        .arg(WINDOW.as_millis() as u64)
-        .arg(per_minute)
-        .arg(format!("{now}-{}", uuid::Uuid::new_v4().simple()))
-        .invoke_async(conn)
-        .await?;
-    if wait_ms > 0 {
-        let secs = (wait_ms as u64).div_ceil(1000).max(1);
-        return Err(AppError::Busy {
-            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
-            code: "rate-limited",
-            message: format!(
-                "Too many {what} from your address: at most {per_minute} a minute. Try again in {secs} s."
-            ),
-            retry_after: secs,
+    scope: Scope,
+}
+
+impl Limit {
+    /// `ip` in `scope`; `per_minute_videos` 0 (or an unknown client) turns it off.
+    pub fn new(state: &AppState, ip: &ClientIp, scope: Scope) -> Limit {
+        let per_minute = state.cfg.rate_limit_per_min.saturating_mul(scope.multiple());
+        let key = ip.0.filter(|_| per_minute > 0).map(|ip| {
+            let client = client_key(ip);
+            if scope == Scope::Videos {
+                format!("ratelimit:{client}")
+            } else {
+                format!("ratelimit:{client}:{}", scope.name())
+            }
         });
+        Limit { conn: state.redis.clone(), key, per_minute, scope }
     }
-    Ok(())
+
+    /// `Err` 429 if the client has no room now; counts nothing.
+    pub async fn check(&mut self) -> Result<(), AppError> {
+        self.call("check").await
+    }
+
+    /// Count this request; `Err` 429 if the client has no room.
+    pub async fn take(&mut self) -> Result<(), AppError> {
+        self.call("take").await
+    }
+
+    async fn call(&mut self, mode: &str) -> Result<(), AppError> {
+        let Some(key) = &self.key else { return Ok(()) };
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let wait_ms: i64 = redis::Script::new(RATE_LIMIT)
+            .key(key)
+            .arg(now)
+            .arg(WINDOW.as_millis() as u64)
+            .arg(self.per_minute)
+            .arg(format!("{now}-{}", uuid::Uuid::new_v4().simple()))
+            .arg(mode)
+            .invoke_async(&mut self.conn)
+            .await?;
+        if wait_ms > 0 {
+            let secs = (wait_ms as u64).div_ceil(1000).max(1);
+            return Err(AppError::Busy {
+                status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+                code: "rate-limited",
+                message: format!(
+                    "Too many {} from your address: at most {} a minute. Try again in {secs} s.",
+                    self.scope.what(),
+                    self.per_minute
+                ),
+                retry_after: secs,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn busy(message: String, retry_after: u64) -> AppError {
+    AppError::Busy { status: axum::http::StatusCode::SERVICE_UNAVAILABLE, code: "server-busy", message, retry_after }
 }
 
 /// Refuse new work while more than `max_depth` jobs wait (0: no bound).
@@ -102,12 +223,68 @@ pub async fn queue_room(state: &AppState) -> Result<(), AppError> {
     }
     let depth = state.queue.stats().await?.waiting;
     if depth >= max {
-        return Err(AppError::Busy {
-            status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            code: "server-busy",
-            message: format!("The server is busy ({depth} videos waiting). Try again in 30 s."),
-            retry_after: 30,
-        });
+        return Err(busy(format!("The server is busy ({depth} videos waiting). Try again in 30 s."), 30));
     }
     Ok(())
+}
+
+/// Refuse a catalog task (analysis, preview, people lookup) while more than
+/// `TAYORI_MAX_CATALOG_QUEUE_DEPTH` of them wait (0: no bound).
+pub async fn catalog_queue_room(state: &AppState) -> Result<(), AppError> {
+    let max = state.cfg.max_catalog_queue_depth;
+    if max == 0 {
+        return Ok(());
+    }
+    let depth = state.catalog_queue.stats().await?.waiting;
+    if depth >= max {
+        return Err(busy(format!("The server is busy ({depth} tasks waiting). Try again in 10 s."), 10));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn the_client_is_what_the_trusted_proxy_appended() {
+        let peer = ip("10.0.0.2");
+        // The client wrote "6.6.6.6"; the proxy appended what it saw.
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7"]), 1), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6", "203.0.113.7"]), 1), ip("203.0.113.7"));
+        // Two proxies: the outer one's entry, one before the inner one's.
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7, 10.0.0.1"]), 2), ip("203.0.113.7"));
+        // Fewer entries than hops: the leftmost.
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), 2), ip("203.0.113.7"));
+        // Not trusted, no header, garbage: the peer.
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), 0), peer);
+        assert_eq!(client_address(peer, &HeaderMap::new(), 1), peer);
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, not-an-address"]), 1), peer);
+        // Ports and mapped addresses.
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7:4711"]), 1), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["[2001:db8::1]:443"]), 1), ip("2001:db8::1"));
+        assert_eq!(client_address(ip("::ffff:192.0.2.1"), &HeaderMap::new(), 0), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:3::1"), key("2001:db8:1:2::1"));
+        assert_eq!(key("203.0.113.7"), "203.0.113.7");
+        assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+    }
 }

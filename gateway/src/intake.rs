@@ -45,55 +45,44 @@ pub fn sniff(head: &[u8]) -> Option<ImageKind> {
     }
 }
 
-/// Accepted audio formats for music uploads.
+pub use shared::sniff::{AudioKind, sniff_audio};
+
+/// A photo that passed [`check_image`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioKind {
-    Mp3,
-    Wav,
-    Ogg,
-    M4a,
-}
-
-impl AudioKind {
-    pub fn ext(self) -> &'static str {
-        match self {
-            AudioKind::Mp3 => "mp3",
-            AudioKind::Wav => "wav",
-            AudioKind::Ogg => "ogg",
-            AudioKind::M4a => "m4a",
-        }
-    }
-}
-
-/// The audio format from the file's first bytes.
-pub fn sniff_audio(head: &[u8]) -> Option<AudioKind> {
-    if head.starts_with(b"ID3") || (head.len() >= 2 && head[0] == 0xFF && head[1] & 0xE0 == 0xE0) {
-        Some(AudioKind::Mp3)
-    } else if head.len() >= 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE" {
-        Some(AudioKind::Wav)
-    } else if head.starts_with(b"OggS") {
-        Some(AudioKind::Ogg)
-    } else if head.len() >= 12 && &head[4..8] == b"ftyp" {
-        Some(AudioKind::M4a)
-    } else {
-        None
-    }
+pub struct CheckedImage {
+    pub kind: ImageKind,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes kept: the image up to its end marker.
+    pub bytes: u64,
 }
 
 /// [`check_image`] on the blocking pool (it reads the file); the file is
-/// handed back with the photo's type and size.
+/// handed back cut to the image's end (a phone's trailer dropped).
 pub async fn check_image_file(
     file: tempfile::TempPath,
     max_pixels: u64,
-) -> Result<(tempfile::TempPath, (ImageKind, u32, u32)), AppError> {
-    tokio::task::spawn_blocking(move || check_image(&file, max_pixels).map(|c| (file, c)))
-        .await
-        .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))?
+) -> Result<(tempfile::TempPath, CheckedImage), AppError> {
+    tokio::task::spawn_blocking(move || {
+        let c = check_image(&file, max_pixels)?;
+        let io = |e: std::io::Error| AppError::Internal(format!("cutting the upload to its image: {e}"));
+        let f = std::fs::OpenOptions::new().write(true).open(&file).map_err(io)?;
+        if f.metadata().map_err(io)?.len() > c.bytes {
+            f.set_len(c.bytes).map_err(io)?;
+        }
+        Ok((file, c))
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("image check panicked: {e}")))?
 }
 
 /// Check a spooled photo: a supported format whose header gives sane
-/// dimensions. Nothing is decoded, so a huge declared size costs nothing.
-pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind, u32, u32), AppError> {
+/// dimensions and whose structure is whole. Nothing is decoded, so a huge
+/// declared size costs nothing. A JPEG may carry data after its end marker
+/// (phones append motion-photo videos, gain maps and vendor trailers):
+/// only the image is kept ([`CheckedImage::bytes`]); a PNG or WebP with
+/// anything after its end is refused.
+pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<CheckedImage, AppError> {
     use std::io::Read;
     let mut head = [0u8; 16];
     let n = std::fs::File::open(path)
@@ -125,17 +114,19 @@ pub fn check_image(path: &std::path::Path, max_pixels: u64) -> Result<(ImageKind
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| AppError::Internal(format!("reading spooled upload: {e}")))?;
+    let checked = |end: usize| CheckedImage { kind, width: w as u32, height: h as u32, bytes: end as u64 };
     match structure(kind, &bytes) {
-        Structure::Whole => Ok((kind, w as u32, h as u32)),
+        Structure::Whole => Ok(checked(bytes.len())),
+        Structure::ExtraData(end) if kind == ImageKind::Jpeg => Ok(checked(end)),
         Structure::Truncated => Err(AppError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
             "image-truncated",
             "The photo file is cut short (the upload or the file is incomplete); please choose it again.",
         )),
-        Structure::ExtraData => Err(AppError::client(
+        Structure::ExtraData(_) => Err(AppError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
             "image-extra-data",
-            "The photo file carries other data after the image (a motion photo, or something hidden in it); \
+            "The photo file carries other data after the image (something hidden in it); \
              please save it as a plain JPEG, PNG or WebP.",
         )),
     }
@@ -147,8 +138,9 @@ pub enum Structure {
     Whole,
     /// The image ends before its structure does.
     Truncated,
-    /// Bytes follow the image's end (a polyglot or an appended file).
-    ExtraData,
+    /// Bytes follow the image's end, which is at this offset (a phone's
+    /// trailer, a polyglot or an appended file).
+    ExtraData(usize),
 }
 
 /// Walk the container: PNG chunks to `IEND`, JPEG segments to `EOI`, the
@@ -168,7 +160,7 @@ pub fn structure(kind: ImageKind, b: &[u8]) -> Structure {
         None => Structure::Truncated,
         // Zero padding after the end is harmless (some writers add it).
         Some(e) if b[e..].iter().all(|x| *x == 0) => Structure::Whole,
-        Some(_) => Structure::ExtraData,
+        Some(e) => Structure::ExtraData(e),
     }
 }
 
@@ -242,6 +234,14 @@ pub fn check_message(raw: &str) -> Result<String, AppError> {
             format!("The message has {n} characters; at most {MAX_MESSAGE_CHARS} are allowed."),
         ));
     }
+    // Punctuation and symbols alone ("--", "!!!", emoji) give a voice
+    // nothing to say: refused here rather than made into a silent video.
+    if !msg.chars().any(char::is_alphanumeric) {
+        return Err(AppError::bad_request(
+            "message-unspeakable",
+            "The message has no words to speak (only punctuation or symbols); please type some words.",
+        ));
+    }
     Ok(msg)
 }
 
@@ -277,17 +277,6 @@ mod tests {
     }
 
     #[test]
-    fn sniffs_audio_by_content() {
-        assert_eq!(sniff_audio(b"ID3\x04\0\0\0\0\0\0"), Some(AudioKind::Mp3));
-        assert_eq!(sniff_audio(&[0xFF, 0xFB, 0x90, 0x00]), Some(AudioKind::Mp3));
-        assert_eq!(sniff_audio(b"RIFF\x24\0\0\0WAVEfmt "), Some(AudioKind::Wav));
-        assert_eq!(sniff_audio(b"OggS\0\x02"), Some(AudioKind::Ogg));
-        assert_eq!(sniff_audio(b"\0\0\0\x20ftypM4A "), Some(AudioKind::M4a));
-        assert_eq!(sniff_audio(b"RIFF\x24\0\0\0WEBPVP8 "), None);
-        assert_eq!(sniff_audio(b"plain text"), None);
-    }
-
-    #[test]
     fn messages_are_trimmed_and_bounded() {
         assert_eq!(check_message("  こんにちは\r\n世界 ").unwrap(), "こんにちは\n世界");
         assert_eq!(check_message("a\u{0007}b").unwrap(), "ab");
@@ -295,6 +284,13 @@ mod tests {
         assert_eq!(code(check_message(" \n\t\u{0001} ").unwrap_err()), "message-empty");
         assert!(check_message(&"あ".repeat(500)).is_ok());
         assert_eq!(code(check_message(&"あ".repeat(501)).unwrap_err()), "message-too-long");
+        for nothing in ["--", "- !", "。。。", "🎉🎂"] {
+            assert_eq!(code(check_message(nothing).unwrap_err()), "message-unspeakable", "{nothing:?}");
+        }
+        // Messages that look like options are ordinary text.
+        for text in ["-f/etc/passwd", "--help", "-v", " -q", "- Happy birthday", "--stdin", "お祝い", "3"] {
+            assert!(check_message(text).is_ok(), "{text:?}");
+        }
     }
 
     #[test]
@@ -354,10 +350,10 @@ mod tests {
         assert_eq!(structure(ImageKind::Png, &png[..png.len() - 4]), Structure::Truncated, "IEND's CRC cut");
         let mut html = png.clone();
         html.extend_from_slice(b"<html><script>alert(1)</script></html>");
-        assert_eq!(structure(ImageKind::Png, &html), Structure::ExtraData);
+        assert_eq!(structure(ImageKind::Png, &html), Structure::ExtraData(png.len()));
         let mut zip = png.clone();
         zip.extend_from_slice(b"PK\x03\x04 an appended archive");
-        assert_eq!(structure(ImageKind::Png, &zip), Structure::ExtraData);
+        assert_eq!(structure(ImageKind::Png, &zip), Structure::ExtraData(png.len()));
         let mut padded = png.clone();
         padded.extend_from_slice(&[0; 64]);
         assert_eq!(structure(ImageKind::Png, &padded), Structure::Whole);
@@ -368,12 +364,12 @@ mod tests {
         assert_eq!(structure(ImageKind::Jpeg, &j[..14]), Structure::Truncated, "cut inside the thumbnail");
         let mut motion = j.clone();
         motion.extend_from_slice(b"\0\0\0\x18ftypmp42 an appended video");
-        assert_eq!(structure(ImageKind::Jpeg, &motion), Structure::ExtraData);
+        assert_eq!(structure(ImageKind::Jpeg, &motion), Structure::ExtraData(j.len()));
 
         let mut webp = b"RIFF\x08\0\0\0WEBPVP8 ".to_vec();
         assert_eq!(structure(ImageKind::Webp, &webp), Structure::Whole);
         webp.extend_from_slice(b"more");
-        assert_eq!(structure(ImageKind::Webp, &webp), Structure::ExtraData);
+        assert_eq!(structure(ImageKind::Webp, &webp), Structure::ExtraData(16));
         assert_eq!(structure(ImageKind::Webp, &webp[..10]), Structure::Truncated);
     }
 
@@ -427,9 +423,10 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let p = dir.path().join("upload");
                 std::fs::write(&p, &bytes).unwrap();
-                if let Ok((kind, w, h)) = check_image(&p, 1_000_000) {
-                    prop_assert_eq!(sniff(&bytes[..bytes.len().min(16)]), Some(kind));
-                    prop_assert!(w > 0 && h > 0 && u64::from(w) * u64::from(h) <= 1_000_000);
+                if let Ok(c) = check_image(&p, 1_000_000) {
+                    prop_assert_eq!(sniff(&bytes[..bytes.len().min(16)]), Some(c.kind));
+                    prop_assert!(c.width > 0 && c.height > 0 && u64::from(c.width) * u64::from(c.height) <= 1_000_000);
+                    prop_assert!(c.bytes <= bytes.len() as u64);
                 }
             }
 
@@ -444,7 +441,7 @@ mod tests {
                         prop_assert_eq!(m.trim(), m.as_str());
                         prop_assert!(m.chars().all(|c| c == '\n' || !c.is_control()));
                     }
-                    Err(e) => prop_assert!(["message-empty", "message-too-long"].contains(&code(e))),
+                    Err(e) => prop_assert!(["message-empty", "message-too-long", "message-unspeakable"].contains(&code(e))),
                 }
             }
 

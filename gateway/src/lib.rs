@@ -104,7 +104,8 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     };
 
     if let Some(emb) = &cfg.embedded_s3 {
-        let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, &cfg.cors_origins, stopped())
+        let limits = serve::Limits { header_timeout: cfg.header_read_timeout, body_timeout: cfg.body_timeout };
+        let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, &cfg.cors_origins, limits, stopped())
             .await
             .with_context(|| format!("starting the embedded S3 endpoint on {}", emb.bind))?;
         let url = format!("http://{}", s3.addr);
@@ -151,8 +152,8 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     if !shared::telemetry::json_logs() {
         println!("tayori gateway listening on http://{addr}");
     }
-    let header_timeout = state.cfg.header_read_timeout;
-    let result = serve::serve(listener, app(state), header_timeout, async move {
+    let limits = serve::Limits { header_timeout: state.cfg.header_read_timeout, body_timeout: state.cfg.body_timeout };
+    let result = serve::serve(listener, app(state), limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })

@@ -174,6 +174,7 @@ pub async fn start(
     access_key: &str,
     secret_key: &str,
     origins: &[http::HeaderValue],
+    limits: crate::serve::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<EmbeddedS3> {
     let objects = cfg.dir.join("objects");
@@ -204,8 +205,10 @@ pub async fn start(
     let app = axum::Router::new().fallback(handler).layer(cors);
     let listener = TcpListener::bind(cfg.bind).await?;
     let addr = listener.local_addr()?;
+    // The same hardened loop as the gateway's (header and body timeouts,
+    // HTTP/1 only): browsers upload to this port directly.
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = crate::serve::serve(listener, app, limits, shutdown).await {
             tracing::error!(error = %e, "embedded S3 server stopped");
         }
     });

@@ -1,16 +1,32 @@
-//! Serving HTTP with bounds on slow clients. `axum::serve` has no header
-//! timeout, so a client that sends its request head a byte at a time (a
-//! slowloris) would hold a connection forever; here hyper's HTTP/1 server is
-//! driven directly with `header_read_timeout`, WebSocket upgrades kept, the
-//! peer address given to handlers as `ConnectInfo`, and a graceful stop that
-//! waits a bounded time for open connections.
+//! Serving HTTP with bounds on slow clients, for the gateway and the
+//! embedded S3 endpoint alike. `axum::serve` has no header timeout, so a
+//! client that sends its request head a byte at a time (a slowloris) would
+//! hold a connection forever; here hyper's HTTP/1 server is driven directly:
+//! - each request head must arrive within `header_timeout`;
+//! - each request body within `body_timeout` of the request's start, however
+//!   it trickles in (past it, the handler's read fails, its spool files are
+//!   dropped and the client gets 408 and a closed connection);
+//! - HTTP/1 only: cleartext HTTP/2 (h2c) is not spoken, so its streams
+//!   cannot sidestep these rules (a TLS proxy in front may speak HTTP/2);
+//! - WebSocket upgrades kept, the peer address given to handlers as
+//!   `ConnectInfo`, and a graceful stop that waits a bounded time for open
+//!   connections.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -20,16 +36,24 @@ use tokio::net::TcpListener;
 /// Longest a stop waits for open connections (WebSocket viewers) to end.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serve `app` until `shutdown` completes; a client gets `header_timeout`
-/// to send each request's head.
+/// How long clients get for the parts of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+/// Serve `app` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
-    header_timeout: Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let body_timeout = limits.body_timeout;
+    let app = app.layer(axum::middleware::from_fn(move |req, next| body_deadline(body_timeout, req, next)));
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -59,4 +83,76 @@ pub async fn serve(
         tracing::warn!("open connections did not end within {DRAIN:?}; stopping anyway");
     }
     Ok(())
+}
+
+/// Give the request's body a deadline; if it passed while the handler read
+/// the body, answer 408 whatever the handler made of the failed read.
+async fn body_deadline(timeout: Duration, req: Request, next: Next) -> Response {
+    let expired = Arc::new(AtomicBool::new(false));
+    let (parts, body) = req.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        sleep: Box::pin(tokio::time::sleep(timeout)),
+        expired: expired.clone(),
+        done: false,
+    });
+    let resp = next.run(Request::from_parts(parts, body)).await;
+    if !expired.load(Ordering::Relaxed) {
+        return resp;
+    }
+    tracing::info!(timeout_secs = timeout.as_secs(), "request body too slow; cut off");
+    let mut resp = (
+        http::StatusCode::REQUEST_TIMEOUT,
+        axum::Json(serde_json::json!({"error": {
+            "code": "request-timeout",
+            "message": format!("The upload did not arrive within {} s; please try again on a faster connection.", timeout.as_secs()),
+        }})),
+    )
+        .into_response();
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+struct BodyTimedOut;
+
+/// A request body that fails once its deadline passes.
+struct DeadlineBody {
+    inner: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+    done: bool,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            self.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))));
+        }
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.done = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod queue;
 pub mod redis_conn;
 pub mod signal;
+pub mod sniff;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;

@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, TrackFacts};
 
-use crate::media;
-use crate::process::ProcessError;
+use crate::media::{self, Format};
+use crate::process::{Arg, ProcessError};
 use crate::runner::Runner;
 
 /// Sample rate used for analysis.
 const RATE: u32 = 22_050;
-/// Longest stretch analysed (a 10 MB upload is at most a few minutes).
-const MAX_ANALYSE_SECS: u32 = 600;
 
 pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResult {
     let dir = match tempfile::Builder::new().prefix("tayori-catalog-").tempdir_in(&runner.cfg.work_dir) {
@@ -40,13 +38,57 @@ pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResul
     r.unwrap_or_else(|e| e)
 }
 
-async fn ffmpeg(runner: &Runner, args: Vec<std::ffi::OsString>) -> Result<Vec<u8>, ProcessError> {
+async fn ffmpeg(runner: &Runner, args: Vec<Arg>) -> Result<Vec<u8>, ProcessError> {
     media::ffmpeg(args, runner.cfg.tool_timeout).await
 }
 
 fn failed(e: impl std::fmt::Display) -> CatalogTaskResult {
     CatalogTaskResult::Failed { message: e.to_string() }
 }
+
+fn rejected(code: &str, message: impl Into<String>) -> CatalogTaskResult {
+    CatalogTaskResult::Rejected { code: code.into(), message: message.into() }
+}
+
+/// A tool that could not read the upload: the file's fault, said in words.
+fn unreadable(what: &'static str) -> impl Fn(ProcessError) -> CatalogTaskResult {
+    move |e| match e {
+        ProcessError::Failed { .. } => {
+            rejected("audio-unreadable", format!("The {what} could not be read as audio."))
+        }
+        other => failed(other),
+    }
+}
+
+/// An uploaded audio file, checked before anything decodes it: its format
+/// by content (then pinned for every tool that opens it), an audio stream,
+/// and its length as the container states it, at most `max_secs`.
+async fn probe_upload(
+    runner: &Runner,
+    path: &Path,
+    what: &'static str,
+    max_secs: f64,
+    too_long: impl Fn(f64) -> CatalogTaskResult,
+) -> Result<(Format, f64), CatalogTaskResult> {
+    let format = media::audio_format(path).await.map_err(failed)?.ok_or_else(|| {
+        rejected("unsupported-audio-type", format!("The {what} must be an MP3, M4A, WAV or OGG file."))
+    })?;
+    let probe = media::probe(path, format, runner.cfg.tool_timeout).await.map_err(unreadable(what))?;
+    if probe.audio.is_none() {
+        return Err(rejected("audio-unreadable", format!("The {what} has no sound in it.")));
+    }
+    if probe.duration > max_secs {
+        return Err(too_long(probe.duration));
+    }
+    Ok((format, probe.duration))
+}
+
+/// Longest music accepted: 10 minutes. The container's stated length is
+/// checked before decoding, and decoding stops there too, whatever the file
+/// claims (a few MB of low-bitrate audio could otherwise decode to GBs).
+pub const MAX_TRACK_SECS: u32 = 600;
+/// Shortest music accepted.
+const MIN_TRACK_SECS: f64 = 1.0;
 
 async fn analyse_track(
     runner: &Runner,
@@ -56,58 +98,50 @@ async fn analyse_track(
 ) -> Result<CatalogTaskResult, CatalogTaskResult> {
     let raw = dir.join("upload");
     runner.storage.get_to_file(source_key, &raw).await.map_err(failed)?;
+    let outcome = analyse_track_file(runner, dir, &raw, target_key).await;
+    let _ = runner.storage.delete(source_key).await;
+    outcome
+}
+
+async fn analyse_track_file(
+    runner: &Runner,
+    dir: &Path,
+    raw: &Path,
+    target_key: &str,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
+    let too_long = |secs: f64| {
+        rejected(
+            "audio-too-long",
+            format!("The music is {:.0} minutes long; at most {} minutes are accepted.", secs / 60.0, MAX_TRACK_SECS / 60),
+        )
+    };
+    let (format, _) = probe_upload(runner, raw, "music file", f64::from(MAX_TRACK_SECS), too_long).await?;
     // Decoded first (to learn its length), then made loop-ready and
     // encoded, so that the mix can loop it without a seam.
     let wav = dir.join("track.wav");
     let mp3 = dir.join("track.mp3");
-    let transcoded = async {
-        ffmpeg(
-            runner,
-            vec![
-                "-i".into(),
-                raw.clone().into(),
-                "-map_metadata".into(),
-                "-1".into(),
-                "-vn".into(),
-                "-ar".into(),
-                "44100".into(),
-                "-ac".into(),
-                "2".into(),
-                "-c:a".into(),
-                "pcm_s16le".into(),
-                wav.clone().into(),
-            ],
-        )
-        .await?;
-        let w = wav.clone();
-        let secs = tokio::task::spawn_blocking(move || media::wav_duration(&w)).await.ok().and_then(Result::ok);
-        let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), wav.clone().into()];
-        if let Some(filter) = secs.and_then(crate::pipeline::mix::loop_ready_filter) {
-            args.extend(["-filter_complex".into(), filter.into(), "-map".into(), "[out]".into()]);
-        }
-        args.extend(["-c:a", "libmp3lame", "-b:a", "192k"].map(Into::into));
-        args.push(mp3.clone().into());
-        ffmpeg(runner, args).await
+    let mut args = media::input(raw, format);
+    args.extend(crate::args!["-map_metadata", "-1", "-vn", "-t", Arg::num(MAX_TRACK_SECS)]);
+    args.extend(crate::args!["-ar", "44100", "-ac", "2", "-c:a", "pcm_s16le", &wav]);
+    ffmpeg(runner, args).await.map_err(unreadable("music file"))?;
+    let w = wav.clone();
+    let secs = tokio::task::spawn_blocking(move || media::wav_duration(&w)).await.ok().and_then(Result::ok);
+    if secs.is_none_or(|s| s < MIN_TRACK_SECS) {
+        return Err(rejected("audio-too-short", "The music file holds less than a second of sound."));
     }
-    .await;
-    if let Err(e) = transcoded {
-        let _ = runner.storage.delete(source_key).await;
-        return Err(match e {
-            ProcessError::Failed { .. } => CatalogTaskResult::Rejected {
-                code: "audio-unreadable".into(),
-                message: "The file could not be read as audio.".into(),
-            },
-            other => failed(other),
-        });
+    let mut args = media::input(&wav, Format::Wav);
+    if let Some(filter) = secs.and_then(crate::pipeline::mix::loop_ready_filter) {
+        args.extend(crate::args!["-filter_complex", Arg::composed(filter), "-map", "[out]"]);
     }
-    let duration = media::probe(&mp3, runner.cfg.tool_timeout).await.map_err(failed)?.duration;
-    let samples = decode(runner, &mp3, RATE, MAX_ANALYSE_SECS).await.map_err(failed)?;
+    args.extend(crate::args!["-c:a", "libmp3lame", "-b:a", "192k", &mp3]);
+    ffmpeg(runner, args).await.map_err(failed)?;
+    let duration = media::probe(&mp3, Format::Mp3, runner.cfg.tool_timeout).await.map_err(failed)?.duration;
+    let samples = decode(runner, &mp3, Format::Mp3, RATE, MAX_TRACK_SECS).await.map_err(failed)?;
     let (bpm, loudness) =
         tokio::task::spawn_blocking(move || (estimate_bpm(&samples, RATE), loudness_lufs(&samples, RATE)))
             .await
             .map_err(failed)?;
     runner.storage.put_file(target_key, &mp3, "audio/mpeg").await.map_err(failed)?;
-    let _ = runner.storage.delete(source_key).await;
     Ok(CatalogTaskResult::Track(TrackFacts { duration_seconds: duration, bpm, loudness_lufs: loudness }))
 }
 
@@ -123,57 +157,36 @@ async fn preview(
     } else {
         runner.storage.get_to_file(source_key, &src).await.map_err(failed)?;
     }
+    let format = media::audio_format(&src)
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed(format!("track {source_key} is not an audio file tayori reads")))?;
     let out = dir.join("preview.mp3");
-    ffmpeg(
-        runner,
-        vec![
-            "-i".into(),
-            src.into(),
-            "-t".into(),
-            "15".into(),
-            "-af".into(),
-            "afade=t=in:d=0.5,afade=t=out:st=13.5:d=1.5".into(),
-            "-c:a".into(),
-            "libmp3lame".into(),
-            "-b:a".into(),
-            "128k".into(),
-            out.clone().into(),
-        ],
-    )
-    .await
-    .map_err(failed)?;
+    let mut args = media::input(&src, format);
+    args.extend(crate::args!["-t", "15", "-af", "afade=t=in:d=0.5,afade=t=out:st=13.5:d=1.5"]);
+    args.extend(crate::args!["-c:a", "libmp3lame", "-b:a", "128k", &out]);
+    ffmpeg(runner, args).await.map_err(failed)?;
     runner.storage.put_file(target_key, &out, "audio/mpeg").await.map_err(failed)?;
     Ok(CatalogTaskResult::Preview { key: target_key.to_owned() })
 }
 
 /// Shortest and longest accepted reference recordings, seconds.
-const REFERENCE_SECS: (f64, f64) = (3.0, 30.0);
+pub const REFERENCE_SECS: (f64, f64) = (3.0, 30.0);
 const VOICE_RATE: u32 = 16_000;
 
-/// Decode any audio file to mono f32 samples at `rate`.
-async fn decode(runner: &Runner, path: &Path, rate: u32, max_secs: u32) -> Result<Vec<f32>, ProcessError> {
-    let pcm = ffmpeg(
-        runner,
-        vec![
-            "-i".into(),
-            path.into(),
-            "-t".into(),
-            max_secs.to_string().into(),
-            "-ac".into(),
-            "1".into(),
-            "-ar".into(),
-            rate.to_string().into(),
-            "-f".into(),
-            "f32le".into(),
-            "-".into(),
-        ],
-    )
-    .await?;
+/// Decode an audio file (of a known format) to mono f32 samples at `rate`,
+/// at most `max_secs` of it.
+async fn decode(
+    runner: &Runner,
+    path: &Path,
+    format: Format,
+    rate: u32,
+    max_secs: u32,
+) -> Result<Vec<f32>, ProcessError> {
+    let mut args = media::input(path, format);
+    args.extend(crate::args!["-t", Arg::num(max_secs), "-ac", "1", "-ar", Arg::num(rate), "-f", "f32le", "-"]);
+    let pcm = ffmpeg(runner, args).await?;
     Ok(pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
-
-fn rejected(code: &str, message: impl Into<String>) -> CatalogTaskResult {
-    CatalogTaskResult::Rejected { code: code.into(), message: message.into() }
 }
 
 async fn analyse_voice(
@@ -190,22 +203,27 @@ async fn analyse_voice(
     outcome
 }
 
+fn reference_length(secs: f64) -> CatalogTaskResult {
+    rejected(
+        "reference-audio-length",
+        format!("The recording is {secs:.1} s long; it must be 3 to 30 seconds of speech."),
+    )
+}
+
 async fn analyse_voice_file(
     runner: &Runner,
     raw: &Path,
     target_key: &str,
     language: &str,
 ) -> Result<CatalogTaskResult, CatalogTaskResult> {
-    let samples = decode(runner, raw, VOICE_RATE, 60).await.map_err(|e| match e {
-        ProcessError::Failed { .. } => rejected("audio-unreadable", "The recording could not be read as audio."),
-        other => failed(other),
-    })?;
+    let (format, _) = probe_upload(runner, raw, "recording", REFERENCE_SECS.1, reference_length).await?;
+    // A second more than the longest allowed is decoded, to tell a file
+    // that runs on (whatever its header says) from one that fits.
+    let max = REFERENCE_SECS.1 as u32 + 1;
+    let samples = decode(runner, raw, format, VOICE_RATE, max).await.map_err(unreadable("recording"))?;
     let secs = samples.len() as f64 / VOICE_RATE as f64;
     if !(REFERENCE_SECS.0..=REFERENCE_SECS.1).contains(&secs) {
-        return Err(rejected(
-            "reference-audio-length",
-            format!("The recording is {secs:.1} s long; it must be 3 to 30 seconds of speech."),
-        ));
+        return Err(reference_length(secs));
     }
     let target = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&samples, VOICE_RATE))
         .await
@@ -226,22 +244,9 @@ async fn analyse_voice_file(
     let (pitch, speed) = crate::voice_analysis::shift_toward(&target, &base_features);
 
     let wav = raw.with_extension("wav");
-    ffmpeg(
-        runner,
-        vec![
-            "-i".into(),
-            raw.into(),
-            "-ac".into(),
-            "1".into(),
-            "-ar".into(),
-            "24000".into(),
-            "-c:a".into(),
-            "pcm_s16le".into(),
-            wav.clone().into(),
-        ],
-    )
-    .await
-    .map_err(failed)?;
+    let mut args = media::input(raw, format);
+    args.extend(crate::args!["-t", Arg::num(max), "-ac", "1", "-ar", "24000", "-c:a", "pcm_s16le", &wav]);
+    ffmpeg(runner, args).await.map_err(failed)?;
     runner.storage.put_file(target_key, &wav, "audio/wav").await.map_err(failed)?;
     Ok(CatalogTaskResult::Voice(shared::catalog_task::VoiceMatch {
         base_profile_id: base.id.clone(),
@@ -291,7 +296,7 @@ async fn base_features(
     crate::pipeline::speech::speak(&runner.catalog, profile, text, dir.path(), &wav, runner.cfg.tool_timeout)
         .await
         .map_err(failed)?;
-    let samples = decode(runner, &wav, VOICE_RATE, 120).await.map_err(failed)?;
+    let samples = decode(runner, &wav, Format::Wav, VOICE_RATE, 120).await.map_err(failed)?;
     let f = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&samples, VOICE_RATE))
         .await
         .map_err(failed)?

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::process::{self, ProcessError};
+use crate::args;
+use crate::process::{self, Arg, ProcessError};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probe {
@@ -122,7 +123,7 @@ pub async fn speech_seconds(path: &Path, timeout: Duration) -> Result<f64, Proce
     let wav = path.to_owned();
     match tokio::task::spawn_blocking(move || wav_duration(&wav)).await {
         Ok(Ok(d)) => Ok(d),
-        _ => Ok(probe(path, timeout).await?.duration),
+        _ => Ok(probe(path, Format::Wav, timeout).await?.duration),
     }
 }
 
@@ -171,32 +172,135 @@ pub fn read_wav(path: &Path) -> std::io::Result<(Vec<f32>, u32)> {
     Ok((samples, w.rate))
 }
 
+/// A container format that ffmpeg may open. Every input is opened with its
+/// format pinned (`-f`), that demuxer the only one allowed
+/// (`-format_whitelist`, so nothing nested such as an HLS playlist or a
+/// concat script can be probed) and local files the only protocol
+/// (`-protocol_whitelist file`): a file cannot make ffmpeg read another
+/// file or fetch a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Wav,
+    Mp3,
+    Ogg,
+    /// MP4 / M4A / MOV (one demuxer), with external data references off.
+    Mp4,
+    Png,
+    Jpeg,
+    /// Raw frames on stdin.
+    RawVideoStdin,
+    /// A filter graph that generates its input (tests).
+    Lavfi,
+}
+
+impl Format {
+    fn demuxer(self) -> &'static str {
+        match self {
+            Format::Wav => "wav",
+            Format::Mp3 => "mp3",
+            Format::Ogg => "ogg",
+            Format::Mp4 => "mov",
+            Format::Png => "png_pipe",
+            Format::Jpeg => "jpeg_pipe",
+            Format::RawVideoStdin => "rawvideo",
+            Format::Lavfi => "lavfi",
+        }
+    }
+
+    /// The format of an uploaded audio file, by its content.
+    pub fn of_audio(kind: shared::sniff::AudioKind) -> Format {
+        use shared::sniff::AudioKind;
+        match kind {
+            AudioKind::Mp3 => Format::Mp3,
+            AudioKind::Wav => Format::Wav,
+            AudioKind::Ogg => Format::Ogg,
+            AudioKind::M4a => Format::Mp4,
+        }
+    }
+}
+
+/// The pinned format of an audio file the worker did not make itself (an
+/// upload, a catalog track), by its content; `None` if it is no audio
+/// format tayori accepts.
+pub async fn audio_format(path: &Path) -> std::io::Result<Option<Format>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 16];
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]).await? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(shared::sniff::sniff_audio(&head[..n]).map(Format::of_audio))
+}
+
+/// The arguments that open one input: options before `-i` (a seek, a
+/// loop) go in `before`.
+pub fn input_with(path: &Path, format: Format, before: Vec<Arg>) -> Vec<Arg> {
+    let mut a = before;
+    a.extend(args!["-f", format.demuxer(), "-format_whitelist", format.demuxer()]);
+    if format == Format::Mp4 {
+        // Tracks whose samples live in other files (data references) stay closed.
+        a.extend(args!["-enable_drefs", "0", "-use_absolute_path", "0"]);
+    }
+    let protocol = if format == Format::RawVideoStdin { "pipe" } else { "file" };
+    a.extend(args!["-protocol_whitelist", protocol, "-i"]);
+    if format == Format::RawVideoStdin {
+        a.push(Arg::from("pipe:0"));
+    } else {
+        a.push(Arg::from(path));
+    }
+    a
+}
+
+/// [`input_with`] without options of its own.
+pub fn input(path: &Path, format: Format) -> Vec<Arg> {
+    input_with(path, format, Vec::new())
+}
+
+/// A generated input (`-f lavfi -i GRAPH`).
+pub fn generated(graph: &'static str) -> Vec<Arg> {
+    args!["-f", "lavfi", "-format_whitelist", "lavfi", "-protocol_whitelist", "file", "-i", graph]
+}
+
+/// Every `-i` must come from [`input_with`]: its format pinned and its
+/// protocols listed.
+fn check_inputs(program: &str, args: &[Arg]) -> Result<(), ProcessError> {
+    for (k, a) in args.iter().enumerate() {
+        if a.as_os_str() == "-i" {
+            let pinned = k >= 2 && args[k - 2].as_os_str() == "-protocol_whitelist";
+            let before = &args[..k];
+            let has_format = before.windows(2).any(|w| w[0].as_os_str() == "-f");
+            if !pinned || !has_format {
+                return Err(ProcessError::Refused {
+                    program: program.to_owned(),
+                    reason: "an input without a pinned format and protocol list".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
-pub async fn ffmpeg<I, S>(args: I, timeout: Duration) -> Result<Vec<u8>, ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    let mut all: Vec<std::ffi::OsString> =
-        ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"].iter().map(Into::into).collect();
-    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+pub async fn ffmpeg(args: Vec<Arg>, timeout: Duration) -> Result<Vec<u8>, ProcessError> {
+    check_inputs("ffmpeg", &args)?;
+    let mut all = args!["-nostdin", "-hide_banner", "-loglevel", "error", "-y"];
+    all.extend(args);
     process::run("ffmpeg", all, None, timeout).await
 }
 
 /// Run ffmpeg (errors only, overwrite outputs) with its stdin fed from `input`.
-pub async fn ffmpeg_fed<I, S, B>(
-    args: I,
+pub async fn ffmpeg_fed<B: AsRef<[u8]>>(
+    args: Vec<Arg>,
     input: tokio::sync::mpsc::Receiver<B>,
     timeout: Duration,
-) -> Result<Vec<u8>, ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-    B: AsRef<[u8]>,
-{
-    let mut all: Vec<std::ffi::OsString> =
-        ["-hide_banner", "-loglevel", "error", "-y"].iter().map(Into::into).collect();
-    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+) -> Result<Vec<u8>, ProcessError> {
+    check_inputs("ffmpeg", &args)?;
+    let mut all = args!["-hide_banner", "-loglevel", "error", "-y"];
+    all.extend(args);
     process::run_fed("ffmpeg", all, input, timeout).await
 }
 
@@ -212,25 +316,12 @@ pub fn parse_ebur128_summary(stderr: &str) -> Option<(f64, Option<f64>)> {
 }
 
 /// Measure a file with ffmpeg's EBU R128 meter: (integrated LUFS, true peak dBTP).
-pub async fn ebur128(path: &Path, timeout: Duration) -> Result<(f64, Option<f64>), ProcessError> {
-    let (_, stderr) = process::run_full(
-        "ffmpeg",
-        [
-            "-nostdin".as_ref(),
-            "-hide_banner".as_ref(),
-            "-nostats".as_ref(),
-            "-i".as_ref(),
-            path.as_os_str(),
-            "-af".as_ref(),
-            "ebur128=peak=true".as_ref(),
-            "-f".as_ref(),
-            "null".as_ref(),
-            "-".as_ref(),
-        ],
-        None,
-        timeout,
-    )
-    .await?;
+pub async fn ebur128(path: &Path, format: Format, timeout: Duration) -> Result<(f64, Option<f64>), ProcessError> {
+    let mut all = args!["-nostdin", "-hide_banner", "-nostats"];
+    all.extend(input(path, format));
+    all.extend(args!["-af", "ebur128=peak=true", "-f", "null", "-"]);
+    check_inputs("ffmpeg", &all)?;
+    let (_, stderr) = process::run_full("ffmpeg", all, None, timeout).await?;
     parse_ebur128_summary(&String::from_utf8_lossy(&stderr)).ok_or_else(|| ProcessError::Failed {
         program: "ffmpeg ebur128".into(),
         status: "no summary in its output".into(),
@@ -238,22 +329,12 @@ pub async fn ebur128(path: &Path, timeout: Duration) -> Result<(f64, Option<f64>
     })
 }
 
-pub async fn probe(path: &Path, timeout: Duration) -> Result<Probe, ProcessError> {
-    let out = process::run(
-        "ffprobe",
-        [
-            "-v".as_ref(),
-            "error".as_ref(),
-            "-print_format".as_ref(),
-            "json".as_ref(),
-            "-show_format".as_ref(),
-            "-show_streams".as_ref(),
-            path.as_os_str(),
-        ],
-        None,
-        timeout,
-    )
-    .await?;
+/// ffprobe a file, opened like an ffmpeg input (format pinned, local files only).
+pub async fn probe(path: &Path, format: Format, timeout: Duration) -> Result<Probe, ProcessError> {
+    let mut all = args!["-v", "error", "-print_format", "json", "-show_format", "-show_streams"];
+    all.extend(input(path, format));
+    check_inputs("ffprobe", &all)?;
+    let out = process::run("ffprobe", all, None, timeout).await?;
     parse_probe(&out).ok_or_else(|| ProcessError::Failed {
         program: "ffprobe".into(),
         status: "unparsable output".into(),

@@ -72,6 +72,12 @@ pub fn voice(lib: &Path, model: &Path) -> Result<Arc<PiperVoice>, PiperError> {
     Ok(v)
 }
 
+/// The espeak-ng voices Piper voices are made for (a voice's config names
+/// one; only these names are passed on).
+fn espeak_voice(name: &str) -> Option<&'static str> {
+    ["en-us", "en", "en-gb", "en-gb-x-rp", "ja"].into_iter().find(|v| *v == name)
+}
+
 /// Split text into sentences, each with its clause punctuation kept, the
 /// way Piper feeds espeak-ng's clauses back with their terminators.
 pub fn clause_marks(text: &str) -> Vec<char> {
@@ -119,9 +125,19 @@ impl PiperVoice {
     /// Phonemes of `text` from espeak-ng: one line per clause, each given
     /// back its punctuation; sentences end at `.`, `!` or `?`.
     pub async fn phonemize(&self, text: &str, timeout: Duration) -> Result<Vec<String>, PiperError> {
-        let out =
-            process::run("espeak-ng", ["-q", "--ipa", "-v", self.config.espeak.voice.as_str(), text], None, timeout)
-                .await?;
+        // The text goes on stdin: as an argument, a message starting with
+        // `-` would be an option (`-f FILE` reads any file).
+        let voice = espeak_voice(&self.config.espeak.voice).ok_or_else(|| PiperError::Model {
+            path: "espeak voice".into(),
+            reason: format!("{:?} is not a known espeak-ng voice", self.config.espeak.voice),
+        })?;
+        let out = process::run_with_stdin(
+            "espeak-ng",
+            crate::args!["-q", "--ipa", "-v", voice],
+            text.as_bytes().to_vec(),
+            timeout,
+        )
+        .await?;
         let lines: Vec<String> =
             String::from_utf8_lossy(&out).lines().map(|l| l.trim().to_owned()).filter(|l| !l.is_empty()).collect();
         let marks = clause_marks(text);

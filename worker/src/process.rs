@@ -1,10 +1,20 @@
-//! The one way tayori runs a subprocess: no shell, arguments as `OsStr`,
-//! stdin closed, stdout and stderr drained together, killed when dropped or
+//! The one way tayori runs a subprocess: no shell, stdin closed (or fed by
+//! the worker), stdout and stderr drained together, killed when dropped or
 //! when its timeout passes, and errors that carry the command and the tail
 //! of its stderr.
+//!
+//! **No caller's text is ever a command-line argument.** Arguments are
+//! [`Arg`]s, and an `Arg` can only be made from a string literal (a
+//! `&'static str`: the worker's own constants), a path the worker chose, a
+//! number, or [`Arg::composed`] text the worker built from those (filter
+//! graphs). There is no conversion from `String` or a borrowed `&str`, so a
+//! message, a name or a file name cannot be passed by accident; text a tool
+//! must read goes into a file the worker wrote, or onto its stdin. As a
+//! second line of defence, `run` refuses any path or composed argument that
+//! starts with `-` (it would be read as an option).
 
-use std::ffi::{OsStr, OsString};
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -22,6 +32,97 @@ pub enum ProcessError {
     Timeout { program: String, timeout: Duration },
     #[error("{program} failed ({status}): {stderr_tail}")]
     Failed { program: String, status: String, stderr_tail: String },
+    /// An argument broke the rules above; nothing was started.
+    #[error("{program} was not started: {reason}")]
+    Refused { program: String, reason: String },
+}
+
+/// One command-line argument of a subprocess (see the module docs for what
+/// it can be made from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arg {
+    value: OsString,
+    /// Made from a path or composed text, not a literal: checked before use.
+    checked: bool,
+}
+
+impl Arg {
+    /// A number, written the way Rust's `Display` writes it.
+    pub fn num(n: impl Number) -> Arg {
+        Arg { value: n.to_string().into(), checked: false }
+    }
+
+    /// Text the worker composed from its own constants, numbers and paths
+    /// (an ffmpeg filter graph, `WxH`): never a caller's text.
+    pub fn composed(text: String) -> Arg {
+        Arg { value: text.into(), checked: true }
+    }
+
+    pub fn as_os_str(&self) -> &std::ffi::OsStr {
+        &self.value
+    }
+}
+
+/// Numbers an [`Arg`] can be made from.
+pub trait Number: std::fmt::Display {}
+impl Number for u16 {}
+impl Number for u32 {}
+impl Number for u64 {}
+impl Number for usize {}
+impl Number for i32 {}
+impl Number for i64 {}
+impl Number for f64 {}
+
+impl From<&'static str> for Arg {
+    fn from(s: &'static str) -> Arg {
+        Arg { value: s.into(), checked: false }
+    }
+}
+
+impl From<&Path> for Arg {
+    fn from(p: &Path) -> Arg {
+        Arg { value: p.as_os_str().to_owned(), checked: true }
+    }
+}
+
+impl From<&PathBuf> for Arg {
+    fn from(p: &PathBuf) -> Arg {
+        Arg::from(p.as_path())
+    }
+}
+
+impl From<PathBuf> for Arg {
+    fn from(p: PathBuf) -> Arg {
+        Arg { value: p.into_os_string(), checked: true }
+    }
+}
+
+impl From<&Arg> for Arg {
+    fn from(a: &Arg) -> Arg {
+        a.clone()
+    }
+}
+
+/// `args!["-i", &path, Arg::num(3)]`: a `Vec<Arg>`, each item converted
+/// with `Arg::from`.
+#[macro_export]
+macro_rules! args {
+    ($($a:expr),* $(,)?) => {
+        vec![$($crate::process::Arg::from($a)),*]
+    };
+}
+
+/// The check `run` makes before starting anything.
+fn check_args(program: &str, args: &[Arg]) -> Result<(), ProcessError> {
+    for a in args.iter().filter(|a| a.checked) {
+        if a.value.as_encoded_bytes().first() == Some(&b'-') {
+            return Err(ProcessError::Refused {
+                program: program.to_owned(),
+                reason: format!("argument {:?} would be read as an option", a.value),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Keep the last `max` bytes of a tool's stderr, on a char boundary.
@@ -39,59 +140,62 @@ pub fn tail(bytes: &[u8], max: usize) -> String {
 }
 
 /// Run `program args…` to completion within `timeout`; returns its stdout.
-pub async fn run<I, S>(program: &str, args: I, cwd: Option<&Path>, timeout: Duration) -> Result<Vec<u8>, ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
+pub async fn run(
+    program: &'static str,
+    args: impl IntoIterator<Item = Arg>,
+    cwd: Option<&Path>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ProcessError> {
     run_full(program, args, cwd, timeout).await.map(|(stdout, _)| stdout)
 }
 
 /// Like [`run`], returning stdout and stderr (for tools that report on stderr).
-pub async fn run_full<I, S>(
-    program: &str,
-    args: I,
+pub async fn run_full(
+    program: &'static str,
+    args: impl IntoIterator<Item = Arg>,
     cwd: Option<&Path>,
     timeout: Duration,
-) -> Result<(Vec<u8>, Vec<u8>), ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    run_inner::<_, _, Vec<u8>>(program, args, cwd, None, timeout).await
+) -> Result<(Vec<u8>, Vec<u8>), ProcessError> {
+    run_inner::<Vec<u8>>(program, args, cwd, None, timeout).await
 }
 
 /// Like [`run`], with stdin fed from `input` (chunks written in order, then
 /// closed). If the program exits early, the rest of the input is dropped and
-/// its exit status decides the result.
-pub async fn run_fed<I, S, B>(
-    program: &str,
-    args: I,
+/// its exit status decides the result. This is how a caller's text reaches
+/// a tool that reads text.
+pub async fn run_fed<B: AsRef<[u8]>>(
+    program: &'static str,
+    args: impl IntoIterator<Item = Arg>,
     input: tokio::sync::mpsc::Receiver<B>,
     timeout: Duration,
-) -> Result<Vec<u8>, ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-    B: AsRef<[u8]>,
-{
+) -> Result<Vec<u8>, ProcessError> {
     run_inner(program, args, None, Some(input), timeout).await.map(|(stdout, _)| stdout)
 }
 
-async fn run_inner<I, S, B>(
-    program: &str,
-    args: I,
+/// [`run_fed`] with all of `input` on stdin.
+pub async fn run_with_stdin(
+    program: &'static str,
+    args: impl IntoIterator<Item = Arg>,
+    input: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, ProcessError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(input).expect("an empty channel of one has room");
+    drop(tx);
+    run_fed(program, args, rx, timeout).await
+}
+
+async fn run_inner<B: AsRef<[u8]>>(
+    program: &'static str,
+    args: impl IntoIterator<Item = Arg>,
     cwd: Option<&Path>,
     input: Option<tokio::sync::mpsc::Receiver<B>>,
     timeout: Duration,
-) -> Result<(Vec<u8>, Vec<u8>), ProcessError>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-    B: AsRef<[u8]>,
-{
+) -> Result<(Vec<u8>, Vec<u8>), ProcessError> {
     use tokio::io::AsyncWriteExt;
-    let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let args: Vec<Arg> = args.into_iter().collect();
+    check_args(program, &args)?;
+    let args: Vec<OsString> = args.into_iter().map(|a| a.value).collect();
     let mut cmd = Command::new(program);
     let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
     cmd.args(&args).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
@@ -137,14 +241,14 @@ mod tests {
     #[tokio::test]
     async fn a_process_past_its_timeout_is_killed() {
         let t0 = std::time::Instant::now();
-        let err = run("sleep", ["30"], None, Duration::from_millis(200)).await.unwrap_err();
+        let err = run("sleep", args!["30"], None, Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err}");
         assert!(t0.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]
     async fn failure_carries_the_stderr_tail() {
-        let err = run("sh", ["-c", "echo boom >&2; exit 3"], None, Duration::from_secs(5)).await.unwrap_err();
+        let err = run("sh", args!["-c", "echo boom >&2; exit 3"], None, Duration::from_secs(5)).await.unwrap_err();
         match err {
             ProcessError::Failed { stderr_tail, status, .. } => {
                 assert_eq!(stderr_tail, "boom");
@@ -154,9 +258,33 @@ mod tests {
         }
     }
 
+    /// Paths and composed text that start with `-` never reach a program.
+    #[tokio::test]
+    async fn option_like_paths_and_composed_text_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("written");
+        for a in [Arg::from(Path::new("-rf")), Arg::composed("--help".into()), Arg::from(PathBuf::from("-f/etc/passwd"))]
+        {
+            let err = run("touch", [a.clone(), Arg::from(&marker)], None, Duration::from_secs(5)).await.unwrap_err();
+            assert!(matches!(err, ProcessError::Refused { .. }), "{a:?}: {err}");
+        }
+        assert!(!marker.exists(), "nothing was started");
+        // Literals may be options; numbers are numbers.
+        let out = run("echo", args!["-n", Arg::num(-1i32), &marker], None, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), format!("-1 {}", marker.display()));
+    }
+
+    /// Text on stdin is data: a message that looks like an option is read
+    /// as text by the program.
+    #[tokio::test]
+    async fn text_on_stdin_is_not_an_option() {
+        let out = run_with_stdin("cat", args![], b"-f/etc/passwd --help".to_vec(), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(out, b"-f/etc/passwd --help");
+    }
+
     #[tokio::test]
     async fn a_missing_program_is_a_spawn_error() {
-        let err = run("definitely-not-a-program", ["x"], None, Duration::from_secs(1)).await.unwrap_err();
+        let err = run("definitely-not-a-program", args!["x"], None, Duration::from_secs(1)).await.unwrap_err();
         assert!(matches!(err, ProcessError::Spawn { .. }));
     }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use shared::catalog::{BgmMetadata, BgmTrack, EntryType, VoiceMetadata, VoiceProfile, is_valid_id, timestamp};
 use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, track_preview_key, voice_preview_key};
 
+use crate::admission::{ClientIp, Limit, Scope};
 use crate::error::{AppError, AppResult};
 use crate::intake::sniff_audio;
 use crate::state::AppState;
@@ -37,6 +38,7 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
 
 /// Run a catalog task on a worker and wait for its result.
 pub(crate) async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
+    crate::admission::catalog_queue_room(state).await?;
     let task = CatalogTask { id: uuid::Uuid::new_v4().simple().to_string(), kind };
     let id = task.id.clone();
     state.catalog_queue.push(&task).await?;
@@ -166,6 +168,29 @@ async fn delete_track(State(state): State<AppState>, Path(id): Path<String>) -> 
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Before a music or voice upload is read: room in the catalog queue and
+/// in the client's allowance (counted only once the upload is valid), or
+/// the body is discarded and the refusal sent.
+async fn admit_upload(
+    state: &AppState,
+    ip: &ClientIp,
+    mp: axum::extract::Multipart,
+) -> AppResult<(Limit, axum::extract::Multipart)> {
+    let mut limit = Limit::new(state, ip, Scope::CatalogUploads);
+    let admitted = async {
+        crate::admission::catalog_queue_room(state).await?;
+        limit.check().await
+    }
+    .await;
+    match admitted {
+        Ok(()) => Ok((limit, mp)),
+        Err(e) => {
+            upload::discard(mp).await;
+            Err(e)
+        }
+    }
+}
+
 fn track_too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "audio-too-large", "The music file is larger than 10 MB.")
 }
@@ -176,8 +201,10 @@ fn track_too_big() -> AppError {
 /// track is stored under an id the server chooses.
 async fn upload_track(
     State(state): State<AppState>,
+    ip: ClientIp,
     crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
 ) -> AppResult<impl IntoResponse> {
+    let (mut limit, mp) = admit_upload(&state, &ip, mp).await?;
     let fields = ["name", "mood", "description", "uploaded_by"];
     let form =
         upload::read_form(mp, "file", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, track_too_big).await?;
@@ -205,6 +232,7 @@ async fn upload_track(
         )
     })?;
 
+    limit.take().await?;
     let id = format!("user_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let source_key = format!("bgm/uploads/{id}.{}", kind.ext());
     let target_key = format!("bgm/user/{uploaded_by}_{id}.mp3");
@@ -255,7 +283,11 @@ async fn upload_track(
 
 /// `GET /api/bgm/tracks/{id}/preview`: a redirect to a presigned 15-second
 /// excerpt, cut once by a worker and kept in S3.
-async fn track_preview(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
+async fn track_preview(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Path(id): Path<String>,
+) -> AppResult<impl IntoResponse> {
     check_id(&id)?;
     let track = state
         .catalog
@@ -264,6 +296,7 @@ async fn track_preview(State(state): State<AppState>, Path(id): Path<String>) ->
         .ok_or_else(|| AppError::not_found("track-not-found", format!("There is no music track {id:?}.")))?;
     let key = track_preview_key(&id);
     if state.storage.head(&key).await?.is_none() {
+        Limit::new(&state, &ip, Scope::Previews).take().await?;
         run_task(&state, CatalogTaskKind::TrackPreview { source_key: track.file_path, target_key: key.clone() })
             .await?;
     }
@@ -282,8 +315,10 @@ fn voice_too_big() -> AppError {
 /// shifted toward it: voice matching, not cloning.
 async fn create_voice(
     State(state): State<AppState>,
+    ip: ClientIp,
     crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
 ) -> AppResult<impl IntoResponse> {
+    let (mut limit, mp) = admit_upload(&state, &ip, mp).await?;
     let fields = ["name", "language", "gender", "description"];
     let form = upload::read_form(
         mp,
@@ -317,6 +352,7 @@ async fn create_voice(
         )
     })?;
 
+    limit.take().await?;
     let id = format!("custom_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let source_key = format!("voices/uploads/{id}.{}", kind.ext());
     let reference_key = format!("voices/custom/{id}.wav");
@@ -371,13 +407,18 @@ async fn create_voice(
 
 /// `GET /api/voice-clone/profiles/{id}/preview`: a redirect to a presigned
 /// spoken sample in that voice, made once by a worker and kept in S3.
-async fn voice_preview(State(state): State<AppState>, Path(id): Path<String>) -> AppResult<impl IntoResponse> {
+async fn voice_preview(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    Path(id): Path<String>,
+) -> AppResult<impl IntoResponse> {
     check_id(&id)?;
     if state.catalog.voice(&id).await?.is_none() {
         return Err(AppError::not_found("voice-not-found", format!("There is no voice profile {id:?}.")));
     }
     let key = voice_preview_key(&id);
     if state.storage.head(&key).await?.is_none() {
+        Limit::new(&state, &ip, Scope::Previews).take().await?;
         run_task(&state, CatalogTaskKind::VoicePreview { profile_id: id, target_key: key.clone() }).await?;
     }
     let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;

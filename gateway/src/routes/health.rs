@@ -16,7 +16,13 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/health", get(health)).route("/ready", get(ready))
 }
 
+/// Each dependency's state in words; what went wrong (error texts, which
+/// may name hosts and paths) goes to the log, not to the caller.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let unhealthy = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "health check: {what} is unhealthy");
+        json!({"status": "unhealthy", "problem": "unreachable"})
+    };
     let mut conn = state.redis.clone();
     let redis = match redis::cmd("PING").query_async::<String>(&mut conn).await {
         Ok(_) => match state.queue.stats().await {
@@ -26,15 +32,20 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
                 "queue_depth": q.waiting,
                 "jobs_in_progress": q.leased,
             }),
-            Err(e) => json!({"status": "unhealthy", "error": e.to_string()}),
+            Err(e) => unhealthy("redis", &e),
         },
-        Err(e) => json!({"status": "unhealthy", "error": e.to_string()}),
+        Err(e) => unhealthy("redis", &e),
     };
     let s3 = match state.storage.check().await {
         Ok(()) => json!({"status": "healthy", "bucket": state.storage.bucket()}),
-        Err(e) => json!({"status": "unhealthy", "bucket": state.storage.bucket(), "error": e.to_string()}),
+        Err(e) => unhealthy("s3", &e),
     };
     let (voices, bgm) = state.catalog.health().await;
+    for (name, h) in [("voice catalog", &voices), ("music catalog", &bgm)] {
+        if let Some(e) = &h.error {
+            tracing::warn!(error = %e, "health check: the {name} is unhealthy");
+        }
+    }
     let healthy = [&redis["status"], &s3["status"]].iter().all(|s| *s == "healthy")
         && voices.status == "healthy"
         && bgm.status == "healthy";

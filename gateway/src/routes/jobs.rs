@@ -12,8 +12,10 @@ use shared::job::{Background, JOB_VERSION, Resolution, VideoJob};
 use shared::keys::objects;
 use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 
+use crate::admission::{Limit, Scope};
 use crate::error::{AppError, AppResult};
 use crate::intake::{check_image_file, check_message, check_task_id};
+use crate::routes::uploads::CheckedUpload;
 use crate::state::AppState;
 use crate::upload;
 
@@ -33,10 +35,12 @@ async fn generate(
     ip: crate::admission::ClientIp,
     crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
 ) -> AppResult<impl IntoResponse> {
-    // Decided before the upload is stored: a refused client costs no disk.
+    // Decided before the upload is read: a refused client costs no disk.
+    // The request is counted only once it has passed validation (below).
+    let mut limit = Limit::new(&state, &ip, Scope::Videos);
     let admitted = async {
         crate::admission::queue_room(&state).await?;
-        crate::admission::rate_limit(&mut state.redis.clone(), ip.0, state.cfg.rate_limit_per_min).await
+        limit.check().await
     }
     .await;
     if let Err(e) = admitted {
@@ -80,33 +84,33 @@ async fn generate(
         Some(b) => b.parse().map_err(|e: String| AppError::bad_request("invalid-background", e))?,
     };
     let upload_id = form.text("upload_id").map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    if form.file.is_some() && upload_id.is_some() {
+        return Err(AppError::bad_request(
+            "duplicate-field",
+            "Send either the photo (image) or the id of an upload (upload_id), not both.",
+        ));
+    }
     let task_id = uuid::Uuid::new_v4().to_string();
-    // The photo: sent in this form, or uploaded before straight to S3.
-    let (image_key, uploaded_here, width, height, image_bytes) = match (form.file, upload_id) {
-        (Some(_), Some(_)) => {
-            return Err(AppError::bad_request(
-                "duplicate-field",
-                "Send either the photo (image) or the id of an upload (upload_id), not both.",
-            ));
-        }
-        (None, Some(id)) => {
-            let up = crate::routes::uploads::checked(&state, &id).await?;
-            (up.key, false, up.width, up.height, 0)
-        }
-        (None, None) => {
-            return Err(AppError::bad_request("image-missing", "Please choose a photo (field image)."));
-        }
-        (Some(upload::SpooledFile { path: image, bytes, .. }), None) => {
+    // The photo: sent in this form, or uploaded before straight to S3;
+    // either way checked here and stored under a key this job owns (no
+    // upload policy can write it), cut to the image's end.
+    let photo = match (form.file, upload_id) {
+        (None, Some(id)) => crate::routes::uploads::checked(&state, &id).await?,
+        (Some(upload::SpooledFile { path, bytes, .. }), None) => {
             if bytes == 0 {
                 return Err(AppError::bad_request("image-missing", "The photo is empty."));
             }
-            let (image, (kind, width, height)) = check_image_file(image, state.cfg.max_image_pixels).await?;
-            let image_key = objects::upload_original(&task_id, kind.ext());
-            state.storage.put_file(&image_key, &image, kind.mime()).await?;
-            drop(image);
-            (image_key, true, width, height, bytes)
+            let (file, c) = check_image_file(path, state.cfg.max_image_pixels).await?;
+            CheckedUpload { file, kind: c.kind, width: c.width, height: c.height, bytes: c.bytes }
         }
+        _ => return Err(AppError::bad_request("image-missing", "Please choose a photo (field image).")),
     };
+    // Valid: now it counts against the client's allowance.
+    limit.take().await?;
+    let (width, height, image_bytes) = (photo.width, photo.height, photo.bytes);
+    let image_key = objects::upload_original(&task_id, photo.kind.ext());
+    state.storage.put_file(&image_key, &photo.file, photo.kind.mime()).await?;
+    drop(photo.file);
 
     let now = Utc::now();
     let job = VideoJob {
@@ -130,9 +134,7 @@ async fn generate(
     .await;
     if let Err(e) = enqueued {
         // Leave nothing behind for a job that was never queued.
-        if uploaded_here {
-            let _ = state.storage.delete(&image_key).await;
-        }
+        let _ = state.storage.delete(&image_key).await;
         let _ = state.tasks.forget(&task_id).await;
         return Err(e);
     }
@@ -160,9 +162,36 @@ async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> A
     let task_id = check_task_id(&task_id)?;
     let meta = load_meta(&state, &task_id).await?;
     let progress = state.tasks.snapshot(&task_id).await?;
-    let mut body = serde_json::to_value(&meta).map_err(|e| AppError::Internal(e.to_string()))?;
+    let mut body = public_meta(&meta)?;
     body["progress"] = serde_json::to_value(progress).map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(body))
+}
+
+/// The task meta as an anonymous caller sees it: codes and the user-facing
+/// message, step names and times; no worker name (host, process id) and
+/// no error text of a step (a tool's output, paths), which are logged with
+/// the task id instead.
+fn public_meta(meta: &TaskMeta) -> AppResult<serde_json::Value> {
+    let mut body = serde_json::to_value(meta).map_err(|e| AppError::Internal(e.to_string()))?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.remove("worker");
+    }
+    let code_only = |metrics: Option<&mut serde_json::Value>| {
+        for m in metrics.and_then(|m| m.as_array_mut()).into_iter().flatten() {
+            if let Some(e) = m.get_mut("error").filter(|e| !e.is_null()) {
+                let code = e.as_str().filter(|c| is_code(c)).unwrap_or("failed").to_owned();
+                *e = serde_json::Value::String(code);
+            }
+        }
+    };
+    code_only(body.get_mut("pipeline_metrics"));
+    code_only(body.get_mut("result").and_then(|r| r.get_mut("pipeline_metrics")));
+    Ok(body)
+}
+
+/// A stable error code: kebab-case words.
+fn is_code(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 40 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> AppResult<impl IntoResponse> {

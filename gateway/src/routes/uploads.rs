@@ -25,6 +25,7 @@ use shared::catalog_task::{CatalogTaskKind, CatalogTaskResult};
 use shared::keys::{self, objects};
 use shared::storage::StorageError;
 
+use crate::admission::{Limit, Scope};
 use crate::error::{AppError, AppResult};
 use crate::intake::{ImageKind, check_image_file, check_task_id};
 use crate::state::AppState;
@@ -33,18 +34,9 @@ use crate::state::AppState;
 const POLICY_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long an upload can wait for its job.
 const RECORD_TTL: Duration = Duration::from_secs(60 * 60);
-/// Upload policies per client address per minute, as a multiple of the
-/// video rate limit (a person may try a few photos per video).
-const UPLOADS_PER_VIDEO: u32 = 4;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/uploads", post(create)).route("/api/uploads/{upload_id}/people", post(people))
-}
-
-/// The per-client limit of `scope` (its own window): 4 × the video limit.
-async fn limit(state: &AppState, scope: &str, ip: crate::admission::ClientIp) -> AppResult<()> {
-    let per_minute = state.cfg.rate_limit_per_min.saturating_mul(UPLOADS_PER_VIDEO);
-    crate::admission::rate_limit_scoped(&mut state.redis.clone(), scope, ip.0, per_minute).await
 }
 
 #[derive(Deserialize)]
@@ -69,7 +61,7 @@ async fn create(
                 "The photo must be a JPEG, PNG or WebP image (content_type=image/jpeg, image/png or image/webp).",
             )
         })?;
-    limit(&state, "uploads", ip).await?;
+    Limit::new(&state, &ip, Scope::Uploads).take().await?;
 
     let upload_id = uuid::Uuid::new_v4().to_string();
     let key = objects::upload_original(&upload_id, kind.ext());
@@ -93,26 +85,42 @@ async fn create(
 
 /// The photo of an upload, fetched and checked like a photo sent to
 /// `/api/video/generate`: a file that is not a usable photo is deleted and
-/// refused with the same 4xx.
+/// refused with the same 4xx. What was checked is this local copy (cut at
+/// the image's end); the caller stores it under a key of the server's own,
+/// which no upload policy can write, so a second POST to the policy after
+/// the check cannot change what a worker reads.
 pub struct CheckedUpload {
-    pub key: String,
+    pub file: tempfile::TempPath,
+    pub kind: ImageKind,
     pub width: u32,
     pub height: u32,
+    pub bytes: u64,
 }
 
-pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUpload> {
+/// The checked copy of an upload that `/people` looked at (and a job then uses).
+fn checked_key(policy_key: &str) -> String {
+    policy_key.replacen("/original.", "/checked.", 1)
+}
+
+/// A valid upload id with a live record: the policy's object key.
+async fn policy_key(state: &AppState, upload_id: &str) -> AppResult<String> {
     let upload_id = check_task_id(upload_id)
         .map_err(|_| AppError::bad_request("invalid-upload-id", "That is not a valid upload id."))?;
     let key: Option<String> = state.redis.clone().get(keys::upload(&upload_id)).await?;
-    let key = key.ok_or_else(|| {
+    key.ok_or_else(|| {
         AppError::not_found(
             "upload-not-found",
             "No such upload (upload links are kept for one hour); please upload the photo again.",
         )
-    })?;
+    })
+}
+
+/// Fetch the object at `key` and check it as a photo; `policy_key` is the
+/// uploaded original, deleted if the photo is refused.
+async fn fetch_checked(state: &AppState, key: &str, policy_key: &str) -> AppResult<CheckedUpload> {
     let too_big =
         || AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.");
-    match state.storage.head(&key).await? {
+    match state.storage.head(key).await? {
         None => {
             return Err(AppError::client(
                 StatusCode::CONFLICT,
@@ -121,7 +129,7 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
             ));
         }
         Some(n) if n > state.cfg.max_upload_bytes => {
-            let _ = state.storage.delete(&key).await;
+            let _ = state.storage.delete(policy_key).await;
             return Err(too_big());
         }
         Some(_) => {}
@@ -131,22 +139,35 @@ pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUplo
         .tempfile_in(&state.cfg.tmp_dir)
         .map_err(|e| AppError::Internal(format!("temp file: {e}")))?
         .into_temp_path();
-    match state.storage.get_to_file(&key, &file).await {
-        Ok(_) => {}
+    let bytes = match state.storage.get_to_file(key, &file).await {
+        Ok(n) => n,
         Err(StorageError::NotFound { .. }) => {
             return Err(AppError::client(StatusCode::CONFLICT, "upload-missing", "The photo is no longer in storage."));
         }
         Err(e) => return Err(e.into()),
+    };
+    if bytes > state.cfg.max_upload_bytes {
+        let _ = state.storage.delete(policy_key).await;
+        return Err(too_big());
     }
     match check_image_file(file, state.cfg.max_image_pixels).await {
-        Ok((_file, (_, width, height))) => Ok(CheckedUpload { key, width, height }),
+        Ok((file, c)) => Ok(CheckedUpload { file, kind: c.kind, width: c.width, height: c.height, bytes: c.bytes }),
         Err(e) => {
             if matches!(e, AppError::Client { .. }) {
-                let _ = state.storage.delete(&key).await;
+                let _ = state.storage.delete(policy_key).await;
             }
             Err(e)
         }
     }
+}
+
+/// The photo a job made from `upload_id` processes: the copy `/people`
+/// checked if there is one, else the uploaded object, checked now.
+pub async fn checked(state: &AppState, upload_id: &str) -> AppResult<CheckedUpload> {
+    let original = policy_key(state, upload_id).await?;
+    let checked = checked_key(&original);
+    let source = if state.storage.head(&checked).await?.is_some() { checked } else { original.clone() };
+    fetch_checked(state, &source, &original).await
 }
 
 async fn people(
@@ -154,10 +175,18 @@ async fn people(
     ip: crate::admission::ClientIp,
     Path(upload_id): Path<String>,
 ) -> AppResult<impl IntoResponse> {
-    // Each call costs a worker a detection run: bounded per client like the policies.
-    limit(&state, "people", ip).await?;
-    let upload = checked(&state, &upload_id).await?;
-    let task = CatalogTaskKind::DetectPeople { source_key: upload.key.clone(), upload_id: upload_id.clone() };
+    let original = policy_key(&state, &upload_id).await?;
+    // Each call costs a worker a detection run: bounded per client like the
+    // policies (counted once the upload is known), and by the task queue.
+    Limit::new(&state, &ip, Scope::People).take().await?;
+    crate::admission::catalog_queue_room(&state).await?;
+    let photo = fetch_checked(&state, &original, &original).await?;
+    // The worker looks at the copy that was checked, and a job made from
+    // this upload uses the same copy.
+    let checked = checked_key(&original);
+    state.storage.put_file(&checked, &photo.file, photo.kind.mime()).await?;
+    drop(photo.file);
+    let task = CatalogTaskKind::DetectPeople { source_key: checked, upload_id: upload_id.clone() };
     let found = match super::catalog::run_task(&state, task).await? {
         CatalogTaskResult::People(p) => p,
         other => return Err(AppError::Internal(format!("unexpected catalog task result {other:?}"))),

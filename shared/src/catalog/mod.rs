@@ -149,6 +149,11 @@ pub struct FileHealth {
     pub status: &'static str,
     pub count: Option<usize>,
     pub last_updated: Option<String>,
+    /// What is wrong, in a word (`unreadable`, `corrupt`); the detail,
+    /// which names paths, is in `error` for the logs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<&'static str>,
+    #[serde(skip)]
     pub error: Option<String>,
 }
 
@@ -310,11 +315,16 @@ impl Catalog {
                     status: "healthy",
                     count: Some(doc.len()),
                     last_updated: Some(doc.last_updated().to_owned()),
+                    problem: None,
                     error: None,
                 },
-                Err(e) => {
-                    FileHealth { status: "unhealthy", count: None, last_updated: None, error: Some(e.to_string()) }
-                }
+                Err(e) => FileHealth {
+                    status: "unhealthy",
+                    count: None,
+                    last_updated: None,
+                    problem: Some(if matches!(e, CatalogError::Corrupt { .. }) { "corrupt" } else { "unreadable" }),
+                    error: Some(e.to_string()),
+                },
             }
         }
         let (v, b) = (self.voices.clone(), self.bgm.clone());

@@ -11,8 +11,8 @@ use shared::catalog::BgmTrack;
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
-use crate::media;
-use crate::process::ProcessError;
+use crate::media::{self, Format};
+use crate::process::{Arg, ProcessError};
 
 /// Seconds of music before the voice starts and after it ends.
 pub const INTRO: f64 = 1.0;
@@ -88,17 +88,18 @@ pub async fn mix_files(
     let speech = media::speech_seconds(voice, timeout).await?;
     let total = INTRO + speech + OUTRO;
     let raw = dir.join("mix_raw.wav");
-    let mut args: Vec<std::ffi::OsString> = vec!["-i".into(), voice.into()];
+    let mut args = media::input(voice, Format::Wav);
     if let Some(t) = track {
-        args.extend(["-stream_loop", "-1", "-i"].iter().map(Into::into));
-        args.push(t.into());
+        let format = media::audio_format(t).await.ok().flatten().ok_or_else(|| ProcessError::Refused {
+            program: "ffmpeg".into(),
+            reason: format!("{} is not an audio file tayori reads", t.display()),
+        })?;
+        args.extend(media::input_with(t, format, crate::args!["-stream_loop", "-1"]));
     }
-    args.extend(["-filter_complex".into(), mix_filter(total, track.is_some()).into()]);
-    args.extend(["-map", "[out]", "-c:a", "pcm_f32le"].iter().map(Into::into));
-    args.push(raw.clone().into());
+    args.extend(crate::args!["-filter_complex", Arg::composed(mix_filter(total, track.is_some()))]);
+    args.extend(crate::args!["-map", "[out]", "-c:a", "pcm_f32le", &raw]);
     if track.is_some() {
-        args.extend(["-map", "[bus]", "-c:a", "pcm_f32le"].iter().map(Into::into));
-        args.push(dir.join("music_bus.wav").into());
+        args.extend(crate::args!["-map", "[bus]", "-c:a", "pcm_f32le", dir.join("music_bus.wav")]);
     }
     media::ffmpeg(args, timeout).await?;
 
@@ -107,21 +108,9 @@ pub async fn mix_files(
     // the target with a limiter keeping true peaks under the ceiling, encode,
     // and check the result with ffmpeg's own EBU R128 meter; if it is more
     // than 0.2 LU off (the limiter took some loudness), correct once.
-    let pcm = media::ffmpeg(
-        [
-            "-i".as_ref(),
-            raw.as_os_str(),
-            "-f".as_ref(),
-            "f32le".as_ref(),
-            "-ac".as_ref(),
-            "2".as_ref(),
-            "-ar".as_ref(),
-            "48000".as_ref(),
-            "-".as_ref(),
-        ],
-        timeout,
-    )
-    .await?;
+    let mut pcm_args = media::input(&raw, Format::Wav);
+    pcm_args.extend(crate::args!["-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
+    let pcm = media::ffmpeg(pcm_args, timeout).await?;
     let (integrated, peak) = tokio::task::spawn_blocking(move || measure_stereo(&pcm)).await.map_err(|e| {
         ProcessError::Failed { program: "loudness".into(), status: e.to_string(), stderr_tail: String::new() }
     })?;
@@ -129,7 +118,7 @@ pub async fn mix_files(
     let mut gain = target_lufs - integrated;
     for _ in 0..2 {
         encode_with_gain(&raw, &out, gain, peak, timeout).await?;
-        let (got, _) = media::ebur128(&out, timeout).await?;
+        let (got, _) = media::ebur128(&out, Format::Mp3, timeout).await?;
         if (got - target_lufs).abs() <= 0.2 {
             break;
         }
@@ -164,20 +153,9 @@ async fn encode_with_gain(
         let limit = 10f64.powf((TRUE_PEAK_TARGET - 0.5) / 20.0);
         filter.push_str(&format!(",alimiter=limit={limit:.4}:attack=5:release=50:level=false"));
     }
-    media::ffmpeg(
-        [
-            "-i".as_ref(),
-            raw.as_os_str(),
-            "-af".as_ref(),
-            filter.as_ref(),
-            "-c:a".as_ref(),
-            "libmp3lame".as_ref(),
-            "-b:a".as_ref(),
-            "192k".as_ref(),
-            out.as_os_str(),
-        ],
-        timeout,
-    )
+    let mut args = media::input(raw, Format::Wav);
+    args.extend(crate::args!["-af", Arg::composed(filter), "-c:a", "libmp3lame", "-b:a", "192k", out]);
+    media::ffmpeg(args, timeout)
     .await?;
     Ok(())
 }
@@ -217,29 +195,18 @@ mod tests {
         let t = Duration::from_secs(60);
         let src = dir.path().join("ramp.wav");
         let out = dir.path().join("loop.wav");
-        media::ffmpeg(
-            ["-f", "lavfi", "-i", "sine=f=440:d=12:r=44100", "-af", "volume='0.05+0.9*t/12':eval=frame"]
-                .iter()
-                .map(std::ffi::OsString::from)
-                .chain([src.clone().into_os_string()]),
-            t,
-        )
-        .await
-        .unwrap();
+        let mut gen_args = media::generated("sine=f=440:d=12:r=44100");
+        gen_args.extend(crate::args!["-af", "volume='0.05+0.9*t/12':eval=frame", &src]);
+        media::ffmpeg(gen_args, t).await.unwrap();
         assert!(loop_ready_filter(5.0).is_none());
         let (raw, rate) = media::read_wav(&src).unwrap();
         let n = rate as usize / 20;
         let jump = rms_db(&raw[raw.len() - n..]) - rms_db(&raw[..n]);
         assert!(jump > 20.0, "as it is, the track jumps {jump:.1} dB at the loop point");
         let filter = loop_ready_filter(12.0).unwrap();
-        media::ffmpeg(
-            ["-i".into(), src.into_os_string(), "-filter_complex".into(), filter.into(), "-map".into(), "[out]".into()]
-                .into_iter()
-                .chain([std::ffi::OsString::from(&out)]),
-            t,
-        )
-        .await
-        .unwrap();
+        let mut loop_args = media::input(&src, Format::Wav);
+        loop_args.extend(crate::args!["-filter_complex", Arg::composed(filter), "-map", "[out]", &out]);
+        media::ffmpeg(loop_args, t).await.unwrap();
         let (s, _) = media::read_wav(&out).unwrap();
         let secs = s.len() as f64 / f64::from(rate);
         assert!((secs - 10.1).abs() < 0.05, "12 s minus the 2 s folded in (0.1 s overlap kept): {secs}");
@@ -265,14 +232,14 @@ mod tests {
         let t = Duration::from_secs(60);
         crate::process::run(
             "open_jtalk",
-            [
-                "-x".as_ref(),
-                super::super::speech::OPEN_JTALK_DIC.as_ref(),
-                "-m".as_ref(),
-                data.join("voices/system/mei_normal.htsvoice").as_os_str(),
-                "-ow".as_ref(),
-                voice.as_os_str(),
-                text.as_os_str(),
+            crate::args![
+                "-x",
+                super::super::speech::OPEN_JTALK_DIC,
+                "-m",
+                data.join("voices/system/mei_normal.htsvoice"),
+                "-ow",
+                &voice,
+                &text,
             ],
             None,
             t,
@@ -283,30 +250,19 @@ mod tests {
         let out = mix_files(&voice, Some(&track), dir.path(), -14.0, t).await.unwrap();
 
         // ffmpeg's ebur128 filter, an independent meter.
-        let (integrated, peak) = crate::media::ebur128(&out, t).await.unwrap();
+        let (integrated, peak) = crate::media::ebur128(&out, Format::Mp3, t).await.unwrap();
         let peak = peak.expect("a true peak reading");
         println!("integrated {integrated} LUFS, true peak {peak} dBFS");
         assert!((integrated + 14.0).abs() <= 0.5, "integrated loudness {integrated} LUFS");
         assert!(peak <= -1.0, "true peak {peak} dBTP");
 
         // The music is at least 10 dB lower while the voice speaks than in the intro.
-        let pcm = crate::media::ffmpeg(
-            [
-                "-i".as_ref(),
-                dir.path().join("music_bus.wav").as_os_str(),
-                "-ac".as_ref(),
-                "1".as_ref(),
-                "-f".as_ref(),
-                "f32le".as_ref(),
-                "-".as_ref(),
-            ],
-            t,
-        )
-        .await
-        .unwrap();
+        let mut bus_args = media::input(&dir.path().join("music_bus.wav"), Format::Wav);
+        bus_args.extend(crate::args!["-ac", "1", "-f", "f32le", "-"]);
+        let pcm = media::ffmpeg(bus_args, t).await.unwrap();
         let s: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let at = |sec: f64| (sec * 48_000.0) as usize;
-        let speech = crate::media::probe(&voice, t).await.unwrap().duration;
+        let speech = crate::media::probe(&voice, Format::Wav, t).await.unwrap().duration;
         let intro = rms_db(&s[at(0.55)..at(0.95)]);
         let under = rms_db(&s[at(INTRO + 0.5)..at(INTRO + speech - 0.3)]);
         println!("music: intro {intro:.1} dB, under the voice {under:.1} dB");

@@ -39,6 +39,8 @@ pub enum PipelineError {
     UnknownTrack(String),
     #[error("voice profile {id:?} is unusable: {reason}")]
     BadVoice { id: String, reason: String },
+    #[error("the voice said nothing: the speech is silent")]
+    SilentSpeech,
     #[error("job format version {0} is not supported by this worker")]
     UnsupportedVersion(u32),
     #[error("local file error: {0}")]
@@ -81,6 +83,11 @@ impl PipelineError {
             PipelineError::Process(ProcessError::Timeout { program, .. }) => {
                 ("step-timeout", format!("A processing step ({program}) took too long."))
             }
+            PipelineError::SilentSpeech => (
+                "speech-silent",
+                "The voice could not say any of the message. Please write it in words the voice's language can read."
+                    .to_owned(),
+            ),
             PipelineError::UnsupportedVersion(_) => {
                 ("unsupported-job", "This job was made by a newer gateway.".to_owned())
             }
@@ -165,6 +172,11 @@ impl<'a> Job<'a> {
         let t0 = Instant::now();
         let r = work.await;
         let duration_ms = t0.elapsed().as_millis() as u64;
+        if let Err(e) = &r {
+            // The detail (a tool's stderr, paths) is for the log; the job's
+            // record, which callers can read, keeps only the code.
+            tracing::warn!(task_id = %self.job.task_id, step = step.name(), error = %e, "step failed");
+        }
         let mut rec = self.record.lock().expect("record lock");
         if r.is_err() && rec.failed.is_none() {
             rec.failed = Some(step);
@@ -173,7 +185,7 @@ impl<'a> Job<'a> {
             stage: step.name().to_owned(),
             duration_ms,
             success: r.is_ok(),
-            error: r.as_ref().err().map(|e| e.to_string()),
+            error: r.as_ref().err().map(|e| e.to_job_error().code),
         });
         r
     }

@@ -7,6 +7,7 @@ use shared::job::VideoResult;
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
+use crate::process::Arg;
 use crate::{media, vision};
 
 /// The message split into caption lines: at sentence ends (。！？.!?) and
@@ -129,46 +130,39 @@ async fn encode(
     .map_err(|e| PipelineError::Vision(vision::VisionError::Inference(e.to_string())))??;
     let frames = (duration * f64::from(FPS)).ceil() as u32;
     let size = format!("{w}x{h}");
-    let fps = FPS.to_string();
     let graph = format!("[0:v]subtitles=filename={}[v]", filter_path(ass));
     let duration_arg = format!("{duration:.3}");
-    let args: [&std::ffi::OsStr; _] = [
-        "-f".as_ref(),
-        "rawvideo".as_ref(),
-        "-pix_fmt".as_ref(),
-        "yuv420p".as_ref(),
-        "-s".as_ref(),
-        size.as_ref(),
-        "-framerate".as_ref(),
-        fps.as_ref(),
-        "-i".as_ref(),
-        "-".as_ref(),
-        "-i".as_ref(),
-        audio.as_os_str(),
-        "-filter_complex".as_ref(),
-        graph.as_ref(),
-        "-map".as_ref(),
-        "[v]".as_ref(),
-        "-map".as_ref(),
-        "1:a".as_ref(),
-        "-t".as_ref(),
-        duration_arg.as_ref(),
-        "-c:v".as_ref(),
-        "libx264".as_ref(),
-        "-preset".as_ref(),
-        "veryfast".as_ref(),
-        "-r".as_ref(),
-        fps.as_ref(),
-        "-pix_fmt".as_ref(),
-        "yuv420p".as_ref(),
-        "-c:a".as_ref(),
-        "aac".as_ref(),
-        "-b:a".as_ref(),
-        "160k".as_ref(),
-        "-movflags".as_ref(),
-        "+faststart".as_ref(),
-        video.as_os_str(),
-    ];
+    let mut args = media::input_with(
+        Path::new("-"),
+        media::Format::RawVideoStdin,
+        crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS)],
+    );
+    args.extend(media::input(audio, media::Format::Mp3));
+    args.extend(crate::args![
+        "-filter_complex",
+        Arg::composed(graph),
+        "-map",
+        "[v]",
+        "-map",
+        "1:a",
+        "-t",
+        Arg::composed(duration_arg),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-r",
+        Arg::num(FPS),
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "160k",
+        "-movflags",
+        "+faststart",
+        video,
+    ]);
     media::ffmpeg_fed(args, zoom_frames(planes, frames), j.cfg.tool_timeout).await?;
     Ok(())
 }
@@ -193,18 +187,9 @@ pub async fn render_and_upload(
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
-    let thumbnail = media::ffmpeg(
-        [
-            "-i".as_ref(),
-            frame.as_os_str(),
-            "-vf".as_ref(),
-            "scale=360:-2".as_ref(),
-            "-q:v".as_ref(),
-            "3".as_ref(),
-            thumb.as_os_str(),
-        ],
-        j.cfg.tool_timeout,
-    );
+    let mut thumb_args = media::input(frame, media::Format::Png);
+    thumb_args.extend(crate::args!["-vf", "scale=360:-2", "-q:v", "3", &thumb]);
+    let thumbnail = media::ffmpeg(thumb_args, j.cfg.tool_timeout);
     let (encoded, thumbnail) = tokio::join!(encode(j, frame, &ass, audio, duration, &video), thumbnail);
     encoded?;
     thumbnail?;
@@ -212,7 +197,7 @@ pub async fn render_and_upload(
     let thumbnail_key = objects::thumbnail(j.task_id());
     // Thumbnail first: the video's presence is what marks the result complete.
     let (probe, thumbnail_bytes) = tokio::join!(
-        media::probe(&video, j.cfg.tool_timeout),
+        media::probe(&video, media::Format::Mp4, j.cfg.tool_timeout),
         j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg")
     );
     let (probe, thumbnail_bytes) = (probe?, thumbnail_bytes?);
@@ -261,24 +246,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = image::RgbImage::from_fn(512, 910, |x, _| image::Rgb(if x < 40 { [0; 3] } else { [230; 3] }));
         let video = dir.path().join("z.mp4");
-        let args: Vec<std::ffi::OsString> = [
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "yuv420p",
-            "-s",
-            "512x910",
-            "-framerate",
-            "30",
-            "-i",
-            "-",
-            "-c:v",
-            "libx264",
-        ]
-        .iter()
-        .map(Into::into)
-        .chain([video.clone().into_os_string()])
-        .collect();
+        let mut args = media::input_with(
+            Path::new("-"),
+            media::Format::RawVideoStdin,
+            crate::args!["-pix_fmt", "yuv420p", "-s", "512x910", "-framerate", "30"],
+        );
+        args.extend(crate::args!["-c:v", "libx264", &video]);
         let frames = zoom_frames(vision::zoom::Planes::from_rgb(&img), 60);
         media::ffmpeg_fed(args, frames, std::time::Duration::from_secs(60)).await.unwrap();
         let band = |seek: &str| -> usize {

@@ -132,11 +132,31 @@ pub async fn speak(
     };
     if engine == "piper" {
         let lib = crate::onnx::runtime_path(catalog.data_dir());
-        return crate::piper::speak(&lib, &voice, message, out, timeout)
-            .await
-            .map_err(|e| bad_voice(profile, e.to_string()));
+        crate::piper::speak(&lib, &voice, message, out, timeout).await.map_err(|e| bad_voice(profile, e.to_string()))?;
+    } else {
+        speak_sentences(engine, &voice, message, scratch, out, timeout).await?;
     }
-    speak_sentences(engine, &voice, message, scratch, out, timeout).await
+    check_audible(out).await
+}
+
+/// Below this RMS level (about -46 dBFS) speech is taken for silence.
+const SILENCE_RMS: f32 = 0.005;
+
+/// Speech that came out silent is an error, never a silent video (an
+/// engine that read nothing it could say, or was fed something else).
+pub async fn check_audible(path: &Path) -> Result<(), PipelineError> {
+    let p = path.to_owned();
+    let (samples, _) = tokio::task::spawn_blocking(move || crate::media::read_wav(&p))
+        .await
+        .map_err(|e| PipelineError::Io(std::io::Error::other(e.to_string())))??;
+    let rms = (samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32).sqrt();
+    if rms < SILENCE_RMS { Err(PipelineError::SilentSpeech) } else { Ok(()) }
+}
+
+/// Flite's built-in voices: a profile names one of these (Flite would also
+/// load a voice from any file or URL given to `-voice`).
+fn flite_voice(name: &Path) -> Option<&'static str> {
+    ["slt", "kal", "kal16", "awb", "rms"].into_iter().find(|v| name == Path::new(v))
 }
 
 /// Open JTalk or Flite, sentence by sentence (two processes at a time).
@@ -156,17 +176,15 @@ pub async fn speak_sentences(
         let text = scratch.join(format!("sentence_{i}.txt"));
         let wav = scratch.join(format!("sentence_{i}.wav"));
         tokio::fs::write(&text, format!("{sentence}\n")).await?;
-        let args: Vec<std::ffi::OsString> = match engine {
-            "openjtalk" => vec![
-                "-x".into(),
-                OPEN_JTALK_DIC.into(),
-                "-m".into(),
-                voice.into(),
-                "-ow".into(),
-                wav.clone().into(),
-                text.into(),
-            ],
-            _ => vec!["-voice".into(), voice.into(), "-f".into(), text.into(), "-o".into(), wav.clone().into()],
+        let args = match engine {
+            "openjtalk" => crate::args!["-x", OPEN_JTALK_DIC, "-m", voice, "-ow", &wav, text],
+            _ => {
+                let name = flite_voice(voice).ok_or_else(|| PipelineError::BadVoice {
+                    id: voice.display().to_string(),
+                    reason: "not one of Flite's built-in voices".into(),
+                })?;
+                crate::args!["-voice", name, "-f", text, "-o", &wav]
+            }
         };
         jobs.push(async move { process::run(program, args, None, timeout).await.map(|_| wav) });
     }
@@ -236,18 +254,9 @@ pub async fn shape(
 /// Apply an embedding's pitch and speed to the speech in `input`.
 pub async fn shape_with(emb: &Embedding, input: &Path, out: &Path, timeout: Duration) -> Result<(), PipelineError> {
     let filter = prosody_filter(emb);
-    crate::media::ffmpeg(
-        [
-            "-i".as_ref(),
-            input.as_os_str(),
-            "-af".as_ref(),
-            filter.as_ref(),
-            "-c:a".as_ref(),
-            "pcm_s16le".as_ref(),
-            out.as_os_str(),
-        ],
-        timeout,
-    )
+    let mut args = crate::media::input(input, crate::media::Format::Wav);
+    args.extend(crate::args!["-af", crate::process::Arg::composed(filter), "-c:a", "pcm_s16le", out]);
+    crate::media::ffmpeg(args, timeout)
     .await?;
     Ok(())
 }

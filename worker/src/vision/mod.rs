@@ -43,6 +43,10 @@ pub fn load_upright(path: &Path) -> Result<RgbImage, VisionError> {
     let bad = |e: &dyn std::fmt::Display| VisionError::Decode(e.to_string());
     let file = std::fs::File::open(path).map_err(|e| bad(&e))?;
     let mut reader = ImageReader::new(BufReader::new(file)).with_guessed_format().map_err(|e| bad(&e))?;
+    // Only the photo formats the gateway accepts are opened (by content).
+    if !matches!(reader.format(), Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP)) {
+        return Err(VisionError::Decode("not a JPEG, PNG or WebP image".into()));
+    }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_PIXELS * 4);
     reader.limits(limits);
