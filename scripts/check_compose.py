@@ -7,12 +7,17 @@
 2. It has what tayori needs: Redis with AOF on a volume, an S3 server, a
    gateway, workers that can scale (no container_name, no host port), and
    every `depends_on` names a service.
-3. Every file the Dockerfile COPYs from the build context exists and is not
+3. Least privilege: the S3 server's root credential (MinIO's
+   MINIO_ROOT_USER / MINIO_ROOT_PASSWORD) reaches no service but the S3
+   server and the one-shot setup service (restart "no", running `mc admin`);
+   the gateway and workers hold a user limited to tayori's bucket.
+4. Every file the Dockerfile COPYs from the build context exists and is not
    excluded by .dockerignore; the build has a builder and a runtime stage.
 """
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -67,6 +72,7 @@ def check_compose(path, cache, errors):
     worker = services.get("worker") or {}
     if "container_name" in worker or worker.get("ports"):
         errors.append("worker must not set container_name or host ports (it must scale)")
+    check_least_privilege(services, errors)
     root = os.path.dirname(os.path.abspath(path))
     for name, svc in services.items():
         build = svc.get("build")
@@ -86,6 +92,35 @@ def check_compose(path, cache, errors):
             elif src and not src.startswith(("/", ".")) and src not in (doc.get("volumes") or {}):
                 errors.append(f"{name}: named volume {src} is not declared")
     return len(services)
+
+
+VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def check_least_privilege(services, errors):
+    minio = services.get("minio")
+    if not minio:
+        return
+    env = minio.get("environment") or {}
+    root_vars = set()
+    for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"):
+        found = VARIABLE.findall(str(env.get(key, "")))
+        if not found:
+            errors.append(f"minio: {key} must come from a variable (the root credential is not written in the file)")
+        root_vars.update(found)
+    for name, svc in services.items():
+        command = " ".join(map(str, svc.get("command") or [])) if not isinstance(svc.get("command"), str) else svc["command"]
+        setup = str(svc.get("restart")) == "no" and "mc admin" in command
+        if name == "minio" or setup:
+            continue
+        text = json.dumps(svc.get("environment") or {}) + command
+        for var in sorted(root_vars):
+            if re.search(r"\$\{?" + var + r"\b", text):
+                errors.append(f"{name}: gets the storage root credential ({var}); give it the tayori user instead")
+    for name in ("gateway", "worker"):
+        env = (services.get(name) or {}).get("environment") or {}
+        if not env.get("TAYORI_S3_ACCESS_KEY") or not env.get("TAYORI_S3_SECRET_KEY"):
+            errors.append(f"{name}: TAYORI_S3_ACCESS_KEY and TAYORI_S3_SECRET_KEY (the tayori user) must be set")
 
 
 def check_dockerfile(root, errors):

@@ -11,6 +11,10 @@
 //! - WebSocket upgrades kept, the peer address given to handlers as
 //!   `ConnectInfo`, and a graceful stop that waits a bounded time for open
 //!   connections.
+//!
+//! Written here rather than with `axum::serve` (no header timeout) or
+//! hyper-util's `auto` server (it speaks h2c on upgradeable connections
+//! whatever it is told).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,9 +31,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
@@ -44,6 +46,10 @@ pub struct Limits {
 }
 
 /// Serve `app` until `shutdown` completes.
+///
+/// Written on hyper's HTTP/1 connection directly: hyper-util's `auto`
+/// builder, whose graceful shutdown this replaces, still answers HTTP/2
+/// prior knowledge on upgradeable connections even when told `http1_only`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -52,9 +58,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let body_timeout = limits.body_timeout;
     let app = app.layer(axum::middleware::from_fn(move |req, next| body_deadline(body_timeout, req, next)));
-    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let graceful = GracefulShutdown::new();
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    // Each connection holds a receiver: told to stop, it finishes the
+    // request in hand and closes; the sender sees when all are gone.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -70,16 +78,26 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let conn = http1.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                () = async { drop(stop.wait_for(|s| *s).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN, stop_tx.closed()).await.is_err() {
         tracing::warn!("open connections did not end within {DRAIN:?}; stopping anyway");
     }
     Ok(())

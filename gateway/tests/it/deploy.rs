@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::harness;
 
-fn check(compose: &std::path::Path) -> (bool, String) {
+pub(crate) fn check(compose: &std::path::Path) -> (bool, String) {
     let o = Command::new("python3")
         .arg(harness::repo_root().join("scripts/check_compose.py"))
         .arg(compose)

@@ -232,6 +232,9 @@ impl Stack {
             cmd.envs(self.worker_env.iter().map(|(k, v)| (k, v)))
                 .env("TAYORI_WORKER_NAME", format!("test-worker-{i}"))
                 .env("TAYORI_WORK_DIR", &work)
+                // Relative paths (as in a message that tries `-f.tayori/…`)
+                // resolve in the stack's own directory.
+                .current_dir(self.dir.path())
                 .stdout(log(&format!("worker-{i}")))
                 .stderr(log(&format!("worker-{i}.err")))
                 .spawn()
@@ -560,4 +563,41 @@ pub async fn wait_meta_done(stack: &Stack, task_id: &str, limit: Duration) -> se
         assert!(t0.elapsed() < limit, "job {task_id} did not end within {limit:?}\n{}", stack.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Ask for a presigned POST policy for a photo of `content_type`.
+pub async fn policy(stack: &Stack, content_type: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/uploads?content_type={content_type}", stack.http))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// POST `body` to S3 with the policy's fields, as a browser form does,
+/// but with `content_type` in the `Content-Type` field (a client may change
+/// any field; the signed policy decides what S3 accepts).
+pub async fn post_to_s3(p: &serde_json::Value, body: Vec<u8>, content_type: &str) -> reqwest::StatusCode {
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in p["fields"].as_object().unwrap() {
+        let v = if k == "Content-Type" { content_type } else { v.as_str().unwrap() };
+        form = form.text(k.clone(), v.to_owned());
+    }
+    let part = reqwest::multipart::Part::bytes(body).file_name("photo").mime_str(content_type).unwrap();
+    form = form.part(p["file_field"].as_str().unwrap().to_owned(), part);
+    // An endpoint may refuse an oversized upload by answering 4xx or by
+    // closing the connection before the client has sent it all: a refusal
+    // either way (reported as 413 here).
+    match reqwest::Client::new().post(p["url"].as_str().unwrap()).multipart(form).send().await {
+        Ok(r) => r.status(),
+        Err(e) if e.is_request() => reqwest::StatusCode::PAYLOAD_TOO_LARGE,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+/// Ask the gateway for the people in an upload.
+pub async fn people(stack: &Stack, upload_id: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = reqwest::Client::new().post(format!("{}/api/uploads/{upload_id}/people", stack.http)).send().await.unwrap();
+    (r.status(), r.json().await.unwrap_or(serde_json::Value::Null))
 }

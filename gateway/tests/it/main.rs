@@ -14,4 +14,5 @@ mod logs;
 mod metrics;
 mod presign;
 mod soak;
+mod trust;
 mod uploads;

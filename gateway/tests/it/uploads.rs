@@ -7,40 +7,7 @@ use serde_json::Value;
 
 use crate::harness::{self, Options, Stack};
 
-async fn policy(stack: &Stack, content_type: &str) -> (reqwest::StatusCode, Value) {
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/uploads?content_type={content_type}", stack.http))
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
-}
-
-/// POST `body` to S3 with the policy's fields, as a browser form does,
-/// but with `content_type` in the `Content-Type` field (a client may change
-/// any field; the signed policy decides what S3 accepts).
-async fn post_to_s3(p: &Value, body: Vec<u8>, content_type: &str) -> reqwest::StatusCode {
-    let mut form = reqwest::multipart::Form::new();
-    for (k, v) in p["fields"].as_object().unwrap() {
-        let v = if k == "Content-Type" { content_type } else { v.as_str().unwrap() };
-        form = form.text(k.clone(), v.to_owned());
-    }
-    let part = reqwest::multipart::Part::bytes(body).file_name("photo").mime_str(content_type).unwrap();
-    form = form.part(p["file_field"].as_str().unwrap().to_owned(), part);
-    // An endpoint may refuse an oversized upload by answering 4xx or by
-    // closing the connection before the client has sent it all: a refusal
-    // either way (reported as 413 here).
-    match reqwest::Client::new().post(p["url"].as_str().unwrap()).multipart(form).send().await {
-        Ok(r) => r.status(),
-        Err(e) if e.is_request() => reqwest::StatusCode::PAYLOAD_TOO_LARGE,
-        Err(e) => panic!("{e:?}"),
-    }
-}
-
-async fn people(stack: &Stack, upload_id: &str) -> (reqwest::StatusCode, Value) {
-    let r = reqwest::Client::new().post(format!("{}/api/uploads/{upload_id}/people", stack.http)).send().await.unwrap();
-    (r.status(), r.json().await.unwrap_or(Value::Null))
-}
+use crate::harness::{people, policy, post_to_s3};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_photo_uploaded_straight_to_s3_shows_its_people_and_becomes_a_video() {
@@ -175,13 +142,12 @@ async fn upload_policies_have_their_own_rate_limit() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "rate-limited");
     assert!(body["error"]["message"].as_str().unwrap().contains("uploads"), "{body}");
-    // Finding people has its own allowance too.
+    // Finding people has its own allowance (tested with real uploads in
+    // trust.rs); asking about an upload that does not exist costs nothing.
     let id = uuid::Uuid::new_v4().to_string();
-    for _ in 0..4 {
+    for _ in 0..6 {
         assert_eq!(people(&stack, &id).await.0, 404);
     }
-    let (status, body) = people(&stack, &id).await;
-    assert_eq!(status, 429, "{body}");
     // The uploads did not use up the video allowance.
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let (status, body) =
