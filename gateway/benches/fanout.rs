@@ -38,7 +38,13 @@ fn env_or(name: &str, default: usize) -> usize {
 async fn main() {
     let viewers = env_or("BENCH_VIEWERS", 10_000);
     let tasks = env_or("BENCH_TASKS", 100);
-    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    // Every viewer connects from 127.0.0.1 here: the per-client connection
+    // bound (64 by default) is for real clients, so it is off.
+    let env = vec![
+        ("TAYORI_MAX_CONNECTIONS_PER_CLIENT".to_owned(), "0".to_owned()),
+        ("TAYORI_MAX_CONNECTIONS".to_owned(), (viewers + 1000).to_string()),
+    ];
+    let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
     let conn = redis::Client::open(stack.redis_url.as_str()).unwrap().get_connection_manager().await.unwrap();
     let store = TaskStore::new(
         conn,

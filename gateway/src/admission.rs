@@ -53,16 +53,80 @@ impl FromRequestParts<AppState> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        Ok(ClientIp(client_address(peer, &parts.headers, state.cfg.trusted_proxy_hops)))
+        Ok(ClientIp(client_address(peer, &parts.headers, &state.cfg.proxies)))
     }
+}
+
+/// The proxies in front of the gateway: how many append to
+/// `X-Forwarded-For`, and the networks they connect from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies {
+    pub hops: u32,
+    pub nets: Vec<Net>,
+}
+
+/// An address block (`10.0.0.0/8`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    bits: u8,
+}
+
+impl Net {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.bits)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Net, String> {
+        let (a, bits) = s.split_once('/').unwrap_or((s, ""));
+        let addr: IpAddr = a.trim().parse().map_err(|_| format!("{s:?} is not an address block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = if bits.is_empty() { max } else { bits.trim().parse().map_err(|_| format!("{s:?}: bad prefix"))? };
+        if bits > max {
+            return Err(format!("{s:?}: prefix longer than {max}"));
+        }
+        Ok(Net { addr, bits })
+    }
+}
+
+/// `TAYORI_TRUSTED_PROXY_NETS`: comma-separated blocks, or `private` for
+/// loopback and the private ranges (where proxies of one's own sit).
+pub fn parse_nets(raw: &str) -> Result<Vec<Net>, String> {
+    let mut nets = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        if item == "private" {
+            for n in ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7"] {
+                nets.push(n.parse()?);
+            }
+        } else {
+            nets.push(item.parse()?);
+        }
+    }
+    Ok(nets)
 }
 
 /// The client behind `hops` trusted proxies: the `X-Forwarded-For` entry
 /// `hops` places from the right (every header line, in order). With fewer
 /// entries than hops, the leftmost (each was appended by a trusted proxy);
-/// without a usable entry, or with no trusted proxies, the peer.
-pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, hops: u32) -> Option<IpAddr> {
-    if hops == 0 {
+/// without a usable entry, with no trusted proxies, or when the peer is not
+/// in one of the proxies' networks (a client that reached the gateway
+/// directly), the peer.
+pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, proxies: &TrustedProxies) -> Option<IpAddr> {
+    let hops = proxies.hops;
+    if hops == 0 || !peer.is_some_and(|p| proxies.nets.iter().any(|n| n.contains(p))) {
         return peer.map(canonical);
     }
     let entries: Vec<&str> = headers
@@ -258,24 +322,47 @@ mod tests {
         Some(s.parse().unwrap())
     }
 
+    fn proxies(hops: u32) -> TrustedProxies {
+        TrustedProxies { hops, nets: parse_nets("private").unwrap() }
+    }
+
+    #[test]
+    fn address_blocks_contain_what_they_should() {
+        let n: Net = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.255.0.1".parse().unwrap()) && !n.contains("11.0.0.1".parse().unwrap()));
+        let n: Net = "2001:db8::/32".parse().unwrap();
+        assert!(n.contains("2001:db8:ffff::1".parse().unwrap()) && !n.contains("2001:db9::1".parse().unwrap()));
+        assert!("0.0.0.0/0".parse::<Net>().unwrap().contains("203.0.113.1".parse().unwrap()));
+        assert!("203.0.113.7".parse::<Net>().unwrap().contains("203.0.113.7".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Net>().is_err() && "nonsense".parse::<Net>().is_err());
+        assert_eq!(parse_nets("private, 203.0.113.0/24").unwrap().len(), 7);
+    }
+
+    #[test]
+    fn a_client_that_reaches_the_gateway_directly_cannot_pose_as_a_proxy() {
+        let public_peer = ip("198.51.100.20");
+        assert_eq!(client_address(public_peer, &xff(&["203.0.113.7"]), &proxies(1)), public_peer);
+        assert_eq!(client_address(ip("10.1.2.3"), &xff(&["203.0.113.7"]), &proxies(1)), ip("203.0.113.7"));
+    }
+
     #[test]
     fn the_client_is_what_the_trusted_proxy_appended() {
         let peer = ip("10.0.0.2");
         // The client wrote "6.6.6.6"; the proxy appended what it saw.
-        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7"]), 1), ip("203.0.113.7"));
-        assert_eq!(client_address(peer, &xff(&["6.6.6.6", "203.0.113.7"]), 1), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7"]), &proxies(1)), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6", "203.0.113.7"]), &proxies(1)), ip("203.0.113.7"));
         // Two proxies: the outer one's entry, one before the inner one's.
-        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7, 10.0.0.1"]), 2), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, 203.0.113.7, 10.0.0.1"]), &proxies(2)), ip("203.0.113.7"));
         // Fewer entries than hops: the leftmost.
-        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), 2), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), &proxies(2)), ip("203.0.113.7"));
         // Not trusted, no header, garbage: the peer.
-        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), 0), peer);
-        assert_eq!(client_address(peer, &HeaderMap::new(), 1), peer);
-        assert_eq!(client_address(peer, &xff(&["6.6.6.6, not-an-address"]), 1), peer);
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7"]), &proxies(0)), peer);
+        assert_eq!(client_address(peer, &HeaderMap::new(), &proxies(1)), peer);
+        assert_eq!(client_address(peer, &xff(&["6.6.6.6, not-an-address"]), &proxies(1)), peer);
         // Ports and mapped addresses.
-        assert_eq!(client_address(peer, &xff(&["203.0.113.7:4711"]), 1), ip("203.0.113.7"));
-        assert_eq!(client_address(peer, &xff(&["[2001:db8::1]:443"]), 1), ip("2001:db8::1"));
-        assert_eq!(client_address(ip("::ffff:192.0.2.1"), &HeaderMap::new(), 0), ip("192.0.2.1"));
+        assert_eq!(client_address(peer, &xff(&["203.0.113.7:4711"]), &proxies(1)), ip("203.0.113.7"));
+        assert_eq!(client_address(peer, &xff(&["[2001:db8::1]:443"]), &proxies(1)), ip("2001:db8::1"));
+        assert_eq!(client_address(ip("::ffff:192.0.2.1"), &HeaderMap::new(), &proxies(0)), ip("192.0.2.1"));
     }
 
     #[test]

@@ -45,13 +45,24 @@ pub struct GatewayConfig {
     /// `TAYORI_TRUST_PROXY_HEADERS=true`): how many proxies of yours stand in
     /// front of the gateway, each appending to `X-Forwarded-For`. The client
     /// is the entry that many places from the right; 0: the connection's peer.
-    pub trusted_proxy_hops: u32,
+    /// `TAYORI_TRUSTED_PROXY_NETS`, default `private` (loopback, 10/8,
+    /// 172.16/12, 192.168/16, ::1, fc00::/7): `X-Forwarded-For` is read only
+    /// from connections from these blocks (comma-separated CIDRs).
+    pub proxies: crate::admission::TrustedProxies,
     /// `TAYORI_HEADER_READ_TIMEOUT_SECS`, default 10: time a client gets to
     /// send a request's head (slow clients are cut off).
     pub header_read_timeout: Duration,
     /// `TAYORI_BODY_TIMEOUT_SECS`, default 60: time a client gets to send a
     /// whole request body (a 10 MB upload at 1.4 Mbit/s); slower ones get 408.
     pub body_timeout: Duration,
+    /// `TAYORI_MAX_CONNECTIONS`, default 4096: open connections per server
+    /// (the gateway, the embedded S3 endpoint); past it new ones are closed.
+    pub max_connections: usize,
+    /// `TAYORI_MAX_CONNECTIONS_PER_CLIENT`, default 64: open connections one
+    /// client (IPv4 address, IPv6 /64) may hold on each server; on the
+    /// gateway only without trusted proxies (behind them the proxy bounds
+    /// its clients). 0: no bound.
+    pub max_connections_per_client: usize,
     /// `TAYORI_MAX_QUEUE_DEPTH`, default 1000: above it new jobs get 503 (0: no bound).
     pub max_queue_depth: u64,
     /// `TAYORI_MAX_CATALOG_QUEUE_DEPTH`, default 50: above it music and voice
@@ -66,6 +77,17 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The bounds of the gateway's own HTTP server (`behind_proxies`: its
+    /// peers are proxies, so no per-client bound) or the embedded S3's.
+    pub fn server_limits(&self, behind_proxies: bool) -> crate::serve::Limits {
+        crate::serve::Limits {
+            header_timeout: self.header_read_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            max_per_client: if behind_proxies { 0 } else { self.max_connections_per_client },
+        }
+    }
+
     pub fn from_env() -> Result<Self, EnvError> {
         let s3 = S3Config::from_env()?;
         let embedded_s3 = if s3.endpoint.is_none() && env::var("TAYORI_S3_USE_AWS").is_none() {
@@ -97,14 +119,26 @@ impl GatewayConfig {
             backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,
             catalog_task_timeout: env::secs("TAYORI_CATALOG_TASK_TIMEOUT_SECS", 60)?,
             rate_limit_per_min: env::parse("TAYORI_RATE_LIMIT_PER_MIN", 5)?,
-            trusted_proxy_hops: {
-                let legacy: bool = env::parse("TAYORI_TRUST_PROXY_HEADERS", false)?;
-                env::parse("TAYORI_TRUSTED_PROXY_HOPS", u32::from(legacy))?
+            proxies: crate::admission::TrustedProxies {
+                hops: {
+                    let legacy: bool = env::parse("TAYORI_TRUST_PROXY_HEADERS", false)?;
+                    env::parse("TAYORI_TRUSTED_PROXY_HOPS", u32::from(legacy))?
+                },
+                nets: {
+                    let raw = env::var("TAYORI_TRUSTED_PROXY_NETS").unwrap_or_else(|| "private".into());
+                    crate::admission::parse_nets(&raw).map_err(|reason| EnvError {
+                        name: "TAYORI_TRUSTED_PROXY_NETS".into(),
+                        value: raw.clone(),
+                        reason,
+                    })?
+                },
             },
             max_queue_depth: env::parse("TAYORI_MAX_QUEUE_DEPTH", 1000)?,
             max_catalog_queue_depth: env::parse("TAYORI_MAX_CATALOG_QUEUE_DEPTH", 50)?,
             header_read_timeout: env::secs("TAYORI_HEADER_READ_TIMEOUT_SECS", 10)?,
             body_timeout: env::secs("TAYORI_BODY_TIMEOUT_SECS", 60)?,
+            max_connections: env::parse("TAYORI_MAX_CONNECTIONS", 4096)?,
+            max_connections_per_client: env::parse("TAYORI_MAX_CONNECTIONS_PER_CLIENT", 64)?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

@@ -104,7 +104,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     };
 
     if let Some(emb) = &cfg.embedded_s3 {
-        let limits = serve::Limits { header_timeout: cfg.header_read_timeout, body_timeout: cfg.body_timeout };
+        let limits = cfg.server_limits(false);
         let s3 = s3_server::start(emb, &cfg.s3.access_key, &cfg.s3.secret_key, &cfg.cors_origins, limits, stopped())
             .await
             .with_context(|| format!("starting the embedded S3 endpoint on {}", emb.bind))?;
@@ -152,7 +152,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     if !shared::telemetry::json_logs() {
         println!("tayori gateway listening on http://{addr}");
     }
-    let limits = serve::Limits { header_timeout: state.cfg.header_read_timeout, body_timeout: state.cfg.body_timeout };
+    let limits = state.cfg.server_limits(state.cfg.proxies.hops > 0);
     let result = serve::serve(listener, app(state), limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -8,6 +8,9 @@
 //!   dropped and the client gets 408 and a closed connection);
 //! - HTTP/1 only: cleartext HTTP/2 (h2c) is not spoken, so its streams
 //!   cannot sidestep these rules (a TLS proxy in front may speak HTTP/2);
+//! - connections bounded in all and per client (past either bound a new
+//!   connection is closed at once), so no one client can hold the server's
+//!   sockets, or the memory of many uploads in flight;
 //! - WebSocket upgrades kept, the peer address given to handlers as
 //!   `ConnectInfo`, and a graceful stop that waits a bounded time for open
 //!   connections.
@@ -38,11 +41,56 @@ use tokio::net::TcpListener;
 /// Longest a stop waits for open connections (WebSocket viewers) to end.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// How long clients get for the parts of a request.
+/// How long clients get for the parts of a request, and how many
+/// connections they may hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
+    /// Open connections in all; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// Open connections per client (an IPv4 address or IPv6 /64 of the
+    /// peer); 0: no bound (behind a proxy, every peer is the proxy).
+    pub max_per_client: usize,
+}
+
+/// Who holds how many connections.
+#[derive(Default)]
+struct Connections {
+    total: usize,
+    per_client: std::collections::HashMap<String, usize>,
+}
+
+/// One admitted connection; its slots are given back when it is dropped.
+struct Slot {
+    table: Arc<std::sync::Mutex<Connections>>,
+    client: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().expect("connection table");
+        t.total -= 1;
+        if let Some(n) = t.per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                t.per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// A slot for a connection from `peer`, if both bounds have room.
+fn admit(table: &Arc<std::sync::Mutex<Connections>>, limits: &Limits, peer: SocketAddr) -> Option<Slot> {
+    let client = crate::admission::client_key(peer.ip());
+    let mut t = table.lock().expect("connection table");
+    let held = t.per_client.get(&client).copied().unwrap_or(0);
+    if t.total >= limits.max_connections || (limits.max_per_client > 0 && held >= limits.max_per_client) {
+        return None;
+    }
+    t.total += 1;
+    *t.per_client.entry(client.clone()).or_insert(0) += 1;
+    Some(Slot { table: table.clone(), client })
 }
 
 /// Serve `app` until `shutdown` completes.
@@ -63,6 +111,7 @@ pub async fn serve(
     // Each connection holds a receiver: told to stop, it finishes the
     // request in hand and closes; the sender sees when all are gone.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let table = Arc::new(std::sync::Mutex::new(Connections::default()));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -76,6 +125,12 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let Some(slot) = admit(&table, &limits, peer) else {
+            // Closed at once: a client holding its share, or a full server.
+            tracing::debug!(%peer, "connection refused: too many open");
+            drop(stream);
+            continue;
         };
         let svc = TowerToHyperService::new(app.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))));
         let conn = http1.serve_connection(TokioIo::new(stream), svc).with_upgrades();
@@ -92,6 +147,7 @@ pub async fn serve(
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);

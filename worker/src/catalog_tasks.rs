@@ -53,9 +53,7 @@ fn rejected(code: &str, message: impl Into<String>) -> CatalogTaskResult {
 /// A tool that could not read the upload: the file's fault, said in words.
 fn unreadable(what: &'static str) -> impl Fn(ProcessError) -> CatalogTaskResult {
     move |e| match e {
-        ProcessError::Failed { .. } => {
-            rejected("audio-unreadable", format!("The {what} could not be read as audio."))
-        }
+        ProcessError::Failed { .. } => rejected("audio-unreadable", format!("The {what} could not be read as audio.")),
         other => failed(other),
     }
 }
@@ -112,7 +110,11 @@ async fn analyse_track_file(
     let too_long = |secs: f64| {
         rejected(
             "audio-too-long",
-            format!("The music is {:.0} minutes long; at most {} minutes are accepted.", secs / 60.0, MAX_TRACK_SECS / 60),
+            format!(
+                "The music is {:.0} minutes long; at most {} minutes are accepted.",
+                secs / 60.0,
+                MAX_TRACK_SECS / 60
+            ),
         )
     };
     let (format, _) = probe_upload(runner, raw, "music file", f64::from(MAX_TRACK_SECS), too_long).await?;

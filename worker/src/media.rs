@@ -183,8 +183,10 @@ pub enum Format {
     Wav,
     Mp3,
     Ogg,
-    /// MP4 / M4A / MOV (one demuxer), with external data references off.
+    /// MP4 / M4A / MOV (one demuxer) of audio, with external data references off.
     Mp4,
+    /// The MP4 video the worker rendered itself (H.264 and AAC).
+    Mp4Video,
     Png,
     Jpeg,
     /// Raw frames on stdin.
@@ -199,11 +201,30 @@ impl Format {
             Format::Wav => "wav",
             Format::Mp3 => "mp3",
             Format::Ogg => "ogg",
-            Format::Mp4 => "mov",
+            Format::Mp4 | Format::Mp4Video => "mov",
             Format::Png => "png_pipe",
             Format::Jpeg => "jpeg_pipe",
             Format::RawVideoStdin => "rawvideo",
             Format::Lavfi => "lavfi",
+        }
+    }
+
+    /// The only decoders such a file may reach (cover art included: MP3
+    /// and M4A files often carry a JPEG or PNG picture); `None` for a
+    /// generated input.
+    fn decoders(self) -> Option<&'static str> {
+        match self {
+            Format::Wav => Some(
+                "pcm_s16le,pcm_s24le,pcm_s32le,pcm_f32le,pcm_f64le,pcm_u8,pcm_alaw,pcm_mulaw,adpcm_ms,adpcm_ima_wav",
+            ),
+            Format::Mp3 => Some("mp3float,mp3,mjpeg,png"),
+            Format::Ogg => Some("vorbis,opus,libopus,flac,mjpeg,png"),
+            Format::Mp4 => Some("aac,aac_fixed,alac,mp3float,mp3,mjpeg,png"),
+            Format::Mp4Video => Some("h264,aac"),
+            Format::Png => Some("png"),
+            Format::Jpeg => Some("mjpeg"),
+            Format::RawVideoStdin => Some("rawvideo"),
+            Format::Lavfi => None,
         }
     }
 
@@ -241,7 +262,10 @@ pub async fn audio_format(path: &Path) -> std::io::Result<Option<Format>> {
 pub fn input_with(path: &Path, format: Format, before: Vec<Arg>) -> Vec<Arg> {
     let mut a = before;
     a.extend(args!["-f", format.demuxer(), "-format_whitelist", format.demuxer()]);
-    if format == Format::Mp4 {
+    if let Some(decoders) = format.decoders() {
+        a.extend(args!["-codec_whitelist", decoders]);
+    }
+    if matches!(format, Format::Mp4 | Format::Mp4Video) {
         // Tracks whose samples live in other files (data references) stay closed.
         a.extend(args!["-enable_drefs", "0", "-use_absolute_path", "0"]);
     }
@@ -265,20 +289,23 @@ pub fn generated(graph: &'static str) -> Vec<Arg> {
     args!["-f", "lavfi", "-format_whitelist", "lavfi", "-protocol_whitelist", "file", "-i", graph]
 }
 
-/// Every `-i` must come from [`input_with`]: its format pinned and its
-/// protocols listed.
+/// Every `-i` must come from [`input_with`]: between it and the input
+/// before it, its format pinned (`-f`), that demuxer the only one allowed
+/// (`-format_whitelist`), and its protocols listed just before it.
 fn check_inputs(program: &str, args: &[Arg]) -> Result<(), ProcessError> {
+    let mut group_start = 0;
     for (k, a) in args.iter().enumerate() {
         if a.as_os_str() == "-i" {
+            let group = &args[group_start..k];
+            let has = |opt: &str| group.iter().any(|g| g.as_os_str() == opt);
             let pinned = k >= 2 && args[k - 2].as_os_str() == "-protocol_whitelist";
-            let before = &args[..k];
-            let has_format = before.windows(2).any(|w| w[0].as_os_str() == "-f");
-            if !pinned || !has_format {
+            if !pinned || !has("-f") || !has("-format_whitelist") {
                 return Err(ProcessError::Refused {
                     program: program.to_owned(),
                     reason: "an input without a pinned format and protocol list".into(),
                 });
             }
+            group_start = k + 2;
         }
     }
     Ok(())
@@ -386,6 +413,61 @@ mod tests {
         let stderr = "[Parsed_ebur128_0 @ 0x5] t: 13.6 TARGET:-23 LUFS M: -14.9 S: -14.2 I: -14.1 LUFS LRA: 3.1 LU FTPK: -2.0 dBFS TPK: -1.6 dBFS\n[Parsed_ebur128_0 @ 0x5] Summary:\n\n  Integrated loudness:\n    I:         -14.3 LUFS\n    Threshold: -24.5 LUFS\n\n  Loudness range:\n    LRA:         3.2 LU\n    Threshold: -34.4 LUFS\n    LRA low:   -16.1 LUFS\n    LRA high:  -12.9 LUFS\n\n  True peak:\n    Peak:       -1.7 dBFS\n";
         assert_eq!(parse_ebur128_summary(stderr), Some((-14.3, Some(-1.7))));
         assert_eq!(parse_ebur128_summary("nothing"), None);
+    }
+
+    #[test]
+    fn inputs_must_be_pinned_each_on_its_own() {
+        let p = Path::new("/tmp/in.wav");
+        let mut ok = input(p, Format::Wav);
+        ok.extend(input(p, Format::Mp3));
+        ok.extend(args!["-c:a", "pcm_s16le", "/tmp/out.wav"]);
+        assert!(check_inputs("ffmpeg", &ok).is_ok());
+        let bare = args!["-i", "/tmp/in.wav", "/tmp/out.wav"];
+        assert!(check_inputs("ffmpeg", &bare).is_err());
+        // A second input does not borrow the first one's pins.
+        let mut second = input(p, Format::Wav);
+        second.extend(args!["-protocol_whitelist", "file", "-i", "/tmp/other.mp3", "/tmp/out.wav"]);
+        assert!(check_inputs("ffmpeg", &second).is_err());
+    }
+
+    /// The attacks of the trust-boundary tests against ffmpeg itself: an
+    /// HLS playlist and an ffconcat script behind an ID3 tag (they pass as
+    /// MP3 by their first bytes) make plain ffmpeg open the file they name;
+    /// opened with `input`, nothing but the upload is read, and the upload
+    /// is refused as unreadable.
+    #[tokio::test]
+    async fn a_pinned_input_reads_no_other_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("other.wav");
+        let made = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=2"])
+            .arg(&target)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let id3 = |body: String| [b"ID3\x03\0\0\0\0\0\x10".as_slice(), &[0u8; 16], body.as_bytes()].concat();
+        let cases = [
+            ("ffconcat", id3("ffconcat version 1.0\nfile other.wav\n".to_owned())),
+            ("hls", id3(format!("#EXTM3U\n#EXTINF:2,\nfile://{}\n#EXT-X-ENDLIST\n", target.display()))),
+        ];
+        for (what, bytes) in cases {
+            let upload = dir.path().join(format!("{what}.mp3"));
+            std::fs::write(&upload, bytes).unwrap();
+            // Plain ffmpeg follows the ffconcat script to the other file.
+            if what == "ffconcat" {
+                let plain = std::process::Command::new("ffmpeg")
+                    .args(["-nostdin", "-loglevel", "error", "-i"])
+                    .arg(&upload)
+                    .args(["-f", "s16le", "-"])
+                    .output()
+                    .unwrap();
+                assert!(plain.stdout.len() > 100_000, "{what}: plain ffmpeg read {} bytes", plain.stdout.len());
+            }
+            let mut a = input(&upload, Format::Mp3);
+            a.extend(args!["-f", "s16le", "-"]);
+            let out = ffmpeg(a, Duration::from_secs(20)).await;
+            assert!(out.as_ref().map_or(true, |o| o.is_empty()), "{what}: pinned ffmpeg produced sound from elsewhere");
+        }
     }
 
     #[test]

@@ -263,7 +263,8 @@ mod tests {
     async fn option_like_paths_and_composed_text_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("written");
-        for a in [Arg::from(Path::new("-rf")), Arg::composed("--help".into()), Arg::from(PathBuf::from("-f/etc/passwd"))]
+        for a in
+            [Arg::from(Path::new("-rf")), Arg::composed("--help".into()), Arg::from(PathBuf::from("-f/etc/passwd"))]
         {
             let err = run("touch", [a.clone(), Arg::from(&marker)], None, Duration::from_secs(5)).await.unwrap_err();
             assert!(matches!(err, ProcessError::Refused { .. }), "{a:?}: {err}");
@@ -278,7 +279,8 @@ mod tests {
     /// as text by the program.
     #[tokio::test]
     async fn text_on_stdin_is_not_an_option() {
-        let out = run_with_stdin("cat", args![], b"-f/etc/passwd --help".to_vec(), Duration::from_secs(5)).await.unwrap();
+        let out =
+            run_with_stdin("cat", args![], b"-f/etc/passwd --help".to_vec(), Duration::from_secs(5)).await.unwrap();
         assert_eq!(out, b"-f/etc/passwd --help");
     }
 

@@ -28,6 +28,12 @@ use crate::state::AppState;
 /// pub/sub may have missed.
 const PING_EVERY: Duration = Duration::from_secs(20);
 const RESYNC_EVERY: Duration = Duration::from_secs(3);
+/// A viewer that stops reading cannot park its task: a send that does not
+/// complete within this ends the session.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// The session record in Redis is refreshed at most this often, however
+/// fast a viewer pings.
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
 
 /// Close codes (4000-4999 are for applications).
 const CLOSE_UNKNOWN_TASK: u16 = 4404;
@@ -75,6 +81,13 @@ fn close(code: u16, reason: &str) -> Message {
 
 type Sink = futures::stream::SplitSink<WebSocket, Message>;
 
+async fn send(sink: &mut Sink, msg: Message) -> anyhow::Result<()> {
+    tokio::time::timeout(SEND_TIMEOUT, sink.send(msg))
+        .await
+        .map_err(|_| anyhow::anyhow!("the viewer stopped reading"))??;
+    Ok(())
+}
+
 /// Send every kept event from `next_seq` on; returns whether the job ended.
 async fn send_from_log(state: &AppState, task_id: &str, next_seq: &mut u64, sink: &mut Sink) -> anyhow::Result<bool> {
     let events = state.tasks.events_since(task_id, *next_seq).await?;
@@ -83,7 +96,7 @@ async fn send_from_log(state: &AppState, task_id: &str, next_seq: &mut u64, sink
             continue;
         }
         *next_seq = ev.seq + 1;
-        sink.send(Message::Text(serde_json::to_string(&ev)?.into())).await?;
+        send(sink, Message::Text(serde_json::to_string(&ev)?.into())).await?;
         if ev.status.is_terminal() {
             return Ok(true);
         }
@@ -100,11 +113,11 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
     let meta = match state.tasks.meta(&task_id).await {
         Ok(Some(m)) => m,
         Ok(None) => {
-            sink.send(close(CLOSE_UNKNOWN_TASK, "unknown task id")).await?;
+            send(&mut sink, close(CLOSE_UNKNOWN_TASK, "unknown task id")).await?;
             return Ok(());
         }
         Err(e) => {
-            sink.send(close(CLOSE_UNAVAILABLE, "progress store unavailable, retry")).await?;
+            send(&mut sink, close(CLOSE_UNAVAILABLE, "progress store unavailable, retry")).await?;
             return Err(e.into());
         }
     };
@@ -125,12 +138,13 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
         }
     };
     touch_session(redis.clone()).await;
+    let mut last_touch = tokio::time::Instant::now();
 
     let mut next_seq = 0u64;
     let mut ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
     if !ended && meta.status.is_terminal() && next_seq == 0 {
         // The log expired (5 minutes after the end); the meta still says how it ended.
-        sink.send(Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
+        send(&mut sink, Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
         ended = true;
     }
 
@@ -144,7 +158,7 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                 Ok(ev) => match ev.seq {
                     Some(seq) if seq == next_seq => {
                         next_seq += 1;
-                        sink.send(Message::Text(ev.text)).await?;
+                        send(&mut sink, Message::Text(ev.text)).await?;
                         ended = ev.terminal;
                         // Events are flowing: no need to look in Redis yet.
                         resync.reset();
@@ -167,7 +181,7 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                         // Progress expired: fall back to the meta.
                         if let Ok(Some(meta)) = state.tasks.meta(&task_id).await
                             && meta.status.is_terminal() {
-                                sink.send(Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
+                                send(&mut sink, Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
                                 ended = true;
                             }
                     }
@@ -175,13 +189,21 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                 }
             }
             _ = ping.tick() => {
-                sink.send(Message::Ping(Default::default())).await?;
+                send(&mut sink, Message::Ping(Default::default())).await?;
             }
             msg = stream.next() => match msg {
-                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => touch_session(redis.clone()).await,
+                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {
+                    if last_touch.elapsed() >= TOUCH_EVERY {
+                        touch_session(redis.clone()).await;
+                        last_touch = tokio::time::Instant::now();
+                    }
+                }
                 Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
-                    touch_session(redis.clone()).await;
-                    sink.send(Message::Text("pong".into())).await?;
+                    if last_touch.elapsed() >= TOUCH_EVERY {
+                        touch_session(redis.clone()).await;
+                        last_touch = tokio::time::Instant::now();
+                    }
+                    send(&mut sink, Message::Text("pong".into())).await?;
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
@@ -189,7 +211,7 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
         }
     }
     if ended {
-        let _ = sink.send(close(1000, "job finished")).await;
+        let _ = send(&mut sink, close(1000, "job finished")).await;
     }
     let _: redis::RedisResult<()> = redis.del(&session_key).await;
     Ok(())

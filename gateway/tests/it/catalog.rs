@@ -103,7 +103,10 @@ async fn a_broken_catalog_is_reported_kept_read_only_and_restored_from_backup() 
     assert_eq!(h["catalog"]["bgm_tracks"]["status"], "unhealthy");
     assert_eq!(h["catalog"]["bgm_tracks"]["problem"], "corrupt", "{h}");
     // The answer names no file; the detail is in the gateway's log.
-    assert!(!h.to_string().contains("bgm_metadata.json") && !h.to_string().contains(&*stack.dir.path().to_string_lossy()), "{h}");
+    assert!(
+        !h.to_string().contains("bgm_metadata.json") && !h.to_string().contains(&*stack.dir.path().to_string_lossy()),
+        "{h}"
+    );
     // Reads still work from the last good version; writes are refused.
     let (s, list) = get(&stack, "/api/bgm/tracks").await;
     assert_eq!(s, 200);

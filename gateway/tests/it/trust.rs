@@ -3,7 +3,6 @@
 //! (redis-server, the gateway with its embedded S3 endpoint, workers,
 //! ffmpeg and the speech engines) with the attack itself.
 
-use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -237,8 +236,17 @@ fn ffprobe_duration(path: &Path) -> f64 {
 // ---------------------------------------------------------------- 1
 
 /// Messages that each look like an option of a speech engine.
-const OPTION_LIKE: [&str; 9] =
-    ["-f/etc/passwd", "-f.tayori/secrets.env", "--help", "-w/tmp/x.wav", "-v", "--", " -q", "- Happy birthday", "--stdin"];
+const OPTION_LIKE: [&str; 9] = [
+    "-f/etc/passwd",
+    "-f.tayori/secrets.env",
+    "--help",
+    "-w/tmp/x.wav",
+    "-v",
+    "--",
+    " -q",
+    "- Happy birthday",
+    "--stdin",
+];
 
 /// Rule 1: no caller's text is ever a command-line argument. Every engine
 /// (Open JTalk, Flite, Piper with espeak-ng) speaks each message as the
@@ -280,7 +288,10 @@ async fn no_message_becomes_a_command_line_argument_of_any_speech_engine() {
         let s = samples(&wav);
         let speech = harness::duration_of(&wav);
         let level = rms(&s);
-        report.push(format!("{voice:14} {:24} video {video:5.2} s, speech {speech:5.2} s, rms {level:.3}", format!("{message:?}")));
+        report.push(format!(
+            "{voice:14} {:24} video {video:5.2} s, speech {speech:5.2} s, rms {level:.3}",
+            format!("{message:?}")
+        ));
         // Open JTalk spells Latin letters out, the slowest reading: well
         // under 0.4 s a character. /etc/passwd or the secrets file would be
         // tens of seconds.
@@ -313,7 +324,8 @@ async fn uploaded_media_cannot_make_ffmpeg_read_a_file_or_fetch_a_url() {
         canary.path.display()
     )
     .into_bytes();
-    let concat = format!("ffconcat version 1.0\nfile canary.ts\nfile '{}'\nfile '{url}'\n", canary.path.display()).into_bytes();
+    let concat =
+        format!("ffconcat version 1.0\nfile canary.ts\nfile '{}'\nfile '{url}'\n", canary.path.display()).into_bytes();
     let files: Vec<(&str, Vec<u8>)> = vec![
         ("HLS playlist", hls.clone()),
         ("HLS playlist behind an ID3 tag", behind_id3(&hls)),
@@ -416,6 +428,22 @@ async fn client_addresses_cannot_be_forged() {
     assert!(!keys.iter().any(|k| k.contains("198.51.100")), "forged entries were counted: {keys:?}");
     drop(stack);
 
+    // A client that reaches the gateway directly (from outside the proxies'
+    // networks, here 10.0.0.0/8) cannot pose as a proxy.
+    let e = env(&[
+        ("TAYORI_RATE_LIMIT_PER_MIN", "1"),
+        ("TAYORI_TRUSTED_PROXY_HOPS", "1"),
+        ("TAYORI_TRUSTED_PROXY_NETS", "10.0.0.0/8"),
+    ]);
+    let stack = Stack::start(Options { workers: 0, env: e, ..Default::default() }).await;
+    assert_eq!(post_from(&stack, "203.0.113.60").await, 202);
+    assert_eq!(
+        post_from(&stack, "203.0.113.61").await,
+        429,
+        "the header of a client that is no proxy counts for nothing"
+    );
+    drop(stack);
+
     // Two proxies: the entry one before the inner proxy's.
     let e = env(&[("TAYORI_RATE_LIMIT_PER_MIN", "1"), ("TAYORI_TRUSTED_PROXY_HOPS", "2")]);
     let stack = Stack::start(Options { workers: 0, env: e, ..Default::default() }).await;
@@ -502,7 +530,10 @@ async fn uploaded_audio_is_bounded_in_length_and_catalog_tasks_in_number() {
     let dir = tempfile::tempdir().unwrap();
     // 11 minutes of 8 kbit/s MP3: 660 KB that would decode to 116 MB of WAV.
     let long = dir.path().join("long.mp3");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=d=660:sample_rate=8000", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "8k"], &long);
+    ffmpeg(
+        &["-f", "lavfi", "-i", "sine=d=660:sample_rate=8000", "-ac", "1", "-c:a", "libmp3lame", "-b:a", "8k"],
+        &long,
+    );
     let (s, body) = upload_music(&stack, std::fs::read(&long).unwrap(), "long").await;
     assert_eq!((s, code(&body)), (422, "audio-too-long"), "{body}");
     let (s, body) = upload_voice(&stack, std::fs::read(&long).unwrap(), "long").await;
@@ -510,7 +541,10 @@ async fn uploaded_audio_is_bounded_in_length_and_catalog_tasks_in_number() {
 
     // A recording whose headers claim 5 s but that runs for 60.
     let honest = dir.path().join("sixty.m4a");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=f=220:d=60:sample_rate=16000", "-ac", "1", "-c:a", "aac", "-b:a", "24k"], &honest);
+    ffmpeg(
+        &["-f", "lavfi", "-i", "sine=f=220:d=60:sample_rate=16000", "-ac", "1", "-c:a", "aac", "-b:a", "24k"],
+        &honest,
+    );
     let mut lying = std::fs::read(&honest).unwrap();
     claim_duration(&mut lying, 5);
     let lying_path = dir.path().join("lying.m4a");
@@ -523,7 +557,10 @@ async fn uploaded_audio_is_bounded_in_length_and_catalog_tasks_in_number() {
     // Music whose headers claim 5 s and that runs for 11 minutes: taken,
     // but only its first 10 minutes.
     let eleven = dir.path().join("eleven.m4a");
-    ffmpeg(&["-f", "lavfi", "-i", "sine=f=220:d=660:sample_rate=8000", "-ac", "1", "-c:a", "aac", "-b:a", "8k"], &eleven);
+    ffmpeg(
+        &["-f", "lavfi", "-i", "sine=f=220:d=660:sample_rate=8000", "-ac", "1", "-c:a", "aac", "-b:a", "8k"],
+        &eleven,
+    );
     let mut lying = std::fs::read(&eleven).unwrap();
     claim_duration(&mut lying, 5);
     let (s, body) = upload_music(&stack, lying, "lying music").await;
@@ -616,7 +653,11 @@ async fn slow_clients_cannot_hold_connections() {
         let stack_dir = stack.dir.path().to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            std::fs::read_dir(stack_dir).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).count()
+            std::fs::read_dir(stack_dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+                .count()
         })
     };
     let (secs, answer) = trickle(&gateway, head, photo(), Duration::from_secs(15)).await;
@@ -629,7 +670,11 @@ async fn slow_clients_cannot_hold_connections() {
     assert_eq!(spool_files(&stack), before, "the spool file was removed");
 
     // An object trickled to the embedded S3 endpoint (a presigned PUT).
-    let url = stack.storage().presign_put("slow/object.bin", "application/octet-stream", Duration::from_secs(300)).await.unwrap();
+    let url = stack
+        .storage()
+        .presign_put("slow/object.bin", "application/octet-stream", Duration::from_secs(300))
+        .await
+        .unwrap();
     let path = url.split_once(&s3).unwrap().1.to_owned();
     let head = format!(
         "PUT {path} HTTP/1.1\r\nHost: {s3}\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
@@ -650,22 +695,38 @@ async fn slow_clients_cannot_hold_connections() {
         assert!(!is_settings, "{addr} answered HTTP/2: {:?}", &buf[..n]);
     }
 
-    // 200 idle connections to each server, then an ordinary job.
-    let idle: Vec<StdTcpStream> =
-        (0..400).map(|i| StdTcpStream::connect(if i % 2 == 0 { &gateway } else { &s3 }).unwrap()).collect();
+    // 200 idle connections to each server from another client (127.0.0.2):
+    // it keeps its share (64 a server), the rest are closed at once, and an
+    // ordinary job from 127.0.0.1 goes through.
+    let mut idle = Vec::new();
+    for i in 0..400 {
+        let addr: std::net::SocketAddr = (if i % 2 == 0 { &gateway } else { &s3 }).parse().unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(sock.connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut closed_at_once = 0;
+    for c in &mut idle {
+        let mut b = [0u8; 1];
+        if matches!(tokio::time::timeout(Duration::from_millis(2), c.read(&mut b)).await, Ok(Ok(0) | Err(_))) {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, 400 - 2 * 64, "each server keeps 64 connections of one client");
     let t0 = Instant::now();
-    let (s, body) = harness::submit(&stack, photo(), "a.png", &[("message", "hello"), ("voice_profile_id", "en_slt_female")]).await;
+    let (s, body) =
+        harness::submit(&stack, photo(), "a.png", &[("message", "hello"), ("voice_profile_id", "en_slt_female")]).await;
     assert_eq!(s, 202, "{body}");
     let done = harness::wait_done(&stack, body["task_id"].as_str().unwrap(), Duration::from_secs(120)).await;
     assert_eq!(done["status"], "SUCCESS", "{done}");
-    println!("a job with 400 idle connections open: {:.1} s", t0.elapsed().as_secs_f64());
-    // The idle connections were closed by the servers (header timeout 2 s).
+    println!("a job with 400 connections of another client open: {:.1} s", t0.elapsed().as_secs_f64());
+    // Every idle connection was closed by the servers: past the client's
+    // share at once, the rest after the header timeout (2 s).
     let mut closed = 0;
     for mut c in idle {
-        use std::io::Read;
-        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut b = [0u8; 1];
-        if matches!(c.read(&mut b), Ok(0) | Err(_)) {
+        if matches!(tokio::time::timeout(Duration::from_secs(5), c.read(&mut b)).await, Ok(Ok(0) | Err(_))) {
             closed += 1;
         }
     }
@@ -682,7 +743,13 @@ async fn a_checked_upload_cannot_be_swapped() {
     let storage = stack.storage();
     let astronaut = photo();
     let coffee = std::fs::read(harness::fixture("coffee.png")).unwrap(); // no person in it
-    let fields = |id: &str| vec![("message", "hello".to_owned()), ("voice_profile_id", "en_slt_female".to_owned()), ("upload_id", id.to_owned())];
+    let fields = |id: &str| {
+        vec![
+            ("message", "hello".to_owned()),
+            ("voice_profile_id", "en_slt_female".to_owned()),
+            ("upload_id", id.to_owned()),
+        ]
+    };
 
     for checked_by in ["the people lookup", "the job itself"] {
         let (_, p) = harness::policy(&stack, "image/png").await;
@@ -749,12 +816,19 @@ async fn anonymous_callers_see_no_internals() {
     std::fs::write(&catalog, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
 
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
-    let secrets = [stack.dir.path().to_string_lossy().into_owned(), "/tmp/".into(), "missing_voice".into(), "test-worker".into(), host];
-    for (image, voice, expect) in [
-        (std::fs::read(harness::fixture("coffee.png")).unwrap(), "en_slt_female", "no-person"),
-        (photo(), "custom_broken", "catalog-error"),
+    let secrets = [
+        stack.dir.path().to_string_lossy().into_owned(),
+        "/tmp/".into(),
+        "missing_voice".into(),
+        "test-worker".into(),
+        host,
+    ];
+    for (image, voice, message, expect) in [
+        (std::fs::read(harness::fixture("coffee.png")).unwrap(), "en_slt_female", "hello", "no-person"),
+        (photo(), "custom_broken", "こんにちは", "catalog-error"),
     ] {
-        let (s, body) = harness::submit(&stack, image, "a.png", &[("message", "こんにちは"), ("voice_profile_id", voice)]).await;
+        let (s, body) =
+            harness::submit(&stack, image, "a.png", &[("message", message), ("voice_profile_id", voice)]).await;
         assert_eq!(s, 202, "{body}");
         let id = body["task_id"].as_str().unwrap();
         let done = harness::wait_done(&stack, id, Duration::from_secs(120)).await;
@@ -772,7 +846,11 @@ async fn anonymous_callers_see_no_internals() {
         }
         // The detail is in the worker's log, with the task id.
         if expect == "catalog-error" {
-            assert!(stack.worker_log().lines().any(|l| l.contains(id) && l.contains("missing_voice")), "{}", stack.logs());
+            assert!(
+                stack.worker_log().lines().any(|l| l.contains(id) && l.contains("missing_voice")),
+                "{}",
+                stack.logs()
+            );
         }
     }
 
@@ -821,7 +899,11 @@ async fn phone_photos_are_taken_without_what_follows_the_image() {
         ("Motion Photo (an MP4 after the image)", [&primary[..], &video[..]].concat(), primary.clone()),
         ("Ultra HDR / MPF gain map", [&mpf_primary[..], &gain_map[..]].concat(), mpf_primary.clone()),
         ("vendor trailer", [&primary[..], b"\0\0SEFHpadding\x01\x02SEFT"].concat(), primary.clone()),
-        ("HTML appended", [&primary[..], b"<html><script>alert(document.cookie)</script></html>"].concat(), primary.clone()),
+        (
+            "HTML appended",
+            [&primary[..], b"<html><script>alert(document.cookie)</script></html>"].concat(),
+            primary.clone(),
+        ),
         ("ZIP appended", [&primary[..], b"PK\x03\x04\x14\0\0\0 an archive"].concat(), primary.clone()),
     ];
     let ok = [("message", "hello"), ("voice_profile_id", "en_slt_female")];
@@ -836,7 +918,11 @@ async fn phone_photos_are_taken_without_what_follows_the_image() {
     // The same through a browser upload (policy, then a job from it).
     let (_, p) = harness::policy(&stack, "image/jpeg").await;
     assert!(harness::post_to_s3(&p, cases[3].1.clone(), "image/jpeg").await.is_success());
-    let (s, body) = submit_fields(&stack, &[("message", "hello"), ("voice_profile_id", "en_slt_female"), ("upload_id", p["upload_id"].as_str().unwrap())]).await;
+    let (s, body) = submit_fields(
+        &stack,
+        &[("message", "hello"), ("voice_profile_id", "en_slt_female"), ("upload_id", p["upload_id"].as_str().unwrap())],
+    )
+    .await;
     assert_eq!(s, 202, "{body}");
     let stored = dir_file(&stack, &format!("images/uploads/{}/original.jpg", body["task_id"].as_str().unwrap())).await;
     assert_eq!(stored, primary, "the job's copy of a browser upload holds the image only");
@@ -922,10 +1008,8 @@ fn the_services_hold_no_root_storage_credential() {
     for d in ["shared", "gateway", "worker", "data", "scripts"] {
         std::os::unix::fs::symlink(root.join(d), dir.path().join(d)).unwrap();
     }
-    let bad = good.replace(
-        "  TAYORI_S3_SECRET_KEY: ${TAYORI_S3_SECRET_KEY:?",
-        "  TAYORI_S3_SECRET_KEY: ${MINIO_ROOT_PASSWORD:?",
-    );
+    let bad = good
+        .replace("  TAYORI_S3_SECRET_KEY: ${TAYORI_S3_SECRET_KEY:?", "  TAYORI_S3_SECRET_KEY: ${MINIO_ROOT_PASSWORD:?");
     assert_ne!(bad, good, "the case changes nothing");
     let path = dir.path().join("docker-compose.yml");
     std::fs::write(&path, bad).unwrap();

@@ -155,8 +155,7 @@ async fn encode_with_gain(
     }
     let mut args = media::input(raw, Format::Wav);
     args.extend(crate::args!["-af", Arg::composed(filter), "-c:a", "libmp3lame", "-b:a", "192k", out]);
-    media::ffmpeg(args, timeout)
-    .await?;
+    media::ffmpeg(args, timeout).await?;
     Ok(())
 }
 

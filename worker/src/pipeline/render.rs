@@ -197,7 +197,7 @@ pub async fn render_and_upload(
     let thumbnail_key = objects::thumbnail(j.task_id());
     // Thumbnail first: the video's presence is what marks the result complete.
     let (probe, thumbnail_bytes) = tokio::join!(
-        media::probe(&video, media::Format::Mp4, j.cfg.tool_timeout),
+        media::probe(&video, media::Format::Mp4Video, j.cfg.tool_timeout),
         j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg")
     );
     let (probe, thumbnail_bytes) = (probe?, thumbnail_bytes?);

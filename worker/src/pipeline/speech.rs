@@ -132,7 +132,9 @@ pub async fn speak(
     };
     if engine == "piper" {
         let lib = crate::onnx::runtime_path(catalog.data_dir());
-        crate::piper::speak(&lib, &voice, message, out, timeout).await.map_err(|e| bad_voice(profile, e.to_string()))?;
+        crate::piper::speak(&lib, &voice, message, out, timeout)
+            .await
+            .map_err(|e| bad_voice(profile, e.to_string()))?;
     } else {
         speak_sentences(engine, &voice, message, scratch, out, timeout).await?;
     }
@@ -256,8 +258,7 @@ pub async fn shape_with(emb: &Embedding, input: &Path, out: &Path, timeout: Dura
     let filter = prosody_filter(emb);
     let mut args = crate::media::input(input, crate::media::Format::Wav);
     args.extend(crate::args!["-af", crate::process::Arg::composed(filter), "-c:a", "pcm_s16le", out]);
-    crate::media::ffmpeg(args, timeout)
-    .await?;
+    crate::media::ffmpeg(args, timeout).await?;
     Ok(())
 }
 
