@@ -32,8 +32,9 @@ const RESYNC_EVERY: Duration = Duration::from_secs(3);
 /// complete within this ends the session.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// The session record in Redis is refreshed at most this often, however
-/// fast a viewer pings.
-const TOUCH_EVERY: Duration = Duration::from_secs(5);
+/// fast a viewer pings (a ping in between is answered by a refresh when the
+/// interval is up).
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Close codes (4000-4999 are for applications).
 const CLOSE_UNKNOWN_TASK: u16 = 4404;
@@ -139,6 +140,7 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
     };
     touch_session(redis.clone()).await;
     let mut last_touch = tokio::time::Instant::now();
+    let mut touch_due = false;
 
     let mut next_seq = 0u64;
     let mut ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
@@ -188,21 +190,18 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                     _ => {}
                 }
             }
+            () = tokio::time::sleep_until(last_touch + TOUCH_EVERY), if touch_due => {
+                touch_session(redis.clone()).await;
+                last_touch = tokio::time::Instant::now();
+                touch_due = false;
+            }
             _ = ping.tick() => {
                 send(&mut sink, Message::Ping(Default::default())).await?;
             }
             msg = stream.next() => match msg {
-                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => {
-                    if last_touch.elapsed() >= TOUCH_EVERY {
-                        touch_session(redis.clone()).await;
-                        last_touch = tokio::time::Instant::now();
-                    }
-                }
+                Some(Ok(Message::Pong(_))) | Some(Ok(Message::Ping(_))) => touch_due = true,
                 Some(Ok(Message::Text(t))) if t.as_str() == "ping" => {
-                    if last_touch.elapsed() >= TOUCH_EVERY {
-                        touch_session(redis.clone()).await;
-                        last_touch = tokio::time::Instant::now();
-                    }
+                    touch_due = true;
                     send(&mut sink, Message::Text("pong".into())).await?;
                 }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
