@@ -16,6 +16,16 @@ redis_port="${TAYORI_REDIS_PORT:-6390}"
 workers="${TAYORI_WORKERS:-2}"
 mkdir -p "$home/logs" "$home/redis" "$home/s3"
 
+# Something (another tayori, most likely) already listens on one of the
+# ports: say so and leave it alone.
+for p in "$port" "$s3_port" "$redis_port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "[up] port $p is already in use (is tayori already running?); stop it, or choose other ports with" \
+      "TAYORI_PORT, TAYORI_S3_PORT and TAYORI_REDIS_PORT" >&2
+    exit 1
+  fi
+done
+
 bash scripts/deps.sh
 bash scripts/assets.sh
 echo "[up] building (release; the first build takes several minutes)" >&2
@@ -38,16 +48,21 @@ export TAYORI_LIFECYCLE_FILE="$here/lifecycle.json"
 export TAYORI_WORK_DIR="$home/work"
 
 pids=()
+redis_pid=""
 cleanup() {
   echo "[up] stopping" >&2
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  # Only the Redis this script started (its own pid file), never another one on the port.
+  if [[ -n "$redis_pid" ]]; then kill -TERM "$redis_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT INT TERM
 
+rm -f "$home/redis/redis.pid"
 redis-server --daemonize yes --bind 127.0.0.1 --port "$redis_port" --dir "$home/redis" \
   --appendonly yes --pidfile "$home/redis/redis.pid" --logfile "$home/logs/redis.log"
+for _ in $(seq 50); do [[ -s "$home/redis/redis.pid" ]] && break; sleep 0.1; done
+redis_pid=$(cat "$home/redis/redis.pid" 2>/dev/null || true)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 ./target/release/gateway > "$home/logs/gateway.log" 2>&1 & pids+=($!)

@@ -62,3 +62,45 @@ fn the_compose_file_is_valid_and_broken_ones_are_caught() {
         assert!(out.contains(expect), "{what}: {out}");
     }
 }
+
+/// A second `scripts/up.sh` started while another stack holds its ports
+/// says so and leaves the running stack alone. (Before, it went on, its
+/// Redis could not bind, and its clean-up shut down the other stack's Redis.)
+#[test]
+fn a_second_up_sh_leaves_a_running_stack_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis_port = harness::free_port();
+    let _running = harness::spawn_redis(redis_port, dir.path(), false);
+    let home = dir.path().join("second");
+    use std::os::unix::process::CommandExt;
+    let mut up = Command::new("bash")
+        .arg(harness::repo_root().join("scripts/up.sh"))
+        // Its own process group, so that a run that goes on is stopped whole.
+        .process_group(0)
+        .env("TAYORI_HOME", &home)
+        .env("TAYORI_PORT", harness::free_port().to_string())
+        .env("TAYORI_S3_PORT", harness::free_port().to_string())
+        .env("TAYORI_REDIS_PORT", redis_port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = up.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = Command::new("kill").args(["-KILL", &format!("-{}", up.id())]).status();
+            panic!("the second up.sh kept going with its Redis port taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = up.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("port {redis_port} is already in use")), "{stderr}");
+    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/0")).unwrap();
+    let pong: String = redis::cmd("PING").query(&mut client.get_connection().unwrap()).unwrap();
+    assert_eq!(pong, "PONG", "the running stack's Redis is untouched");
+}

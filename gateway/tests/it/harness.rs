@@ -48,7 +48,7 @@ fn spawn_gateway(bin: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
 }
 
 /// Start redis-server on `port` with its files in `dir`; returns once it answers.
-fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
+pub fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
     let aof = if aof { "yes" } else { "no" };
     let redis = Proc(
         Command::new("redis-server")

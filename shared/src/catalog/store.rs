@@ -123,6 +123,12 @@ impl<T: Document> JsonStore<T> {
         Ok(doc)
     }
 
+    /// The file parsed, bypassing the cache.
+    fn read_file(&self) -> Result<T, CatalogError> {
+        let bytes = std::fs::read(&self.inner.path).map_err(|e| self.io(e))?;
+        serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt { path: self.inner.path.clone(), source })
+    }
+
     /// The document for serving: the current version, or, if the file no
     /// longer parses, the last good version this process read (the error is
     /// still reported by [`read_strict`](Self::read_strict) and `/health`).
@@ -145,12 +151,13 @@ impl<T: Document> JsonStore<T> {
     /// Refused while the file on disk does not parse.
     pub fn update<R, E>(&self, f: impl FnOnce(&mut T) -> Result<R, E>) -> Result<Result<R, E>, CatalogError> {
         let _lock = self.lock()?;
-        let current = self.read_strict()?;
-        // Take the document out of the cache so that, when no reader holds
-        // it, it is changed in place instead of copied (a 10,000-entry
-        // catalog is megabytes). The write puts the new version back.
+        // Read under the lock, always from the file: the cache's stamp
+        // (inode, size, mtime) can match a different version (an inode
+        // freed by a rename and reused, an equal-sized write within one
+        // timestamp tick), and a writer must never start from a stale copy.
+        // The write puts the new version in the cache.
         self.inner.cache.lock().expect("cache lock").take();
-        let mut doc = Arc::try_unwrap(current).unwrap_or_else(|shared| T::clone(&shared));
+        let mut doc = self.read_file()?;
         let out = match f(&mut doc) {
             Ok(out) => out,
             Err(e) => return Ok(Err(e)),
@@ -254,6 +261,49 @@ mod tests {
             std::fs::copy(repo.join(f), dir.join(f)).unwrap();
         }
         Catalog::new(dir)
+    }
+
+    /// Another writer's change that leaves the file's inode, size and
+    /// mtime as they were (an equal-sized write within one timestamp tick,
+    /// here made so with utimensat) is seen by an update, never overwritten.
+    #[test]
+    fn an_update_reads_the_file_not_a_cache_that_looks_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path());
+        let path = cat.bgm.path().to_owned();
+        let before = cat.bgm.read().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        // The other writer: the same bytes but one track renamed to a name
+        // of the same length, written in place, mtime put back.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let old_name = &before.tracks[0].name;
+        let new_name: String = old_name.chars().rev().collect::<String>().replace(' ', "_");
+        assert_eq!(new_name.len(), old_name.len());
+        assert_ne!(&new_name, old_name);
+        let changed = text.replacen(&format!("\"{old_name}\""), &format!("\"{new_name}\""), 1);
+        assert_eq!(changed.len(), text.len());
+        {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::io::Write::write_all(&mut &f, changed.as_bytes()).unwrap();
+            f.set_times(std::fs::FileTimes::new().set_modified(meta.modified().unwrap())).unwrap();
+        }
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (after.ino(), after.size(), after.mtime(), after.mtime_nsec()),
+            (meta.ino(), meta.size(), meta.mtime(), meta.mtime_nsec()),
+            "the change is invisible to the stamp"
+        );
+        // This process now updates another field.
+        cat.bgm
+            .update(|d| {
+                d.tracks[1].mood = "quiet".into();
+                Ok::<_, ()>(())
+            })
+            .unwrap()
+            .unwrap();
+        let doc: BgmFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(doc.tracks[0].name, new_name, "the other writer's change was lost");
+        assert_eq!(doc.tracks[1].mood, "quiet");
     }
 
     #[test]
