@@ -45,7 +45,7 @@ pub fn sniff(head: &[u8]) -> Option<ImageKind> {
     }
 }
 
-pub use shared::sniff::{AudioKind, sniff_audio};
+pub use shared::sniff::AudioKind;
 
 /// A photo that passed [`check_image`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,19 +38,19 @@ pub fn sniff_audio(head: &[u8]) -> Option<AudioKind> {
     }
 }
 
-/// The first 16 bytes of a file (fewer if it is shorter). Blocking.
-pub fn file_head(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
+/// The audio format of the file at `path`, by its first 16 bytes.
+pub async fn sniff_audio_file(path: &std::path::Path) -> std::io::Result<Option<AudioKind>> {
+    use tokio::io::AsyncReadExt;
     let mut head = [0u8; 16];
-    let mut f = std::fs::File::open(path)?;
+    let mut f = tokio::fs::File::open(path).await?;
     let mut n = 0;
     while n < head.len() {
-        match f.read(&mut head[n..])? {
+        match f.read(&mut head[n..]).await? {
             0 => break,
             k => n += k,
         }
     }
-    Ok(head[..n].to_vec())
+    Ok(sniff_audio(&head[..n]))
 }
 
 #[cfg(test)]

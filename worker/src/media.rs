@@ -244,17 +244,7 @@ impl Format {
 /// upload, a catalog track), by its content; `None` if it is no audio
 /// format tayori accepts.
 pub async fn audio_format(path: &Path) -> std::io::Result<Option<Format>> {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 16];
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]).await? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(shared::sniff::sniff_audio(&head[..n]).map(Format::of_audio))
+    Ok(shared::sniff::sniff_audio_file(path).await?.map(Format::of_audio))
 }
 
 /// The arguments that open one input: options before `-i` (a seek, a

@@ -16,7 +16,6 @@ use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, trac
 
 use crate::admission::{ClientIp, Limit, Scope};
 use crate::error::{AppError, AppResult};
-use crate::intake::sniff_audio;
 use crate::state::AppState;
 use crate::upload;
 
@@ -223,8 +222,7 @@ async fn upload_track(
     }
     let upload::SpooledFile { path, bytes, file_name: original_filename } =
         form.file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
-    let head = read_head(&path).await?;
-    let kind = sniff_audio(&head).ok_or_else(|| {
+    let kind = sniffed(&path).await?.ok_or_else(|| {
         AppError::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-audio-type",
@@ -343,8 +341,7 @@ async fn create_voice(
     let upload::SpooledFile { path, .. } = form
         .file
         .ok_or_else(|| AppError::bad_request("file-missing", "Please add a recording (field reference_audio)."))?;
-    let head = read_head(&path).await?;
-    let kind = sniff_audio(&head).filter(|k| !matches!(k, crate::intake::AudioKind::Ogg)).ok_or_else(|| {
+    let kind = sniffed(&path).await?.filter(|k| !matches!(k, crate::intake::AudioKind::Ogg)).ok_or_else(|| {
         AppError::client(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-audio-type",
@@ -425,10 +422,7 @@ async fn voice_preview(
     Ok(Redirect::temporary(&url))
 }
 
-async fn read_head(path: &std::path::Path) -> AppResult<Vec<u8>> {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 16];
-    let mut f = tokio::fs::File::open(path).await.map_err(|e| AppError::Internal(e.to_string()))?;
-    let n = f.read(&mut head).await.map_err(|e| AppError::Internal(e.to_string()))?;
-    Ok(head[..n].to_vec())
+/// The audio format of a spooled upload, by its content.
+async fn sniffed(path: &std::path::Path) -> AppResult<Option<shared::sniff::AudioKind>> {
+    shared::sniff::sniff_audio_file(path).await.map_err(|e| AppError::Internal(format!("reading the upload: {e}")))
 }

@@ -20,6 +20,20 @@ pub(crate) fn check(compose: &std::path::Path) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
+/// A directory that looks like the repository to the check (the files the
+/// Dockerfile and compose file name), for checking a changed compose file.
+pub(crate) fn build_context() -> tempfile::TempDir {
+    let root = harness::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["Dockerfile", ".dockerignore", "lifecycle.json", "Cargo.toml", "Cargo.lock"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    for d in ["shared", "gateway", "worker", "data", "scripts"] {
+        std::os::unix::fs::symlink(root.join(d), dir.path().join(d)).unwrap();
+    }
+    dir
+}
+
 #[test]
 fn the_compose_file_is_valid_and_broken_ones_are_caught() {
     let root = harness::repo_root();
@@ -28,13 +42,7 @@ fn the_compose_file_is_valid_and_broken_ones_are_caught() {
     assert!(out.contains("valid against the Compose Specification schema"), "{out}");
 
     let good = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["Dockerfile", ".dockerignore", "lifecycle.json", "Cargo.toml", "Cargo.lock"] {
-        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
-    }
-    for d in ["shared", "gateway", "worker", "data", "scripts"] {
-        std::os::unix::fs::symlink(root.join(d), dir.path().join(d)).unwrap();
-    }
+    let dir = build_context();
     let cases = [
         ("a misspelt key", good.replace("    stop_grace_period: 5m", "    stop_grace_periods: 5m"), "schema"),
         (

@@ -1001,13 +1001,7 @@ fn the_services_hold_no_root_storage_credential() {
     let (ok, out) = crate::deploy::check(&root.join("docker-compose.yml"));
     assert!(ok, "{out}");
     let good = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["Dockerfile", ".dockerignore", "lifecycle.json", "Cargo.toml", "Cargo.lock"] {
-        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
-    }
-    for d in ["shared", "gateway", "worker", "data", "scripts"] {
-        std::os::unix::fs::symlink(root.join(d), dir.path().join(d)).unwrap();
-    }
+    let dir = crate::deploy::build_context();
     let bad = good
         .replace("  TAYORI_S3_SECRET_KEY: ${TAYORI_S3_SECRET_KEY:?", "  TAYORI_S3_SECRET_KEY: ${MINIO_ROOT_PASSWORD:?");
     assert_ne!(bad, good, "the case changes nothing");
