@@ -14,13 +14,9 @@ COPY worker worker
 RUN cargo build --release --locked --bins
 
 # The assets: made with the tools of the runtime (ffmpeg, Open JTalk, Flite)
-# plus the registry clients, none of which the runtime image keeps.
-FROM rust:1.95-bookworm AS assets
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY shared shared
-COPY gateway gateway
-COPY worker worker
+# plus the registry clients, none of which the runtime image keeps. On top
+# of the build stage, whose cargo cache already holds the rustface crate.
+FROM build AS assets
 COPY data data
 COPY scripts/deps.sh scripts/assets.sh scripts/
 # contrib added to the image's own apt sources (for the nitech voice).

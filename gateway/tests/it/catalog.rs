@@ -1,11 +1,6 @@
 use std::time::Duration;
 
-use crate::harness::{Options, Stack};
-
-async fn get(stack: &Stack, path: &str) -> (u16, serde_json::Value) {
-    let r = reqwest::get(format!("{}{path}", stack.http)).await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
-}
+use crate::harness::{Options, Stack, get};
 
 async fn delete(stack: &Stack, path: &str) -> (u16, serde_json::Value) {
     let r = reqwest::Client::new().delete(format!("{}{path}", stack.http)).send().await.unwrap();

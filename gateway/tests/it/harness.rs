@@ -459,6 +459,12 @@ pub fn ffprobe(path: &Path) -> (String, u32, u32, String, f64) {
     )
 }
 
+/// GET a path of the gateway: status and JSON body (null if none).
+pub async fn get(stack: &Stack, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{}{path}", stack.http)).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// Duration of an audio file, by ffprobe.
 pub fn duration_of(path: &Path) -> f64 {
     let out = Command::new("ffprobe")

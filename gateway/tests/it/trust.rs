@@ -208,6 +208,19 @@ fn mp4_with_external_track(dir: &Path, target: &Path) -> Vec<u8> {
     out
 }
 
+/// An M4A of the generated sound `graph` (AAC at `bitrate`) whose headers
+/// claim it lasts `claim` seconds, however long it runs (checked with ffprobe).
+fn lying_m4a(dir: &Path, graph: &str, bitrate: &str, claim: u32) -> Vec<u8> {
+    let path = dir.join(format!("lying-{}.m4a", uuid::Uuid::new_v4().simple()));
+    ffmpeg(&["-f", "lavfi", "-i", graph, "-ac", "1", "-c:a", "aac", "-b:a", bitrate], &path);
+    let mut bytes = std::fs::read(&path).unwrap();
+    claim_duration(&mut bytes, claim);
+    std::fs::write(&path, &bytes).unwrap();
+    let said = harness::duration_of(&path);
+    assert!((said - f64::from(claim)).abs() < 0.1, "the header claims {said} s, not {claim} s");
+    bytes
+}
+
 /// Make an M4A's headers (movie, track, media) claim `secs` while its
 /// samples run on: a container that lies about its length.
 fn claim_duration(m4a: &mut [u8], secs: u32) {
@@ -222,15 +235,6 @@ fn claim_duration(m4a: &mut [u8], secs: u32) {
     let mdhd = find(m4a, b"mdhd") - 4;
     let media_scale = u32::from_be_bytes(m4a[mdhd + 20..mdhd + 24].try_into().unwrap());
     m4a[mdhd + 24..mdhd + 28].copy_from_slice(&(media_scale * secs).to_be_bytes());
-}
-
-fn ffprobe_duration(path: &Path) -> f64 {
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
 }
 
 // ---------------------------------------------------------------- 1
@@ -377,13 +381,8 @@ async fn uploaded_media_cannot_make_ffmpeg_read_a_file_or_fetch_a_url() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!canary.was_opened(), "a worker's tool opened the canary file");
     assert_eq!(connections.load(Ordering::Relaxed), 0, "a worker's tool connected to the listener");
-    let (s, tracks) = harness_get(&stack, "/api/bgm/tracks?type=user").await;
+    let (s, tracks) = harness::get(&stack, "/api/bgm/tracks?type=user").await;
     assert_eq!((s, tracks["count"].as_u64()), (200, Some(0)), "{tracks}");
-}
-
-async fn harness_get(stack: &Stack, path: &str) -> (u16, Value) {
-    let r = reqwest::get(format!("{}{path}", stack.http)).await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
 // ---------------------------------------------------------------- 3
@@ -540,29 +539,14 @@ async fn uploaded_audio_is_bounded_in_length_and_catalog_tasks_in_number() {
     assert_eq!((s, code(&body)), (422, "reference-audio-length"), "{body}");
 
     // A recording whose headers claim 5 s but that runs for 60.
-    let honest = dir.path().join("sixty.m4a");
-    ffmpeg(
-        &["-f", "lavfi", "-i", "sine=f=220:d=60:sample_rate=16000", "-ac", "1", "-c:a", "aac", "-b:a", "24k"],
-        &honest,
-    );
-    let mut lying = std::fs::read(&honest).unwrap();
-    claim_duration(&mut lying, 5);
-    let lying_path = dir.path().join("lying.m4a");
-    std::fs::write(&lying_path, &lying).unwrap();
-    assert!((ffprobe_duration(&lying_path) - 5.0).abs() < 0.1, "the header claims 5 s");
+    let lying = lying_m4a(dir.path(), "sine=f=220:d=60:sample_rate=16000", "24k", 5);
     let (s, body) = upload_voice(&stack, lying, "lying").await;
     assert_eq!((s, code(&body)), (422, "reference-audio-length"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("31.0 s"), "decoding stopped at 31 s: {body}");
 
     // Music whose headers claim 5 s and that runs for 11 minutes: taken,
     // but only its first 10 minutes.
-    let eleven = dir.path().join("eleven.m4a");
-    ffmpeg(
-        &["-f", "lavfi", "-i", "sine=f=220:d=660:sample_rate=8000", "-ac", "1", "-c:a", "aac", "-b:a", "8k"],
-        &eleven,
-    );
-    let mut lying = std::fs::read(&eleven).unwrap();
-    claim_duration(&mut lying, 5);
+    let lying = lying_m4a(dir.path(), "sine=f=220:d=660:sample_rate=8000", "8k", 5);
     let (s, body) = upload_music(&stack, lying, "lying music").await;
     assert_eq!(s, 201, "{body}");
     let secs = body["duration_seconds"].as_f64().unwrap();
