@@ -140,6 +140,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
         catalog_queue: cfg.queue.catalog(redis.clone()),
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         redis,
+        redis_client: cfg.redis.client()?,
         storage,
         catalog,
         hub,

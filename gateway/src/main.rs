@@ -7,19 +7,41 @@
 //! gateway restore [--date YYYYMMDD] restore the newest (or a dated) backup
 //! ```
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use gateway::GatewayConfig;
 use shared::catalog::Catalog;
 
 const USAGE: &str = "usage: gateway [serve | backup | restore [--date YYYYMMDD]]";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     shared::telemetry::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cfg = GatewayConfig::from_env()?;
+    let cfg = match GatewayConfig::from_env() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if matches!(args.iter().map(String::as_str).collect::<Vec<_>>().as_slice(), [] | ["serve"]) {
+        // The first SIGTERM or Ctrl-C drains gracefully, a second one stops at once.
+        return shared::signal::run_until_stopped(|stop| gateway::run(cfg, stop));
+    }
+    let outcome = tokio::runtime::Runtime::new().context("starting the async runtime").and_then(|rt| rt.block_on(command(cfg, &args)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The one-shot subcommands.
+async fn command(cfg: GatewayConfig, args: &[String]) -> anyhow::Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] | ["serve"] => gateway::run(cfg, shared::signal::shutdown()).await,
         ["backup"] => {
             let storage = gateway::cli_storage(&cfg);
             let catalog = Catalog::new(&cfg.data_dir);

@@ -17,6 +17,8 @@ use crate::hub::ProgressHub;
 pub struct AppState {
     pub cfg: Arc<GatewayConfig>,
     pub redis: ConnectionManager,
+    /// Opens dedicated connections for blocking waits (catalog results).
+    pub redis_client: redis::Client,
     pub tasks: TaskStore,
     pub queue: Queue<VideoJob>,
     pub catalog_queue: Queue<CatalogTask>,

@@ -1,12 +1,13 @@
 //! Catalog work done by workers for the gateway (the gateway never runs
 //! ffmpeg or a model): analysing uploaded music and voices, cutting
 //! previews, and finding the people in an uploaded photo.
-//! Tasks go through their own apalis queue; a result is stored at
-//! `catalog-task:{id}` for 10 minutes, where the waiting gateway finds it.
+//! Tasks go through their own apalis queue. Each carries a deadline (the
+//! gateway's wait): a worker that cannot answer by then stops and removes
+//! what it wrote. A result is pushed onto the list `catalog-task:{id}` (kept
+//! 10 minutes), on which the gateway waits with a blocking pop.
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +40,38 @@ pub enum CatalogTaskKind {
     DetectPeople { source_key: String, upload_id: String },
 }
 
+impl CatalogTaskKind {
+    /// The object the task writes for its caller to reference, if any
+    /// (a person's previews expire by the lifecycle rules instead).
+    pub fn target_key(&self) -> Option<&str> {
+        match self {
+            CatalogTaskKind::AnalyseTrack { target_key, .. }
+            | CatalogTaskKind::TrackPreview { target_key, .. }
+            | CatalogTaskKind::AnalyseVoice { target_key, .. }
+            | CatalogTaskKind::VoicePreview { target_key, .. } => Some(target_key),
+            CatalogTaskKind::DetectPeople { .. } => None,
+        }
+    }
+
+    /// The caller's upload the task consumes, if any.
+    pub fn source_upload(&self) -> Option<&str> {
+        match self {
+            CatalogTaskKind::AnalyseTrack { source_key, .. } | CatalogTaskKind::AnalyseVoice { source_key, .. } => {
+                Some(source_key)
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogTask {
     pub id: String,
     pub kind: CatalogTaskKind,
+    /// When the caller stops waiting: the worker does not start after it,
+    /// stops at it, and leaves nothing behind (none: no deadline).
+    #[serde(default)]
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Facts measured from a track.
@@ -104,10 +133,16 @@ pub enum CatalogTaskResult {
         code: String,
         message: String,
     },
-    /// Something failed on our side.
+    /// Something failed on our side (`code` says what, in one word).
     Failed {
+        #[serde(default = "failed_code")]
+        code: String,
         message: String,
     },
+}
+
+fn failed_code() -> String {
+    "catalog-task-failed".into()
 }
 
 pub async fn store_result(
@@ -116,25 +151,22 @@ pub async fn store_result(
     result: &CatalogTaskResult,
 ) -> redis::RedisResult<()> {
     let json = serde_json::to_string(result).expect("results serialize");
-    conn.set_ex(result_key(task_id), json, RESULT_TTL.as_secs()).await
+    let key = result_key(task_id);
+    redis::pipe().atomic().rpush(&key, json).ignore().expire(&key, RESULT_TTL.as_secs() as i64).ignore().query_async(conn).await
 }
 
-/// Poll for a task's result until `limit`; `Ok(None)` on timeout.
+/// Wait for a task's result until `limit` (a blocking pop on `client`'s own
+/// connection, so that no shared connection is held); `Ok(None)` on timeout.
 pub async fn wait_result(
-    conn: &mut ConnectionManager,
+    client: &redis::Client,
     task_id: &str,
     limit: Duration,
 ) -> redis::RedisResult<Option<CatalogTaskResult>> {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let raw: Option<String> = conn.get(result_key(task_id)).await?;
-        if let Some(r) = raw.and_then(|s| serde_json::from_str(&s).ok()) {
-            let _: () = conn.del(result_key(task_id)).await?;
-            return Ok(Some(r));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let cfg = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(limit + Duration::from_secs(5)));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+    let popped: Option<(String, String)> =
+        redis::cmd("BLPOP").arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
+    Ok(popped.and_then(|(_, json)| serde_json::from_str(&json).ok()))
 }

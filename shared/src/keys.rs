@@ -20,6 +20,13 @@ pub fn progress_log(task_id: &str) -> String {
     format!("progress:{task_id}:log")
 }
 
+/// The next progress sequence number of a job (a counter that lives as long
+/// as the task meta, so numbering never restarts when the log expires
+/// during a long wait).
+pub fn progress_seq(task_id: &str) -> String {
+    format!("progress:{task_id}:seq")
+}
+
 /// Pub/sub channel on which workers publish a job's progress events.
 pub fn progress_channel(task_id: &str) -> String {
     format!("progress:{task_id}")

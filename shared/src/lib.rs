@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod progress;
 pub mod queue;
 pub mod redis_conn;
+pub mod rt;
 pub mod signal;
 pub mod sniff;
 pub mod storage;

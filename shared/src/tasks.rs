@@ -1,10 +1,14 @@
 //! Task meta and progress in Redis: the only state a job has outside S3.
 //!
 //! Progress events are appended by one Lua script that gives each event the
-//! next sequence number (its index in `progress:{id}:log`), stores it as the
-//! snapshot `progress:{id}`, refreshes both TTLs and publishes it, all at
-//! once, so a viewer can merge the replayed log with live events exactly.
+//! next sequence number (from the counter `progress:{id}:seq`, which lives as
+//! long as the task meta: a job that waits longer than the log's TTL goes on
+//! counting instead of starting again at 0), appends it to `progress:{id}:log`,
+//! stores it as the snapshot `progress:{id}`, refreshes the TTLs and
+//! publishes it, all at once, so a viewer can merge the replayed log with
+//! live events exactly.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::AsyncCommands;
@@ -38,9 +42,12 @@ impl Ttls {
 // and voice branches), so the percentage is decided here, in one place: a
 // started step other than the render counts the steps started before it
 // (5 % + 9 % each, at most 65 %), and no event goes below the one before.
-const PUBLISH_SCRIPT: &str = r#"
+static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local ev = cjson.decode(ARGV[1])
-local seq = redis.call('LLEN', KEYS[2])
+local seq = redis.call('INCR', KEYS[3]) - 1
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 ev['seq'] = seq
 if ev['status'] == 'STARTED' and ev['current_step'] ~= 'render_and_upload' then
   local started = 0
@@ -60,9 +67,13 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[1], s, 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], s)
 return seq
-"#;
+"#,
+    )
+});
 
-const PUT_UNLESS_DONE: &str = r#"
+static PUT_UNLESS_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local st = cjson.decode(cur)['status']
@@ -70,7 +81,9 @@ if cur then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
-"#;
+"#,
+    )
+});
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskStoreError {
@@ -94,12 +107,11 @@ impl TaskStoreError {
 pub struct TaskStore {
     conn: ConnectionManager,
     ttls: Ttls,
-    publish: std::sync::Arc<redis::Script>,
 }
 
 impl TaskStore {
     pub fn new(conn: ConnectionManager, ttls: Ttls) -> Self {
-        TaskStore { conn, ttls, publish: std::sync::Arc::new(redis::Script::new(PUBLISH_SCRIPT)) }
+        TaskStore { conn, ttls }
     }
 
     pub fn ttls(&self) -> Ttls {
@@ -113,13 +125,14 @@ impl TaskStore {
     /// Append a progress event; returns the sequence number it was given.
     pub async fn publish(&self, ev: &ProgressEvent) -> Result<u64, TaskStoreError> {
         let mut conn = self.conn.clone();
-        let seq: u64 = self
-            .publish
+        let seq: u64 = PUBLISH
             .key(keys::progress(&ev.task_id))
             .key(keys::progress_log(&ev.task_id))
+            .key(keys::progress_seq(&ev.task_id))
             .arg(serde_json::to_string(ev)?)
             .arg(self.ttls.progress.as_secs().max(1))
             .arg(keys::progress_channel(&ev.task_id))
+            .arg(self.ttls.task_meta.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
         Ok(seq)
@@ -132,17 +145,31 @@ impl TaskStore {
         Ok(raw.map(|s| serde_json::from_str(&s)).transpose()?)
     }
 
-    /// Every kept event with `seq >= from`, in order.
+    /// Every kept event with `seq >= from`, in order. (The log may have
+    /// expired and started again, so an event's place in it is not its
+    /// number; a job's log is a few dozen events at most.)
     pub async fn events_since(&self, task_id: &str, from: u64) -> Result<Vec<ProgressEvent>, TaskStoreError> {
         let mut conn = self.conn.clone();
-        let raw: Vec<String> = conn.lrange(keys::progress_log(task_id), from as isize, -1).await?;
-        raw.iter().map(|s| Ok(serde_json::from_str(s)?)).collect()
+        let raw: Vec<String> = conn.lrange(keys::progress_log(task_id), 0, -1).await?;
+        let events: Vec<ProgressEvent> = raw.iter().map(|s| serde_json::from_str(s)).collect::<Result<_, _>>()?;
+        Ok(events.into_iter().filter(|e| e.seq >= from).collect())
     }
 
     pub async fn meta(&self, task_id: &str) -> Result<Option<TaskMeta>, TaskStoreError> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = conn.get(keys::task_meta(task_id)).await?;
         Ok(raw.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    /// The metas of many tasks in one round trip (`None` where none is kept).
+    pub async fn metas(&self, task_ids: &[String]) -> Result<Vec<Option<TaskMeta>>, TaskStoreError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let keys: Vec<String> = task_ids.iter().map(|id| keys::task_meta(id)).collect();
+        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        raw.into_iter().map(|r| Ok(r.map(|s| serde_json::from_str(&s)).transpose()?)).collect()
     }
 
     pub async fn put_meta(&self, meta: &TaskMeta) -> Result<(), TaskStoreError> {
@@ -158,7 +185,7 @@ impl TaskStore {
     /// stands. Returns whether it was written.
     pub async fn put_meta_unless_done(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
         let mut conn = self.conn.clone();
-        let written: i64 = redis::Script::new(PUT_UNLESS_DONE)
+        let written: i64 = PUT_UNLESS_DONE
             .key(keys::task_meta(&meta.task_id))
             .arg(serde_json::to_string(meta)?)
             .arg(self.ttls.task_meta.as_secs().max(1))
@@ -170,7 +197,14 @@ impl TaskStore {
     /// Remove every trace of a task (used when a submission is rolled back).
     pub async fn forget(&self, task_id: &str) -> Result<(), TaskStoreError> {
         let mut conn = self.conn.clone();
-        let _: () = conn.del(&[keys::task_meta(task_id), keys::progress(task_id), keys::progress_log(task_id)]).await?;
+        let _: () = conn
+            .del(&[
+                keys::task_meta(task_id),
+                keys::progress(task_id),
+                keys::progress_log(task_id),
+                keys::progress_seq(task_id),
+            ])
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use apalis::prelude::*;
 use serde::{Deserialize, Serialize};
-use shared::queue::{Delivery, Queue, QueueConfig, QueueStats};
+use shared::queue::{DeadLetter, Delivery, Queue, QueueConfig, QueueStats, RetryLater};
 use support::RedisServer;
 
 /// The no-op job: only its number.
@@ -22,11 +22,14 @@ struct Noop {
     /// Attempts that fail before one succeeds.
     #[serde(default)]
     fail_first: u64,
+    /// Deliveries put off (`RetryLater`) before one runs.
+    #[serde(default)]
+    put_off_first: u64,
 }
 
 impl Noop {
     fn new(n: u64) -> Self {
-        Noop { n, sleep_ms: 0, fail_first: 0 }
+        Noop { n, sleep_ms: 0, fail_first: 0, put_off_first: 0 }
     }
 }
 
@@ -49,7 +52,15 @@ impl Seen {
 }
 
 async fn handle(job: Noop, seen: Data<Seen>, delivery: Data<Delivery>) -> Result<(), BoxDynError> {
-    seen.0.0.lock().unwrap().entry(job.n).or_insert_with(|| (Vec::new(), Instant::now())).0.push(delivery.attempt);
+    let before = {
+        let mut log = seen.0.0.lock().unwrap();
+        let e = log.entry(job.n).or_insert_with(|| (Vec::new(), Instant::now()));
+        e.0.push(delivery.attempt);
+        e.0.len() as u64 - 1
+    };
+    if before < job.put_off_first {
+        return Err(Box::new(RetryLater(Duration::from_millis(100))));
+    }
     if job.sleep_ms > 0 {
         tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
     }
@@ -122,7 +133,7 @@ async fn a_backlog_of_20000_due_jobs_drains_completely_once_each() {
         q.push_many(&jobs).await.unwrap();
     }
     let pushed = t0.elapsed();
-    assert_eq!(q.stats().await.unwrap(), QueueStats { waiting: 20_000, leased: 0, stored: 20_000 });
+    assert_eq!(q.stats().await.unwrap(), QueueStats { waiting: 20_000, leased: 0, stored: 20_000, dead: 0 });
     let seen = Seen::default();
     let t1 = Instant::now();
     let _w1 = spawn_worker(&redis, &q, 64, &seen);
@@ -165,7 +176,7 @@ async fn a_job_of_a_worker_that_died_goes_to_another_after_the_lease() {
     let q: Queue<Noop> = Queue::new(redis.manager().await, "lost", &config(2, 200));
     let first = Seen::default();
     let dying = spawn_worker(&redis, &q, 1, &first);
-    q.push(&Noop { n: 7, sleep_ms: 60_000, fail_first: 0 }).await.unwrap();
+    q.push(&Noop { n: 7, sleep_ms: 60_000, fail_first: 0, put_off_first: 0 }).await.unwrap();
     wait_until(Duration::from_secs(5), "the first delivery", || first.attempts(7) == [1]).await;
     assert_eq!(q.stats().await.unwrap().leased, 1);
     // The worker dies mid-job: no settlement, no more renewals.
@@ -188,7 +199,7 @@ async fn a_long_job_keeps_its_lease_and_runs_once() {
     let _a = spawn_worker(&redis, &q, 2, &seen);
     let _b = spawn_worker(&redis, &q, 2, &seen);
     // Three times the lease.
-    q.push(&Noop { n: 1, sleep_ms: 6_000, fail_first: 0 }).await.unwrap();
+    q.push(&Noop { n: 1, sleep_ms: 6_000, fail_first: 0, put_off_first: 0 }).await.unwrap();
     wait_until(Duration::from_secs(5), "the delivery", || seen.attempts(1).len() == 1).await;
     tokio::time::sleep(Duration::from_millis(5_000)).await;
     assert_eq!(q.stats().await.unwrap().leased, 1, "still leased while it runs");
@@ -202,7 +213,7 @@ async fn a_failed_attempt_is_retried_with_backoff() {
     let q: Queue<Noop> = Queue::new(redis.manager().await, "retry", &config(10, 200));
     let seen = Seen::default();
     let _w = spawn_worker(&redis, &q, 2, &seen);
-    q.push(&Noop { n: 3, sleep_ms: 0, fail_first: 2 }).await.unwrap();
+    q.push(&Noop { n: 3, sleep_ms: 0, fail_first: 2, put_off_first: 0 }).await.unwrap();
     let t0 = Instant::now();
     wait_until(Duration::from_secs(10), "three attempts", || seen.attempts(3).len() == 3).await;
     // Backoff 1 s after the first failure, 2 s after the second.
@@ -225,4 +236,55 @@ async fn jobs_come_out_in_the_order_they_went_in() {
     order.sort_by_key(|(_, t)| *t);
     let ns: Vec<u64> = order.iter().map(|(n, _)| *n).collect();
     assert_eq!(ns, (0..50).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_off_deliveries_are_not_counted_as_attempts() {
+    let redis = RedisServer::start();
+    let q: Queue<Noop> = Queue::new(redis.manager().await, "uncounted", &config(10, 200));
+    let seen = Seen::default();
+    let _w = spawn_worker(&redis, &q, 1, &seen);
+    // Put off twice (a duplicate delivery, Redis trouble), then run.
+    q.push(&Noop { n: 1, sleep_ms: 0, fail_first: 0, put_off_first: 2 }).await.unwrap();
+    wait_until(Duration::from_secs(10), "three deliveries", || seen.attempts(1).len() == 3).await;
+    assert_eq!(seen.attempts(1), [1, 1, 1], "put-off deliveries are not attempts");
+    wait_stats(&q, QueueStats::default(), Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_be_read_is_kept_as_a_dead_letter_and_reported() {
+    let redis = RedisServer::start();
+    let q: Queue<Noop> = Queue::new(redis.manager().await, "unreadable", &config(10, 200));
+    // Written by hand, as a gateway of another version would: `n` is a string.
+    let raw = r#"{"version":7,"task_id":"t-from-the-future","n":"seven"}"#;
+    let keys = q.keys().clone();
+    let mut c = redis.manager().await;
+    let _: () = redis::pipe()
+        .hset(&keys.data, "e1", raw)
+        .lpush(&keys.pending, "e1")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let reported: Arc<Mutex<Vec<DeadLetter>>> = Default::default();
+    let sink = reported.clone();
+    let consumer = q.consumer(redis.client(), 1).on_unreadable(Arc::new(move |d| {
+        sink.lock().unwrap().push(d);
+        Box::pin(async {})
+    }));
+    let seen = Seen::default();
+    let worker = WorkerBuilder::new("reader").backend(consumer).data(seen.clone()).concurrency(1).build(handle);
+    let _run = tokio::spawn(async move {
+        let _ = worker.run().await;
+    });
+    wait_until(Duration::from_secs(5), "the report", || !reported.lock().unwrap().is_empty()).await;
+    let d = reported.lock().unwrap()[0].clone();
+    assert_eq!((d.task_id.as_deref(), d.version, d.raw.as_str()), (Some("t-from-the-future"), Some(7), raw));
+    assert!(d.error.contains("invalid type"), "{}", d.error);
+    let kept = q.dead_letters(10).await.unwrap();
+    assert_eq!(kept, vec![d]);
+    let ttl: i64 = redis::cmd("TTL").arg(&keys.dead).query_async(&mut c).await.unwrap();
+    assert!(ttl > 6 * 86_400, "the dead-letter list expires: {ttl}");
+    // Off the queue, never handed to the handler, and counted for operators.
+    wait_stats(&q, QueueStats { waiting: 0, leased: 0, stored: 0, dead: 1 }, Duration::from_secs(5)).await;
+    assert_eq!(seen.count(), 0);
 }

@@ -13,10 +13,39 @@ use crate::runner::Runner;
 /// Sample rate used for analysis.
 const RATE: u32 = 22_050;
 
-pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> CatalogTaskResult {
+/// Run a task within its deadline: `None` when the deadline passed (before
+/// it started, while it ran, or before its answer could be given), in which
+/// case whatever it wrote for its caller is removed, since nobody will
+/// reference it. The scratch directory goes with the task's future and its
+/// tools are killed with it.
+pub async fn handle(runner: &Arc<Runner>, task: CatalogTask) -> Option<CatalogTaskResult> {
+    let Some(deadline) = task.deadline else { return Some(run(runner, &task).await) };
+    let left = (deadline - chrono::Utc::now()).to_std().unwrap_or_default();
+    let result = if left.is_zero() { None } else { tokio::time::timeout(left, run(runner, &task)).await.ok() };
+    if result.is_some() && chrono::Utc::now() < deadline {
+        return result;
+    }
+    tracing::warn!(id = %task.id, %deadline, "the caller stopped waiting; removing what the task wrote");
+    for key in [task.kind.target_key(), task.kind.source_upload()].into_iter().flatten() {
+        if let Err(e) = runner.storage.delete(key).await {
+            tracing::warn!(%key, error = %e, "could not remove an object of a task past its deadline");
+        }
+    }
+    None
+}
+
+/// The answer to a task delivered `deliveries` times without finishing.
+pub fn gave_up(deliveries: u64) -> CatalogTaskResult {
+    CatalogTaskResult::Failed {
+        code: "gave-up".into(),
+        message: format!("The task was started {deliveries} times without finishing; please try again."),
+    }
+}
+
+async fn run(runner: &Arc<Runner>, task: &CatalogTask) -> CatalogTaskResult {
     let dir = match tempfile::Builder::new().prefix("tayori-catalog-").tempdir_in(&runner.cfg.work_dir) {
         Ok(d) => d,
-        Err(e) => return CatalogTaskResult::Failed { message: format!("scratch directory: {e}") },
+        Err(e) => return failed_as("worker-disk", format!("scratch directory: {e}")),
     };
     let r = match &task.kind {
         CatalogTaskKind::AnalyseTrack { source_key, target_key } => {
@@ -43,7 +72,11 @@ async fn ffmpeg(runner: &Runner, args: Vec<Arg>) -> Result<Vec<u8>, ProcessError
 }
 
 fn failed(e: impl std::fmt::Display) -> CatalogTaskResult {
-    CatalogTaskResult::Failed { message: e.to_string() }
+    failed_as("catalog-task-failed", e)
+}
+
+fn failed_as(code: &str, e: impl std::fmt::Display) -> CatalogTaskResult {
+    CatalogTaskResult::Failed { code: code.into(), message: e.to_string() }
 }
 
 fn rejected(code: &str, message: impl Into<String>) -> CatalogTaskResult {

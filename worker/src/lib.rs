@@ -42,21 +42,102 @@ async fn handle(
     use tracing::Instrument;
     let Serves(stage) = *stage;
     let span = tracing::info_span!("job", task_id = %job.task_id, stage = stage.name(), delivery = delivery.attempt);
-    runner.handle(stage, job, delivery.attempt).instrument(span).await.map_err(|e| Box::new(e) as BoxDynError)
+    runner.handle(stage, job, delivery.attempt).instrument(span).await.map_err(queue_error)
 }
 
-async fn handle_catalog(task: shared::catalog_task::CatalogTask, runner: Data<Arc<Runner>>) -> Result<(), BoxDynError> {
+/// A run's error for the queue: put off uncounted (not run, or the outcome
+/// could not be recorded because Redis is unreachable), or a failed attempt.
+fn queue_error(e: runner::RunError) -> BoxDynError {
+    match e.put_off() {
+        Some(after) => Box::new(shared::queue::RetryLater(after)),
+        None => Box::new(e),
+    }
+}
+
+/// Deliveries of a catalog task after which it fails instead of being tried
+/// again (each one crashed or lost a worker).
+pub const MAX_CATALOG_DELIVERIES: u64 = 3;
+
+async fn handle_catalog(
+    task: shared::catalog_task::CatalogTask,
+    runner: Data<Arc<Runner>>,
+    delivery: Data<Delivery>,
+) -> Result<(), BoxDynError> {
     use tracing::Instrument;
-    let span = tracing::info_span!("catalog_task", id = %task.id);
+    let span = tracing::info_span!("catalog_task", id = %task.id, delivery = delivery.attempt);
     async move {
         let id = task.id.clone();
-        let result = catalog_tasks::handle(&runner, task).await;
+        let result = if delivery.attempt > MAX_CATALOG_DELIVERIES {
+            tracing::error!("giving up on a catalog task delivered too often");
+            catalog_tasks::gave_up(delivery.attempt - 1)
+        } else {
+            match catalog_tasks::handle(&runner, task).await {
+                Some(result) => result,
+                // Its caller has given up: nothing to answer, nothing kept.
+                None => return Ok(()),
+            }
+        };
         tracing::info!(?result, "catalog task done");
         let mut conn = runner.redis.clone();
-        shared::catalog_task::store_result(&mut conn, &id, &result).await.map_err(|e| Box::new(e) as BoxDynError)
+        shared::catalog_task::store_result(&mut conn, &id, &result).await.map_err(|e| {
+            if shared::redis_conn::is_transient(&e) {
+                Box::new(shared::queue::RetryLater(Duration::from_secs(2))) as BoxDynError
+            } else {
+                Box::new(e) as BoxDynError
+            }
+        })
     }
     .instrument(span)
     .await
+}
+
+/// A video job no worker of this version can read: fail its task, naming
+/// both versions, so that its caller hears why instead of waiting.
+fn on_unreadable_job(runner: Arc<Runner>) -> shared::queue::consumer::OnUnreadable {
+    Arc::new(move |dead: shared::queue::DeadLetter| {
+        let runner = runner.clone();
+        Box::pin(async move {
+            let Some(task_id) = dead.task_id.clone() else { return };
+            let err = shared::job::JobError {
+                code: "job-unreadable".into(),
+                message: match dead.version {
+                    Some(v) if u64::from(shared::job::JOB_VERSION) != v => format!(
+                        "This job was written in job format version {v}, and this worker reads version {}: \
+                         the gateway and the workers are of different versions. Please submit it again.",
+                        shared::job::JOB_VERSION
+                    ),
+                    _ => format!(
+                        "This job could not be read by the worker (job format version {}); please submit it again.",
+                        shared::job::JOB_VERSION
+                    ),
+                },
+                retryable: true,
+            };
+            if let Err(e) = runner.fail_task(&task_id, chrono::Utc::now(), &err, None, Vec::new()).await {
+                tracing::error!(%task_id, error = %e, "could not fail the task of an unreadable job");
+            }
+        })
+    })
+}
+
+/// A catalog task no worker of this version can read: answer its caller.
+fn on_unreadable_catalog_task(runner: Arc<Runner>) -> shared::queue::consumer::OnUnreadable {
+    Arc::new(move |dead: shared::queue::DeadLetter| {
+        let mut conn = runner.redis.clone();
+        Box::pin(async move {
+            let Some(id) = dead.task_id.clone().or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&dead.raw).ok()?.get("id")?.as_str().map(str::to_owned)
+            }) else {
+                return;
+            };
+            let result = shared::catalog_task::CatalogTaskResult::Failed {
+                code: "job-unreadable".into(),
+                message: "The task could not be read by the worker: the gateway and the workers are of different versions."
+                    .into(),
+            };
+            let _ = shared::catalog_task::store_result(&mut conn, &id, &result).await;
+        })
+    })
 }
 
 /// Run until `shutdown` completes; then stop taking jobs and finish the ones in hand.
@@ -81,7 +162,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         catalog: Catalog::new(&cfg.data_dir),
         base_voice_features: Default::default(),
-        in_hand: Default::default(),
+        touched: Default::default(),
+        entered: Default::default(),
+        job_ended: Default::default(),
+        stopping: tokio::sync::watch::Sender::new(false),
         redis: redis.clone(),
         storage,
         voice_queue: cfg.queue.stage(redis.clone(), Stage::Voice),
@@ -94,7 +178,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     // Catalog tasks (short, interactive) have their own queue and worker
     // loop so that they never wait behind a video job.
     let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
-        .backend(cfg.queue.catalog(redis.clone()).consumer(client.clone(), 1))
+        .backend(
+            cfg.queue
+                .catalog(redis.clone())
+                .consumer(client.clone(), 1)
+                .on_unreadable(on_unreadable_catalog_task(runner.clone())),
+        )
         .data(runner.clone())
         .concurrency(1)
         .build(handle_catalog);
@@ -125,7 +214,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
             tokio::spawn(async move {
                 loop {
                     let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
-                        .backend(cfg.queue.stage(redis.clone(), stage).consumer(client.clone(), cfg.concurrency.max(1)))
+                        .backend(
+                            cfg.queue
+                                .stage(redis.clone(), stage)
+                                .consumer(client.clone(), cfg.concurrency.max(1))
+                                .on_unreadable(on_unreadable_job(runner.clone())),
+                        )
                         .data(runner.clone())
                         .data(Serves(stage))
                         .concurrency(cfg.concurrency.max(1))
@@ -156,18 +250,64 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         }
     });
     let drain = runner.clone();
+    let mut stopping = runner.stopping.subscribe();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("stopping: taking no new jobs, finishing the ones in hand");
+        drain.stopping.send_replace(true);
         let _ = stop_entry_tx.send(true);
-        drain.wait_in_hand_ended().await;
+        drain.wait_touched_ended().await;
         let _ = stop_rest_tx.send(true);
     });
-    for run in stage_runs {
-        run.await.context("stage worker panicked")?.context("stage worker stopped with an error")?;
+    let loops = async {
+        for run in stage_runs {
+            run.await.context("stage worker panicked")?.context("stage worker stopped with an error")?;
+        }
+        catalog_run.await.context("catalog worker panicked")?.context("catalog worker stopped with an error")
+    };
+    // While stopping, an unreachable Redis ends the wait: nothing in hand can
+    // be finished or handed back without it. The leases run out and other
+    // workers take the jobs over.
+    let redis_lost = async {
+        let _ = stopping.wait_for(|s| *s).await;
+        redis_unreachable_for(&redis, STOP_REDIS_GRACE).await;
+    };
+    tokio::select! {
+        r = loops => r?,
+        () = redis_lost => tracing::warn!(
+            grace_s = STOP_REDIS_GRACE.as_secs(),
+            "Redis unreachable while stopping: leaving the jobs in hand to other workers when their leases run out"
+        ),
     }
-    catalog_run.await.context("catalog worker panicked")?.context("catalog worker stopped with an error")?;
+    tracing::info!("worker stopped");
     Ok(())
+}
+
+/// How long a stopping worker waits on an unreachable Redis before it
+/// leaves (see the README's "Stopping a worker").
+pub const STOP_REDIS_GRACE: Duration = Duration::from_secs(3);
+
+/// Completes once Redis has not answered a PING for `grace` in a row.
+async fn redis_unreachable_for(redis: &shared::redis_conn::ConnectionManager, grace: Duration) {
+    let mut since: Option<tokio::time::Instant> = None;
+    loop {
+        let mut conn = redis.clone();
+        let ping = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => since = None,
+            _ => {
+                let first = *since.get_or_insert_with(tokio::time::Instant::now);
+                if first.elapsed() >= grace {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Load the segmentation model and run it once on a blank image in the

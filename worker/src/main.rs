@@ -1,12 +1,24 @@
 //! `worker [--stages image,voice,render]`: runs tayori's video jobs (every
 //! stage unless told otherwise). Configuration comes from `TAYORI_*`
-//! environment variables (see the README's table).
+//! environment variables (see the README's table). The first SIGTERM or
+//! Ctrl-C stops it gracefully (see `worker::run`); a second one at once.
+
+use std::process::ExitCode;
 
 use worker::WorkerConfig;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     shared::telemetry::init();
+    match config() {
+        Ok(cfg) => shared::signal::run_until_stopped(|stop| worker::run(cfg, stop)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn config() -> anyhow::Result<WorkerConfig> {
     let mut cfg = WorkerConfig::from_env()?;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -17,5 +29,5 @@ async fn main() -> anyhow::Result<()> {
         };
         cfg.stages = shared::job::Stage::parse_list(&list).map_err(|e| anyhow::anyhow!(e))?;
     }
-    worker::run(cfg, shared::signal::shutdown()).await
+    Ok(cfg)
 }

@@ -30,19 +30,21 @@ pub struct Runner {
     /// the gateway puts new jobs).
     pub voice_queue: Queue<VideoJob>,
     pub render_queue: Queue<VideoJob>,
-    /// Jobs this process has worked on that may not have ended yet, with
-    /// when it last started a stage of each (kept for one job time limit).
-    pub in_hand: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Jobs this process has run a stage of that may not have ended yet,
+    /// with when it last started one (kept for one job time limit): a
+    /// stopping worker waits for them, since their later stages may be
+    /// queued for it.
+    pub touched: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// The jobs this process started (ran the image stage of) that may not
+    /// have ended: the bound on taking new ones.
+    pub entered: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Signalled when a job ends in this process.
+    pub job_ended: tokio::sync::Notify,
+    /// Set once the process is stopping: a job waiting for room is handed
+    /// back instead of started.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Measured features of the system base voices (voice matching).
     pub base_voice_features: std::sync::Mutex<std::collections::HashMap<String, crate::voice_analysis::VoiceFeatures>>,
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,33 @@ pub enum RunError {
     Redis(#[from] redis::RedisError),
     #[error("the next stage could not be queued: {0}")]
     Enqueue(#[from] shared::queue::QueueError),
+    /// Not run now: deliver it again after this delay (not an attempt).
+    #[error("put off for {0:?}")]
+    PutOff(Duration),
 }
+
+impl RunError {
+    /// How long to put the delivery off without counting it, if it was not
+    /// a failed attempt: put off on purpose, or Redis unreachable (the
+    /// outcome could not be recorded). Anything else counts.
+    pub fn put_off(&self) -> Option<Duration> {
+        let unreachable = Duration::from_secs(2);
+        match self {
+            RunError::PutOff(d) => Some(*d),
+            RunError::Tasks(e) if e.is_transient() => Some(unreachable),
+            RunError::Redis(e) if shared::redis_conn::is_transient(e) => Some(unreachable),
+            RunError::Enqueue(shared::queue::QueueError::Redis(e)) if shared::redis_conn::is_transient(e) => {
+                Some(unreachable)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How long a duplicate delivery of a stage that is running elsewhere is
+/// put off: a third of the claim's life, so a dead holder's claim has run
+/// out by the third try.
+const CLAIMED_ELSEWHERE_DELAY: Duration = Duration::from_secs(5);
 
 /// Deliveries of one stage after which the job is failed (`gave-up`).
 pub const MAX_DELIVERIES: u64 = 5;
@@ -67,47 +95,69 @@ impl Runner {
         self.cfg.job_timeout + Duration::from_secs(60)
     }
 
-    /// How many jobs this process worked on have not ended (wherever their
-    /// other stages run); ended ones are forgotten. A job whose state cannot
-    /// be read counts as open.
-    async fn open_jobs(&self) -> usize {
-        let ids: Vec<String> = self.in_hand.lock().expect("in_hand lock").keys().cloned().collect();
+    /// How many of the jobs in `set` have not ended (wherever their other
+    /// stages run), read in one round trip; ended ones are forgotten. A job
+    /// whose state cannot be read counts as open.
+    async fn open_jobs(&self, set: &std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>) -> usize {
+        let ids: Vec<String> = {
+            let mut set = set.lock().expect("job set lock");
+            let limit = self.cfg.job_timeout;
+            set.retain(|_, t| t.elapsed() < limit);
+            set.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            return 0;
+        }
+        let Ok(metas) = self.tasks.metas(&ids).await else { return ids.len() };
+        let mut set = set.lock().expect("job set lock");
         let mut open = 0;
-        for id in ids {
-            match self.tasks.meta(&id).await {
-                Ok(Some(m)) if !m.status.is_terminal() => open += 1,
-                Err(_) => open += 1,
+        for (id, meta) in ids.iter().zip(metas) {
+            match meta {
+                Some(m) if !m.status.is_terminal() => open += 1,
                 _ => {
-                    self.in_hand.lock().expect("in_hand lock").remove(&id);
+                    set.remove(id);
                 }
             }
         }
         open
     }
 
-    /// Wait (at most the job time limit) until every job this process worked
-    /// on has ended, wherever its other stages ran.
-    pub async fn wait_in_hand_ended(&self) {
+    /// Wait (at most the job time limit) until every job this process ran a
+    /// stage of has ended, wherever its other stages ran.
+    pub async fn wait_touched_ended(&self) {
         let deadline = tokio::time::Instant::now() + self.cfg.job_timeout;
-        while self.open_jobs().await > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        while self.open_jobs(&self.touched).await > 0 && tokio::time::Instant::now() < deadline {
+            let _ = tokio::time::timeout(Duration::from_millis(250), self.job_ended.notified()).await;
         }
     }
 
     /// Before a new job enters (its image stage, which starts its clock):
-    /// wait while this process has `2 x concurrency` jobs open. Without this
-    /// the quick image stage races through a backlog, and jobs time out
-    /// waiting for their voice and render stages. The job waits leased (and
-    /// renewed), so an idle worker elsewhere takes the next ones.
-    async fn wait_for_room(&self, task_id: &str) {
+    /// wait while `2 x concurrency` of the jobs this process started are
+    /// open. Without this the quick image stage races through a backlog, and
+    /// jobs time out waiting for their voice and render stages. The job
+    /// waits leased (and renewed), so an idle worker elsewhere takes the
+    /// next ones. Woken when a job ends here, and looks again every second
+    /// for jobs that ended elsewhere. `false`: the process is stopping, and
+    /// the job should be handed back.
+    async fn wait_for_room(&self, task_id: &str) -> bool {
         let limit = self.cfg.concurrency.max(1) * 2;
+        let mut stopping = self.stopping.subscribe();
         let mut waited = false;
-        while self.open_jobs().await >= limit {
+        loop {
+            if *stopping.borrow() {
+                return false;
+            }
+            if self.open_jobs(&self.entered).await < limit {
+                return true;
+            }
             if !waited {
                 tracing::debug!(%task_id, limit, "waiting for jobs in progress to end before starting another");
                 waited = true;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::select! {
+                _ = tokio::time::timeout(Duration::from_secs(1), self.job_ended.notified()) => {}
+                _ = stopping.changed() => {}
+            }
         }
     }
 
@@ -129,58 +179,40 @@ impl Runner {
                 retryable: true,
             };
             tracing::error!(%task_id, stage = stage.name(), delivery, "giving up on a job delivered too often");
-            let mut meta = self.current_meta(&job).await?;
-            if !meta.status.is_terminal() {
-                meta.status = TaskStatus::Failure;
-                meta.error = Some(err.clone());
-                meta.date_done = Some(Utc::now());
-                if self.tasks.put_meta_unless_done(&meta).await? {
-                    handoff::forget(&mut self.redis.clone(), &task_id).await?;
-                    record_end(&mut self.redis.clone(), Some(&err.code), &[]).await;
-                    let seq = self.next_seq(&task_id).await;
-                    pipeline::publish_progress(&self.tasks, ProgressEvent::failed(&task_id, 0, 0, &err, seq)).await;
-                }
-            }
-            return Ok(());
+            return self.fail_task(&task_id, job.submitted_at, &err, None, Vec::new()).await;
         }
-        if stage == Stage::Image {
-            self.wait_for_room(&task_id).await;
+        if stage == Stage::Image && !self.wait_for_room(&task_id).await {
+            tracing::info!(%task_id, "stopping: handing back a job that had not started");
+            return Err(RunError::PutOff(Duration::ZERO));
         }
         let holder = format!("{}:{}", self.cfg.name, uuid::Uuid::new_v4().simple());
         let claim = shared::keys::job_claim(&task_id, stage);
         let mut conn = self.redis.clone();
-        // Wait for the claim, unless the job ended or the stage finished elsewhere.
-        let deadline = tokio::time::Instant::now() + self.cfg.job_timeout + lease::CLAIM_TTL * 2;
-        loop {
-            if let Some(meta) = self.tasks.meta(&task_id).await?
-                && meta.status.is_terminal()
-            {
-                tracing::info!(%task_id, stage = stage.name(), "job already finished; dropping a repeated delivery");
-                return Ok(());
-            }
-            if handoff::is_done(&mut conn, &task_id, stage).await? {
-                tracing::info!(%task_id, stage = stage.name(), "stage already done; dropping a repeated delivery");
-                // Its hand-off may be what was lost: queue the render again if due.
-                if stage != Stage::Render && handoff::render_due(&mut conn, &task_id).await? {
-                    self.render_queue.push(&job).await?;
-                }
-                return Ok(());
-            }
-            if lease::try_claim(&mut conn, &claim, &holder).await? {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                tracing::warn!(%task_id, stage = stage.name(), "stage stayed claimed by another worker; leaving it to them");
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let _renew = AbortOnDrop(lease::keep_alive(self.redis.clone(), &claim, &holder));
+        if let Some(meta) = self.tasks.meta(&task_id).await?
+            && meta.status.is_terminal()
         {
-            let mut in_hand = self.in_hand.lock().expect("in_hand lock");
-            let limit = self.cfg.job_timeout;
-            in_hand.retain(|_, t| t.elapsed() < limit);
-            in_hand.insert(task_id.clone(), std::time::Instant::now());
+            tracing::info!(%task_id, stage = stage.name(), "job already finished; dropping a repeated delivery");
+            return Ok(());
+        }
+        if handoff::is_done(&mut conn, &task_id, stage).await? {
+            tracing::info!(%task_id, stage = stage.name(), "stage already done; dropping a repeated delivery");
+            // Its hand-off may be what was lost: queue the render again if due.
+            if stage != Stage::Render && handoff::render_due(&mut conn, &task_id).await? {
+                self.render_queue.push(&job).await?;
+            }
+            return Ok(());
+        }
+        if !lease::try_claim(&mut conn, &claim, &holder).await? {
+            // Running elsewhere (or its holder died and the claim has not run
+            // out yet): hand it back for later instead of holding a slot.
+            tracing::info!(%task_id, stage = stage.name(), "stage is running elsewhere; putting this delivery off");
+            return Err(RunError::PutOff(CLAIMED_ELSEWHERE_DELAY));
+        }
+        let _renew = shared::rt::AbortOnDrop(lease::keep_alive(self.redis.clone(), &claim, &holder));
+        let now = std::time::Instant::now();
+        self.touched.lock().expect("touched lock").insert(task_id.clone(), now);
+        if stage == Stage::Image {
+            self.entered.lock().expect("entered lock").insert(task_id.clone(), now);
         }
         let outcome = self.run_claimed(stage, &job).await;
         let _ = lease::release(&mut conn, &claim, &holder).await;
@@ -267,37 +299,52 @@ impl Runner {
                 if self.tasks.put_meta_unless_done(&meta).await? {
                     handoff::forget(&mut conn, task_id).await?;
                     record_end(&mut conn, None, &steps).await;
-                    let seq = self.next_seq(task_id).await;
-                    pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, seq)).await;
+                    pipeline::publish_progress(&self.tasks, ProgressEvent::succeeded(task_id, 0)).await;
+                    self.job_ended.notify_waiters();
                 }
             }
             Err((err, step, metrics)) => {
                 let mut all = handoff::earlier_metrics(&mut conn, task_id).await?;
                 all.extend(metrics);
-                let (index, pct) = step.map(|s| (s.index(), s.start_percentage())).unwrap_or((0, 0));
-                let mut meta = self.current_meta(job).await?;
-                meta.status = TaskStatus::Failure;
-                meta.error = Some(err.clone());
-                meta.date_done = Some(Utc::now());
-                meta.pipeline_metrics = all;
-                if self.tasks.put_meta_unless_done(&meta).await? {
-                    handoff::forget(&mut conn, task_id).await?;
-                    record_end(&mut conn, Some(&err.code), &meta.pipeline_metrics).await;
-                    let seq = self.next_seq(task_id).await;
-                    pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, &err, seq))
-                        .await;
-                }
+                self.fail_task(task_id, job.submitted_at, &err, step, all).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// End a job with `err` (unless it already ended): the FAILURE meta, the
+    /// stage record forgotten, the job counted, the final progress event.
+    pub async fn fail_task(
+        &self,
+        task_id: &str,
+        submitted_at: chrono::DateTime<Utc>,
+        err: &JobError,
+        step: Option<Step>,
+        metrics: Vec<StageMetric>,
+    ) -> Result<(), RunError> {
+        let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, submitted_at));
+        if meta.status.is_terminal() {
+            return Ok(());
+        }
+        meta.status = TaskStatus::Failure;
+        meta.error = Some(err.clone());
+        meta.date_done = Some(Utc::now());
+        if !metrics.is_empty() {
+            meta.pipeline_metrics = metrics;
+        }
+        if self.tasks.put_meta_unless_done(&meta).await? {
+            let mut conn = self.redis.clone();
+            handoff::forget(&mut conn, task_id).await?;
+            record_end(&mut conn, Some(&err.code), &meta.pipeline_metrics).await;
+            let (index, pct) = step.map(|s| (s.index(), s.start_percentage())).unwrap_or((0, 0));
+            pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, err, 0)).await;
+            self.job_ended.notify_waiters();
         }
         Ok(())
     }
 
     async fn current_meta(&self, job: &VideoJob) -> Result<TaskMeta, TaskStoreError> {
         Ok(self.tasks.meta(&job.task_id).await?.unwrap_or_else(|| TaskMeta::pending(&job.task_id, job.submitted_at)))
-    }
-
-    async fn next_seq(&self, task_id: &str) -> u64 {
-        self.tasks.snapshot(task_id).await.ok().flatten().map(|s| s.seq + 1).unwrap_or(0)
     }
 
     /// One attempt of a stage in a fresh scratch directory (removed on

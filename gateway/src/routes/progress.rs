@@ -144,8 +144,9 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
 
     let mut next_seq = 0u64;
     let mut ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
-    if !ended && meta.status.is_terminal() && next_seq == 0 {
-        // The log expired (5 minutes after the end); the meta still says how it ended.
+    if !ended && meta.status.is_terminal() {
+        // The log expired (5 minutes after the end), or the final event was
+        // lost; the meta still says how it ended.
         send(&mut sink, Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
         ended = true;
     }
@@ -175,19 +176,24 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
                 Err(RecvError::Closed) => break,
             },
             _ = resync.tick() => {
-                match state.tasks.snapshot(&task_id).await {
-                    Ok(Some(snap)) if snap.seq >= next_seq => {
-                        ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                // Nothing heard for a while: read what Redis holds. Events
+                // missed (a gap, a lost message) come from the log; and the
+                // meta is the last word, so a final event that was never
+                // published (or has expired) cannot leave the viewer waiting.
+                if let Ok(Some(snap)) = state.tasks.snapshot(&task_id).await
+                    && snap.seq >= next_seq
+                {
+                    ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                }
+                if !ended
+                    && let Ok(Some(meta)) = state.tasks.meta(&task_id).await
+                    && meta.status.is_terminal()
+                {
+                    ended = send_from_log(&state, &task_id, &mut next_seq, &mut sink).await?;
+                    if !ended {
+                        send(&mut sink, Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
+                        ended = true;
                     }
-                    Ok(None) => {
-                        // Progress expired: fall back to the meta.
-                        if let Ok(Some(meta)) = state.tasks.meta(&task_id).await
-                            && meta.status.is_terminal() {
-                                send(&mut sink, Message::Text(serde_json::to_string(&event_from_meta(&meta))?.into())).await?;
-                                ended = true;
-                            }
-                    }
-                    _ => {}
                 }
             }
             () = tokio::time::sleep_until(last_touch + TOUCH_EVERY), if touch_due => {

@@ -287,3 +287,68 @@ async fn jobs_submitted_while_every_worker_is_down_all_finish_when_workers_start
         n as f64 / took
     );
 }
+
+/// Stopping a worker that has done a job: with Redis up it holds nothing
+/// and exits at once; with Redis down it exits within its stated bound
+/// (`STOP_REDIS_GRACE` plus a second); a second SIGTERM while it finishes
+/// a job exits at once (status 130), its tools die with it, and the job is
+/// finished by another worker once its leases run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_exits_promptly_with_redis_up_or_down_and_at_once_on_a_second_signal() {
+    let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let id = submit_short(&stack).await;
+    assert_eq!(harness::wait_done(&stack, &id, Duration::from_secs(120)).await["status"], "SUCCESS");
+    let t0 = Instant::now();
+    stack.terminate_worker(0);
+    let exit = stack.wait_worker_exit(0, Duration::from_secs(60)).await.expect("the worker exits");
+    let redis_up = t0.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(redis_up < Duration::from_secs(2), "with Redis up and nothing in hand: {redis_up:?}");
+
+    stack.start_worker();
+    let id = submit_short(&stack).await;
+    assert_eq!(harness::wait_done(&stack, &id, Duration::from_secs(120)).await["status"], "SUCCESS");
+    stack.stop_redis("KILL");
+    let t0 = Instant::now();
+    stack.terminate_worker(1);
+    let exit = stack.wait_worker_exit(1, Duration::from_secs(60)).await.expect("the worker exits while Redis is down");
+    let redis_down = t0.elapsed();
+    assert!(exit.success(), "{exit:?}\n{}", stack.worker_log_of(1));
+    assert!(redis_down < Duration::from_secs(6), "with Redis down: {redis_down:?}");
+    assert!(stack.worker_log_of(1).contains("Redis unreachable while stopping"), "{}", stack.worker_log_of(1));
+
+    stack.start_redis();
+    stack.start_worker();
+    submit_when_back(&stack).await;
+    // A longer job, so that it is in hand when the signals come.
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let fields = [
+        ("message", "最後まで仕上げてから止まります。今日は本当にありがとう。また会いましょう。"),
+        ("voice_profile_id", "ja_mei_female"),
+        ("bgm_id", "celebration_upbeat"),
+        ("resolution", "1080x1920"),
+    ];
+    let (status, body) = harness::submit(&stack, photo, "a.png", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["step_index"].as_u64() >= Some(2)).await;
+    stack.terminate_worker(2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stack.wait_worker_exit(2, Duration::from_millis(100)).await.is_none(), "the first signal lets the job go on");
+    let t0 = Instant::now();
+    stack.terminate_worker(2);
+    let exit = stack.wait_worker_exit(2, Duration::from_secs(30)).await.expect("a second signal ends it");
+    let second = t0.elapsed();
+    assert_eq!(exit.code(), Some(130), "{exit:?}");
+    assert!(second < Duration::from_millis(1500), "after a second signal: {second:?}");
+    let work = stack.work_dir(2);
+    let left = std::process::Command::new("pgrep").arg("-f").arg(work.display().to_string()).output().unwrap();
+    assert!(left.stdout.is_empty(), "tools left running: {}", String::from_utf8_lossy(&left.stdout));
+    // Nothing lost: another worker takes the job over when its leases end.
+    stack.start_worker();
+    let done = harness::wait_done(&stack, &id, Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    eprintln!(
+        "worker stop: Redis up {redis_up:?}, Redis down {redis_down:?}, second signal {second:?} (job then finished elsewhere)"
+    );
+}

@@ -6,6 +6,7 @@ mod bad_input;
 mod browser;
 mod catalog;
 mod cli;
+mod delivery;
 mod deploy;
 mod e2e;
 mod faults;

@@ -356,13 +356,13 @@ pub fn is_valid_id(id: &str) -> bool {
 async fn blocking_entry<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EntryError> + Send + 'static,
 ) -> Result<T, EntryError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| EntryError::Catalog(CatalogError::Cancelled))?
+    crate::rt::blocking(f).await.map_err(|_| EntryError::Catalog(CatalogError::Cancelled))?
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
-    tokio::task::spawn_blocking(f).await.map_err(|_| CatalogError::Cancelled)?
+    crate::rt::blocking(f).await.map_err(|_| CatalogError::Cancelled)?
 }
 
 /// RFC 3339 timestamp as used in the catalog files.

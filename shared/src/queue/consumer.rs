@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Keys, Queue, scripts};
+use crate::rt::AbortOnDrop;
 
 /// Most entries taken, or settled, in one script call.
 const BATCH: usize = 256;
@@ -53,7 +54,31 @@ struct Settlement {
     attempt: u64,
     /// `None`: done; `Some(d)`: retry after `d`.
     retry_after: Option<Duration>,
+    /// Whether the delivery counts as an attempt (a job handed back unstarted
+    /// or put off with [`RetryLater`] does not).
+    counted: bool,
 }
+
+/// A handler's answer "not now": the job goes back to the queue and is
+/// delivered again after the given delay, and this delivery does not count
+/// as an attempt (the job was not run: a duplicate delivery of a stage still
+/// running elsewhere, or an outcome that could not be recorded because Redis
+/// is unreachable). Any other `Err` is a failed attempt, retried after
+/// [`retry_backoff`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetryLater(pub Duration);
+
+impl std::fmt::Display for RetryLater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "put off for {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for RetryLater {}
+
+/// What a consumer does with a job that it cannot decode, besides keeping
+/// it in the dead-letter list (for example: fail its task with a clear word).
+pub type OnUnreadable = Arc<dyn Fn(super::DeadLetter) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Jobs in hand (entry -> attempt) and the slots they take.
 struct InHand {
@@ -73,14 +98,6 @@ impl InHand {
     }
 }
 
-/// Aborts a background task when dropped.
-struct Background(tokio::task::JoinHandle<()>);
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The consuming end of a queue, for `WorkerBuilder::backend`. Give it the
 /// same concurrency as the worker.
 pub struct Consumer<T> {
@@ -91,8 +108,9 @@ pub struct Consumer<T> {
     settle_tx: mpsc::UnboundedSender<Settlement>,
     settle_rx: Option<mpsc::UnboundedReceiver<Settlement>>,
     jobs: Option<mpsc::Receiver<Task<T>>>,
-    tasks: Vec<Background>,
+    tasks: Vec<AbortOnDrop>,
     closing: Option<BoxFuture<'static, ()>>,
+    on_unreadable: Option<OnUnreadable>,
 }
 
 impl<T> Queue<T>
@@ -118,6 +136,7 @@ where
             jobs: None,
             tasks: Vec::new(),
             closing: None,
+            on_unreadable: None,
         }
     }
 }
@@ -126,18 +145,25 @@ impl<T> Consumer<T>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
+    /// Call `f` (besides keeping the job as a dead letter) for each job that
+    /// cannot be decoded.
+    pub fn on_unreadable(mut self, f: OnUnreadable) -> Self {
+        self.on_unreadable = Some(f);
+        self
+    }
+
     fn start(&mut self) {
         let (tx, rx) = mpsc::channel(self.concurrency);
         self.jobs = Some(rx);
         let settle_rx = self.settle_rx.take().expect("started once");
-        self.tasks.push(Background(tokio::spawn(fetcher(
+        self.tasks.push(AbortOnDrop(tokio::spawn(fetcher(
             self.queue.clone(),
             self.client.clone(),
             self.in_hand.clone(),
-            self.settle_tx.clone(),
+            self.on_unreadable.clone(),
             tx,
         ))));
-        self.tasks.push(Background(tokio::spawn(renewer(self.queue.clone(), self.in_hand.clone()))));
+        self.tasks.push(AbortOnDrop(tokio::spawn(renewer(self.queue.clone(), self.in_hand.clone()))));
         // The settler is not aborted with the consumer: it ends when every
         // sender (this consumer and its middleware) is gone and its last
         // outcomes are recorded.
@@ -171,11 +197,22 @@ async fn fetch(
     inv.invoke_async(conn).await
 }
 
+/// Keep a job that cannot be decoded in the dead-letter list and take it
+/// off the queue (on a Redis error its lease runs out and it comes back).
+async fn bury(conn: &mut ConnectionManager, keys: &Keys, dead: &super::DeadLetter) -> redis::RedisResult<()> {
+    let mut inv = invocation(&scripts::BURY, &[&keys.dead, &keys.leased, &keys.data, &keys.attempts]);
+    inv.arg(serde_json::to_string(dead).expect("dead letters serialize"))
+        .arg(super::DEAD_LETTERS_KEPT)
+        .arg(super::DEAD_LETTER_TTL.as_secs())
+        .arg(&dead.entry);
+    inv.invoke_async::<i64>(conn).await.map(drop)
+}
+
 async fn fetcher<T: DeserializeOwned + Send + 'static>(
     queue: Queue<T>,
     client: redis::Client,
     in_hand: Arc<InHand>,
-    settle: mpsc::UnboundedSender<Settlement>,
+    on_unreadable: Option<OnUnreadable>,
     out: mpsc::Sender<Task<T>>,
 ) {
     let mut conn = queue.conn.clone();
@@ -207,9 +244,9 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
         in_hand.slots.add_permits(n - taken);
         for entry in got.chunks_exact(3) {
             let (id, json, attempt) = (&entry[0], &entry[1], entry[2].parse::<u64>().unwrap_or(1));
-            in_hand.held.lock().expect("in-hand lock").insert(id.clone(), attempt);
             match serde_json::from_str::<T>(json) {
                 Ok(job) => {
+                    in_hand.held.lock().expect("in-hand lock").insert(id.clone(), attempt);
                     let task = TaskBuilder::new(job)
                         .task_id(TaskId::from_string(id.clone()))
                         .data(Delivery { entry: id.clone(), attempt })
@@ -219,9 +256,24 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
                     }
                 }
                 Err(e) => {
-                    // Nothing can ever run it: drop it rather than retry forever.
-                    tracing::error!(queue = %queue.name, entry = %id, error = %e, "dropping a job that cannot be decoded");
-                    let _ = settle.send(Settlement { entry: id.clone(), attempt, retry_after: None });
+                    // No worker of this version can ever run it: keep it
+                    // where operators can see it, off the queue, and let the
+                    // owner of the consumer say so (fail its task).
+                    let dead = super::DeadLetter::new(&queue.name, id, json, e.to_string());
+                    tracing::error!(queue = %queue.name, entry = %id, task_id = ?dead.task_id, version = ?dead.version, error = %e,
+                        "a job that cannot be read was moved to the dead-letter list");
+                    in_hand.slots.add_permits(1);
+                    match bury(&mut conn, &queue.keys, &dead).await {
+                        Ok(()) => {
+                            if let Some(f) = &on_unreadable {
+                                tokio::spawn(f(dead));
+                            }
+                        }
+                        Err(e) => {
+                            crate::metrics::count_error(crate::metrics::Service::Redis);
+                            tracing::warn!(queue = %queue.name, error = %e, "keeping an unreadable job failed; it comes back when its lease ends");
+                        }
+                    }
                 }
             }
         }
@@ -295,7 +347,7 @@ async fn settler<T>(queue: Queue<T>, in_hand: Arc<InHand>, mut rx: mpsc::Unbound
             );
             for s in &batch {
                 let after = s.retry_after.map_or(-1, |d| d.as_millis() as i64);
-                inv.arg(&s.entry).arg(s.attempt).arg(after);
+                inv.arg(&s.entry).arg(s.attempt).arg(after).arg(u8::from(s.counted));
             }
             match inv.invoke_async::<u64>(&mut conn).await {
                 Ok(_) => break,
@@ -316,6 +368,18 @@ async fn settler<T>(queue: Queue<T>, in_hand: Arc<InHand>, mut rx: mpsc::Unbound
         in_hand.slots.add_permits(batch.len());
         in_hand.settled.notify_waiters();
         batch.clear();
+    }
+}
+
+/// The next job from the fetcher. When the fetcher has ended (it panicked,
+/// or its channel closed) the stream ends too, so that the worker loop ends
+/// and its owner starts a new one, instead of waiting forever on a channel
+/// nobody will send to.
+fn poll_jobs<J, E>(jobs: &mut mpsc::Receiver<J>, cx: &mut Context<'_>) -> Poll<Option<Result<J, E>>> {
+    match jobs.poll_recv(cx) {
+        Poll::Ready(Some(task)) => Poll::Ready(Some(Ok(task))),
+        Poll::Ready(None) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -341,11 +405,7 @@ where
         if self.jobs.is_none() {
             self.start();
         }
-        match self.jobs.as_mut().expect("started").poll_recv(cx) {
-            Poll::Ready(Some(task)) => Poll::Ready(Some(Ok(task))),
-            // The fetcher only ends with the consumer.
-            Poll::Ready(None) | Poll::Pending => Poll::Pending,
-        }
+        poll_jobs(self.jobs.as_mut().expect("started"), cx)
     }
 
     /// Stop taking jobs, give back the ones taken but not started (retried
@@ -365,6 +425,7 @@ where
                             entry: d.entry.clone(),
                             attempt: d.attempt,
                             retry_after: Some(Duration::ZERO),
+                            counted: false,
                         });
                     }
                 }
@@ -409,7 +470,8 @@ where
     }
 }
 
-/// Records each job's outcome: `Ok` is done, `Err` is retried after
+/// Records each job's outcome: `Ok` is done; [`RetryLater`] puts the job
+/// off uncounted; any other `Err` is a failed attempt, retried after
 /// [`retry_backoff`].
 #[derive(Clone)]
 pub struct SettleLayer {
@@ -450,11 +512,48 @@ where
         async move {
             let res = fut.await.map_err(Into::into);
             if let Some(d) = delivery {
-                let retry_after = res.as_ref().err().map(|_| retry_backoff(d.attempt));
-                let _ = tx.send(Settlement { entry: d.entry, attempt: d.attempt, retry_after });
+                let later = res.as_ref().err().and_then(|e| e.downcast_ref::<RetryLater>()).copied();
+                let settlement = match (&res, later) {
+                    (Ok(_), _) => Settlement { entry: d.entry, attempt: d.attempt, retry_after: None, counted: true },
+                    (Err(_), Some(RetryLater(after))) => {
+                        Settlement { entry: d.entry, attempt: d.attempt, retry_after: Some(after), counted: false }
+                    }
+                    (Err(_), None) => Settlement {
+                        entry: d.entry,
+                        attempt: d.attempt,
+                        retry_after: Some(retry_backoff(d.attempt)),
+                        counted: true,
+                    },
+                };
+                let _ = tx.send(settlement);
             }
             res
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_whose_fetcher_is_gone_ends_instead_of_pending_forever() {
+        let (tx, mut rx) = mpsc::channel::<u32>(1);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(poll_jobs::<u32, ()>(&mut rx, &mut cx), Poll::Pending));
+        tx.try_send(7).unwrap();
+        assert!(matches!(poll_jobs::<u32, ()>(&mut rx, &mut cx), Poll::Ready(Some(Ok(7)))));
+        drop(tx);
+        assert!(matches!(poll_jobs::<u32, ()>(&mut rx, &mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn retry_later_is_found_in_a_boxed_handler_error() {
+        let e: BoxDynError = Box::new(RetryLater(Duration::from_secs(5)));
+        assert_eq!(e.downcast_ref::<RetryLater>().map(|r| r.0), Some(Duration::from_secs(5)));
+        let other: BoxDynError = "plain failure".into();
+        assert!(other.downcast_ref::<RetryLater>().is_none());
     }
 }

@@ -32,11 +32,47 @@ use serde::Serialize;
 
 use crate::job::{Stage, VideoJob};
 
-pub use consumer::{Consumer, Delivery};
+pub use consumer::{Consumer, Delivery, RetryLater};
 
 /// Most wake-up tokens kept: more than enough to wake every idle consumer.
 const WAKE_TOKENS: isize = 64;
 
+/// Most dead letters kept per queue, and how long after the last one.
+pub const DEAD_LETTERS_KEPT: isize = 1000;
+pub const DEAD_LETTER_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// A queued job that no worker could read (a gateway of another version
+/// wrote it, or it is damaged), as kept in the queue's dead-letter list.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub queue: String,
+    pub entry: String,
+    /// The envelope, where it could be read.
+    pub task_id: Option<String>,
+    pub version: Option<u64>,
+    /// Why it could not be read.
+    pub error: String,
+    /// The job exactly as it was queued.
+    pub raw: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+impl DeadLetter {
+    /// Read the envelope (`task_id`, `version`) of a job that did not decode.
+    pub fn new(queue: &str, entry: &str, raw: &str, error: String) -> Self {
+        let envelope: Option<serde_json::Value> = serde_json::from_str(raw).ok();
+        let field = |name: &str| envelope.as_ref().and_then(|v| v.get(name).cloned());
+        DeadLetter {
+            queue: queue.to_owned(),
+            entry: entry.to_owned(),
+            task_id: field("task_id").and_then(|v| v.as_str().map(str::to_owned)),
+            version: field("version").and_then(|v| v.as_u64()),
+            error,
+            raw: raw.to_owned(),
+            at: chrono::Utc::now(),
+        }
+    }
+}
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// `TAYORI_QUEUE`, default `tayori-video`. No `:` (the key separator).
@@ -104,6 +140,9 @@ pub struct Keys {
     pub attempts: String,
     pub delayed: String,
     pub wake: String,
+    /// LIST of jobs no worker could read (newest first, at most
+    /// [`DEAD_LETTERS_KEPT`], kept [`DEAD_LETTER_TTL`] after the last).
+    pub dead: String,
 }
 
 impl Keys {
@@ -116,6 +155,7 @@ impl Keys {
             attempts: k("attempts"),
             delayed: k("delayed"),
             wake: k("wake"),
+            dead: k("dead"),
         }
     }
 }
@@ -137,6 +177,8 @@ pub struct QueueStats {
     pub leased: u64,
     /// Job data held (waiting + leased, plus entries being put back).
     pub stored: u64,
+    /// Jobs no worker could read, kept in the dead-letter list.
+    pub dead: u64,
 }
 
 /// One named queue of jobs of type `T`: pushing, and counting. Taking jobs
@@ -223,13 +265,21 @@ impl<T: Serialize> Queue<T> {
 
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         let mut conn = self.conn.clone();
-        let (pending, delayed, leased, stored): (u64, u64, u64, u64) = redis::pipe()
+        let (pending, delayed, leased, stored, dead): (u64, u64, u64, u64, u64) = redis::pipe()
             .llen(&self.keys.pending)
             .zcard(&self.keys.delayed)
             .zcard(&self.keys.leased)
             .hlen(&self.keys.data)
+            .llen(&self.keys.dead)
             .query_async(&mut conn)
             .await?;
-        Ok(QueueStats { waiting: pending + delayed, leased, stored })
+        Ok(QueueStats { waiting: pending + delayed, leased, stored, dead })
+    }
+
+    /// The newest `n` dead letters.
+    pub async fn dead_letters(&self, n: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE").arg(&self.keys.dead).arg(0).arg(n.max(1) as i64 - 1).query_async(&mut conn).await?;
+        Ok(raw.iter().filter_map(|s| serde_json::from_str(s).ok()).collect())
     }
 }

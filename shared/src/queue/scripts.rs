@@ -12,6 +12,7 @@
 //! - `queue:{q}:attempts` HASH id -> deliveries so far (the lease token)
 //! - `queue:{q}:delayed`  ZSET id -> when to retry (ms): failed attempts
 //! - `queue:{q}:wake`     LIST of wake-up tokens for idle consumers (bounded)
+//! - `queue:{q}:dead`     LIST of jobs no worker could read (bounded, expiring)
 
 use std::sync::LazyLock;
 
@@ -82,18 +83,20 @@ return lost
     )
 });
 
-/// Settle `(id, attempt, retry_after_ms)` triples (`ARGV`): a negative
-/// `retry_after_ms` means done (the entry and its data are removed), else the
-/// entry is retried that many ms from now. A settlement by a holder whose
-/// lease was taken over (the attempt moved on) is ignored. Returns how many
-/// were applied.
+/// Settle `(id, attempt, retry_after_ms, counted)` quadruples (`ARGV`): a
+/// negative `retry_after_ms` means done (the entry and its data are
+/// removed), else the entry is retried that many ms from now; `counted` 0
+/// gives the delivery back uncounted (a job handed back unstarted, or put
+/// off), so its next delivery has the same attempt number. A settlement by a
+/// holder whose lease was taken over (the attempt moved on) is ignored.
+/// Returns how many were applied.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local applied = 0
-for i = 1, #ARGV, 3 do
+for i = 1, #ARGV, 4 do
   local id = ARGV[i]
   if redis.call('HGET', KEYS[3], id) == ARGV[i + 1] then
     local after = tonumber(ARGV[i + 2])
@@ -102,12 +105,31 @@ for i = 1, #ARGV, 3 do
       redis.call('HDEL', KEYS[2], id)
       redis.call('HDEL', KEYS[3], id)
     elseif redis.call('ZREM', KEYS[1], id) == 1 then
+      if ARGV[i + 3] == '0' then redis.call('HINCRBY', KEYS[3], id, -1) end
       redis.call('ZADD', KEYS[4], now + after, id)
     end
     applied = applied + 1
   end
 end
 return applied
+"#,
+    )
+});
+
+/// Keep a job no worker could read: push `ARGV[1]` (a [`super::DeadLetter`])
+/// onto the dead-letter list `KEYS[1]`, keep the newest `ARGV[2]`, expire
+/// the list `ARGV[3]` s after the last one, and remove entry `ARGV[4]` from
+/// the queue (`KEYS[2]` leased, `KEYS[3]` data, `KEYS[4]` attempts).
+pub static BURY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('HDEL', KEYS[3], ARGV[4])
+redis.call('HDEL', KEYS[4], ARGV[4])
+return 1
 "#,
     )
 });

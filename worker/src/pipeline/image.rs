@@ -21,10 +21,7 @@ pub async fn download(j: &Job<'_>) -> Result<PathBuf, PipelineError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, VisionError> + Send + 'static,
 ) -> Result<T, PipelineError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| PipelineError::Vision(VisionError::Inference(e.to_string())))?
-        .map_err(Into::into)
+    Ok(shared::rt::blocking(f).await??)
 }
 
 /// The photo (upright) and the chosen person's crop.

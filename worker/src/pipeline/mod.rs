@@ -43,8 +43,25 @@ pub enum PipelineError {
     SilentSpeech,
     #[error("job format version {0} is not supported by this worker")]
     UnsupportedVersion(u32),
+    /// The speech engine itself failed (inference, or its phonemizer).
+    #[error("the speech engine failed: {0}")]
+    Speech(String),
+    /// A tool ran but its output cannot be used (not 16-bit PCM, sample
+    /// rates that disagree, nothing to speak): the same again would fail.
+    #[error("a tool's output could not be used: {0}")]
+    BadOutput(String),
+    #[error(transparent)]
+    Panicked(#[from] shared::rt::Panicked),
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Local file errors that may pass (a full disk being cleaned up, an
+/// interrupted call); the rest (bad data, a missing file, no permission)
+/// would only fail again.
+fn io_may_pass(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(kind, StorageFull | QuotaExceeded | Interrupted | WouldBlock | TimedOut | ResourceBusy | OutOfMemory)
 }
 
 impl PipelineError {
@@ -52,7 +69,7 @@ impl PipelineError {
     pub fn is_transient(&self) -> bool {
         match self {
             PipelineError::Storage(e) => e.is_transient(),
-            PipelineError::Io(_) => true,
+            PipelineError::Io(e) => io_may_pass(e.kind()),
             _ => false,
         }
     }
@@ -60,9 +77,13 @@ impl PipelineError {
     /// What the user is told.
     pub fn to_job_error(&self) -> JobError {
         let (code, message) = match self {
-            PipelineError::Storage(StorageError::NotFound { .. }) => {
+            PipelineError::Storage(StorageError::NotFound { key }) if key.starts_with("images/uploads/") => {
                 ("upload-missing", "The uploaded photo is no longer in storage; please submit again.".to_owned())
             }
+            PipelineError::Storage(StorageError::NotFound { .. }) => (
+                "intermediate-missing",
+                "A file made by an earlier step of this job is no longer in storage; please submit again.".to_owned(),
+            ),
             PipelineError::Storage(_) => {
                 ("storage-unavailable", "File storage was not reachable; please try again.".to_owned())
             }
@@ -88,13 +109,34 @@ impl PipelineError {
                 "The voice could not say any of the message. Please write it in words the voice's language can read."
                     .to_owned(),
             ),
-            PipelineError::UnsupportedVersion(_) => {
-                ("unsupported-job", "This job was made by a newer gateway.".to_owned())
+            PipelineError::UnsupportedVersion(v) => (
+                "job-unreadable",
+                format!(
+                    "This job was written in job format version {v}, and this worker reads version {}: the gateway \
+                     and the workers are of different versions. Please submit it again.",
+                    shared::job::JOB_VERSION
+                ),
+            ),
+            PipelineError::BadVoice { .. } => (
+                "voice-unusable",
+                "The chosen voice cannot be used: its files on the server are missing or damaged.".to_owned(),
+            ),
+            PipelineError::Catalog(_) => {
+                ("catalog-error", "The voice or music catalog could not be read.".to_owned())
             }
-            PipelineError::BadVoice { .. } | PipelineError::Catalog(_) => {
-                ("catalog-error", "The voice or music catalog could not be used.".to_owned())
+            PipelineError::Speech(_) => (
+                "speech-failed",
+                "The voice engine could not speak the message; please try again or pick another voice.".to_owned(),
+            ),
+            PipelineError::BadOutput(_) => {
+                ("output-unusable", "A processing step produced something that could not be used.".to_owned())
             }
-            PipelineError::Process(_) | PipelineError::Io(_) | PipelineError::Vision(_) => {
+            PipelineError::Panicked(_) => ("internal-error", "Making the video stopped on an internal error.".to_owned()),
+            PipelineError::Io(e) if io_may_pass(e.kind()) => {
+                ("worker-disk", "The worker could not write its working files; please try again.".to_owned())
+            }
+            PipelineError::Io(_) => ("worker-files", "The worker could not use its working files.".to_owned()),
+            PipelineError::Process(_) | PipelineError::Vision(_) => {
                 ("processing-failed", "Making the video failed on our side.".to_owned())
             }
         };
@@ -270,4 +312,32 @@ pub async fn voice_branch(
     let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base)).await?;
     let mixed = j.step(Step::MixBgm, mix::mix(j, track, &adjusted)).await?;
     Ok((adjusted, mixed))
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_by_cause() {
+        let bad_wav = PipelineError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "not 16-bit PCM"));
+        assert!(!bad_wav.is_transient(), "bad data fails the same way again");
+        assert_eq!(bad_wav.to_job_error().code, "worker-files");
+        let full = PipelineError::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space"));
+        assert!(full.is_transient());
+        assert!(full.to_job_error().retryable);
+        let panicked = PipelineError::from(shared::rt::Panicked("index out of bounds".into()));
+        assert!(!panicked.is_transient());
+        assert_eq!(panicked.to_job_error().code, "internal-error");
+        let rates = PipelineError::BadOutput("22050 Hz after 48000 Hz".into());
+        assert_eq!((rates.is_transient(), rates.to_job_error().code.as_str()), (false, "output-unusable"));
+        let speech = PipelineError::Speech("inference failed".into());
+        assert_eq!(speech.to_job_error().code, "speech-failed");
+        assert!(!speech.to_job_error().message.contains("catalog"));
+        let photo = PipelineError::Storage(StorageError::NotFound { key: "images/uploads/t/original.png".into() });
+        assert_eq!(photo.to_job_error().code, "upload-missing");
+        let frame = PipelineError::Storage(StorageError::NotFound { key: "images/processed/t/person.png".into() });
+        assert_eq!(frame.to_job_error().code, "intermediate-missing");
+        assert!(!frame.to_job_error().message.contains("photo"));
+    }
 }

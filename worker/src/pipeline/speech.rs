@@ -132,9 +132,11 @@ pub async fn speak(
     };
     if engine == "piper" {
         let lib = crate::onnx::runtime_path(catalog.data_dir());
-        crate::piper::speak(&lib, &voice, message, out, timeout)
-            .await
-            .map_err(|e| bad_voice(profile, e.to_string()))?;
+        crate::piper::speak(&lib, &voice, message, out, timeout).await.map_err(|e| match e {
+            crate::piper::PiperError::Model { .. } | crate::piper::PiperError::Onnx(_) => bad_voice(profile, e.to_string()),
+            crate::piper::PiperError::Process(p) => PipelineError::Process(p),
+            crate::piper::PiperError::Inference(m) => PipelineError::Speech(m),
+        })?;
     } else {
         speak_sentences(engine, &voice, message, scratch, out, timeout).await?;
     }
@@ -148,9 +150,9 @@ const SILENCE_RMS: f32 = 0.005;
 /// engine that read nothing it could say, or was fed something else).
 pub async fn check_audible(path: &Path) -> Result<(), PipelineError> {
     let p = path.to_owned();
-    let (samples, _) = tokio::task::spawn_blocking(move || crate::media::read_wav(&p))
-        .await
-        .map_err(|e| PipelineError::Io(std::io::Error::other(e.to_string())))??;
+    let (samples, _) = shared::rt::blocking(move || crate::media::read_wav(&p))
+        .await?
+        .map_err(|e| PipelineError::BadOutput(e.to_string()))?;
     let rms = (samples.iter().map(|x| x * x).sum::<f32>() / samples.len().max(1) as f32).sqrt();
     if rms < SILENCE_RMS { Err(PipelineError::SilentSpeech) } else { Ok(()) }
 }
@@ -193,24 +195,23 @@ pub async fn speak_sentences(
     let wavs: Vec<PathBuf> =
         futures::stream::iter(jobs).buffered(2).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
     let out = out.to_owned();
-    tokio::task::spawn_blocking(move || {
+    shared::rt::blocking(move || {
         let mut rate = 0;
         let mut audio = Vec::with_capacity(wavs.len());
         for w in &wavs {
-            let (samples, r) = crate::media::read_wav(w)?;
+            let (samples, r) = crate::media::read_wav(w).map_err(|e| PipelineError::BadOutput(e.to_string()))?;
             if rate != 0 && r != rate {
-                return Err(std::io::Error::other(format!("{}: {r} Hz after {rate} Hz", w.display())));
+                return Err(PipelineError::BadOutput(format!("sentence sample rates differ: {r} Hz after {rate} Hz")));
             }
             rate = r;
             audio.push(samples);
         }
         if audio.is_empty() {
-            return Err(std::io::Error::other("the message has nothing to speak"));
+            return Err(PipelineError::BadOutput("the message has nothing to speak".into()));
         }
-        crate::media::write_wav(&out, &join_speech(audio, rate), rate)
+        Ok(crate::media::write_wav(&out, &join_speech(audio, rate), rate)?)
     })
-    .await
-    .map_err(|e| PipelineError::Io(std::io::Error::other(e.to_string())))??;
+    .await??;
     Ok(())
 }
 
