@@ -28,20 +28,24 @@ use crate::state::AppState;
 /// Sliding one-minute window of request times in a sorted set: old entries
 /// dropped; with room, 0 (and in `take` mode the new entry is added);
 /// without, the milliseconds until the oldest leaves the window.
-const RATE_LIMIT: &str = r#"
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+// Timed by Redis's clock, so gateways on several machines agree.
+static RATE_LIMIT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    shared::redis_conn::with_clock(
+        r#"
+local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return math.max(1, tonumber(oldest[2]) + window - now)
 end
-if ARGV[5] == 'take' then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
+if ARGV[4] == 'take' then
+  redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
 end
 return 0
-"#;
+"#,
+    )
+});
 
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -247,14 +251,11 @@ impl Limit {
 
     async fn call(&mut self, mode: &str) -> Result<(), AppError> {
         let Some(key) = &self.key else { return Ok(()) };
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let wait_ms: i64 = redis::Script::new(RATE_LIMIT)
+        let wait_ms: i64 = RATE_LIMIT
             .key(key)
-            .arg(now)
             .arg(WINDOW.as_millis() as u64)
             .arg(self.per_minute)
-            .arg(format!("{now}-{}", uuid::Uuid::new_v4().simple()))
+            .arg(uuid::Uuid::new_v4().simple().to_string())
             .arg(mode)
             .invoke_async(&mut self.conn)
             .await?;

@@ -50,3 +50,14 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
                 | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
         )
 }
+
+/// The prelude of every Lua script that needs the time: `now`, Redis's own
+/// clock in milliseconds (processes on machines whose clocks disagree still
+/// agree on it).
+pub const LUA_CLOCK: &str =
+    "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n";
+
+/// A script whose body can use `now` ([`LUA_CLOCK`]).
+pub fn with_clock(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{LUA_CLOCK}{body}"))
+}

@@ -93,8 +93,10 @@ where
             }
         }
     });
-    // Dropping the tasks kills their subprocesses (`kill_on_drop`).
-    rt.shutdown_timeout(Duration::from_secs(1));
+    // Dropping the tasks kills their subprocesses (`kill_on_drop`); blocking
+    // work is waited for a second after a graceful stop, not after a second
+    // signal.
+    rt.shutdown_timeout(if code.is_some() { Duration::from_secs(1) } else { Duration::from_millis(100) });
     match code {
         Some(code) => code,
         // Blocking work (a model's inference) may still be running: leave

@@ -71,18 +71,26 @@ return seq
     )
 });
 
-static PUT_UNLESS_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local st = cjson.decode(cur)['status']
-  if st == 'SUCCESS' or st == 'FAILURE' then return 0 end
+/// The one Lua test of "this task has ended", for every script that needs
+/// it: `finished(meta_json_or_false)`. The same states as
+/// [`crate::progress::TaskStatus::is_terminal`].
+pub const LUA_FINISHED: &str = r#"
+local function finished(raw)
+  if not raw then return false end
+  local st = cjson.decode(raw)['status']
+  return st == 'SUCCESS' or st == 'FAILURE'
 end
+"#;
+
+static PUT_UNLESS_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{LUA_FINISHED}{}",
+        r#"
+if finished(redis.call('GET', KEYS[1])) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
-"#,
-    )
+"#
+    ))
 });
 
 #[derive(Debug, thiserror::Error)]

@@ -165,7 +165,7 @@ async fn analyse_track_file(
         return Err(rejected("audio-too-short", "The music file holds less than a second of sound."));
     }
     let mut args = media::input(&wav, Format::Wav);
-    if let Some(filter) = secs.and_then(crate::pipeline::mix::loop_ready_filter) {
+    if let Some(filter) = secs.and_then(crate::audio::loop_ready_filter) {
         args.extend(crate::args!["-filter_complex", Arg::composed(filter), "-map", "[out]"]);
     }
     args.extend(crate::args!["-c:a", "libmp3lame", "-b:a", "192k", &mp3]);
@@ -173,7 +173,7 @@ async fn analyse_track_file(
     let duration = media::probe(&mp3, Format::Mp3, runner.cfg.tool_timeout).await.map_err(failed)?.duration;
     let samples = decode(runner, &mp3, Format::Mp3, RATE, MAX_TRACK_SECS).await.map_err(failed)?;
     let (bpm, loudness) =
-        tokio::task::spawn_blocking(move || (estimate_bpm(&samples, RATE), loudness_lufs(&samples, RATE)))
+        tokio::task::spawn_blocking(move || (estimate_bpm(&samples, RATE), crate::audio::loudness_lufs(&samples, RATE)))
             .await
             .map_err(failed)?;
     runner.storage.put_file(target_key, &mp3, "audio/mpeg").await.map_err(failed)?;
@@ -371,13 +371,6 @@ async fn voice_preview(
     Ok(CatalogTaskResult::Preview { key: target_key.to_owned() })
 }
 
-/// Integrated loudness (EBU R 128) of mono samples, in LUFS.
-pub fn loudness_lufs(samples: &[f32], rate: u32) -> Option<f64> {
-    let mut m = ebur128::EbuR128::new(1, rate, ebur128::Mode::I).ok()?;
-    m.add_frames_f32(samples).ok()?;
-    m.loudness_global().ok().filter(|l| l.is_finite())
-}
-
 /// Tempo from the autocorrelation of an onset envelope (positive changes
 /// of short-time energy), searched between 60 and 180 BPM. Written here
 /// because no maintained crate does tempo estimation on plain samples.
@@ -504,7 +497,7 @@ mod tests {
         let rate = 48_000;
         let s: Vec<f32> =
             (0..rate * 5).map(|i| (i as f32 * 2.0 * std::f32::consts::PI * 1000.0 / rate as f32).sin()).collect();
-        let l = loudness_lufs(&s, rate).unwrap();
+        let l = crate::audio::loudness_lufs(&s, rate).unwrap();
         assert!((l - -3.0).abs() < 0.3, "{l}");
     }
 }

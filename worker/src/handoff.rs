@@ -8,6 +8,7 @@
 //! a crash may queue it a second time, and that copy is dropped by the
 //! render's claim and done checks.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -16,12 +17,12 @@ use shared::keys;
 
 // A job that has already ended (the other stage failed) gets no new record:
 // it would only linger until its TTL.
-const MARK_DONE: &str = r#"
-local meta = redis.call('GET', KEYS[2])
-if meta then
-  local status = cjson.decode(meta)['status']
-  if status == 'SUCCESS' or status == 'FAILURE' then return -1 end
-end
+static MARK_DONE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{}{}",
+        shared::tasks::LUA_FINISHED,
+        r#"
+if finished(redis.call('GET', KEYS[2])) then return -1 end
 redis.call('HSET', KEYS[1], 'done:' .. ARGV[1], 1, 'metrics:' .. ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local n = 0
@@ -29,7 +30,9 @@ for _, s in ipairs({'image', 'voice'}) do
   if redis.call('HEXISTS', KEYS[1], 'done:' .. s) == 1 then n = n + 1 end
 end
 return n
-"#;
+"#
+    ))
+});
 
 /// Mark `stage` of the job done with its step records; returns whether both
 /// the image and voice stages are now done (the render may start).
@@ -41,7 +44,7 @@ pub async fn mark_done(
     keep: Duration,
 ) -> redis::RedisResult<bool> {
     let json = serde_json::to_string(metrics).unwrap_or_else(|_| "[]".into());
-    let n: i64 = redis::Script::new(MARK_DONE)
+    let n: i64 = MARK_DONE
         .key(keys::job_stages(task_id))
         .key(keys::task_meta(task_id))
         .arg(stage.name())

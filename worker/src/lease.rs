@@ -2,10 +2,12 @@
 //! looked dead is queued again), so before running a stage of a job a worker
 //! takes `job:claim:{task_id}:{stage}` with a short TTL and keeps renewing
 //! it while it works. A second delivery of a stage that is running elsewhere
-//! waits for the claim to be released or to expire (its holder died), and a
+//! is put off (handed back to the queue for a few seconds) until the claim is
+//! released or expires (its holder died), and a
 //! delivery of a stage that already finished, or of a job that already
 //! ended, is dropped: each stage runs to completion once.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -14,19 +16,27 @@ use redis::aio::ConnectionManager;
 pub const CLAIM_TTL: Duration = Duration::from_secs(15);
 const RENEW_EVERY: Duration = Duration::from_secs(5);
 
-const RENEW: &str = r#"
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
-"#;
+"#,
+    )
+});
 
-const RELEASE: &str = r#"
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-"#;
+"#,
+    )
+});
 
 /// Try to take the claim; `Ok(false)` when another worker holds it.
 pub async fn try_claim(conn: &mut ConnectionManager, key: &str, holder: &str) -> redis::RedisResult<bool> {
@@ -42,7 +52,7 @@ pub async fn try_claim(conn: &mut ConnectionManager, key: &str, holder: &str) ->
 }
 
 pub async fn release(conn: &mut ConnectionManager, key: &str, holder: &str) -> redis::RedisResult<()> {
-    let _: i64 = redis::Script::new(RELEASE).key(key).arg(holder).invoke_async(conn).await?;
+    let _: i64 = RELEASE.key(key).arg(holder).invoke_async(conn).await?;
     Ok(())
 }
 
@@ -52,11 +62,10 @@ pub fn keep_alive(conn: ConnectionManager, key: &str, holder: &str) -> tokio::ta
     let holder = holder.to_owned();
     tokio::spawn(async move {
         let mut conn = conn;
-        let script = redis::Script::new(RENEW);
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
             let r: redis::RedisResult<i64> =
-                script.key(&key).arg(&holder).arg(CLAIM_TTL.as_millis() as u64).invoke_async(&mut conn).await;
+                RENEW.key(&key).arg(&holder).arg(CLAIM_TTL.as_millis() as u64).invoke_async(&mut conn).await;
             match r {
                 Ok(1) => {}
                 Ok(_) => tracing::error!(%key, "job claim was lost while the job runs"),

@@ -1,6 +1,7 @@
 //! The tayori worker: takes video jobs from the Redis queue (apalis) and
 //! runs the media pipeline on them.
 
+pub mod audio;
 pub mod catalog_tasks;
 pub mod config;
 pub mod handoff;

@@ -174,7 +174,7 @@ pub async fn speak(lib: &Path, model: &Path, text: &str, out: &Path, timeout: Du
     let out = out.to_owned();
     tokio::task::spawn_blocking(move || {
         let parts = sentences.iter().map(|s| voice.infer(voice.ids(s))).collect::<Result<Vec<_>, _>>()?;
-        let audio = crate::pipeline::speech::join_speech(parts, rate);
+        let audio = crate::audio::join_speech(parts, rate);
         crate::media::write_wav(&out, &audio, rate).map_err(|e| PiperError::Inference(e.to_string()))
     })
     .await

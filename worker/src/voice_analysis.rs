@@ -124,7 +124,7 @@ pub fn analyse(samples: &[f32], rate: u32) -> Option<VoiceFeatures> {
         f0_p10_hz: percentile(&f0, 0.1),
         f0_p90_hz: percentile(&f0, 0.9),
         syllables_per_second: syllable_rate(samples, rate),
-        loudness_lufs: crate::catalog_tasks::loudness_lufs(samples, rate),
+        loudness_lufs: crate::audio::loudness_lufs(samples, rate),
         duration_seconds: samples.len() as f64 / rate as f64,
     })
 }

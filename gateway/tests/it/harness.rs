@@ -83,8 +83,13 @@ fn memory_kb(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// A binary of this build, or of the build in `TAYORI_TEST_BIN_DIR` (to run
+/// a test against an older build, e.g. to see it fail before a fix).
 fn bin(name: &str) -> PathBuf {
-    let gateway = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
+    let gateway = match std::env::var_os("TAYORI_TEST_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join("gateway"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+    };
     let p = gateway.with_file_name(name);
     assert!(p.is_file(), "{} is not built: run the tests with --workspace", p.display());
     p

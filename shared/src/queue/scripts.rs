@@ -18,15 +18,15 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+use crate::redis_conn::with_clock;
+
 /// Take up to `ARGV[2]` entries: first put back (at the head) at most
 /// `ARGV[3]` entries whose lease ran out and as many due retries, then pop,
 /// lease each for `ARGV[1]` ms and count the delivery. Ids whose data is gone
 /// (already finished) are skipped. Returns `[id, json, attempt, ...]`.
 pub static FETCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_clock(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit = tonumber(ARGV[3])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, limit)
 for i = 1, #expired do
@@ -64,10 +64,8 @@ return out
 /// from now, where the caller still holds them. Returns the ids it no
 /// longer holds (the lease ran out and the entry went back to the queue).
 pub static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_clock(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local deadline = now + tonumber(ARGV[1])
 local lost = {}
 for i = 2, #ARGV, 2 do
@@ -91,10 +89,8 @@ return lost
 /// holder whose lease was taken over (the attempt moved on) is ignored.
 /// Returns how many were applied.
 pub static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    with_clock(
         r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local applied = 0
 for i = 1, #ARGV, 4 do
   local id = ARGV[i]

@@ -11,6 +11,7 @@ use shared::catalog::BgmTrack;
 use shared::keys::objects;
 
 use super::{Job, PipelineError};
+use crate::audio;
 use crate::media::{self, Format};
 use crate::process::{Arg, ProcessError};
 
@@ -44,27 +45,6 @@ pub fn mix_filter(total: f64, with_music: bool) -> String {
     )
 }
 
-/// Seconds of a track's end that are crossfaded into its start.
-pub const LOOP_XF: f64 = 2.0;
-
-/// The filter that makes a track loop-ready (the same as scripts/assets.sh
-/// does for the system tracks): its last `LOOP_XF` seconds are crossfaded
-/// into its first ones and the result starts after them, so the end flows
-/// into the start when it is played in a loop. `None` for tracks too short
-/// to spare the seconds (they loop as they are).
-pub fn loop_ready_filter(duration: f64) -> Option<String> {
-    if duration < 4.0 * LOOP_XF {
-        return None;
-    }
-    let end = duration - LOOP_XF;
-    Some(format!(
-        "[0:a]asplit=3[a][b][c];[a]atrim=0:{LOOP_XF},asetpts=PTS-STARTPTS[head];\
-         [b]atrim={LOOP_XF}:{end:.3},asetpts=PTS-STARTPTS[body];[c]atrim={end:.3},asetpts=PTS-STARTPTS[tail];\
-         [tail][head]acrossfade=d={:.2}:c1=qsin:c2=qsin[seam];[body][seam]concat=n=2:v=0:a=1[out]",
-        LOOP_XF - 0.1
-    ))
-}
-
 /// Where the worker reads a track: the data directory if the file is
 /// there, else the S3 object of the same key.
 async fn track_file(j: &Job<'_>, track: &BgmTrack) -> Result<PathBuf, PipelineError> {
@@ -84,7 +64,7 @@ pub async fn mix_files(
     dir: &Path,
     target_lufs: f64,
     timeout: Duration,
-) -> Result<PathBuf, ProcessError> {
+) -> Result<PathBuf, PipelineError> {
     let speech = media::speech_seconds(voice, timeout).await?;
     let total = INTRO + speech + OUTRO;
     let raw = dir.join("mix_raw.wav");
@@ -111,14 +91,13 @@ pub async fn mix_files(
     let mut pcm_args = media::input(&raw, Format::Wav);
     pcm_args.extend(crate::args!["-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
     let pcm = media::ffmpeg(pcm_args, timeout).await?;
-    let (integrated, peak) = tokio::task::spawn_blocking(move || measure_stereo(&pcm)).await.map_err(|e| {
-        ProcessError::Failed { program: "loudness".into(), status: e.to_string(), stderr_tail: String::new() }
-    })?;
+    let measured = shared::rt::blocking(move || audio::measure_pcm_f32le(&pcm, 2, 48_000)).await?;
+    let (integrated, peak) = (measured.integrated_lufs, measured.true_peak_dbtp);
     let out = dir.join("final_mixed.mp3");
     let mut gain = target_lufs - integrated;
     for _ in 0..2 {
         encode_with_gain(&raw, &out, gain, peak, timeout).await?;
-        let (got, _) = media::ebur128(&out, Format::Mp3, timeout).await?;
+        let got = measure_file(&out, Format::Mp3, timeout).await?.integrated_lufs;
         if (got - target_lufs).abs() <= 0.2 {
             break;
         }
@@ -127,15 +106,13 @@ pub async fn mix_files(
     Ok(out)
 }
 
-/// Integrated loudness (LUFS) and true peak (dBTP) of interleaved stereo
-/// f32 little-endian samples at 48 kHz.
-fn measure_stereo(pcm: &[u8]) -> (f64, f64) {
-    let samples: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    let mut m = ebur128::EbuR128::new(2, 48_000, ebur128::Mode::I | ebur128::Mode::TRUE_PEAK).expect("valid meter");
-    m.add_frames_f32(&samples).expect("interleaved stereo");
-    let integrated = m.loudness_global().unwrap_or(-70.0).max(-70.0);
-    let tp = (0..2).filter_map(|c| m.true_peak(c).ok()).fold(0.0f64, f64::max);
-    (integrated, 20.0 * tp.max(1e-9).log10())
+/// The loudness of an audio file, decoded by ffmpeg and measured by the
+/// worker's one meter.
+async fn measure_file(path: &Path, format: Format, timeout: Duration) -> Result<audio::Loudness, PipelineError> {
+    let mut args = media::input(path, format);
+    args.extend(crate::args!["-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
+    let pcm = media::ffmpeg(args, timeout).await?;
+    Ok(shared::rt::blocking(move || audio::measure_pcm_f32le(&pcm, 2, 48_000)).await?)
 }
 
 /// Encode `raw` to MP3 with `gain_db` applied; a limiter holds peaks under
@@ -197,12 +174,12 @@ mod tests {
         let mut gen_args = media::generated("sine=f=440:d=12:r=44100");
         gen_args.extend(crate::args!["-af", "volume='0.05+0.9*t/12':eval=frame", &src]);
         media::ffmpeg(gen_args, t).await.unwrap();
-        assert!(loop_ready_filter(5.0).is_none());
+        assert!(crate::audio::loop_ready_filter(5.0).is_none());
         let (raw, rate) = media::read_wav(&src).unwrap();
         let n = rate as usize / 20;
         let jump = rms_db(&raw[raw.len() - n..]) - rms_db(&raw[..n]);
         assert!(jump > 20.0, "as it is, the track jumps {jump:.1} dB at the loop point");
-        let filter = loop_ready_filter(12.0).unwrap();
+        let filter = crate::audio::loop_ready_filter(12.0).unwrap();
         let mut loop_args = media::input(&src, Format::Wav);
         loop_args.extend(crate::args!["-filter_complex", Arg::composed(filter), "-map", "[out]", &out]);
         media::ffmpeg(loop_args, t).await.unwrap();

@@ -81,31 +81,6 @@ fn push_sentence(out: &mut Vec<String>, cur: &mut String) {
     cur.clear();
 }
 
-/// Pause between sentences.
-const PAUSE_SECS: f32 = 0.25;
-/// Fade at each end of a sentence, so that the joins do not click.
-const FADE_SECS: f32 = 0.005;
-
-/// Sentences joined with pauses, each faded in and out over a few ms.
-pub fn join_speech(parts: Vec<Vec<f32>>, rate: u32) -> Vec<f32> {
-    let fade = ((rate as f32 * FADE_SECS) as usize).max(1);
-    let pause = vec![0.0f32; (rate as f32 * PAUSE_SECS) as usize];
-    let mut out = Vec::new();
-    for (k, mut part) in parts.into_iter().enumerate() {
-        let n = part.len();
-        for i in 0..fade.min(n) {
-            let g = i as f32 / fade as f32;
-            part[i] *= g;
-            part[n - 1 - i] *= g;
-        }
-        if k > 0 {
-            out.extend_from_slice(&pause);
-        }
-        out.extend(part);
-    }
-    out
-}
-
 /// Speak `message` with the profile's base voice into the WAV file `out`.
 /// Open JTalk and Flite get one sentence per process, two at a time, and the
 /// sentences are joined here; Piper splits the text itself.
@@ -209,7 +184,7 @@ pub async fn speak_sentences(
         if audio.is_empty() {
             return Err(PipelineError::BadOutput("the message has nothing to speak".into()));
         }
-        Ok(crate::media::write_wav(&out, &join_speech(audio, rate), rate)?)
+        Ok(crate::media::write_wav(&out, &crate::audio::join_speech(audio, rate), rate)?)
     })
     .await??;
     Ok(())
@@ -282,7 +257,7 @@ mod tests {
     fn joins_fade_to_silence_so_they_do_not_click() {
         // Two loud square-ish parts that would click if butted together.
         let part = vec![0.8f32; 4800];
-        let joined = join_speech(vec![part.clone(), part], 48_000);
+        let joined = crate::audio::join_speech(vec![part.clone(), part], 48_000);
         assert_eq!(joined.len(), 4800 * 2 + 12_000);
         let max_step = joined.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
         assert!(max_step < 0.01, "largest sample-to-sample step {max_step}");
