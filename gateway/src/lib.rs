@@ -1,9 +1,10 @@
-//! The tayori gateway: upload form and JSON API, job submission through
-//! apalis-redis, progress relay over WebSockets, presigned S3 links, and (by
-//! default) an embedded S3 endpoint.
+//! The tayori gateway: upload form and JSON API, job submission to tayori's
+//! own Redis queue (`shared::queue`), progress relay over WebSockets,
+//! presigned S3 links, and (by default) an embedded S3 endpoint.
 
 pub mod admission;
 pub mod backup;
+pub mod catalog_tasks;
 pub mod client;
 pub mod config;
 pub mod cors;
@@ -15,6 +16,7 @@ pub mod s3_server;
 pub mod serve;
 pub mod state;
 pub mod upload;
+pub mod uploaded;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -29,7 +29,9 @@ fn main() -> ExitCode {
         // The first SIGTERM or Ctrl-C drains gracefully, a second one stops at once.
         return shared::signal::run_until_stopped(|stop| gateway::run(cfg, stop));
     }
-    let outcome = tokio::runtime::Runtime::new().context("starting the async runtime").and_then(|rt| rt.block_on(command(cfg, &args)));
+    let outcome = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|rt| rt.block_on(command(cfg, &args)));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

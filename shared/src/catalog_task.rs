@@ -152,7 +152,14 @@ pub async fn store_result(
 ) -> redis::RedisResult<()> {
     let json = serde_json::to_string(result).expect("results serialize");
     let key = result_key(task_id);
-    redis::pipe().atomic().rpush(&key, json).ignore().expire(&key, RESULT_TTL.as_secs() as i64).ignore().query_async(conn).await
+    redis::pipe()
+        .atomic()
+        .rpush(&key, json)
+        .ignore()
+        .expire(&key, RESULT_TTL.as_secs() as i64)
+        .ignore()
+        .query_async(conn)
+        .await
 }
 
 /// Wait for a task's result until `limit` (a blocking pop on `client`'s own

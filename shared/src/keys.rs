@@ -57,7 +57,8 @@ pub fn job_stages(task_id: &str) -> String {
 }
 
 /// A photo uploaded straight to S3 through a presigned POST policy: its
-/// object key, until a job uses it (1 hour).
+/// object key, kept one hour from the policy whether or not a job used it
+/// (more than one job may be made from one upload).
 pub fn upload(upload_id: &str) -> String {
     format!("upload:{upload_id}")
 }

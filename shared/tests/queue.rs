@@ -259,12 +259,7 @@ async fn a_job_that_cannot_be_read_is_kept_as_a_dead_letter_and_reported() {
     let raw = r#"{"version":7,"task_id":"t-from-the-future","n":"seven"}"#;
     let keys = q.keys().clone();
     let mut c = redis.manager().await;
-    let _: () = redis::pipe()
-        .hset(&keys.data, "e1", raw)
-        .lpush(&keys.pending, "e1")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = redis::pipe().hset(&keys.data, "e1", raw).lpush(&keys.pending, "e1").query_async(&mut c).await.unwrap();
     let reported: Arc<Mutex<Vec<DeadLetter>>> = Default::default();
     let sink = reported.clone();
     let consumer = q.consumer(redis.client(), 1).on_unreadable(Arc::new(move |d| {

@@ -78,4 +78,3 @@ pub fn loop_ready_filter(duration: f64) -> Option<String> {
         LOOP_XF - 0.1
     ))
 }
-

@@ -133,8 +133,9 @@ fn on_unreadable_catalog_task(runner: Arc<Runner>) -> shared::queue::consumer::O
             };
             let result = shared::catalog_task::CatalogTaskResult::Failed {
                 code: "job-unreadable".into(),
-                message: "The task could not be read by the worker: the gateway and the workers are of different versions."
-                    .into(),
+                message:
+                    "The task could not be read by the worker: the gateway and the workers are of different versions."
+                        .into(),
             };
             let _ = shared::catalog_task::store_result(&mut conn, &id, &result).await;
         })
@@ -293,11 +294,8 @@ async fn redis_unreachable_for(redis: &shared::redis_conn::ConnectionManager, gr
     let mut since: Option<tokio::time::Instant> = None;
     loop {
         let mut conn = redis.clone();
-        let ping = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
+        let ping =
+            tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await;
         match ping {
             Ok(Ok(_)) => since = None,
             _ => {

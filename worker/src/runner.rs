@@ -374,3 +374,17 @@ async fn record_end(
         tracing::warn!(error = %e, "could not record the job's metrics");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failed_attempts_count_as_deliveries() {
+        let unreachable = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(RunError::Redis(unreachable).put_off(), Some(Duration::from_secs(2)), "Redis down: not an attempt");
+        assert_eq!(RunError::PutOff(Duration::from_secs(5)).put_off(), Some(Duration::from_secs(5)));
+        let bad = TaskStoreError::Decode(serde_json::from_str::<u32>("x").unwrap_err());
+        assert_eq!(RunError::Tasks(bad).put_off(), None, "a damaged meta is a failed attempt");
+    }
+}

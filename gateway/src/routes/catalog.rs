@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use shared::catalog::{BgmMetadata, BgmTrack, EntryType, VoiceMetadata, VoiceProfile, is_valid_id, timestamp};
-use shared::catalog_task::{CatalogTask, CatalogTaskKind, CatalogTaskResult, track_preview_key, voice_preview_key};
+use shared::catalog_task::{CatalogTaskKind, CatalogTaskResult, track_preview_key, voice_preview_key};
 
 use crate::admission::{ClientIp, Limit, Scope};
 use crate::error::{AppError, AppResult};
@@ -33,40 +33,6 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         )
         .route("/api/bgm/tracks/{id}", get(get_track).delete(delete_track))
         .route("/api/bgm/tracks/{id}/preview", get(track_preview))
-}
-
-/// How long past a catalog task's deadline the gateway still listens.
-const CATALOG_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Run a catalog task on a worker and wait for its result.
-pub(crate) async fn run_task(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTaskResult> {
-    crate::admission::catalog_queue_room(state).await?;
-    let wait = state.cfg.catalog_task_timeout;
-    let deadline = Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-    let task = CatalogTask { id: uuid::Uuid::new_v4().simple().to_string(), kind, deadline: Some(deadline) };
-    let id = task.id.clone();
-    state.catalog_queue.push(&task).await?;
-    // A little past the deadline: a worker answers before it or not at all.
-    match shared::catalog_task::wait_result(&state.redis_client, &id, wait + CATALOG_ANSWER_MARGIN).await? {
-        // Workers of another version, or a task that keeps losing its
-        // worker: try again later, said in words.
-        Some(CatalogTaskResult::Failed { code, message }) if code == "job-unreadable" => {
-            Err(AppError::client(StatusCode::SERVICE_UNAVAILABLE, "job-unreadable", message))
-        }
-        Some(CatalogTaskResult::Failed { code, message }) if code == "gave-up" => {
-            Err(AppError::client(StatusCode::SERVICE_UNAVAILABLE, "gave-up", message))
-        }
-        Some(CatalogTaskResult::Failed { code, message }) => {
-            Err(AppError::Internal(format!("catalog task failed ({code}): {message}")))
-        }
-        Some(CatalogTaskResult::Rejected { code, message }) => Err(AppError::JobFailed { code, message }),
-        Some(r) => Ok(r),
-        None => Err(AppError::client(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "workers-busy",
-            "No worker finished the task in time; please try again shortly.",
-        )),
-    }
 }
 
 fn check_id(id: &str) -> AppResult<()> {
@@ -249,7 +215,7 @@ async fn upload_track(
     let target_key = format!("bgm/user/{uploaded_by}_{id}.mp3");
     state.storage.put_file(&source_key, &path, "application/octet-stream").await?;
     drop(path);
-    let facts = match run_task(
+    let facts = match crate::catalog_tasks::run(
         &state,
         CatalogTaskKind::AnalyseTrack { source_key: source_key.clone(), target_key: target_key.clone() },
     )
@@ -308,8 +274,11 @@ async fn track_preview(
     let key = track_preview_key(&id);
     if state.storage.head(&key).await?.is_none() {
         Limit::new(&state, &ip, Scope::Previews).take().await?;
-        run_task(&state, CatalogTaskKind::TrackPreview { source_key: track.file_path, target_key: key.clone() })
-            .await?;
+        crate::catalog_tasks::run(
+            &state,
+            CatalogTaskKind::TrackPreview { source_key: track.file_path, target_key: key.clone() },
+        )
+        .await?;
     }
     let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;
     Ok(Redirect::temporary(&url))
@@ -373,7 +342,7 @@ async fn create_voice(
         target_key: reference_key.clone(),
         language: language.clone(),
     };
-    let matched = match run_task(&state, task).await {
+    let matched = match crate::catalog_tasks::run(&state, task).await {
         Ok(CatalogTaskResult::Voice(v)) => v,
         Ok(other) => return Err(AppError::Internal(format!("unexpected catalog task result {other:?}"))),
         Err(e) => {
@@ -429,7 +398,8 @@ async fn voice_preview(
     let key = voice_preview_key(&id);
     if state.storage.head(&key).await?.is_none() {
         Limit::new(&state, &ip, Scope::Previews).take().await?;
-        run_task(&state, CatalogTaskKind::VoicePreview { profile_id: id, target_key: key.clone() }).await?;
+        crate::catalog_tasks::run(&state, CatalogTaskKind::VoicePreview { profile_id: id, target_key: key.clone() })
+            .await?;
     }
     let (url, _) = state.storage.presign_get(&key, state.cfg.presign_ttl).await?;
     Ok(Redirect::temporary(&url))

@@ -15,9 +15,9 @@ use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 use crate::admission::{Limit, Scope};
 use crate::error::{AppError, AppResult};
 use crate::intake::{check_image_file, check_message, check_task_id};
-use crate::routes::uploads::CheckedUpload;
 use crate::state::AppState;
 use crate::upload;
+use crate::uploaded::CheckedUpload;
 
 pub fn router(max_upload_bytes: u64) -> Router<AppState> {
     Router::new()
@@ -95,7 +95,7 @@ async fn generate(
     // either way checked here and stored under a key this job owns (no
     // upload policy can write it), cut to the image's end.
     let photo = match (form.file, upload_id) {
-        (None, Some(id)) => crate::routes::uploads::checked(&state, &id).await?,
+        (None, Some(id)) => crate::uploaded::checked(&state, &id).await?,
         (Some(upload::SpooledFile { path, bytes, .. }), None) => {
             if bytes == 0 {
                 return Err(AppError::bad_request("image-missing", "The photo is empty."));

@@ -10,8 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -24,29 +23,6 @@ use shared::metrics::{self as m, Service};
 use shared::progress::Step;
 
 use crate::state::AppState;
-
-/// This gateway's own counters.
-#[derive(Debug, Default)]
-pub struct GatewayMetrics {
-    pub jobs_submitted: AtomicU64,
-    pub viewers: AtomicI64,
-}
-
-impl GatewayMetrics {
-    /// A viewer connected; the guard counts it out when dropped.
-    pub fn viewer(self: &Arc<Self>) -> ViewerGuard {
-        self.viewers.fetch_add(1, Ordering::Relaxed);
-        ViewerGuard(self.clone())
-    }
-}
-
-pub struct ViewerGuard(Arc<GatewayMetrics>);
-
-impl Drop for ViewerGuard {
-    fn drop(&mut self) {
-        self.0.viewers.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/metrics", get(metrics))
@@ -86,10 +62,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out);
     };
 
-    family(&mut out, "tayori_queue_jobs", "gauge", "Queued work by queue and state (waiting or leased to a worker).");
+    family(
+        &mut out,
+        "tayori_queue_jobs",
+        "gauge",
+        "Queued work by queue and state (waiting, leased to a worker, or dead: a job no worker could read, kept for operators).",
+    );
     for (queue, stats) in &c.queues {
         let _ = writeln!(out, "tayori_queue_jobs{{queue=\"{queue}\",state=\"waiting\"}} {}", stats.waiting);
         let _ = writeln!(out, "tayori_queue_jobs{{queue=\"{queue}\",state=\"leased\"}} {}", stats.leased);
+        let _ = writeln!(out, "tayori_queue_jobs{{queue=\"{queue}\",state=\"dead\"}} {}", stats.dead);
     }
 
     let jobs = &c.jobs;

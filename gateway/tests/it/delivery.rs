@@ -42,7 +42,8 @@ async fn a_job_no_worker_can_read_fails_its_task_with_both_versions_and_is_kept(
     let task_id = uuid::Uuid::new_v4().to_string();
     let meta = shared::progress::TaskMeta::pending(&task_id, chrono::Utc::now());
     let mut redis = stack.redis().await;
-    let _: () = redis.set_ex(shared::keys::task_meta(&task_id), serde_json::to_string(&meta).unwrap(), 600).await.unwrap();
+    let _: () =
+        redis.set_ex(shared::keys::task_meta(&task_id), serde_json::to_string(&meta).unwrap(), 600).await.unwrap();
     let raw = serde_json::json!({
         "version": 2,
         "task_id": task_id,
@@ -68,14 +69,12 @@ async fn a_job_no_worker_can_read_fails_its_task_with_both_versions_and_is_kept(
     let dead: Vec<String> = redis.lrange(&keys.dead, 0, -1).await.unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let letter: shared::queue::DeadLetter = serde_json::from_str(&dead[0]).unwrap();
-    assert_eq!((letter.task_id.as_deref(), letter.version, letter.raw.as_str()), (Some(task_id.as_str()), Some(2), raw.as_str()));
-    let left: (u64, u64, u64) = redis::pipe()
-        .hlen(&keys.data)
-        .llen(&keys.pending)
-        .zcard(&keys.leased)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    assert_eq!(
+        (letter.task_id.as_deref(), letter.version, letter.raw.as_str()),
+        (Some(task_id.as_str()), Some(2), raw.as_str())
+    );
+    let left: (u64, u64, u64) =
+        redis::pipe().hlen(&keys.data).llen(&keys.pending).zcard(&keys.leased).query_async(&mut redis).await.unwrap();
     assert_eq!(left, (0, 0, 0), "nothing left in the queue");
     eprintln!("unreadable job: FAILURE job-unreadable after {took:?}, kept as a dead letter");
 }
@@ -89,7 +88,14 @@ async fn a_duplicate_delivery_of_a_running_stage_is_put_off_and_does_not_hold_th
     let first = submit_short(&stack).await;
     let claim = shared::keys::job_claim(&first, shared::job::Stage::Image);
     let mut redis = stack.redis().await;
-    let _: () = redis::cmd("SET").arg(&claim).arg("another-worker").arg("PX").arg(120_000).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&claim)
+        .arg("another-worker")
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     stack.start_worker();
     let second = submit_short(&stack).await;
     let t0 = Instant::now();
@@ -142,7 +148,7 @@ async fn a_catalog_task_delivered_too_often_gives_up() {
         }
         other => panic!("expected gave-up, got {other:?}"),
     }
-    assert_eq!(stack.storage().head(&task.kind.target_key().unwrap()).await.unwrap(), None, "it did not run");
+    assert_eq!(stack.storage().head(task.kind.target_key().unwrap()).await.unwrap(), None, "it did not run");
 }
 
 /// The gateway stops waiting for a music upload's analysis (2 s here; a

@@ -334,7 +334,10 @@ async fn a_stopping_worker_exits_promptly_with_redis_up_or_down_and_at_once_on_a
     harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["step_index"].as_u64() >= Some(2)).await;
     stack.terminate_worker(2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(stack.wait_worker_exit(2, Duration::from_millis(100)).await.is_none(), "the first signal lets the job go on");
+    assert!(
+        stack.wait_worker_exit(2, Duration::from_millis(100)).await.is_none(),
+        "the first signal lets the job go on"
+    );
     let t0 = Instant::now();
     stack.terminate_worker(2);
     let exit = stack.wait_worker_exit(2, Duration::from_secs(30)).await.expect("a second signal ends it");

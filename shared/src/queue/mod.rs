@@ -279,7 +279,8 @@ impl<T: Serialize> Queue<T> {
     /// The newest `n` dead letters.
     pub async fn dead_letters(&self, n: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let mut conn = self.conn.clone();
-        let raw: Vec<String> = redis::cmd("LRANGE").arg(&self.keys.dead).arg(0).arg(n.max(1) as i64 - 1).query_async(&mut conn).await?;
+        let raw: Vec<String> =
+            redis::cmd("LRANGE").arg(&self.keys.dead).arg(0).arg(n.max(1) as i64 - 1).query_async(&mut conn).await?;
         Ok(raw.iter().filter_map(|s| serde_json::from_str(s).ok()).collect())
     }
 }

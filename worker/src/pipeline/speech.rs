@@ -108,7 +108,9 @@ pub async fn speak(
     if engine == "piper" {
         let lib = crate::onnx::runtime_path(catalog.data_dir());
         crate::piper::speak(&lib, &voice, message, out, timeout).await.map_err(|e| match e {
-            crate::piper::PiperError::Model { .. } | crate::piper::PiperError::Onnx(_) => bad_voice(profile, e.to_string()),
+            crate::piper::PiperError::Model { .. } | crate::piper::PiperError::Onnx(_) => {
+                bad_voice(profile, e.to_string())
+            }
             crate::piper::PiperError::Process(p) => PipelineError::Process(p),
             crate::piper::PiperError::Inference(m) => PipelineError::Speech(m),
         })?;
