@@ -323,6 +323,8 @@ pub async fn ffmpeg_fed<B: AsRef<[u8]>>(
 
 /// Integrated loudness (LUFS) and true peak (dBTP) from the summary that
 /// ffmpeg's `ebur128=peak=true` filter prints at the end of its stderr.
+/// Tests only: an independent judge of the worker's own meter (`audio`).
+#[cfg(test)]
 pub fn parse_ebur128_summary(stderr: &str) -> Option<(f64, Option<f64>)> {
     let summary = &stderr[stderr.rfind("Summary:")?..];
     let value = |label: &str| -> Option<f64> {
@@ -332,7 +334,9 @@ pub fn parse_ebur128_summary(stderr: &str) -> Option<(f64, Option<f64>)> {
     Some((value("I:")?, value("Peak:")))
 }
 
-/// Measure a file with ffmpeg's EBU R128 meter: (integrated LUFS, true peak dBTP).
+/// Measure a file with ffmpeg's EBU R128 meter: (integrated LUFS, true peak
+/// dBTP). Tests only, as the judge of `audio::measure`.
+#[cfg(test)]
 pub async fn ebur128(path: &Path, format: Format, timeout: Duration) -> Result<(f64, Option<f64>), ProcessError> {
     let mut all = args!["-nostdin", "-hide_banner", "-nostats"];
     all.extend(input(path, format));

@@ -240,3 +240,52 @@ async fn progress_numbering_goes_on_after_the_log_expires_and_the_viewer_sees_th
     let (late, _) = harness::follow(&stack, &id, Duration::from_secs(10)).await;
     assert_eq!(late.last().unwrap()["status"], "SUCCESS", "{late:?}");
 }
+
+/// A stopping worker (concurrency 1) finishes the jobs it started and hands
+/// back the one waiting for room, unstarted and uncounted: the next worker
+/// runs it as its first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_worker_hands_back_the_job_waiting_for_room_uncounted() {
+    let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit_short(&stack).await);
+    }
+    // The second job has started: the first is still open, so the third
+    // waits for room (or still in the queue).
+    harness::wait_event(&stack, &ids[1], Duration::from_secs(60), |e| e["step_index"].as_u64() >= Some(1)).await;
+    stack.terminate_worker(0);
+    let exit = stack.wait_worker_exit(0, Duration::from_secs(120)).await.expect("the worker exits");
+    assert!(exit.success(), "{exit:?}");
+    for id in &ids[..2] {
+        assert_eq!(harness::meta(&stack, id).await.unwrap()["status"], "SUCCESS", "{}", stack.logs());
+    }
+    assert_eq!(harness::meta(&stack, &ids[2]).await.unwrap()["status"], "PENDING");
+    let lines_of = |log: &str, id: &str| log.lines().filter(|l| l.contains(id)).map(plain).collect::<Vec<_>>();
+    let stopping = lines_of(&stack.worker_log_of(0), &ids[2]);
+    assert!(!stopping.iter().any(|l| l.contains("stage done")), "the stopping worker ran it: {stopping:#?}");
+    stack.start_worker();
+    let done = harness::wait_done(&stack, &ids[2], Duration::from_secs(90)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    let next = lines_of(&stack.worker_log_of(1), &ids[2]);
+    assert!(next.iter().any(|l| l.contains("delivery=1")), "{next:#?}");
+    assert!(!next.iter().any(|l| l.contains("delivery=2")), "a hand-back is not an attempt: {next:#?}");
+}
+
+/// A log line without its terminal colours.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -809,7 +809,7 @@ async fn anonymous_callers_see_no_internals() {
     ];
     for (image, voice, message, expect) in [
         (std::fs::read(harness::fixture("coffee.png")).unwrap(), "en_slt_female", "hello", "no-person"),
-        (photo(), "custom_broken", "こんにちは", "catalog-error"),
+        (photo(), "custom_broken", "こんにちは", "voice-unusable"),
     ] {
         let (s, body) =
             harness::submit(&stack, image, "a.png", &[("message", message), ("voice_profile_id", voice)]).await;
@@ -829,7 +829,7 @@ async fn anonymous_callers_see_no_internals() {
             }
         }
         // The detail is in the worker's log, with the task id.
-        if expect == "catalog-error" {
+        if expect == "voice-unusable" {
             assert!(
                 stack.worker_log().lines().any(|l| l.contains(id) && l.contains("missing_voice")),
                 "{}",
