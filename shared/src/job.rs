@@ -198,6 +198,24 @@ pub struct JobError {
     pub retryable: bool,
 }
 
+impl JobError {
+    /// A job this worker cannot read (`job-unreadable`): written in job
+    /// format `version` (when its envelope says) by a gateway of another
+    /// version, or damaged.
+    pub fn unreadable(version: Option<u64>) -> JobError {
+        let message = match version {
+            Some(v) if v != u64::from(JOB_VERSION) => format!(
+                "This job was written in job format version {v}, and this worker reads version {JOB_VERSION}: \
+                 the gateway and the workers are of different versions. Please submit it again."
+            ),
+            _ => format!(
+                "This job could not be read by the worker (job format version {JOB_VERSION}); please submit it again."
+            ),
+        };
+        JobError { code: "job-unreadable".into(), message, retryable: true }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

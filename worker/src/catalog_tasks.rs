@@ -172,11 +172,10 @@ async fn analyse_track_file(
     ffmpeg(runner, args).await.map_err(failed)?;
     let duration = media::probe(&mp3, Format::Mp3, runner.cfg.tool_timeout).await.map_err(failed)?.duration;
     let samples = decode(runner, &mp3, Format::Mp3, RATE, MAX_TRACK_SECS).await.map_err(failed)?;
-    let (bpm, loudness) = tokio::task::spawn_blocking(move || {
-        (estimate_bpm(&samples, RATE), crate::audio::loudness_lufs(&samples, RATE))
-    })
-    .await
-    .map_err(failed)?;
+    let (bpm, loudness) =
+        shared::rt::blocking(move || (estimate_bpm(&samples, RATE), crate::audio::loudness_lufs(&samples, RATE)))
+            .await
+            .map_err(failed)?;
     runner.storage.put_file(target_key, &mp3, "audio/mpeg").await.map_err(failed)?;
     Ok(CatalogTaskResult::Track(TrackFacts { duration_seconds: duration, bpm, loudness_lufs: loudness }))
 }

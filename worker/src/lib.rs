@@ -82,7 +82,7 @@ async fn handle_catalog(
         let mut conn = runner.redis.clone();
         shared::catalog_task::store_result(&mut conn, &id, &result).await.map_err(|e| {
             if shared::redis_conn::is_transient(&e) {
-                Box::new(shared::queue::RetryLater(Duration::from_secs(2))) as BoxDynError
+                Box::new(shared::queue::RetryLater::REDIS_UNREACHABLE) as BoxDynError
             } else {
                 Box::new(e) as BoxDynError
             }
@@ -99,21 +99,7 @@ fn on_unreadable_job(runner: Arc<Runner>) -> shared::queue::consumer::OnUnreadab
         let runner = runner.clone();
         Box::pin(async move {
             let Some(task_id) = dead.task_id.clone() else { return };
-            let err = shared::job::JobError {
-                code: "job-unreadable".into(),
-                message: match dead.version {
-                    Some(v) if u64::from(shared::job::JOB_VERSION) != v => format!(
-                        "This job was written in job format version {v}, and this worker reads version {}: \
-                         the gateway and the workers are of different versions. Please submit it again.",
-                        shared::job::JOB_VERSION
-                    ),
-                    _ => format!(
-                        "This job could not be read by the worker (job format version {}); please submit it again.",
-                        shared::job::JOB_VERSION
-                    ),
-                },
-                retryable: true,
-            };
+            let err = shared::job::JobError::unreadable(dead.version);
             if let Err(e) = runner.fail_task(&task_id, chrono::Utc::now(), &err, None, Vec::new()).await {
                 tracing::error!(%task_id, error = %e, "could not fail the task of an unreadable job");
             }

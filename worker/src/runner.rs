@@ -65,7 +65,7 @@ impl RunError {
     /// a failed attempt: put off on purpose, or Redis unreachable (the
     /// outcome could not be recorded). Anything else counts.
     pub fn put_off(&self) -> Option<Duration> {
-        let unreachable = Duration::from_secs(2);
+        let unreachable = shared::queue::RetryLater::REDIS_UNREACHABLE.0;
         match self {
             RunError::PutOff(d) => Some(*d),
             RunError::Tasks(e) if e.is_transient() => Some(unreachable),
@@ -226,7 +226,7 @@ impl Runner {
             // The voice stage starts now, on whichever worker serves it.
             self.voice_queue.push(job).await?;
         }
-        let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, job.submitted_at));
+        let mut meta = self.current_meta(task_id, job.submitted_at).await?;
         if meta.status.is_terminal() {
             return Ok(());
         }
@@ -291,7 +291,7 @@ impl Runner {
                 all.extend(metrics);
                 result.pipeline_metrics = all;
                 tracing::info!(%task_id, duration = result.duration_seconds, "job succeeded");
-                let mut meta = self.current_meta(job).await?;
+                let mut meta = self.current_meta(task_id, job.submitted_at).await?;
                 meta.status = TaskStatus::Success;
                 let steps = result.pipeline_metrics.clone();
                 meta.result = Some(result);
@@ -322,7 +322,7 @@ impl Runner {
         step: Option<Step>,
         metrics: Vec<StageMetric>,
     ) -> Result<(), RunError> {
-        let mut meta = self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, submitted_at));
+        let mut meta = self.current_meta(task_id, submitted_at).await?;
         if meta.status.is_terminal() {
             return Ok(());
         }
@@ -343,8 +343,13 @@ impl Runner {
         Ok(())
     }
 
-    async fn current_meta(&self, job: &VideoJob) -> Result<TaskMeta, TaskStoreError> {
-        Ok(self.tasks.meta(&job.task_id).await?.unwrap_or_else(|| TaskMeta::pending(&job.task_id, job.submitted_at)))
+    /// The task's meta, or the PENDING one a submit writes if none is kept.
+    async fn current_meta(
+        &self,
+        task_id: &str,
+        submitted_at: chrono::DateTime<Utc>,
+    ) -> Result<TaskMeta, TaskStoreError> {
+        Ok(self.tasks.meta(task_id).await?.unwrap_or_else(|| TaskMeta::pending(task_id, submitted_at)))
     }
 
     /// One attempt of a stage in a fresh scratch directory (removed on

@@ -9,15 +9,6 @@ use redis::AsyncCommands;
 
 use crate::harness::{self, Options, Stack};
 
-const SHORT_EN: &[(&str, &str)] = &[("message", "Happy birthday to you."), ("voice_profile_id", "en_joe_male")];
-
-async fn submit_short(stack: &Stack) -> String {
-    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-    let (status, body) = harness::submit(stack, photo, "a.png", SHORT_EN).await;
-    assert_eq!(status, 202, "{body}");
-    body["task_id"].as_str().unwrap().to_owned()
-}
-
 /// Put a job onto queue `queue` by hand, as another program would.
 async fn push_raw(stack: &Stack, queue: &str, entry: &str, json: &str, attempts: Option<u64>) {
     let keys = shared::queue::Keys::new(queue);
@@ -85,7 +76,7 @@ async fn a_job_no_worker_can_read_fails_its_task_with_both_versions_and_is_kept(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_delivery_of_a_running_stage_is_put_off_and_does_not_hold_the_slot() {
     let mut stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
-    let first = submit_short(&stack).await;
+    let first = harness::submit_short(&stack).await;
     let claim = shared::keys::job_claim(&first, shared::job::Stage::Image);
     let mut redis = stack.redis().await;
     let _: () = redis::cmd("SET")
@@ -97,7 +88,7 @@ async fn a_duplicate_delivery_of_a_running_stage_is_put_off_and_does_not_hold_th
         .await
         .unwrap();
     stack.start_worker();
-    let second = submit_short(&stack).await;
+    let second = harness::submit_short(&stack).await;
     let t0 = Instant::now();
     let done = harness::wait_done(&stack, &second, Duration::from_secs(90)).await;
     assert_eq!(done["status"], "SUCCESS", "{done}");
@@ -218,7 +209,7 @@ async fn progress_numbering_goes_on_after_the_log_expires_and_the_viewer_sees_th
         ..Default::default()
     })
     .await;
-    let id = submit_short(&stack).await;
+    let id = harness::submit_short(&stack).await;
     let url = stack.ws_url(&id);
     let viewer = tokio::spawn(async move { harness::follow_url(&url, Duration::from_secs(120)).await });
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -249,7 +240,7 @@ async fn a_stopping_worker_hands_back_the_job_waiting_for_room_uncounted() {
     let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(submit_short(&stack).await);
+        ids.push(harness::submit_short(&stack).await);
     }
     // The second job has started: the first is still open, so the third
     // waits for room (or still in the queue).

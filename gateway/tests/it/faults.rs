@@ -101,21 +101,12 @@ async fn a_viewer_reconnecting_after_a_gateway_restart_resumes_the_job() {
     assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}\n{}", stack.logs());
 }
 
-const SHORT_EN: &[(&str, &str)] = &[("message", "Happy birthday to you."), ("voice_profile_id", "en_joe_male")];
-
-async fn submit_short(stack: &Stack) -> String {
-    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-    let (status, body) = harness::submit(stack, photo, "a.png", SHORT_EN).await;
-    assert_eq!(status, 202, "{body}");
-    body["task_id"].as_str().unwrap().to_owned()
-}
-
 /// While Redis is down the gateway answers at once with 503 and a clear code.
 async fn assert_answers_503_while_redis_is_down(stack: &Stack) -> Duration {
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let t0 = Instant::now();
     let (status, body) =
-        tokio::time::timeout(Duration::from_secs(15), harness::submit(stack, photo, "a.png", SHORT_EN))
+        tokio::time::timeout(Duration::from_secs(15), harness::submit(stack, photo, "a.png", harness::SHORT_EN))
             .await
             .expect("the gateway answered while Redis is down");
     let took = t0.elapsed();
@@ -136,7 +127,7 @@ async fn submit_when_back(stack: &Stack) -> (String, Duration) {
     let t0 = Instant::now();
     loop {
         let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-        let (status, body) = harness::submit(stack, photo, "a.png", SHORT_EN).await;
+        let (status, body) = harness::submit(stack, photo, "a.png", harness::SHORT_EN).await;
         if status == 202 {
             return (body["task_id"].as_str().unwrap().to_owned(), t0.elapsed());
         }
@@ -154,7 +145,7 @@ async fn redis_restarts_lose_no_accepted_job() {
     let mut stack = Stack::start(Options { workers: 2, redis_aof: true, ..Default::default() }).await;
     let mut accepted = Vec::new();
     for _ in 0..3 {
-        accepted.push(submit_short(&stack).await);
+        accepted.push(harness::submit_short(&stack).await);
     }
     harness::wait_event(&stack, &accepted[0], Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
 
@@ -167,7 +158,7 @@ async fn redis_restarts_lose_no_accepted_job() {
     println!("SIGTERM: 503 answered in {answered:?}; a job accepted {back:?} after Redis came back");
 
     for _ in 0..2 {
-        accepted.push(submit_short(&stack).await);
+        accepted.push(harness::submit_short(&stack).await);
     }
     harness::wait_event(&stack, &accepted[3], Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
     stack.stop_redis("KILL");
@@ -203,7 +194,7 @@ async fn redis_restarts_lose_no_accepted_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_down_for_20_s_mid_job_is_waited_out() {
     let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
-    let id = submit_short(&stack).await;
+    let id = harness::submit_short(&stack).await;
     harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
     stack.kill_gateway();
     let down = Instant::now();
@@ -227,7 +218,7 @@ async fn s3_down_for_20_s_mid_job_is_waited_out() {
 async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
     let env = vec![("TAYORI_JOB_RETRY_BUDGET_SECS".into(), "4".into())];
     let mut stack = Stack::start(Options { workers: 1, env, ..Default::default() }).await;
-    let id = submit_short(&stack).await;
+    let id = harness::submit_short(&stack).await;
     harness::wait_event(&stack, &id, Duration::from_secs(60), |e| e["current_step"] == "detect_person").await;
     stack.kill_gateway();
     let down = Instant::now();
@@ -257,7 +248,7 @@ async fn jobs_submitted_while_every_worker_is_down_all_finish_when_workers_start
     let mut stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
     let t0 = Instant::now();
     let ids: Vec<String> =
-        futures::stream::iter(0..n).map(|_| submit_short(&stack)).buffer_unordered(8).collect().await;
+        futures::stream::iter(0..n).map(|_| harness::submit_short(&stack)).buffer_unordered(8).collect().await;
     let submitted = t0.elapsed();
     let health: serde_json::Value = reqwest::get(format!("{}/health", stack.http)).await.unwrap().json().await.unwrap();
     assert_eq!(health["redis"]["queue_depth"], n, "{health}");
@@ -296,7 +287,7 @@ async fn jobs_submitted_while_every_worker_is_down_all_finish_when_workers_start
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopping_worker_exits_promptly_with_redis_up_or_down_and_at_once_on_a_second_signal() {
     let mut stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
-    let id = submit_short(&stack).await;
+    let id = harness::submit_short(&stack).await;
     assert_eq!(harness::wait_done(&stack, &id, Duration::from_secs(120)).await["status"], "SUCCESS");
     let t0 = Instant::now();
     stack.terminate_worker(0);
@@ -306,7 +297,7 @@ async fn a_stopping_worker_exits_promptly_with_redis_up_or_down_and_at_once_on_a
     assert!(redis_up < Duration::from_secs(2), "with Redis up and nothing in hand: {redis_up:?}");
 
     stack.start_worker();
-    let id = submit_short(&stack).await;
+    let id = harness::submit_short(&stack).await;
     assert_eq!(harness::wait_done(&stack, &id, Duration::from_secs(120)).await["status"], "SUCCESS");
     stack.stop_redis("KILL");
     let t0 = Instant::now();

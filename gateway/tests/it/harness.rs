@@ -424,6 +424,17 @@ impl Drop for Stack {
     }
 }
 
+/// A short English job (a few seconds of work).
+pub const SHORT_EN: &[(&str, &str)] = &[("message", "Happy birthday to you."), ("voice_profile_id", "en_joe_male")];
+
+/// Submit [`SHORT_EN`] with the astronaut photo; returns its task id.
+pub async fn submit_short(stack: &Stack) -> String {
+    let photo = std::fs::read(fixture("astronaut.png")).unwrap();
+    let (status, body) = submit(stack, photo, "a.png", SHORT_EN).await;
+    assert_eq!(status, 202, "{body}");
+    body["task_id"].as_str().unwrap().to_owned()
+}
+
 /// Submit a job; returns the HTTP status and the JSON body.
 pub async fn submit(
     stack: &Stack,

@@ -68,6 +68,12 @@ struct Settlement {
 #[derive(Debug, Clone, Copy)]
 pub struct RetryLater(pub Duration);
 
+impl RetryLater {
+    /// The delay after an outcome could not be recorded because Redis is
+    /// unreachable.
+    pub const REDIS_UNREACHABLE: RetryLater = RetryLater(Duration::from_secs(2));
+}
+
 impl std::fmt::Display for RetryLater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "put off for {} ms", self.0.as_millis())
@@ -512,20 +518,14 @@ where
         async move {
             let res = fut.await.map_err(Into::into);
             if let Some(d) = delivery {
-                let later = res.as_ref().err().and_then(|e| e.downcast_ref::<RetryLater>()).copied();
-                let settlement = match (&res, later) {
-                    (Ok(_), _) => Settlement { entry: d.entry, attempt: d.attempt, retry_after: None, counted: true },
-                    (Err(_), Some(RetryLater(after))) => {
-                        Settlement { entry: d.entry, attempt: d.attempt, retry_after: Some(after), counted: false }
-                    }
-                    (Err(_), None) => Settlement {
-                        entry: d.entry,
-                        attempt: d.attempt,
-                        retry_after: Some(retry_backoff(d.attempt)),
-                        counted: true,
+                let (retry_after, counted) = match &res {
+                    Ok(_) => (None, true),
+                    Err(e) => match e.downcast_ref::<RetryLater>() {
+                        Some(RetryLater(after)) => (Some(*after), false),
+                        None => (Some(retry_backoff(d.attempt)), true),
                     },
                 };
-                let _ = tx.send(settlement);
+                let _ = tx.send(Settlement { entry: d.entry, attempt: d.attempt, retry_after, counted });
             }
             res
         }

@@ -109,14 +109,9 @@ impl PipelineError {
                 "The voice could not say any of the message. Please write it in words the voice's language can read."
                     .to_owned(),
             ),
-            PipelineError::UnsupportedVersion(v) => (
-                "job-unreadable",
-                format!(
-                    "This job was written in job format version {v}, and this worker reads version {}: the gateway \
-                     and the workers are of different versions. Please submit it again.",
-                    shared::job::JOB_VERSION
-                ),
-            ),
+            PipelineError::UnsupportedVersion(v) => {
+                ("job-unreadable", JobError::unreadable(Some(u64::from(*v))).message)
+            }
             PipelineError::BadVoice { .. } => (
                 "voice-unusable",
                 "The chosen voice cannot be used: its files on the server are missing or damaged.".to_owned(),
