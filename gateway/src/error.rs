@@ -20,6 +20,11 @@ pub enum AppError {
     /// Not now: 429 (rate limit) or 503 (queue full), with `Retry-After`.
     #[error("{message}")]
     Busy { status: StatusCode, code: &'static str, message: String, retry_after: u64 },
+    /// The message is in another language than the chosen voice speaks:
+    /// 400 `voice-language-mismatch`, naming the message's language and the
+    /// voices that speak it.
+    #[error("the message is in {language} but voice {voice} speaks {voice_language}")]
+    VoiceLanguage { language: &'static str, voice: String, voice_language: String, voices: Vec<String> },
     /// A finished job failed: its own code and message.
     #[error("job failed: {code}: {message}")]
     JobFailed { code: String, message: String },
@@ -87,6 +92,15 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = match &self {
             AppError::Client { status, code, message } => (*status, (*code).to_owned(), message.clone()),
+            AppError::VoiceLanguage { language, voice, voice_language, voices } => {
+                let name = shared::text::language_name(language);
+                let message = format!(
+                    "The message is written in {name}, but the voice {voice:?} speaks {}. Choose a {name} voice: {}.",
+                    shared::text::language_name(voice_language),
+                    if voices.is_empty() { "(none is installed)".to_owned() } else { voices.join(", ") }
+                );
+                (StatusCode::BAD_REQUEST, "voice-language-mismatch".to_owned(), message)
+            }
             AppError::Busy { status, code, message, .. } => (*status, (*code).to_owned(), message.clone()),
             AppError::JobFailed { code, message } => (StatusCode::UNPROCESSABLE_ENTITY, code.clone(), message.clone()),
             AppError::Redis(_) => (
@@ -116,7 +130,12 @@ impl IntoResponse for AppError {
         if status.is_server_error() && !matches!(self, AppError::Busy { .. }) {
             tracing::error!(error = %self, %code, "request failed");
         }
-        let mut resp = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let mut body = json!({"error": {"code": code, "message": message}});
+        if let AppError::VoiceLanguage { language, voices, .. } = &self {
+            body["error"]["language"] = json!(language);
+            body["error"]["voices"] = json!(voices);
+        }
+        let mut resp = (status, Json(body)).into_response();
         if let AppError::Busy { retry_after, .. } = &self {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(*retry_after));
         } else if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -99,16 +99,33 @@ function choice(name, value, label, detail, previewUrl, playLabel, checked) {
   return row;
 }
 
+// Only the voices that can read the message (by its script); with nothing
+// typed yet, all of them, the page's language first.
 function renderVoices() {
   const box = $("voices");
   const chosen = box.querySelector("input:checked")?.value;
   box.replaceChildren();
-  const lang = currentLang();
-  // The page's language first.
-  const sorted = [...voices].sort((a, b) => (a.language === lang ? 0 : 1) - (b.language === lang ? 0 : 1));
-  sorted.forEach((v, i) => {
-    box.append(choice("voice_profile_id", v.id, v.name, voiceDetail(v), v.preview_url, t("play_voice", v.name), chosen ? chosen === v.id : i === 0));
+  const lang = messageLanguage($("message").value);
+  box.dataset.language = lang || "";
+  const note = $("voices-note");
+  note.hidden = !lang;
+  note.textContent = lang ? t("voices_for", lang) : "";
+  const page = currentLang();
+  const shown = lang
+    ? voices.filter((v) => v.language === lang)
+    : [...voices].sort((a, b) => (a.language === page ? 0 : 1) - (b.language === page ? 0 : 1));
+  const keep = shown.some((v) => v.id === chosen);
+  shown.forEach((v, i) => {
+    box.append(choice("voice_profile_id", v.id, v.name, voiceDetail(v), v.preview_url, t("play_voice", v.name), keep ? chosen === v.id : i === 0));
   });
+}
+
+// The voice list follows the message's language as it is typed.
+let voicesFor;
+function messageTyped() {
+  updateCount();
+  const lang = messageLanguage($("message").value);
+  if (lang !== voicesFor) { voicesFor = lang; renderVoices(); }
 }
 
 function renderTracks() {
@@ -289,7 +306,7 @@ function reset() {
 async function main() {
   setupLanguageToggle(() => { renderVoices(); renderMoods(); renderTracks(); renderSteps(); updateCount(); });
   setupPhoto();
-  $("message").addEventListener("input", updateCount);
+  $("message").addEventListener("input", messageTyped);
   $("mood").addEventListener("change", renderTracks);
   $("form").addEventListener("submit", submit);
   $("again").addEventListener("click", reset);

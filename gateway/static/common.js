@@ -12,7 +12,7 @@ const TEXT = {
     people: "Who should speak?", person_n: (n) => `Person ${n + 1}`,
     people_found: (n) => n === 1 ? "One person found." : `${n} people found: choose one.`,
     message: "Message", message_ph: "Happy birthday! Thank you for everything.",
-    voice: "Voice", music: "Music", music_none: "No music", mood: "Mood", mood_all: "All moods",
+    voice: "Voice", voices_for: (l) => `Voices that read ${l === "ja" ? "Japanese" : "English"}, the language of your message`, music: "Music", music_none: "No music", mood: "Mood", mood_all: "All moods",
     play: "Play", stop: "Stop", play_voice: (n) => `Play a sample of ${n}`, play_track: (n) => `Play a preview of ${n}`,
     size: "Size", size_full: "1080 × 1920 (full HD)", size_small: "512 × 910 (faster)",
     background: "Background", bg_gradient: "Soft gradient", bg_blur: "The photo, blurred", bg_white: "White",
@@ -45,7 +45,7 @@ const TEXT = {
     people: "話す人を選んでください", person_n: (n) => `人物 ${n + 1}`,
     people_found: (n) => n === 1 ? "1 人見つかりました。" : `${n} 人見つかりました。1 人選んでください。`,
     message: "メッセージ", message_ph: "お誕生日おめでとう！いつもありがとう。",
-    voice: "声", music: "BGM", music_none: "BGM なし", mood: "雰囲気", mood_all: "すべて",
+    voice: "声", voices_for: (l) => `メッセージの言語（${l === "ja" ? "日本語" : "英語"}）を読める声`, music: "BGM", music_none: "BGM なし", mood: "雰囲気", mood_all: "すべて",
     play: "再生", stop: "停止", play_voice: (n) => `${n} の声を試聴`, play_track: (n) => `${n} を試聴`,
     size: "サイズ", size_full: "1080 × 1920（フル HD）", size_small: "512 × 910（速い）",
     background: "背景", bg_gradient: "やわらかいグラデーション", bg_blur: "写真をぼかす", bg_white: "白",
@@ -117,6 +117,7 @@ const ERRORS = {
     "message-empty": "メッセージを入力してください。",
     "message-too-long": "メッセージが長すぎます（500 文字まで）。",
     "unknown-voice": "その声はもうありません。別の声を選んでください。",
+    "voice-language-mismatch": "メッセージの言語とこの声の言語が違います。メッセージの言語の声を選んでください。",
     "unknown-bgm": "その音楽はもうありません。別の曲を選んでください。",
     "rate-limited": (s) => `短い間にたくさん作られました。${s} 秒後にもう一度お試しください。`,
     "server-busy": (s) => `サーバーが混み合っています。${s} 秒後にもう一度お試しください。`,
@@ -147,6 +148,15 @@ function voiceDetail(v) {
 }
 function trackDetail(tr) {
   return `${tr.mood} · ${Math.round(tr.duration_seconds)} s${tr.bpm ? ` · ${tr.bpm} BPM` : ""}`;
+}
+
+// The language a message's script says it is in, by the server's rule
+// (shared::text::language): kana or kanji is Japanese, Latin letters
+// without them English, neither (digits, emoji) nothing.
+function messageLanguage(text) {
+  if (/[\u3040-\u30FF\u31F0-\u31FF\uFF66-\uFF9D\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF\u3005]/.test(text)) return "ja";
+  if (/[A-Za-z\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u024F]/.test(text)) return "en";
+  return null;
 }
 
 function currentLang() {

@@ -86,6 +86,11 @@ pub mod objects {
     pub fn prosody_adjusted(task_id: &str) -> String {
         format!("voices/generated/{task_id}/prosody_adjusted.wav")
     }
+    /// When each sentence is spoken in `prosody_adjusted` (JSON,
+    /// [`crate::text::SpeechTiming`]): the captions' times.
+    pub fn speech_timing(task_id: &str) -> String {
+        format!("voices/generated/{task_id}/speech_timing.json")
+    }
     pub fn final_mixed(task_id: &str) -> String {
         format!("voices/generated/{task_id}/final_mixed.mp3")
     }

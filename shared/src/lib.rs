@@ -20,6 +20,7 @@ pub mod sniff;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod text;
 
 pub use job::{JobError, Resolution, VideoJob, VideoResult};
 pub use progress::{ProgressEvent, Step, TaskMeta, TaskStatus};

@@ -8,11 +8,34 @@ const PAUSE_SECS: f32 = 0.25;
 /// Fade at each end of a sentence, so that the joins do not click.
 const FADE_SECS: f32 = 0.005;
 
+/// Spoken sentences joined, and where each one is in the whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub samples: Vec<f32>,
+    /// Each part's first sample and the sample after its last.
+    pub spans: Vec<(usize, usize)>,
+}
+
+impl Joined {
+    /// The spans in seconds, with the sentences they are.
+    pub fn timing(&self, sentences: &[String], rate: u32) -> shared::text::SpeechTiming {
+        let secs = |n: usize| n as f64 / f64::from(rate.max(1));
+        shared::text::SpeechTiming {
+            sentences: sentences
+                .iter()
+                .zip(&self.spans)
+                .map(|(text, &(a, b))| shared::text::SentenceTime { text: text.clone(), start: secs(a), end: secs(b) })
+                .collect(),
+        }
+    }
+}
+
 /// Sentences joined with pauses, each faded in and out over a few ms.
-pub fn join_speech(parts: Vec<Vec<f32>>, rate: u32) -> Vec<f32> {
+pub fn join_speech(parts: Vec<Vec<f32>>, rate: u32) -> Joined {
     let fade = ((rate as f32 * FADE_SECS) as usize).max(1);
     let pause = vec![0.0f32; (rate as f32 * PAUSE_SECS) as usize];
     let mut out = Vec::new();
+    let mut spans = Vec::with_capacity(parts.len());
     for (k, mut part) in parts.into_iter().enumerate() {
         let n = part.len();
         for i in 0..fade.min(n) {
@@ -23,9 +46,10 @@ pub fn join_speech(parts: Vec<Vec<f32>>, rate: u32) -> Vec<f32> {
         if k > 0 {
             out.extend_from_slice(&pause);
         }
+        spans.push((out.len(), out.len() + n));
         out.extend(part);
     }
-    out
+    Joined { samples: out, spans }
 }
 
 /// A measured loudness.

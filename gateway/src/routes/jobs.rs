@@ -60,8 +60,17 @@ async fn generate(
         .filter(|v| !v.is_empty())
         .ok_or_else(|| AppError::bad_request("voice-missing", "Please choose a voice (voice_profile_id)."))?
         .to_owned();
-    if state.catalog.voice(&voice_id).await?.is_none() {
+    let Some(voice) = state.catalog.voice(&voice_id).await? else {
         return Err(AppError::bad_request("unknown-voice", format!("There is no voice profile {voice_id:?}.")));
+    };
+    // A voice reads only its own language's script: anything else comes
+    // out as noise (kanji spelled as "Chinese letter", English as kana).
+    if let Some(language) = shared::text::language(&message)
+        && language != voice.language
+    {
+        let catalog = state.catalog.voices_async().await?;
+        let voices = catalog.profiles.iter().filter(|p| p.language == language).map(|p| p.id.clone()).collect();
+        return Err(AppError::VoiceLanguage { language, voice: voice_id, voice_language: voice.language, voices });
     }
     let bgm_id = form.text("bgm_id").map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
     if let Some(id) = &bgm_id

@@ -97,7 +97,19 @@ try {
   assert.ok(await page.isChecked("#person-0"));
   log("photo dropped and uploaded to S3; people found:", await page.textContent("#photo-status"));
 
+  // The voice list follows the message's language as it is typed.
+  await page.fill("#message", "お誕生日おめでとう、Tomさん！🎉");
+  await page.waitForSelector("#voices[data-language=ja]");
+  const jaVoices = await page.locator("#voices input").evaluateAll((xs) => xs.map((x) => x.value));
+  assert.ok(jaVoices.length >= 5 && jaVoices.every((v) => v.startsWith("ja_")), `Japanese message: ${jaVoices}`);
+  assert.ok(await page.isChecked("#voice_profile_id-ja_alpha_female"), "the neural Japanese voice is the default");
+  assert.match(await page.textContent("#voices-note"), /Japanese/);
   await page.fill("#message", "Happy birthday! Thank you for everything.");
+  await page.waitForSelector("#voices[data-language=en]");
+  const enVoices = await page.locator("#voices input").evaluateAll((xs) => xs.map((x) => x.value));
+  assert.deepEqual(enVoices.sort(), ["en_joe_male", "en_slt_female"], `English message: ${enVoices}`);
+  log("voices for a Japanese message:", jaVoices.join(" "), "; for an English one:", enVoices.join(" "));
+
   assert.equal(await page.textContent("#count"), "41 / 500");
   await page.check("#voice_profile_id-en_joe_male");
   await page.check("#bgm_id-celebration_gentle");

@@ -82,6 +82,22 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
             "invalid-resolution",
         ),
         (
+            "Japanese message, English voice",
+            photo.clone(),
+            "a.png",
+            with(ok_fields(), "voice_profile_id", "en_joe_male"),
+            400,
+            "voice-language-mismatch",
+        ),
+        (
+            "English message, Japanese voice",
+            photo.clone(),
+            "a.png",
+            with(ok_fields(), "message", "Happy birthday, and all the best!"),
+            400,
+            "voice-language-mismatch",
+        ),
+        (
             "repeated field",
             photo.clone(),
             "a.png",
@@ -101,7 +117,7 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
         assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
     }
     // A form without a photo.
-    let form = reqwest::multipart::Form::new().text("message", "hi").text("voice_profile_id", "ja_mei_female");
+    let form = reqwest::multipart::Form::new().text("message", "こんにちは").text("voice_profile_id", "ja_mei_female");
     let r =
         reqwest::Client::new().post(format!("{}/api/video/generate", stack.http)).multipart(form).send().await.unwrap();
     assert_eq!(r.status(), 400);
@@ -304,4 +320,48 @@ async fn cors_allows_only_configured_origins() {
     let plain = Stack::start(Options { workers: 0, ..Default::default() }).await;
     let r = preflight(format!("{}/api/video/generate", plain.http), "https://app.example").await.unwrap();
     assert_eq!(allowed(&r), None);
+}
+
+/// A message is checked against its voice's language: the 400 names the
+/// message's language and offers every voice that speaks it; a Japanese
+/// message with a name in Latin letters, digits and emoji is still one a
+/// Japanese voice takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_of_another_language_is_refused_with_the_voices_that_fit() {
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let cases = [
+        ("お誕生日おめでとうございます。", "en_joe_male", "ja", "Japanese"),
+        ("Happy birthday! See you soon.", "ja_alpha_female", "en", "English"),
+        ("Happy birthday!", "ja_mei_female", "en", "English"),
+    ];
+    let (_, list) = harness::get(&stack, "/api/voice-clone/profiles").await;
+    for (message, voice, language, name) in cases {
+        let fields = [("message", message), ("voice_profile_id", voice)];
+        let (status, body) = harness::submit(&stack, photo.clone(), "a.png", &fields).await;
+        assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("voice-language-mismatch")), "{body}");
+        assert_eq!(body["error"]["language"], language, "{body}");
+        let offered: Vec<&str> = body["error"]["voices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let expected: Vec<&str> = list["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["language"] == language)
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(offered, expected, "{body}");
+        let text = body["error"]["message"].as_str().unwrap();
+        assert!(text.contains(name) && text.contains(expected[0]), "{text}");
+    }
+    // Mixed messages a Japanese voice can read are taken (no worker runs:
+    // only the check is tested here).
+    for message in ["Tomさん、3歳のお誕生日おめでとう🎉", "2026年もよろしく！ See you!"] {
+        let fields = [("message", message), ("voice_profile_id", "ja_alpha_female")];
+        let (status, body) = harness::submit(&stack, photo.clone(), "a.png", &fields).await;
+        assert_eq!(status, 202, "{message:?}: {body}");
+    }
+    // Nothing to tell the language by (digits and emoji): any voice.
+    let (status, body) =
+        harness::submit(&stack, photo, "a.png", &[("message", "2026 🎉"), ("voice_profile_id", "en_joe_male")]).await;
+    assert_eq!(status, 202, "{body}");
 }

@@ -107,6 +107,10 @@ async fn the_command_line_client_lists_submits_saves_and_exits_with_meaning() {
     let o = run(args(&["submit", photo.to_str().unwrap(), "-m", "x", "-v", "nobody"])).await;
     assert_eq!(o.status.code(), Some(3), "refused: unknown voice\n{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown-voice"), "{}", text(&o));
+    let o = run(args(&["submit", photo.to_str().unwrap(), "-m", "お誕生日おめでとう！", "-v", "en_joe_male"])).await;
+    assert_eq!(o.status.code(), Some(3), "refused: a Japanese message for an English voice\n{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("voice-language-mismatch") && err.contains("ja_alpha_female"), "{}", text(&o));
     let notes = dir.path().join("notes.txt");
     std::fs::write(&notes, "not a photo").unwrap();
     let o = run(args(&["submit", notes.to_str().unwrap(), "-m", "x", "-v", "en_joe_male"])).await;

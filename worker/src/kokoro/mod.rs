@@ -266,10 +266,12 @@ pub async fn speak_sentences(
     .await
     .map_err(|e| KokoroError::Inference(e.to_string()))??;
     let n = model.sessions.len();
-    let jobs = sentences.iter().enumerate().map(|(k, s)| {
+    // Owned parts only: the futures are held across awaits by the stream.
+    let jobs: Vec<_> = sentences.iter().cloned().enumerate().map(|(k, s)| {
         let (model, style) = (model.clone(), style.clone());
+        let (data_dir, scratch) = (data_dir.to_owned(), scratch.to_owned());
         async move {
-            let trace = trace(data_dir, s, scratch, k, timeout).await?;
+            let trace = trace(&data_dir, &s, &scratch, k, timeout).await?;
             tokio::task::spawn_blocking(move || {
                 let ph = model.phonemes(&trace);
                 tracing::debug!(sentence = k, phonemes = %ph, "kokoro");
@@ -278,7 +280,7 @@ pub async fn speak_sentences(
             .await
             .map_err(|e| KokoroError::Inference(e.to_string()))?
         }
-    });
+    }).collect();
     futures::stream::iter(jobs).buffered(n).collect::<Vec<_>>().await.into_iter().collect()
 }
 

@@ -303,8 +303,8 @@ pub async fn voice_branch(
     voice: &shared::catalog::VoiceProfile,
     track: Option<&shared::catalog::BgmTrack>,
 ) -> Result<(PathBuf, PathBuf), PipelineError> {
-    let base = j.step(Step::SynthesizeVoice, speech::synthesize(j, voice)).await?;
-    let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base)).await?;
+    let (base, timing) = j.step(Step::SynthesizeVoice, speech::synthesize(j, voice)).await?;
+    let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base, &timing)).await?;
     let mixed = j.step(Step::MixBgm, mix::mix(j, track, &adjusted)).await?;
     Ok((adjusted, mixed))
 }

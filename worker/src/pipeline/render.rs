@@ -10,27 +10,57 @@ use super::{Job, PipelineError};
 use crate::process::Arg;
 use crate::{media, vision};
 
-/// The message split into caption lines: at sentence ends (。！？.!?) and
-/// line breaks, long sentences cut at about `max_chars` characters.
-pub fn caption_lines(message: &str, max_chars: usize) -> Vec<String> {
-    let mut lines = Vec::new();
+/// A character as wide as a full em (kana, kanji, full-width forms).
+fn is_wide(c: char) -> bool {
+    shared::text::is_japanese(c) || ('\u{3000}'..='\u{303F}').contains(&c) || ('\u{FF00}'..='\u{FFEF}').contains(&c)
+}
+
+/// Never at the start of a Japanese line (kinsoku): closing punctuation,
+/// the long-vowel mark, small kana.
+fn no_line_start(c: char) -> bool {
+    "、。，．,.!?！？」』）】〉》・ー〜…：；ぁぃぅぇぉっゃゅょゎァィゥェォッャュョヮヵヶ".contains(c)
+}
+
+/// Never at the end of a line: opening brackets.
+fn no_line_end(c: char) -> bool {
+    "「『（【〈《(".contains(c)
+}
+
+/// Width of text in ems (Latin letters about half an em).
+fn width(s: &str) -> f64 {
+    s.chars().map(|c| if is_wide(c) { 1.0 } else { 0.55 }).sum()
+}
+
+/// One caption's text broken into lines of at most `max_em` ems: Latin
+/// text at spaces, Japanese between any two characters except before a
+/// character that may not start a line (it stays on the line before, a
+/// little over the width) or after an opening bracket.
+pub fn wrap(text: &str, max_em: f64) -> Vec<String> {
+    // Units that are never split: a Latin word with its trailing space, or
+    // one wide character, with its kinsoku neighbours attached.
+    let mut units: Vec<String> = Vec::new();
+    let mut glue_next = false;
+    for c in text.chars() {
+        let attach = match units.last() {
+            None => false,
+            Some(_) if glue_next => true,
+            Some(_) if no_line_start(c) => true,
+            Some(last) => !is_wide(c) && c != ' ' && !last.ends_with(' ') && !last.chars().last().is_some_and(is_wide),
+        };
+        match units.last_mut() {
+            Some(last) if attach || c == ' ' => last.push(c),
+            _ => units.push(c.to_string()),
+        }
+        glue_next = no_line_end(c);
+    }
+    let mut lines: Vec<String> = Vec::new();
     let mut cur = String::new();
-    for ch in message.chars() {
-        if ch == '\n' {
-            if !cur.trim().is_empty() {
-                lines.push(cur.trim().to_owned());
-            }
-            cur.clear();
-            continue;
-        }
-        cur.push(ch);
-        let end = matches!(ch, '。' | '！' | '？' | '.' | '!' | '?');
-        if end || (cur.chars().count() >= max_chars && (ch == ' ' || ch == '、' || ch == ',' || !ch.is_ascii())) {
-            if !cur.trim().is_empty() {
-                lines.push(cur.trim().to_owned());
-            }
+    for u in units {
+        if !cur.is_empty() && width(cur.trim_end()) + width(u.trim_end()) > max_em {
+            lines.push(cur.trim().to_owned());
             cur.clear();
         }
+        cur.push_str(&u);
     }
     if !cur.trim().is_empty() {
         lines.push(cur.trim().to_owned());
@@ -43,29 +73,68 @@ fn ass_time(t: f64) -> String {
     format!("{}:{:02}:{:02}.{:02}", cs / 360_000, (cs / 6000) % 60, (cs / 100) % 60, cs % 100)
 }
 
-/// An ASS subtitle file: one caption line after another, each shown for a
-/// share of the speech proportional to its length, in Noto Sans CJK JP
-/// (Japanese glyphs), white with a dark outline, near the bottom.
-pub fn captions_ass(message: &str, start: f64, speech: f64, w: u32, h: u32) -> String {
-    let font_size = h / 26;
-    let max_chars = if message.is_ascii() { 32 } else { 16 };
-    let lines = caption_lines(message, max_chars);
-    let total: usize = lines.iter().map(|l| l.chars().count()).sum::<usize>().max(1);
+/// Lines shown at once.
+const LINES_PER_CAPTION: usize = 2;
+
+/// The captions as an ASS subtitle file: each sentence from the moment it
+/// is spoken (`timing`, measured by the speech step; without it, a share of
+/// the speech by length) until the next one starts, at most two lines at a
+/// time (a longer sentence is shown in parts, timed by their length);
+/// Noto Sans CJK JP, bold, white with a dark outline, in the band below
+/// the face (bottom centre), large enough for a phone (a 22nd of the
+/// height).
+pub fn captions_ass(
+    message: &str,
+    timing: Option<&shared::text::SpeechTiming>,
+    start: f64,
+    speech: f64,
+    w: u32,
+    h: u32,
+) -> String {
+    let font_size = h / 22;
+    let margin = w / 14;
+    let max_em = f64::from(w - 2 * margin) / f64::from(font_size);
     let mut out = format!(
-        "[Script Info]\nScriptType: v4.00+\nPlayResX: {w}\nPlayResY: {h}\nWrapStyle: 0\n\n\
+        "[Script Info]\nScriptType: v4.00+\nPlayResX: {w}\nPlayResY: {h}\nWrapStyle: 2\n\n\
          [V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n\
          Style: Caption,Noto Sans CJK JP,{font_size},&H00FFFFFF,&H00FFFFFF,&H00202020,&H80000000,1,0,0,0,100,100,0,0,1,{outline},1,2,{margin},{margin},{margin_v},1\n\n\
          [Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n",
-        outline = (font_size / 12).max(2),
-        margin = w / 12,
-        margin_v = h / 10,
+        outline = (font_size / 10).max(3),
+        margin_v = h / 12,
     );
-    let mut t = start;
-    for line in &lines {
-        let d = speech * line.chars().count() as f64 / total as f64;
-        let text = line.replace('{', "(").replace('}', ")");
-        out.push_str(&format!("Dialogue: 0,{},{},Caption,,0,0,0,,{text}\n", ass_time(t), ass_time(t + d)));
-        t += d;
+    let spans: Vec<(String, f64, f64)> = match timing {
+        Some(t) => t.sentences.iter().map(|s| (s.text.clone(), s.start, s.end)).collect(),
+        None => {
+            let sentences = shared::text::sentences(message);
+            let total: usize = sentences.iter().map(|s| s.chars().count()).sum::<usize>().max(1);
+            let mut t = 0.0;
+            sentences
+                .into_iter()
+                .map(|s| {
+                    let d = speech * s.chars().count() as f64 / total as f64;
+                    t += d;
+                    (s, t - d, t)
+                })
+                .collect()
+        }
+    };
+    for (k, (text, from, to)) in spans.iter().enumerate() {
+        // Shown until the next sentence starts (no blank flicker between).
+        let until = spans.get(k + 1).map_or(speech.max(*to), |n| n.1);
+        let lines = wrap(&text.replace(['{', '}'], "").replace('\\', "＼"), max_em);
+        let parts: Vec<&[String]> = lines.chunks(LINES_PER_CAPTION).collect();
+        let total: f64 = parts.iter().map(|p| width(&p.concat())).sum::<f64>().max(1.0);
+        let mut t = *from;
+        for (i, part) in parts.iter().enumerate() {
+            let end = if i + 1 == parts.len() { until } else { t + (to - from) * width(&part.concat()) / total };
+            out.push_str(&format!(
+                "Dialogue: 0,{},{},Caption,,0,0,0,,{}\n",
+                ass_time(start + t),
+                ass_time(start + end),
+                part.join("\\N")
+            ));
+            t = end;
+        }
     }
     out
 }
@@ -173,6 +242,20 @@ fn filter_path(p: &Path) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:"))
 }
 
+/// The sentence times the speech step stored (`None` for a job whose
+/// speech was made by a worker from before they were stored).
+async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTiming>, PipelineError> {
+    let path = j.path("speech_timing.json");
+    match j.storage.get_to_file(&objects::speech_timing(j.task_id()), &path).await {
+        Ok(_) => {
+            let bytes = tokio::fs::read(&path).await?;
+            Ok(Some(serde_json::from_slice(&bytes).map_err(|e| PipelineError::BadOutput(e.to_string()))?))
+        }
+        Err(shared::storage::StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub async fn render_and_upload(
     j: &Job<'_>,
     frame: &Path,
@@ -182,8 +265,10 @@ pub async fn render_and_upload(
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
+    let timing = speech_timing(j).await?;
     let ass = j.path("captions.ass");
-    tokio::fs::write(&ass, captions_ass(&j.job.message, super::mix::INTRO, speech_secs, w, h)).await?;
+    let captions = captions_ass(&j.job.message, timing.as_ref(), super::mix::INTRO, speech_secs, w, h);
+    tokio::fs::write(&ass, captions).await?;
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
@@ -219,22 +304,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn captions_follow_sentences() {
-        assert_eq!(
-            caption_lines("お誕生日おめでとう！いつもありがとう。\nまたね", 16),
-            vec!["お誕生日おめでとう！", "いつもありがとう。", "またね"]
-        );
-        assert_eq!(caption_lines("Happy birthday! See you soon.", 32), vec!["Happy birthday!", "See you soon."]);
-        let long = caption_lines("This is a rather long sentence that should be cut into shorter caption lines", 32);
-        assert!(long.len() >= 2 && long.iter().all(|l| l.chars().count() <= 40), "{long:?}");
+    fn captions_break_lines_where_japanese_and_english_allow() {
+        // Never a line starting with 。、 or a small kana.
+        let ja = wrap("きょうはとってもたのしかったね、ありがとう。またあそぼうね。", 8.0);
+        assert!(ja.len() >= 3, "{ja:?}");
+        for l in &ja[1..] {
+            let first = l.chars().next().unwrap();
+            assert!(!no_line_start(first), "{l:?} starts a line in {ja:?}");
+        }
+        assert_eq!(ja.concat(), "きょうはとってもたのしかったね、ありがとう。またあそぼうね。");
+        assert!(wrap("「ありがとう」", 1.0).iter().all(|l| !l.ends_with('「')));
+        // English at spaces; one curly apostrophe does not change the width.
+        let en = wrap("It’s a rather long sentence that should be cut into shorter caption lines", 16.0);
+        assert!(en.len() >= 3 && en.iter().all(|l| width(l) <= 16.0 + 0.01), "{en:?}");
+        assert_eq!(en.join(" "), "It’s a rather long sentence that should be cut into shorter caption lines");
+        let plain = wrap("Its a rather long sentence that should be cut into shorter caption lines", 16.0);
+        assert_eq!(en.len(), plain.len());
     }
 
     #[test]
-    fn captions_share_the_speech_time_in_order() {
-        let ass = captions_ass("おはよう。こんにちは。", 1.0, 4.0, 1080, 1920);
+    fn captions_follow_the_measured_sentence_times() {
+        use shared::text::{SentenceTime, SpeechTiming};
+        let timing = SpeechTiming {
+            sentences: vec![
+                SentenceTime { text: "おはよう。".into(), start: 0.0, end: 1.2 },
+                SentenceTime { text: "こんにちは。".into(), start: 1.6, end: 3.0 },
+            ],
+        };
+        let ass = captions_ass("", Some(&timing), 1.0, 3.0, 1080, 1920);
         assert!(ass.contains("Noto Sans CJK JP"));
-        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:02.82,Caption,,0,0,0,,おはよう。"), "{ass}");
-        assert!(ass.contains("Dialogue: 0,0:00:02.82,0:00:05.00,Caption,,0,0,0,,こんにちは。"), "{ass}");
+        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:02.60,Caption,,0,0,0,,おはよう。"), "{ass}");
+        assert!(ass.contains("Dialogue: 0,0:00:02.60,0:00:04.00,Caption,,0,0,0,,こんにちは。"), "{ass}");
+        // Without times: a share of the speech by length, same sentences.
+        let ass = captions_ass("おはよう。こんにちは。", None, 1.0, 4.4, 1080, 1920);
+        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:03.00,Caption,,0,0,0,,おはよう。"), "{ass}");
         assert_eq!(ass_time(3725.5), "1:02:05.50");
     }
 

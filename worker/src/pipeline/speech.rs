@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shared::catalog::{Catalog, VoiceProfile};
 use shared::keys::objects;
+use shared::text::SpeechTiming;
 
 use super::{Job, PipelineError};
 use crate::process;
@@ -38,52 +39,18 @@ fn bad_voice(p: &VoiceProfile, reason: impl Into<String>) -> PipelineError {
     PipelineError::BadVoice { id: p.id.clone(), reason: reason.into() }
 }
 
-pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<PathBuf, PipelineError> {
+/// The message spoken (`base_voice.wav`) and when each sentence is in it.
+pub async fn synthesize(j: &Job<'_>, profile: &VoiceProfile) -> Result<(PathBuf, SpeechTiming), PipelineError> {
     let out = j.path("base_voice.wav");
-    speak(j.catalog, profile, &j.job.message, &j.dir, &out, j.cfg.tool_timeout).await?;
+    let timing = speak(j.catalog, profile, &j.job.message, &j.dir, &out, j.cfg.tool_timeout).await?;
     j.storage.put_file(&objects::base_voice(j.task_id()), &out, "audio/wav").await?;
-    Ok(out)
+    Ok((out, timing))
 }
 
-/// The message cut into sentences: after 。！？!? and line breaks, and
-/// after a `.` that ends a word; pieces with nothing to say (only
-/// punctuation) join the sentence before them.
-pub fn sentences(message: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut cur = String::new();
-    let chars: Vec<char> = message.chars().collect();
-    for (i, &ch) in chars.iter().enumerate() {
-        if ch == '\n' {
-            push_sentence(&mut out, &mut cur);
-            continue;
-        }
-        cur.push(ch);
-        let next = chars.get(i + 1).copied();
-        let ends = matches!(ch, '。' | '！' | '？' | '!' | '?')
-            && !matches!(next, Some('!' | '?' | '！' | '？' | '」' | '』'))
-            || (ch == '.' && next.is_none_or(char::is_whitespace));
-        if ends {
-            push_sentence(&mut out, &mut cur);
-        }
-    }
-    push_sentence(&mut out, &mut cur);
-    out
-}
-
-fn push_sentence(out: &mut Vec<String>, cur: &mut String) {
-    let t = cur.trim();
-    if !t.is_empty() {
-        match out.last_mut() {
-            Some(prev) if !t.chars().any(char::is_alphanumeric) => prev.push_str(t),
-            _ => out.push(t.to_owned()),
-        }
-    }
-    cur.clear();
-}
-
-/// Speak `message` with the profile's base voice into the WAV file `out`.
-/// Open JTalk and Flite get one sentence per process, two at a time, and the
-/// sentences are joined here; Piper splits the text itself.
+/// Speak `message` with the profile's base voice into the WAV file `out`,
+/// sentence by sentence (the sentences of [`shared::text::sentences`], the
+/// same the captions show), joined here with click-free pauses; the
+/// answer is where each sentence is in `out`.
 pub async fn speak(
     catalog: &Catalog,
     profile: &VoiceProfile,
@@ -91,10 +58,10 @@ pub async fn speak(
     scratch: &Path,
     out: &Path,
     timeout: Duration,
-) -> Result<(), PipelineError> {
+) -> Result<SpeechTiming, PipelineError> {
     let engine = profile.metadata.engine.as_str();
     let voice = match engine {
-        "openjtalk" | "piper" => {
+        "openjtalk" | "piper" | "kokoro" => {
             catalog.resolve(&profile.metadata.base_voice).filter(|p| p.is_file()).ok_or_else(|| {
                 bad_voice(
                     profile,
@@ -105,19 +72,41 @@ pub async fn speak(
         "flite" => PathBuf::from(&profile.metadata.base_voice),
         other => return Err(bad_voice(profile, format!("unknown engine {other:?}"))),
     };
-    if engine == "piper" {
-        let lib = crate::onnx::runtime_path(catalog.data_dir());
-        crate::piper::speak(&lib, &voice, message, out, timeout).await.map_err(|e| match e {
+    let sentences = shared::text::sentences(message);
+    if sentences.is_empty() {
+        return Err(PipelineError::BadOutput("the message has nothing to speak".into()));
+    }
+    let lib = crate::onnx::runtime_path(catalog.data_dir());
+    let (parts, rate) = match engine {
+        "piper" => crate::piper::speak_sentences(&lib, &voice, &sentences, timeout).await.map_err(|e| match e {
             crate::piper::PiperError::Model { .. } | crate::piper::PiperError::Onnx(_) => {
                 bad_voice(profile, e.to_string())
             }
             crate::piper::PiperError::Process(p) => PipelineError::Process(p),
             crate::piper::PiperError::Inference(m) => PipelineError::Speech(m),
-        })?;
-    } else {
-        speak_sentences(engine, &voice, message, scratch, out, timeout).await?;
-    }
-    check_audible(out).await
+        })?,
+        "kokoro" => {
+            use crate::kokoro::KokoroError;
+            let parts = crate::kokoro::speak_sentences(&lib, catalog.data_dir(), &voice, &sentences, scratch, timeout)
+                .await
+                .map_err(|e| match e {
+                    KokoroError::Model { .. } | KokoroError::Onnx(_) => bad_voice(profile, e.to_string()),
+                    KokoroError::Process(p) => PipelineError::Process(p),
+                    KokoroError::Inference(m) => PipelineError::Speech(m),
+                })?;
+            (parts, crate::kokoro::SAMPLE_RATE)
+        }
+        _ => speak_each(engine, &voice, &sentences, scratch, timeout).await?,
+    };
+    let path = out.to_owned();
+    let timing = shared::rt::blocking(move || {
+        let joined = crate::audio::join_speech(parts, rate);
+        crate::media::write_wav(&path, &joined.samples, rate)?;
+        Ok::<_, PipelineError>(joined.timing(&sentences, rate))
+    })
+    .await??;
+    check_audible(out).await?;
+    Ok(timing)
 }
 
 /// Below this RMS level (about -46 dBFS) speech is taken for silence.
@@ -140,20 +129,19 @@ fn flite_voice(name: &Path) -> Option<&'static str> {
     ["slt", "kal", "kal16", "awb", "rms"].into_iter().find(|v| name == Path::new(v))
 }
 
-/// Open JTalk or Flite, sentence by sentence (two processes at a time).
-pub async fn speak_sentences(
+/// Open JTalk or Flite, one process per sentence (two at a time): the
+/// samples of each sentence and their rate.
+pub async fn speak_each(
     engine: &str,
     voice: &Path,
-    message: &str,
+    sentences: &[String],
     scratch: &Path,
-    out: &Path,
     timeout: Duration,
-) -> Result<(), PipelineError> {
+) -> Result<(Vec<Vec<f32>>, u32), PipelineError> {
     use futures::StreamExt;
-    let parts = sentences(message);
     let program = if engine == "openjtalk" { "open_jtalk" } else { "flite" };
-    let mut jobs = Vec::with_capacity(parts.len());
-    for (i, sentence) in parts.into_iter().enumerate() {
+    let mut jobs = Vec::with_capacity(sentences.len());
+    for (i, sentence) in sentences.iter().enumerate() {
         let text = scratch.join(format!("sentence_{i}.txt"));
         let wav = scratch.join(format!("sentence_{i}.wav"));
         tokio::fs::write(&text, format!("{sentence}\n")).await?;
@@ -171,7 +159,6 @@ pub async fn speak_sentences(
     }
     let wavs: Vec<PathBuf> =
         futures::stream::iter(jobs).buffered(2).collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
-    let out = out.to_owned();
     shared::rt::blocking(move || {
         let mut rate = 0;
         let mut audio = Vec::with_capacity(wavs.len());
@@ -183,13 +170,9 @@ pub async fn speak_sentences(
             rate = r;
             audio.push(samples);
         }
-        if audio.is_empty() {
-            return Err(PipelineError::BadOutput("the message has nothing to speak".into()));
-        }
-        Ok(crate::media::write_wav(&out, &crate::audio::join_speech(audio, rate), rate)?)
+        Ok((audio, rate))
     })
-    .await??;
-    Ok(())
+    .await?
 }
 
 async fn load_embedding(catalog: &Catalog, profile: &VoiceProfile) -> Result<Embedding, PipelineError> {
@@ -212,10 +195,25 @@ pub fn prosody_filter(e: &Embedding) -> String {
     f
 }
 
-pub async fn adjust_prosody(j: &Job<'_>, profile: &VoiceProfile, input: &Path) -> Result<PathBuf, PipelineError> {
+/// The speech shaped to the profile (`prosody_adjusted.wav`), and its
+/// sentence times (moved by the profile's tempo) stored beside it for the
+/// render's captions.
+pub async fn adjust_prosody(
+    j: &Job<'_>,
+    profile: &VoiceProfile,
+    input: &Path,
+    timing: &SpeechTiming,
+) -> Result<PathBuf, PipelineError> {
     let out = j.path("prosody_adjusted.wav");
-    shape(j.catalog, profile, input, &out, j.cfg.tool_timeout).await?;
-    j.storage.put_file(&objects::prosody_adjusted(j.task_id()), &out, "audio/wav").await?;
+    let emb = load_embedding(j.catalog, profile).await?;
+    shape_with(&emb, input, &out, j.cfg.tool_timeout).await?;
+    let timing = timing.at_tempo(if emb.is_neutral() { 1.0 } else { emb.speed });
+    let json = serde_json::to_vec(&timing).map_err(|e| PipelineError::BadOutput(e.to_string()))?;
+    let keys = (objects::prosody_adjusted(j.task_id()), objects::speech_timing(j.task_id()));
+    tokio::try_join!(
+        j.storage.put_file(&keys.0, &out, "audio/wav"),
+        j.storage.put_bytes(&keys.1, json, "application/json"),
+    )?;
     Ok(out)
 }
 
@@ -245,21 +243,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn messages_split_into_sentences() {
-        assert_eq!(
-            sentences("おめでとう！！いつもありがとう。\nまたね"),
-            vec!["おめでとう！！", "いつもありがとう。", "またね"]
-        );
-        assert_eq!(sentences("Hi Dr. Who. It's 3.5 m long! Bye"), vec!["Hi Dr.", "Who.", "It's 3.5 m long!", "Bye"]);
-        assert_eq!(sentences("Wow. ... !"), vec!["Wow....!"]);
-        assert!(sentences("  \n ").is_empty());
-    }
-
-    #[test]
     fn joins_fade_to_silence_so_they_do_not_click() {
         // Two loud square-ish parts that would click if butted together.
         let part = vec![0.8f32; 4800];
         let joined = crate::audio::join_speech(vec![part.clone(), part], 48_000);
+        assert_eq!(joined.spans, vec![(0, 4800), (4800 + 12_000, 4800 * 2 + 12_000)]);
+        let joined = joined.samples;
         assert_eq!(joined.len(), 4800 * 2 + 12_000);
         let max_step = joined.windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0, f32::max);
         assert!(max_step < 0.01, "largest sample-to-sample step {max_step}");
@@ -268,6 +257,12 @@ mod tests {
 
     fn rms(s: &[f32]) -> f32 {
         (s.iter().map(|x| x * x).sum::<f32>() / s.len().max(1) as f32).sqrt()
+    }
+
+    /// Speak `text` into the WAV file `out` with Open JTalk or Flite.
+    async fn say(engine: &str, voice: &Path, text: &str, scratch: &Path, out: &Path, t: Duration) {
+        let (parts, rate) = speak_each(engine, voice, &shared::text::sentences(text), scratch, t).await.unwrap();
+        crate::media::write_wav(out, &crate::audio::join_speech(parts, rate).samples, rate).unwrap();
     }
 
     fn data() -> PathBuf {
@@ -296,7 +291,7 @@ mod tests {
                 let scratch = dir.path().join(format!("{engine}-{k}"));
                 std::fs::create_dir_all(&scratch).unwrap();
                 let out = scratch.join("out.wav");
-                speak_sentences(engine, voice, text, &scratch, &out, t).await.unwrap();
+                say(engine, voice, text, &scratch, &out, t).await;
                 let (samples, rate) = crate::media::read_wav(&out).unwrap();
                 let level = rms(&samples);
                 assert!(level > 0.02, "{engine} {text:?}: rms {level} is near silence");
@@ -316,7 +311,7 @@ mod tests {
         let base = dir.path().join("base.wav");
         let text = "こんにちは。今日はとても良い天気ですね。お誕生日おめでとうございます。";
         let mei = data().join("voices/system/mei_normal.htsvoice");
-        speak_sentences("openjtalk", &mei, text, dir.path(), &base, t).await.unwrap();
+        say("openjtalk", &mei, text, dir.path(), &base, t).await;
         let neutral = dir.path().join("neutral.wav");
         shape_with(&Embedding { pitch_semitones: 0.0, speed: 1.0 }, &base, &neutral, t).await.unwrap();
         let up = dir.path().join("up.wav");
