@@ -178,7 +178,7 @@ async fn health_reports_redis_s3_and_the_catalog() {
     assert_eq!(h["status"], "healthy");
     assert_eq!(h["redis"]["status"], "healthy");
     assert_eq!(h["s3"]["status"], "healthy");
-    assert_eq!(h["catalog"]["voice_profiles"]["count"], 4);
+    assert_eq!(h["catalog"]["voice_profiles"]["count"], 9);
     assert_eq!(h["catalog"]["bgm_tracks"]["count"], 5);
     assert!(h["catalog"]["bgm_tracks"]["last_updated"].is_string());
     let r = reqwest::get(format!("{}/ready", stack.http)).await.unwrap();
@@ -341,7 +341,8 @@ async fn a_voice_of_another_language_is_refused_with_the_voices_that_fit() {
         let (status, body) = harness::submit(&stack, photo.clone(), "a.png", &fields).await;
         assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (400, Some("voice-language-mismatch")), "{body}");
         assert_eq!(body["error"]["language"], language, "{body}");
-        let offered: Vec<&str> = body["error"]["voices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let offered: Vec<&str> =
+            body["error"]["voices"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
         let expected: Vec<&str> = list["profiles"]
             .as_array()
             .unwrap()

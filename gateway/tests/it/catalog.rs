@@ -12,10 +12,10 @@ async fn the_catalog_api_lists_filters_and_protects_system_entries() {
     let stack = Stack::start(Options { workers: 0, own_data: true, ..Default::default() }).await;
     let (s, all) = get(&stack, "/api/voice-clone/profiles").await;
     assert_eq!(s, 200);
-    assert_eq!(all["count"], 4);
+    assert_eq!(all["count"], 9);
     let (_, ja) = get(&stack, "/api/voice-clone/profiles?language=ja").await;
     assert!(ja["profiles"].as_array().unwrap().iter().all(|p| p["language"] == "ja"));
-    assert_eq!(ja["count"], 2);
+    assert_eq!(ja["count"], 7);
     let (s, _) = get(&stack, "/api/voice-clone/profiles?language=fr").await;
     assert_eq!(s, 400);
     let (s, p) = get(&stack, "/api/voice-clone/profiles/ja_mei_female").await;

@@ -501,3 +501,89 @@ async fn stage_pools_share_a_job_and_run_image_and_voice_at_once() {
     sorted.sort();
     assert_eq!(sorted.len(), 8, "{stages:?}");
 }
+
+/// Raw output of an ffmpeg command over `video` (the test's own judge).
+fn ffmpeg_raw(video: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-i"])
+        .arg(video)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Where speech starts after at least `gap` seconds of silence, measured
+/// on the audio itself: 10 ms frames, speech above -30 dB of the loudest
+/// (soft consonants such as す included).
+fn speech_onsets(samples: &[f32], rate: usize, gap: f64) -> Vec<f64> {
+    let frame = rate / 100;
+    let rms: Vec<f32> =
+        samples.chunks(frame).map(|c| (c.iter().map(|x| x * x).sum::<f32>() / c.len() as f32).sqrt()).collect();
+    let loud = rms.iter().cloned().fold(0.0, f32::max) * 0.03;
+    let (mut onsets, mut quiet) = (Vec::new(), usize::MAX / 2);
+    for (i, &r) in rms.iter().enumerate() {
+        if r > loud {
+            if quiet as f64 * 0.01 >= gap {
+                onsets.push(i as f64 * 0.01);
+            }
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
+    }
+    onsets
+}
+
+/// Item 4 of the voice issue: for a four-sentence message, each caption
+/// appears within 0.1 s of when its sentence starts to be heard. Both are
+/// measured on the rendered video: the onsets in its audio track, and the
+/// frames where the caption band changes at once (a new caption).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caption_appears_when_its_sentence_is_heard() {
+    let stack = Stack::start(Options::default()).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let message = "お誕生日おめでとう。いつも本当にありがとう。また一緒に旅行に行こうね。素敵な一年になりますように。";
+    let fields = [
+        ("message", message),
+        ("voice_profile_id", "ja_alpha_female"),
+        ("resolution", "512x910"),
+        ("background", "#3366CC"),
+    ];
+    let (status, body) = harness::submit(&stack, photo, "a.png", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let done = harness::wait_done(&stack, &id, Duration::from_secs(240)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    let video = stack.dir.path().join("captions.mp4");
+    stack.storage().get_to_file(&shared::keys::objects::final_video(&id), &video).await.unwrap();
+
+    let pcm = ffmpeg_raw(&video, &["-vn", "-ac", "1", "-ar", "16000", "-f", "f32le", "-"]);
+    let samples: Vec<f32> = pcm.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let heard = speech_onsets(&samples, 16_000, 0.15);
+
+    // The caption band (the lowest quarter), small and grey, frame by frame.
+    let (w, h) = (64usize, 40usize);
+    let band =
+        ffmpeg_raw(&video, &["-an", "-vf", "crop=iw:ih/4:0:ih*3/4,scale=64:40,format=gray", "-f", "rawvideo", "-"]);
+    let frames: Vec<&[u8]> = band.chunks_exact(w * h).collect();
+    let diffs: Vec<f64> = frames
+        .windows(2)
+        .map(|p| p[0].iter().zip(p[1]).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / (w * h) as f64)
+        .collect();
+    let biggest = diffs.iter().cloned().fold(0.0, f64::max);
+    // A new caption: a jump well above the zoom's slow drift.
+    let shown: Vec<f64> = diffs
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| **d > biggest * 0.25 && (*i == 0 || diffs[i - 1] <= biggest * 0.25))
+        .map(|(i, _)| (i + 1) as f64 / 30.0)
+        .collect();
+    println!("speech heard at {heard:.2?} s; captions change at {shown:.2?} s");
+    assert_eq!(heard.len(), 4, "four sentences heard: {heard:?}");
+    assert!(shown.len() >= 4, "captions: {shown:?}");
+    let worst = heard.iter().zip(&shown).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    println!("worst caption offset {:.3} s", worst);
+    assert!(worst <= 0.1, "captions {shown:?} vs speech {heard:?}: worst {worst:.3} s");
+}

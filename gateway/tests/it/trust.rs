@@ -278,7 +278,8 @@ async fn no_message_becomes_a_command_line_argument_of_any_speech_engine() {
         for message in OPTION_LIKE {
             // A Japanese voice takes only a message with Japanese in it: the
             // same option-like start, with a word after it.
-            let message = if voice.starts_with("ja_") && message != "--" { format!("{message}ね") } else { message.to_owned() };
+            let message =
+                if voice.starts_with("ja_") && message != "--" { format!("{message}ね") } else { message.to_owned() };
             let fields = [("message", message.as_str()), ("voice_profile_id", voice), ("resolution", "512x910")];
             let (status, body) = harness::submit(&stack, photo(), "a.png", &fields).await;
             if message == "--" {

@@ -267,20 +267,25 @@ pub async fn speak_sentences(
     .map_err(|e| KokoroError::Inference(e.to_string()))??;
     let n = model.sessions.len();
     // Owned parts only: the futures are held across awaits by the stream.
-    let jobs: Vec<_> = sentences.iter().cloned().enumerate().map(|(k, s)| {
-        let (model, style) = (model.clone(), style.clone());
-        let (data_dir, scratch) = (data_dir.to_owned(), scratch.to_owned());
-        async move {
-            let trace = trace(&data_dir, &s, &scratch, k, timeout).await?;
-            tokio::task::spawn_blocking(move || {
-                let ph = model.phonemes(&trace);
-                tracing::debug!(sentence = k, phonemes = %ph, "kokoro");
-                model.infer(k, &ph, &style, 1.0)
-            })
-            .await
-            .map_err(|e| KokoroError::Inference(e.to_string()))?
-        }
-    }).collect();
+    let jobs: Vec<_> = sentences
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(k, s)| {
+            let (model, style) = (model.clone(), style.clone());
+            let (data_dir, scratch) = (data_dir.to_owned(), scratch.to_owned());
+            async move {
+                let trace = trace(&data_dir, &s, &scratch, k, timeout).await?;
+                tokio::task::spawn_blocking(move || {
+                    let ph = model.phonemes(&trace);
+                    tracing::debug!(sentence = k, phonemes = %ph, "kokoro");
+                    model.infer(k, &ph, &style, 1.0)
+                })
+                .await
+                .map_err(|e| KokoroError::Inference(e.to_string()))?
+            }
+        })
+        .collect();
     futures::stream::iter(jobs).buffered(n).collect::<Vec<_>>().await.into_iter().collect()
 }
 
