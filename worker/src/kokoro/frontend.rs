@@ -18,6 +18,9 @@ pub struct Word {
     /// The pronunciation in katakana (accent marks removed); for symbols,
     /// the symbol itself.
     pub pron: String,
+    /// A prefix (接頭詞, such as the polite お and ご): spoken as one word
+    /// with what follows it.
+    pub prefix: bool,
 }
 
 /// The words of Open JTalk's trace (`-ot`): under `[Text analysis result]`,
@@ -45,7 +48,7 @@ pub fn parse_trace(trace: &str) -> Vec<Word> {
         fields.reverse();
         let (surface, pos, pron) = (fields[0], fields[1], fields[9]);
         let pron = if pos == "記号" { surface.to_owned() } else { pron.replace(['’', '\''], "") };
-        words.push(Word { surface: surface.to_owned(), pron });
+        words.push(Word { surface: surface.to_owned(), pron, prefix: pos == "接頭詞" });
     }
     words
 }
@@ -177,7 +180,12 @@ pub fn phonemes(words: &[Word], lexicon: &HashSet<String>) -> String {
     let mut i = 0;
     while i < words.len() {
         let mut j = i + 1;
-        for end in (i + 1..=words.len()).rev() {
+        // A prefix binds to the next word (Open JTalk splits お|誕生|日,
+        // which spoken apart sounds like "o, tanjoubi").
+        while j < words.len() && words[j - 1].prefix {
+            j += 1;
+        }
+        for end in (j..=words.len()).rev() {
             let joined: String = words[i..end].iter().map(|w| w.surface.as_str()).collect();
             if lexicon.contains(&joined) {
                 j = end;
@@ -234,7 +242,7 @@ mod tests {
     use super::*;
 
     fn w(surface: &str, pron: &str) -> Word {
-        Word { surface: surface.into(), pron: pron.into() }
+        Word { surface: surface.into(), pron: pron.into(), prefix: false }
     }
 
     #[test]
@@ -244,7 +252,8 @@ mod tests {
             ます,助動詞,*,*,*,特殊・マス,基本形,ます,マス,マス’,1/2,動詞%F4@1/助詞%F2@1,1\n\
             ！,記号,一般,*,*,*,*,！,、,、,0/0,*,0\n\
             \n[Output label]\n0 3050000 xx^xx-sil+k=o\n";
-        assert_eq!(parse_trace(trace), vec![w("お", "オ"), w("ます", "マス"), w("！", "！")]);
+        let o = Word { prefix: true, ..w("お", "オ") };
+        assert_eq!(parse_trace(trace), vec![o, w("ます", "マス"), w("！", "！")]);
     }
 
     #[test]
@@ -271,6 +280,9 @@ mod tests {
         let words = [w("ござい", "ゴザイ"), w("ます", "マス")];
         assert_eq!(phonemes(&words, &lex), "ɡoʣaimasɨ");
         assert_eq!(phonemes(&words, &HashSet::new()), "ɡoʣai masɨ");
+        // A prefix is one word with the next.
+        let prefixed = [Word { prefix: true, ..w("お", "オ") }, w("誕生", "タンジョー"), w("日", "ビ")];
+        assert_eq!(phonemes(&prefixed, &HashSet::new()), "otaɲʥoː bʲi");
     }
 
     #[test]
