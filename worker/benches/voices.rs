@@ -130,6 +130,9 @@ async fn main() {
         hwm as f64 / 1024.0
     );
 
+    if std::env::var_os("NO_MATCH").is_none() {
+        matching(&data, dir.path(), timeout).await;
+    }
     if std::env::var_os("NO_JUDGE").is_some() {
         return;
     }
@@ -169,6 +172,94 @@ async fn main() {
             mean(v, "bak"),
             mean(v, "ovrl"),
             mean(v, "error_rate")
+        );
+    }
+}
+
+/// Custom voices matched to Kokoro blends: references spoken by the Open
+/// JTalk voices (other speakers than Kokoro's), some shifted in pitch; for
+/// each, the speaker-embedding similarity to the reference of the nearest
+/// single Kokoro voice and of the chosen blend, each as found and as the
+/// profile speaks it (shifted in pitch and speed toward the reference).
+async fn matching(data: &Path, dir: &Path, timeout: Duration) {
+    use worker::kokoro::matching;
+    use worker::speaker::{Embedder, similarity};
+    let lib = worker::onnx::runtime_path(data);
+    let embedder = Embedder::get(&lib, data).expect("speaker embedder");
+    let text = "お誕生日おめでとうございます。素敵な一年になりますように。いつも本当にありがとう。";
+    let refs = [
+        ("Mei", "mei_normal.htsvoice", "0", "female"),
+        ("Mei +3", "mei_normal.htsvoice", "3", "female"),
+        ("Mei -4", "mei_normal.htsvoice", "-4", "female"),
+        ("Mei (any)", "mei_normal.htsvoice", "0", "other"),
+        ("Nitech", "nitech_jp_atr503_m001.htsvoice", "0", "male"),
+        ("Nitech +4", "nitech_jp_atr503_m001.htsvoice", "4", "other"),
+    ];
+    let decode = |p: &Path| -> Vec<f32> {
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-i"])
+            .arg(p)
+            .args(["-ac", "1", "-ar", "16000", "-f", "f32le", "-"])
+            .output()
+            .expect("ffmpeg");
+        out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    };
+    println!("\nvoice matching (speaker-embedding cosine similarity to the reference):");
+    println!(
+        "{:10} {:>24} {:>7} {:>7} {:>28} {:>7} {:>7}",
+        "reference", "best single", "found", "shifted", "blend", "found", "shifted"
+    );
+    for (k, (name, voice, fm, gender)) in refs.iter().enumerate() {
+        let scratch = dir.join(format!("match{k}"));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let txt = scratch.join("ref.txt");
+        std::fs::write(&txt, text).unwrap();
+        let wav = scratch.join("ref.wav");
+        let ok = std::process::Command::new("open_jtalk")
+            .args(["-x", worker::pipeline::speech::OPEN_JTALK_DIC, "-fm", fm, "-m"])
+            .arg(data.join("voices/system").join(voice))
+            .arg("-ow")
+            .arg(&wav)
+            .arg(&txt)
+            .status()
+            .expect("open_jtalk")
+            .success();
+        assert!(ok);
+        let reference = decode(&wav);
+        let target = embedder.embed(&reference).unwrap();
+        let t = Instant::now();
+        let features = worker::voice_analysis::analyse(&reference, 16_000).expect("reference pitch");
+        let m = matching::closest(&lib, data, &target, features.median_f0_hz, Some(gender), &scratch, timeout)
+            .await
+            .expect("match");
+        let took = t.elapsed().as_secs_f64();
+        // As the profile speaks it: shifted toward the reference.
+        let shifted = |speech: &[f32], tag: &str| -> f32 {
+            let base = worker::voice_analysis::analyse(speech, 16_000).expect("pitch");
+            let (pitch_semitones, speed) = worker::voice_analysis::shift_toward(&features, &base);
+            let input = scratch.join(format!("{tag}.wav"));
+            worker::media::write_wav(&input, speech, 16_000).unwrap();
+            let out = scratch.join(format!("{tag}.shifted.wav"));
+            let e = worker::pipeline::speech::Embedding { pitch_semitones, speed, kokoro_blend: vec![] };
+            let rt = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| {
+                rt.block_on(worker::pipeline::speech::shape_with(&e, &input, &out, timeout))
+            })
+            .expect("shape");
+            similarity(&target, &embedder.embed(&decode(&out)).unwrap())
+        };
+        let single_shifted = shifted(&m.single_speech, "single");
+        let blend_shifted = shifted(&m.speech, "blend");
+        let blend: Vec<String> = m.best.blend.iter().map(|(n, w)| format!("{n} {w:.2}")).collect();
+        println!(
+            "{name:10} {:>24} {:7.3} {:7.3} {:>28} {:7.3} {:7.3}   ({} candidates, {took:.1} s)",
+            m.best_single.blend[0].0,
+            m.best_single.similarity,
+            single_shifted,
+            blend.join(" + "),
+            m.best.similarity,
+            blend_shifted,
+            m.tried
         );
     }
 }

@@ -54,8 +54,8 @@ async fn run(runner: &Arc<Runner>, task: &CatalogTask) -> CatalogTaskResult {
         CatalogTaskKind::TrackPreview { source_key, target_key } => {
             preview(runner, dir.path(), source_key, target_key).await
         }
-        CatalogTaskKind::AnalyseVoice { source_key, target_key, language } => {
-            analyse_voice(runner, dir.path(), source_key, target_key, language).await
+        CatalogTaskKind::AnalyseVoice { source_key, target_key, language, gender } => {
+            analyse_voice(runner, dir.path(), source_key, target_key, language, gender.as_deref()).await
         }
         CatalogTaskKind::VoicePreview { profile_id, target_key } => {
             voice_preview(runner, dir.path(), profile_id, target_key).await
@@ -230,10 +230,11 @@ async fn analyse_voice(
     source_key: &str,
     target_key: &str,
     language: &str,
+    gender: Option<&str>,
 ) -> Result<CatalogTaskResult, CatalogTaskResult> {
     let raw = dir.join("reference");
     runner.storage.get_to_file(source_key, &raw).await.map_err(failed)?;
-    let outcome = analyse_voice_file(runner, &raw, target_key, language).await;
+    let outcome = analyse_voice_file(runner, &raw, target_key, language, gender).await;
     let _ = runner.storage.delete(source_key).await;
     outcome
 }
@@ -250,6 +251,7 @@ async fn analyse_voice_file(
     raw: &Path,
     target_key: &str,
     language: &str,
+    gender: Option<&str>,
 ) -> Result<CatalogTaskResult, CatalogTaskResult> {
     let (format, _) = probe_upload(runner, raw, "recording", REFERENCE_SECS.1, reference_length).await?;
     // A second more than the longest allowed is decoded, to tell a file
@@ -260,13 +262,24 @@ async fn analyse_voice_file(
     if !(REFERENCE_SECS.0..=REFERENCE_SECS.1).contains(&secs) {
         return Err(reference_length(secs));
     }
+    let reference = samples.clone();
     let target = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&samples, VOICE_RATE))
         .await
         .map_err(failed)?
         .ok_or_else(|| rejected("no-voice-found", "No speaking voice was found in the recording."))?;
 
-    // The closest base voice of the language, by median pitch.
     let doc = runner.catalog.voices_async().await.map_err(failed)?;
+    let data_dir = runner.catalog.data_dir();
+    if language == "ja" && crate::kokoro::matching::available(data_dir) {
+        let scratch = raw.with_extension("match");
+        tokio::fs::create_dir_all(&scratch).await.map_err(failed)?;
+        let matched = kokoro_match(runner, &doc, &reference, &target, gender, &scratch).await;
+        let _ = tokio::fs::remove_dir_all(&scratch).await;
+        let (base, embedding) = matched?;
+        return voice_result(runner, raw, format, max, target_key, secs, base, embedding).await;
+    }
+
+    // The closest base voice of the language, by median pitch.
     let mut best: Option<(&shared::catalog::VoiceProfile, crate::voice_analysis::VoiceFeatures)> = None;
     for p in doc.profiles.iter().filter(|p| p.kind == shared::catalog::EntryType::System && p.language == language) {
         let f = base_features(runner, p).await?;
@@ -277,7 +290,98 @@ async fn analyse_voice_file(
     }
     let (base, base_features) = best.ok_or_else(|| failed(format!("no system voice for language {language}")))?;
     let (pitch, speed) = crate::voice_analysis::shift_toward(&target, &base_features);
+    let embedding = serde_json::json!({
+        "version": "1.0",
+        "method": "voice matching (pitch and speed of a base voice), not cloning",
+        "engine": base.metadata.engine,
+        "base_voice": base.metadata.base_voice,
+        "base_profile": base.id,
+        "pitch_semitones": pitch,
+        "speed": speed,
+        "features": target,
+        "base_features": base_features,
+    });
+    voice_result(runner, raw, format, max, target_key, secs, base, embedding).await
+}
 
+/// A Japanese recording matched to Kokoro: the blend of its voices whose
+/// speech is nearest the recording by speaker embedding, then shifted in
+/// pitch and speed toward it like any base voice.
+async fn kokoro_match<'a>(
+    runner: &Runner,
+    doc: &'a shared::catalog::VoicesFile,
+    reference: &[f32],
+    target: &crate::voice_analysis::VoiceFeatures,
+    gender: Option<&str>,
+    scratch: &Path,
+) -> Result<(&'a shared::catalog::VoiceProfile, serde_json::Value), CatalogTaskResult> {
+    let data_dir = runner.catalog.data_dir().to_owned();
+    let lib = crate::onnx::runtime_path(&data_dir);
+    let (l, d, r) = (lib.clone(), data_dir.clone(), reference.to_vec());
+    let d_target = tokio::task::spawn_blocking(move || crate::speaker::Embedder::get(&l, &d)?.embed(&r))
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
+    let m = crate::kokoro::matching::closest(
+        &lib,
+        &data_dir,
+        &d_target,
+        target.median_f0_hz,
+        gender,
+        scratch,
+        runner.cfg.tool_timeout,
+    )
+    .await
+    .map_err(failed)?;
+    let top = m.best.blend.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|(n, _)| n.clone()).unwrap_or_default();
+    let base = doc
+        .profiles
+        .iter()
+        .find(|p| {
+            p.kind == shared::catalog::EntryType::System
+                && p.metadata.engine == "kokoro"
+                && p.metadata.base_voice.ends_with(&format!("/{top}.npy"))
+        })
+        .ok_or_else(|| failed(format!("no system profile speaks Kokoro voice {top}")))?;
+    let speech = m.speech.clone();
+    let base_features = tokio::task::spawn_blocking(move || crate::voice_analysis::analyse(&speech, VOICE_RATE))
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| failed("no voice measured in the matched blend's speech"))?;
+    let (pitch, speed) = crate::voice_analysis::shift_toward(target, &base_features);
+    let round = |x: f32| (x * 1000.0).round() / 1000.0;
+    let embedding = serde_json::json!({
+        "version": "1.0",
+        "method": "voice matching (a blend of Kokoro voices chosen by a speaker embedding, with pitch and speed), not cloning",
+        "engine": "kokoro",
+        "base_voice": base.metadata.base_voice,
+        "base_profile": base.id,
+        "kokoro_blend": m.best.blend.iter().map(|(n, w)| (n.clone(), round(*w))).collect::<Vec<_>>(),
+        "similarity": round(m.best.similarity),
+        "best_single": m.best_single.blend[0].0,
+        "similarity_best_single": round(m.best_single.similarity),
+        "candidates_tried": m.tried,
+        "pitch_semitones": pitch,
+        "speed": speed,
+        "features": target,
+        "base_features": base_features,
+    });
+    Ok((base, embedding))
+}
+
+/// The matched profile's result: the recording kept as a 24 kHz WAV, and
+/// the embedding.
+#[allow(clippy::too_many_arguments)]
+async fn voice_result(
+    runner: &Runner,
+    raw: &Path,
+    format: Format,
+    max: u32,
+    target_key: &str,
+    secs: f64,
+    base: &shared::catalog::VoiceProfile,
+    embedding: serde_json::Value,
+) -> Result<CatalogTaskResult, CatalogTaskResult> {
     let wav = raw.with_extension("wav");
     let mut args = media::input(raw, format);
     args.extend(crate::args!["-t", Arg::num(max), "-ac", "1", "-ar", "24000", "-c:a", "pcm_s16le", &wav]);
@@ -287,17 +391,7 @@ async fn analyse_voice_file(
         base_profile_id: base.id.clone(),
         engine: base.metadata.engine.clone(),
         base_voice: base.metadata.base_voice.clone(),
-        embedding: serde_json::json!({
-            "version": "1.0",
-            "method": "voice matching (pitch and speed of a base voice), not cloning",
-            "engine": base.metadata.engine,
-            "base_voice": base.metadata.base_voice,
-            "base_profile": base.id,
-            "pitch_semitones": pitch,
-            "speed": speed,
-            "features": target,
-            "base_features": base_features,
-        }),
+        embedding,
         duration_seconds: (secs * 10.0).round() / 10.0,
         sample_rate: 24_000,
     }))

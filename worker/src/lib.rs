@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod piper;
 pub mod process;
 pub mod runner;
+pub mod speaker;
 pub mod vision;
 pub mod voice_analysis;
 

@@ -341,6 +341,7 @@ async fn create_voice(
         source_key: source_key.clone(),
         target_key: reference_key.clone(),
         language: language.clone(),
+        gender: Some(gender.clone()),
     };
     let matched = match crate::catalog_tasks::run(&state, task).await {
         Ok(CatalogTaskResult::Voice(v)) => v,

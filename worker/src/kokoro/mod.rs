@@ -12,6 +12,7 @@
 //! voice (`.npy`, 510 x 1 x 256 f32), which a profile names as its base voice.
 
 pub mod frontend;
+pub mod matching;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use ort::value::Tensor;
 use crate::process;
 
 pub const SAMPLE_RATE: u32 = 24_000;
+/// The Japanese voices (style tables) that ship.
+pub const VOICES: [&str; 5] = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"];
 /// Rows of a style table: one per token count.
 const STYLE_ROWS: usize = 510;
 const STYLE_DIM: usize = 256;
@@ -120,6 +123,39 @@ impl Style {
             return Err("the style holds values that are not numbers".into());
         }
         Ok(Style(Arc::new(v)))
+    }
+
+    /// A weighted mix of styles (weights need not add up to one: they are
+    /// scaled so that they do).
+    pub fn blend(parts: &[(Style, f32)]) -> Style {
+        let total: f32 = parts.iter().map(|(_, w)| w.max(0.0)).sum::<f32>().max(1e-6);
+        let mut v = vec![0.0f32; STYLE_ROWS * STYLE_DIM];
+        for (s, w) in parts {
+            let w = w.max(0.0) / total;
+            for (o, x) in v.iter_mut().zip(s.0.iter()) {
+                *o += w * x;
+            }
+        }
+        Style(Arc::new(v))
+    }
+
+    /// The style a profile speaks with: its voice's table, or the blend of
+    /// the system tables its embedding names (`kokoro_blend`). Blocking.
+    pub fn for_profile(data_dir: &Path, voice: &Path, blend: &[(String, f32)]) -> Result<Style, KokoroError> {
+        if blend.is_empty() {
+            return Style::load(voice);
+        }
+        let parts = blend
+            .iter()
+            .map(|(name, w)| {
+                let path = dir(data_dir).join(format!("{name}.npy"));
+                if !VOICES.contains(&name.as_str()) {
+                    return Err(bad(&path, "not one of the Kokoro voices"));
+                }
+                Ok((Style::load(&path)?, *w))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Style::blend(&parts))
     }
 
     /// The style for a call of `n` tokens.
@@ -256,23 +292,21 @@ pub async fn trace(
     tokio::fs::read_to_string(&trace).await.map_err(|e| KokoroError::Inference(e.to_string()))
 }
 
-/// Speak each sentence with the style at `style` (a voice's `.npy`):
-/// the samples of every sentence, in order, at [`SAMPLE_RATE`].
+/// Speak each sentence with `style`: the samples of every sentence, in
+/// order, at [`SAMPLE_RATE`].
 pub async fn speak_sentences(
     lib: &Path,
     data_dir: &Path,
-    style: &Path,
+    style: Style,
     sentences: &[String],
     scratch: &Path,
     timeout: Duration,
 ) -> Result<Vec<Vec<f32>>, KokoroError> {
     use futures::StreamExt;
-    let (lib2, dir2, style_path) = (lib.to_owned(), dir(data_dir), style.to_owned());
-    let (model, style) = tokio::task::spawn_blocking(move || {
-        Ok::<_, KokoroError>((Kokoro::get(&lib2, &dir2)?, Style::load(&style_path)?))
-    })
-    .await
-    .map_err(|e| KokoroError::Inference(e.to_string()))??;
+    let (lib2, dir2) = (lib.to_owned(), dir(data_dir));
+    let model = tokio::task::spawn_blocking(move || Kokoro::get(&lib2, &dir2))
+        .await
+        .map_err(|e| KokoroError::Inference(e.to_string()))??;
     let n = model.sessions.len();
     // Owned parts only: the futures are held across awaits by the stream.
     let jobs: Vec<_> = sentences
@@ -317,6 +351,13 @@ mod tests {
         b.truncate(b.len() - 4);
         assert!(Style::parse(&b).unwrap_err().contains("data bytes"));
         assert!(Style::parse(b"RIFF....WAVE").is_err());
+        // A blend lies between its parts; unknown names are refused.
+        let kumo = Style::load(&dir(&data()).join("jm_kumo.npy")).unwrap();
+        let half = Style::blend(&[(s.clone(), 1.0), (kumo.clone(), 1.0)]);
+        assert!((half.row(5)[0] - (s.row(5)[0] + kumo.row(5)[0]) / 2.0).abs() < 1e-6);
+        let named = Style::for_profile(&data(), Path::new("x"), &[("jf_alpha".into(), 0.5), ("jm_kumo".into(), 0.5)]);
+        assert_eq!(named.unwrap().row(5), half.row(5));
+        assert!(Style::for_profile(&data(), Path::new("x"), &[("../../etc/passwd".into(), 1.0)]).is_err());
     }
 
     #[test]
@@ -353,8 +394,8 @@ mod tests {
         assert!(ph.contains("otaɲʥoː") && ph.contains("omedetoː"), "{ph}");
         let sentences = vec!["こんにちは。".to_owned(), "お誕生日おめでとうございます！".to_owned()];
         let t0 = std::time::Instant::now();
-        let style = dir(&data()).join("jf_alpha.npy");
-        let parts = speak_sentences(&lib, &data(), &style, &sentences, dir_.path(), t).await.unwrap();
+        let style = Style::load(&dir(&data()).join("jf_alpha.npy")).unwrap();
+        let parts = speak_sentences(&lib, &data(), style, &sentences, dir_.path(), t).await.unwrap();
         let secs: Vec<f32> = parts.iter().map(|p| p.len() as f32 / SAMPLE_RATE as f32).collect();
         println!("{secs:?} s of speech in {:.2} s", t0.elapsed().as_secs_f32());
         assert!((0.5..2.5).contains(&secs[0]) && (1.5..5.0).contains(&secs[1]), "{secs:?}");

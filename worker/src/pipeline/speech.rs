@@ -23,6 +23,10 @@ pub struct Embedding {
     pub pitch_semitones: f64,
     #[serde(default = "one")]
     pub speed: f64,
+    /// For a Kokoro profile matched to a recording: the Kokoro voices it
+    /// blends, with their weights.
+    #[serde(default)]
+    pub kokoro_blend: Vec<(String, f32)>,
 }
 
 fn one() -> f64 {
@@ -87,7 +91,12 @@ pub async fn speak(
         })?,
         "kokoro" => {
             use crate::kokoro::KokoroError;
-            let parts = crate::kokoro::speak_sentences(&lib, catalog.data_dir(), &voice, &sentences, scratch, timeout)
+            let blend = load_embedding(catalog, profile).await?.kokoro_blend;
+            let (data, path) = (catalog.data_dir().to_owned(), voice.clone());
+            let style = shared::rt::blocking(move || crate::kokoro::Style::for_profile(&data, &path, &blend))
+                .await?
+                .map_err(|e| bad_voice(profile, e.to_string()))?;
+            let parts = crate::kokoro::speak_sentences(&lib, catalog.data_dir(), style, &sentences, scratch, timeout)
                 .await
                 .map_err(|e| match e {
                     KokoroError::Model { .. } | KokoroError::Onnx(_) => bad_voice(profile, e.to_string()),
@@ -313,9 +322,11 @@ mod tests {
         let mei = data().join("voices/system/mei_normal.htsvoice");
         say("openjtalk", &mei, text, dir.path(), &base, t).await;
         let neutral = dir.path().join("neutral.wav");
-        shape_with(&Embedding { pitch_semitones: 0.0, speed: 1.0 }, &base, &neutral, t).await.unwrap();
+        shape_with(&Embedding { pitch_semitones: 0.0, speed: 1.0, kokoro_blend: vec![] }, &base, &neutral, t)
+            .await
+            .unwrap();
         let up = dir.path().join("up.wav");
-        shape_with(&Embedding { pitch_semitones: 4.0, speed: 1.0 }, &base, &up, t).await.unwrap();
+        shape_with(&Embedding { pitch_semitones: 4.0, speed: 1.0, kokoro_blend: vec![] }, &base, &up, t).await.unwrap();
         let f0 = |p: &Path| {
             let (s, rate) = crate::media::read_wav(p).unwrap();
             crate::voice_analysis::analyse(&s, rate).unwrap().median_f0_hz
@@ -329,13 +340,13 @@ mod tests {
 
     #[test]
     fn neutral_profiles_are_only_resampled() {
-        let f = prosody_filter(&Embedding { pitch_semitones: 0.0, speed: 1.0 });
+        let f = prosody_filter(&Embedding { pitch_semitones: 0.0, speed: 1.0, kokoro_blend: vec![] });
         assert_eq!(f, "aresample=48000,aformat=channel_layouts=mono");
     }
 
     #[test]
     fn an_octave_up_doubles_the_pitch_ratio() {
-        let f = prosody_filter(&Embedding { pitch_semitones: 12.0, speed: 1.1 });
+        let f = prosody_filter(&Embedding { pitch_semitones: 12.0, speed: 1.1, kokoro_blend: vec![] });
         assert!(f.contains("rubberband=pitch=2.00000:tempo=1.1000"), "{f}");
     }
 
