@@ -20,6 +20,9 @@ async fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     // The production settings: IS-Net, warmed up at start.
     let model = std::env::var("BENCH_MODEL").unwrap_or_else(|_| "isnet".into());
+    // The fast Open JTalk voice unless asked (BENCH_VOICE=ja_alpha_female
+    // for the neural default).
+    let voice = std::env::var("BENCH_VOICE").unwrap_or_else(|_| "ja_mei_female".into());
     let env = vec![
         ("TAYORI_SEGMENTATION_MODEL".to_owned(), model.clone()),
         ("TAYORI_PRELOAD_MODELS".to_owned(), "true".to_owned()),
@@ -27,7 +30,7 @@ async fn main() {
     let stack = Stack::start(Options { workers: 1, env, ..Default::default() }).await;
     // Let the worker load and warm the model before the clock starts.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    println!("segmentation model: {model}");
+    println!("segmentation model: {model}; voice: {voice}");
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let http = reqwest::Client::new();
     println!("resolution  run  submit->link(s)  enqueue->first-step(ms)  speech(s)  video(s)");
@@ -41,7 +44,7 @@ async fn main() {
                 "astronaut.png",
                 &[
                     ("message", MESSAGE),
-                    ("voice_profile_id", "ja_mei_female"),
+                    ("voice_profile_id", voice.as_str()),
                     ("bgm_id", "celebration_gentle"),
                     ("resolution", resolution),
                 ],

@@ -299,7 +299,24 @@ async fn redis_unreachable_for(redis: &shared::redis_conn::ConnectionManager, gr
 
 /// Load the segmentation model and run it once on a blank image in the
 /// background: the first run of a session is about 1 s slower than later ones.
+/// A worker of the voice stage loads Kokoro the same way (its first call
+/// also pays the model's loading and warm-up).
 fn preload(cfg: &WorkerConfig) {
+    if cfg.stages.contains(&shared::job::Stage::Voice) && kokoro::dir(&cfg.data_dir).join("model.onnx").is_file() {
+        let data = cfg.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let lib = onnx::runtime_path(&data);
+            let warmed = kokoro::Kokoro::get(&lib, &kokoro::dir(&data)).and_then(|k| {
+                let style = kokoro::Style::load(&kokoro::dir(&data).join("jf_alpha.npy"))?;
+                k.infer(0, "koɲɲiʨiβa", &style, 1.0)
+            });
+            match warmed {
+                Ok(_) => tracing::info!(ms = t.elapsed().as_millis() as u64, "Kokoro ready"),
+                Err(e) => tracing::error!(error = %e, "Kokoro could not be loaded"),
+            }
+        });
+    }
     let (data, model) = (cfg.data_dir.clone(), cfg.segmentation);
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
