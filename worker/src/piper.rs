@@ -66,7 +66,10 @@ pub fn voice(lib: &Path, model: &Path) -> Result<Arc<PiperVoice>, PiperError> {
     let config_path = PathBuf::from(format!("{}.json", model.display()));
     let config: VoiceConfig = serde_json::from_slice(&std::fs::read(&config_path).map_err(|e| bad(e.to_string()))?)
         .map_err(|e| bad(e.to_string()))?;
-    let session = crate::onnx::session(lib, model, crate::onnx::default_threads(), false)?;
+    // Lean (no pre-planned activation block): with IS-Net, Kokoro and Joe
+    // loaded, 1445 MB -> 1405 MB resident, Joe's speed unchanged
+    // (benches/voices.rs, 10 s of speech in 0.32-0.34 s either way).
+    let session = crate::onnx::session(lib, model, crate::onnx::default_threads(), true)?;
     let v = Arc::new(PiperVoice { session: Mutex::new(session), config });
     voices.lock().expect("voices lock").insert(model.to_owned(), v.clone());
     Ok(v)
