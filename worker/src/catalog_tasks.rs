@@ -209,8 +209,6 @@ async fn preview(
 pub const REFERENCE_SECS: (f64, f64) = (3.0, 30.0);
 const VOICE_RATE: u32 = 16_000;
 
-/// Decode an audio file (of a known format) to mono f32 samples at `rate`,
-/// at most `max_secs` of it.
 async fn decode(
     runner: &Runner,
     path: &Path,
@@ -218,10 +216,7 @@ async fn decode(
     rate: u32,
     max_secs: u32,
 ) -> Result<Vec<f32>, ProcessError> {
-    let mut args = media::input(path, format);
-    args.extend(crate::args!["-t", Arg::num(max_secs), "-ac", "1", "-ar", Arg::num(rate), "-f", "f32le", "-"]);
-    let pcm = ffmpeg(runner, args).await?;
-    Ok(pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    media::decode_mono(path, format, rate, max_secs, runner.cfg.tool_timeout).await
 }
 
 async fn analyse_voice(

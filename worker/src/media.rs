@@ -301,6 +301,21 @@ fn check_inputs(program: &str, args: &[Arg]) -> Result<(), ProcessError> {
     Ok(())
 }
 
+/// Decode an audio file (of a known format) to mono f32 samples at `rate`,
+/// at most `max_secs` of it.
+pub async fn decode_mono(
+    path: &Path,
+    format: Format,
+    rate: u32,
+    max_secs: u32,
+    timeout: Duration,
+) -> Result<Vec<f32>, ProcessError> {
+    let mut args = input(path, format);
+    args.extend(crate::args!["-t", Arg::num(max_secs), "-ac", "1", "-ar", Arg::num(rate), "-f", "f32le", "-"]);
+    let pcm = ffmpeg(args, timeout).await?;
+    Ok(pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
 /// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
 pub async fn ffmpeg(args: Vec<Arg>, timeout: Duration) -> Result<Vec<u8>, ProcessError> {
     check_inputs("ffmpeg", &args)?;

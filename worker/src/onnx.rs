@@ -50,6 +50,33 @@ pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<S
         .map_err(bad)
 }
 
+/// A model loaded once per process, on first use. A failed load is not
+/// kept: the next call tries again (a file put in place later is found).
+pub struct LoadOnce<T>(std::sync::Mutex<Option<std::sync::Arc<T>>>);
+
+impl<T> Default for LoadOnce<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> LoadOnce<T> {
+    pub const fn new() -> Self {
+        LoadOnce(std::sync::Mutex::new(None))
+    }
+
+    /// The loaded value, made by `load` the first time. Blocking.
+    pub fn get_or_load<E>(&self, load: impl FnOnce() -> Result<T, E>) -> Result<std::sync::Arc<T>, E> {
+        let mut slot = self.0.lock().expect("model lock");
+        if let Some(v) = slot.as_ref() {
+            return Ok(v.clone());
+        }
+        let v = std::sync::Arc::new(load()?);
+        *slot = Some(v.clone());
+        Ok(v)
+    }
+}
+
 /// Threads for inference: every core this process may use.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

@@ -11,7 +11,7 @@
 //! normalised again.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ort::session::Session;
 use ort::value::Tensor;
@@ -44,20 +44,15 @@ pub struct Embedder {
     window: Vec<f32>,
 }
 
-static EMBEDDER: OnceLock<Mutex<Option<Arc<Embedder>>>> = OnceLock::new();
+static EMBEDDER: crate::onnx::LoadOnce<Embedder> = crate::onnx::LoadOnce::new();
 
 impl Embedder {
     /// The embedder, loaded once per process. Blocking.
     pub fn get(lib: &Path, data_dir: &Path) -> Result<Arc<Embedder>, SpeakerError> {
-        let slot = EMBEDDER.get_or_init(Default::default);
-        let mut slot = slot.lock().expect("embedder lock");
-        if let Some(e) = slot.as_ref() {
-            return Ok(e.clone());
-        }
-        let session = crate::onnx::session(lib, &model_path(data_dir), 1, false)?;
-        let e = Arc::new(Embedder { session: Mutex::new(session), filters: mel_filters(), window: window() });
-        *slot = Some(e.clone());
-        Ok(e)
+        EMBEDDER.get_or_load(|| {
+            let session = crate::onnx::session(lib, &model_path(data_dir), 1, false)?;
+            Ok(Embedder { session: Mutex::new(session), filters: mel_filters(), window: window() })
+        })
     }
 
     /// The d-vector of mono 16 kHz speech (unit length). Blocking.

@@ -54,7 +54,7 @@ async fn speak_blend(
     timeout: Duration,
 ) -> Result<Spoken, KokoroError> {
     let (data, b) = (data_dir.to_owned(), blend.to_vec());
-    let style = tokio::task::spawn_blocking(move || load(&data, &b))
+    let style = tokio::task::spawn_blocking(move || Style::named_blend(&data, &b))
         .await
         .map_err(|e| KokoroError::Inference(e.to_string()))??;
     let speech = passage(lib, data_dir, style, scratch, timeout).await?;
@@ -79,10 +79,8 @@ async fn passage(
         .await
         .map_err(|e| KokoroError::Inference(e.to_string()))?
         .map_err(|e| KokoroError::Inference(e.to_string()))?;
-    let mut args = crate::media::input(&wav, crate::media::Format::Wav);
-    args.extend(crate::args!["-ac", "1", "-ar", crate::process::Arg::num(speaker::RATE), "-f", "f32le", "-"]);
-    let pcm = crate::media::ffmpeg(args, timeout).await?;
-    Ok(pcm.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    // The passage is a few seconds: a minute bounds it well.
+    Ok(crate::media::decode_mono(&wav, crate::media::Format::Wav, speaker::RATE, 60, timeout).await?)
 }
 
 async fn embed(lib: &Path, data_dir: &Path, samples: Vec<f32>) -> Result<Vec<f32>, KokoroError> {
@@ -91,10 +89,6 @@ async fn embed(lib: &Path, data_dir: &Path, samples: Vec<f32>) -> Result<Vec<f32
         .await
         .map_err(|e| KokoroError::Inference(e.to_string()))?
         .map_err(|e| KokoroError::Inference(e.to_string()))
-}
-
-fn load(data_dir: &Path, blend: &[(String, f32)]) -> Result<Style, KokoroError> {
-    Style::for_profile(data_dir, &dir(data_dir).join("none.npy"), blend)
 }
 
 /// Voices farther than this from the reference's median pitch are not

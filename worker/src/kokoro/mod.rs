@@ -16,7 +16,7 @@ pub mod matching;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ort::session::Session;
@@ -142,9 +142,12 @@ impl Style {
     /// The style a profile speaks with: its voice's table, or the blend of
     /// the system tables its embedding names (`kokoro_blend`). Blocking.
     pub fn for_profile(data_dir: &Path, voice: &Path, blend: &[(String, f32)]) -> Result<Style, KokoroError> {
-        if blend.is_empty() {
-            return Style::load(voice);
-        }
+        if blend.is_empty() { Style::load(voice) } else { Style::named_blend(data_dir, blend) }
+    }
+
+    /// The blend of the system tables named in `blend` (only the voices
+    /// that ship). Blocking.
+    pub fn named_blend(data_dir: &Path, blend: &[(String, f32)]) -> Result<Style, KokoroError> {
         let parts = blend
             .iter()
             .map(|(name, w)| {
@@ -173,7 +176,7 @@ pub struct Kokoro {
     lexicon: HashSet<String>,
 }
 
-static MODEL: OnceLock<Mutex<Option<Arc<Kokoro>>>> = OnceLock::new();
+static MODEL: crate::onnx::LoadOnce<Kokoro> = crate::onnx::LoadOnce::new();
 
 /// Sessions of the model (`TAYORI_KOKORO_SESSIONS`, default 1): sentences
 /// synthesized at the same time, the cores shared between them. Each more
@@ -191,24 +194,19 @@ fn parallel() -> usize {
 impl Kokoro {
     /// The model in `dir`, loaded once per process. Blocking.
     pub fn get(lib: &Path, dir: &Path) -> Result<Arc<Kokoro>, KokoroError> {
-        let slot = MODEL.get_or_init(Default::default);
-        let mut slot = slot.lock().expect("kokoro lock");
-        if let Some(k) = slot.as_ref() {
-            return Ok(k.clone());
-        }
-        let n = parallel();
-        let threads = (crate::onnx::default_threads() / n).max(1);
-        let model = dir.join("model.onnx");
-        let sessions = (0..n)
-            .map(|_| crate::onnx::session(lib, &model, threads, false).map(Mutex::new))
-            .collect::<Result<Vec<_>, _>>()?;
-        let vocab = Vocab::load(&dir.join("vocab.json"))?;
-        let words = dir.join("ja_words.txt");
-        let lexicon =
-            std::fs::read_to_string(&words).map_err(|e| bad(&words, e))?.lines().map(|l| l.trim().to_owned()).collect();
-        let k = Arc::new(Kokoro { sessions, vocab, lexicon });
-        *slot = Some(k.clone());
-        Ok(k)
+        MODEL.get_or_load(|| {
+            let n = parallel();
+            let threads = (crate::onnx::default_threads() / n).max(1);
+            let model = dir.join("model.onnx");
+            let sessions = (0..n)
+                .map(|_| crate::onnx::session(lib, &model, threads, false).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let vocab = Vocab::load(&dir.join("vocab.json"))?;
+            let words = dir.join("ja_words.txt");
+            let text = std::fs::read_to_string(&words).map_err(|e| bad(&words, e))?;
+            let lexicon = text.lines().map(|l| l.trim().to_owned()).collect();
+            Ok(Kokoro { sessions, vocab, lexicon })
+        })
     }
 
     /// Phonemes of one sentence from Open JTalk's trace of it.

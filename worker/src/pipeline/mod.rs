@@ -281,12 +281,13 @@ async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> 
     let mixed = j.path("final_mixed.mp3");
     let id = j.task_id();
     let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id), objects::final_mixed(id));
-    tokio::try_join!(
-        j.storage.get_to_file(&keys.0, &frame),
-        j.storage.get_to_file(&keys.1, &speech),
-        j.storage.get_to_file(&keys.2, &mixed),
+    let (_, _, _, timing) = tokio::try_join!(
+        async { Ok::<_, PipelineError>(j.storage.get_to_file(&keys.0, &frame).await?) },
+        async { Ok(j.storage.get_to_file(&keys.1, &speech).await?) },
+        async { Ok(j.storage.get_to_file(&keys.2, &mixed).await?) },
+        render::speech_timing(j),
     )?;
-    render::render_and_upload(j, &frame, &speech, &mixed).await
+    render::render_and_upload(j, &frame, &speech, &mixed, timing.as_ref()).await
 }
 
 /// Photo in, portrait frame at the render size out.

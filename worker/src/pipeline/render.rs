@@ -244,7 +244,7 @@ fn filter_path(p: &Path) -> String {
 
 /// The sentence times the speech step stored (`None` for a job whose
 /// speech was made by a worker from before they were stored).
-async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTiming>, PipelineError> {
+pub async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTiming>, PipelineError> {
     let path = j.path("speech_timing.json");
     match j.storage.get_to_file(&objects::speech_timing(j.task_id()), &path).await {
         Ok(_) => {
@@ -261,13 +261,13 @@ pub async fn render_and_upload(
     frame: &Path,
     speech: &Path,
     audio: &Path,
+    timing: Option<&shared::text::SpeechTiming>,
 ) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
-    let timing = speech_timing(j).await?;
     let ass = j.path("captions.ass");
-    let captions = captions_ass(&j.job.message, timing.as_ref(), super::mix::INTRO, speech_secs, w, h);
+    let captions = captions_ass(&j.job.message, timing, super::mix::INTRO, speech_secs, w, h);
     tokio::fs::write(&ass, captions).await?;
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
