@@ -4,7 +4,21 @@
 //! worker), submits a Japanese message of about ten seconds of speech at
 //! 1080x1920 and at 512x910, and prints for each run: time from submit to a
 //! working download link, time from enqueue to the first progress event of
-//! the first step, the speech and video lengths, and each step's seconds.
+//! the first step, the speech and video lengths, each step's seconds, and
+//! the CPU seconds (user + system) of every process of the stack, with
+//! their tools, per video.
+//!
+//! In the same run, when `scripts/bench-deps.sh` has made its venv, the
+//! plain sequential Python pipeline (`scripts/python_pipeline.py`) does the
+//! same work on the same photo and message, and the ratio is printed.
+//!
+//! - `BENCH_RUNS` (5): runs per size.
+//! - `BENCH_VOICE` (ja_mei_female): the voice.
+//! - `BENCH_PYTHON=0`: without the Python pipeline.
+//! - `BENCH_SPLIT=1`: one worker per stage, so each process's CPU is one
+//!   stage's.
+//! - `BENCH_BACKLOG=N`: after the timed runs, N jobs at 512x910 submitted at
+//!   once (throughput: videos per minute, p95 submit -> link).
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -27,16 +41,24 @@ async fn main() {
         ("TAYORI_SEGMENTATION_MODEL".to_owned(), model.clone()),
         ("TAYORI_PRELOAD_MODELS".to_owned(), "true".to_owned()),
     ];
-    let stack = Stack::start(Options { workers: 1, env, ..Default::default() }).await;
+    // BENCH_SPLIT=1: one worker per stage (image, voice, render), so that
+    // each process's CPU time is one stage's.
+    let split = std::env::var("BENCH_SPLIT").is_ok_and(|v| v == "1");
+    let stages: Vec<String> = if split { vec!["image".into(), "voice".into(), "render".into()] } else { Vec::new() };
+    let workers = if split { 3 } else { 1 };
+    let stack = Stack::start(Options { workers, env, stages, ..Default::default() }).await;
     // Let the worker load and warm the model before the clock starts.
     tokio::time::sleep(Duration::from_secs(6)).await;
     println!("segmentation model: {model}; voice: {voice}");
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let http = reqwest::Client::new();
-    println!("resolution  run  submit->link(s)  enqueue->first-step(ms)  speech(s)  video(s)");
+    let python = python_medians(runs);
+    println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
     for resolution in ["1080x1920", "512x910"] {
         let mut totals = Vec::new();
+        let mut cpu_totals = Vec::new();
         for run in 1..=runs {
+            let cpu0 = stack.cpu_by_process();
             let t0 = Instant::now();
             let (status, body) = harness::submit(
                 &stack,
@@ -57,6 +79,9 @@ async fn main() {
                 http.get(format!("{}/api/video/result/{id}", stack.http)).send().await.unwrap().json().await.unwrap();
             assert!(result["video_url"].is_string(), "{result}");
             let total = t0.elapsed().as_secs_f64();
+            let by_process: Vec<(String, f64)> =
+                stack.cpu_by_process().into_iter().zip(&cpu0).map(|((name, s), (_, s0))| (name, s - s0)).collect();
+            let cpu: f64 = by_process.iter().map(|(_, s)| s).sum();
             let ts =
                 |e: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap();
             let first = events.iter().find(|e| e["step_index"] == 1).unwrap();
@@ -65,7 +90,7 @@ async fn main() {
             let speech = dir.path().join("voice.wav");
             stack.storage().get_to_file(&format!("voices/generated/{id}/base_voice.wav"), &speech).await.unwrap();
             println!(
-                "{resolution:<10}  {run:>3}  {total:>15.2}  {pickup:>23}  {:>9.2}  {:>8.2}",
+                "{resolution:<10}  {run:>3}  {total:>15.2}  {cpu:>6.2}  {pickup:>23}  {:>9.2}  {:>8.2}",
                 harness::duration_of(&speech),
                 result["duration_seconds"].as_f64().unwrap()
             );
@@ -78,11 +103,130 @@ async fn main() {
                 .map(|m| format!("{} {:.2}", m["stage"].as_str().unwrap(), m["duration_ms"].as_f64().unwrap() / 1000.0))
                 .collect();
             println!("            steps as they ended (s): {}", steps.join(", "));
+            let names = if split {
+                ["gateway", "redis", "image", "voice", "render"].as_slice()
+            } else {
+                &["gateway", "redis", "worker"]
+            };
+            let cpus: Vec<String> = by_process.iter().zip(names).map(|((_, s), n)| format!("{n} {s:.2}")).collect();
+            println!("            cpu by process (s): {}", cpus.join(", "));
             totals.push(total);
+            cpu_totals.push(cpu);
         }
         totals.sort_by(f64::total_cmp);
-        println!("{resolution:<10}  median submit->link {:.2}s over {runs} runs", totals[totals.len() / 2]);
+        cpu_totals.sort_by(f64::total_cmp);
+        let median = totals[totals.len() / 2];
+        println!(
+            "{resolution:<10}  median submit->link {median:.2}s, cpu {:.2}s per video, over {runs} runs",
+            cpu_totals[cpu_totals.len() / 2]
+        );
+        if let Some(py) = python.iter().find(|(r, _)| *r == resolution) {
+            println!("{resolution:<10}  python pipeline median {:.2}s: tayori is {:.2}x as fast", py.1, py.1 / median);
+        }
     }
-    let (peak, now) = stack.worker_memory_kb(0);
-    println!("worker resident memory: peak {} MB, now {} MB", peak / 1024, now / 1024);
+    if let Some(n) = std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse::<usize>().ok()) {
+        backlog(&stack, &photo, &voice, n).await;
+    }
+    for i in 0..workers {
+        let (peak, now) = stack.worker_memory_kb(i);
+        println!("worker {i} resident memory: peak {} MB, now {} MB", peak / 1024, now / 1024);
+    }
+}
+
+/// `n` jobs at 512x910 submitted at once: videos per minute and the p95 of
+/// submit -> done.
+async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
+    let t0 = Instant::now();
+    let cpu0 = stack.cpu_seconds();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let (status, body) = harness::submit(
+            stack,
+            photo.to_vec(),
+            "astronaut.png",
+            &[
+                ("message", MESSAGE),
+                ("voice_profile_id", voice),
+                ("bgm_id", "celebration_gentle"),
+                ("resolution", "512x910"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["task_id"].as_str().unwrap().to_owned());
+    }
+    let mut done = Vec::new();
+    let mut pending = ids.clone();
+    while !pending.is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(1800), "backlog did not drain");
+        let mut still = Vec::new();
+        for id in pending {
+            match harness::meta(stack, &id).await {
+                Some(m) if m["status"] == "SUCCESS" => done.push(t0.elapsed().as_secs_f64()),
+                Some(m) if m["status"] == "FAILURE" => panic!("{id} failed: {m}"),
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    done.sort_by(f64::total_cmp);
+    let p95 = done[((done.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)];
+    println!(
+        "backlog of {n} at 512x910: {:.1} videos a minute, p95 submit->done {p95:.1}s, {:.2} cpu-s per video",
+        n as f64 * 60.0 / wall,
+        (stack.cpu_seconds() - cpu0) / n as f64
+    );
+}
+
+/// The median seconds of the plain Python pipeline per size, when its venv
+/// exists (scripts/bench-deps.sh).
+fn python_medians(runs: usize) -> Vec<(&'static str, f64)> {
+    let root = harness::repo_root();
+    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or(root.join(".cache"));
+    let python = cache.join("pybase/venv/bin/python");
+    if std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
+        return Vec::new();
+    }
+    if !python.is_file() {
+        println!("(no Python pipeline to compare with: run scripts/bench-deps.sh)");
+        return Vec::new();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let message = work.path().join("message.txt");
+    std::fs::write(&message, MESSAGE).unwrap();
+    let data = root.join("data");
+    let mut out = Vec::new();
+    for size in ["1080x1920", "512x910"] {
+        let run = std::process::Command::new(&python)
+            .arg(root.join("scripts/python_pipeline.py"))
+            .arg("--photo")
+            .arg(harness::fixture("astronaut.png"))
+            .arg("--message-file")
+            .arg(&message)
+            .args(["--size", size, "--runs", &runs.to_string()])
+            .arg("--isnet")
+            .arg(data.join("models/isnet_fp16.onnx"))
+            .arg("--voice")
+            .arg(data.join("voices/system/mei_normal.htsvoice"))
+            .args(["--dic", "/var/lib/mecab/dic/open-jtalk/naist-jdic"])
+            .arg("--bgm")
+            .arg(data.join("bgm/system/celebration_gentle.mp3"))
+            .arg("--work")
+            .arg(work.path())
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "python pipeline: {}", String::from_utf8_lossy(&run.stderr));
+        let mut totals: Vec<f64> = String::from_utf8_lossy(&run.stdout)
+            .lines()
+            .map(|l| {
+                println!("python {size}: {l}");
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["total"].as_f64().unwrap()
+            })
+            .collect();
+        totals.sort_by(f64::total_cmp);
+        out.push((size, totals[totals.len() / 2]));
+    }
+    out
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use worker::WorkerConfig;
 
 fn main() -> ExitCode {
+    worker::limit_malloc_arenas();
     shared::telemetry::init();
     match config() {
         Ok(cfg) => shared::signal::run_until_stopped(|stop| worker::run(cfg, stop)),

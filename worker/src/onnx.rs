@@ -45,6 +45,10 @@ pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<S
     let bad = |e: ort::Error| OnnxError::Model { path: model.display().to_string(), reason: e.to_string() };
     Session::builder(env)
         .and_then(|b| Ok(b.with_intra_threads(threads.max(1))?))
+        // Idle pool threads sleep instead of spinning: on a worker whose
+        // branches share the cores, a spinning thread burns CPU the other
+        // branch needs.
+        .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
         .and_then(|b| if lean { Ok(b.with_memory_pattern(false)?) } else { Ok(b) })
         .and_then(|mut b| b.commit_from_file(model))
         .map_err(bad)

@@ -83,6 +83,20 @@ fn memory_kb(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds (user + system) a process has used, with those of its
+/// children that it has waited for (ffmpeg, the speech engines), from
+/// `/proc/{pid}/stat`; 0 once it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    // utime, stime, cutime, cstime are fields 14-17 (1-based), 12-15 here.
+    let ticks: f64 = f.get(11..15).map_or(0.0, |t| t.iter().sum());
+    // /proc counts in USER_HZ, which the kernel fixes at 100 for user space.
+    ticks / 100.0
+}
+
 /// A binary of this build, or of the build in `TAYORI_TEST_BIN_DIR` (to run
 /// a test against an older build, e.g. to see it fail before a fix).
 fn bin(name: &str) -> PathBuf {
@@ -288,6 +302,25 @@ impl Stack {
     #[allow(dead_code)]
     pub fn worker_memory_kb(&self, i: usize) -> (u64, u64) {
         memory_kb(self.workers[i].0.id())
+    }
+
+    /// CPU seconds used so far by the gateway, every worker and Redis
+    /// (each with its reaped children).
+    #[allow(dead_code)]
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cpu_by_process().iter().map(|(_, s)| s).sum()
+    }
+
+    /// CPU seconds used so far by each process of the stack: `gateway`,
+    /// `redis`, then `worker-{i}` (each with its reaped children).
+    #[allow(dead_code)]
+    pub fn cpu_by_process(&self) -> Vec<(String, f64)> {
+        let mut all = vec![
+            ("gateway".to_owned(), cpu_seconds(self.gateway.0.id())),
+            ("redis".to_owned(), cpu_seconds(self.redis.0.id())),
+        ];
+        all.extend(self.workers.iter().enumerate().map(|(i, w)| (format!("worker-{i}"), cpu_seconds(w.0.id()))));
+        all
     }
 
     /// The gateway's (peak, current) resident memory in KiB.

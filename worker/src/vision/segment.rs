@@ -2,7 +2,9 @@
 //! Runtime gives a soft alpha mask for the person crop.
 //!
 //! - IS-Net (DIS), the default: 1024x1024 input, `(px - 128) / 256`, one
-//!   alpha output. The quint8 build from scripts/assets.sh.
+//!   alpha output. The fp16 build from scripts/assets.sh (its weights are
+//!   widened to f32 when loaded; about a fifth less CPU than the quint8
+//!   build, benches/vision.rs).
 //! - u2netp, the fast one: 320x320 input, ImageNet mean/std on px/255,
 //!   the first output min-max normalized.
 //!
@@ -29,7 +31,7 @@ pub enum Model {
 impl Model {
     pub fn file_name(self) -> &'static str {
         match self {
-            Model::IsNet => "isnet_quint8.onnx",
+            Model::IsNet => "isnet_fp16.onnx",
             Model::U2netp => "u2netp.onnx",
         }
     }
