@@ -113,6 +113,14 @@ async fn redis_memory_returns_to_its_starting_level_after_many_jobs() {
         "{n} jobs in {:.0} s; Redis memory: start {start} B ({start_keys} keys), peak {peak} B, at the end {end} B ({end_keys} keys)",
         ran.as_secs_f64()
     );
+    // The workers' resident memory stays bounded over the run (issue 15:
+    // under 1.5 GB with every model loaded; glibc's arenas, limited to two
+    // by the worker, were what let it grow).
+    for i in 0..2 {
+        let (peak, now) = stack.worker_memory_kb(i);
+        println!("worker {i} resident memory: peak {} MB, at the end {} MB", peak / 1024, now / 1024);
+        assert!(peak < 1536 * 1024, "worker {i} peaked at {} MB", peak / 1024);
+    }
 
     // Then the TTLs pass (meta 20 s, progress and sessions 10 s) and the
     // memory comes back.
