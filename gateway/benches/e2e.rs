@@ -156,7 +156,7 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
         ids.push(body["task_id"].as_str().unwrap().to_owned());
     }
     let mut done = Vec::new();
-    let mut pending = ids.clone();
+    let mut pending = ids;
     while !pending.is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(1800), "backlog did not drain");
         let mut still = Vec::new();
@@ -183,12 +183,12 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
 /// The median seconds of the plain Python pipeline per size, when its venv
 /// exists (scripts/bench-deps.sh).
 fn python_medians(runs: usize) -> Vec<(&'static str, f64)> {
-    let root = harness::repo_root();
-    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or(root.join(".cache"));
-    let python = cache.join("pybase/venv/bin/python");
     if std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
         return Vec::new();
     }
+    let root = harness::repo_root();
+    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or(root.join(".cache"));
+    let python = cache.join("pybase/venv/bin/python");
     if !python.is_file() {
         println!("(no Python pipeline to compare with: run scripts/bench-deps.sh)");
         return Vec::new();

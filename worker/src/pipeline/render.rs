@@ -238,7 +238,7 @@ const THUMBNAIL_WIDTH: u32 = 360;
 async fn encode(
     j: &Job<'_>,
     frame: &Path,
-    ass: &Path,
+    ass: (&Path, &str),
     audio: &Path,
     duration: f64,
     video: &Path,
@@ -264,10 +264,11 @@ async fn encode(
 }
 
 /// Encode the slow zoom over `planes` for `duration` seconds with the
-/// captions of `ass` and the MP3 `audio` into `video`.
+/// captions of `ass` (the file libass reads, and its text) and the MP3
+/// `audio` into `video`.
 async fn encode_planes(
     planes: vision::zoom::Planes,
-    ass: &Path,
+    ass: (&Path, &str),
     audio: &Path,
     duration: f64,
     video: &Path,
@@ -275,8 +276,7 @@ async fn encode_planes(
 ) -> Result<(), PipelineError> {
     let frames = (duration * f64::from(FPS)).ceil() as u32;
     let size = format!("{}x{}", planes.w, planes.h);
-    let captions = tokio::fs::read_to_string(ass).await?;
-    let graph = video_graph(ass, &captions, frames);
+    let graph = video_graph(ass.0, ass.1, frames);
     let duration_arg = format!("{duration:.3}");
     let mut args = media::input_with(
         Path::new("-"),
@@ -345,11 +345,11 @@ pub async fn render_and_upload(
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
     let ass = j.path("captions.ass");
     let captions = captions_ass(&j.job.message, timing, super::mix::INTRO, speech_secs, w, h);
-    tokio::fs::write(&ass, captions).await?;
+    tokio::fs::write(&ass, &captions).await?;
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
-    encode(j, frame, &ass, audio, duration, &video, &thumb).await?;
+    encode(j, frame, (&ass, &captions), audio, duration, &video, &thumb).await?;
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
     // Thumbnail first: the video's presence is what marks the result complete.
@@ -433,8 +433,9 @@ mod tests {
             sentences: vec![shared::text::SentenceTime { text: "はい。".into(), start: 0.53, end: 0.9 }],
         };
         let ass = dir.path().join("c.ass");
-        std::fs::write(&ass, captions_ass("", Some(&timing), 0.5, 0.9, 512, 910)).unwrap();
-        encode_planes(vision::zoom::Planes::from_rgb(&img), &ass, &audio, 2.0, &video, t).await.unwrap();
+        let captions = captions_ass("", Some(&timing), 0.5, 0.9, 512, 910);
+        std::fs::write(&ass, &captions).unwrap();
+        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), &audio, 2.0, &video, t).await.unwrap();
         let band = |seek: &str| -> usize {
             let out = std::process::Command::new("ffmpeg")
                 .args(["-nostdin", "-loglevel", "error", "-ss", seek, "-i"])

@@ -215,14 +215,15 @@ pub async fn adjust_prosody(
 ) -> Result<PathBuf, PipelineError> {
     let out = j.path("prosody_adjusted.wav");
     let emb = load_embedding(j.catalog, profile).await?;
-    if emb.is_neutral() {
+    let neutral = emb.is_neutral();
+    if neutral {
         // Nothing to change: the speech as spoken (the mix resamples it),
         // without an ffmpeg run (0.13 CPU-seconds just to start).
         tokio::fs::copy(input, &out).await?;
     } else {
         shape_with(&emb, input, &out, j.cfg.tool_timeout).await?;
     }
-    let timing = timing.at_tempo(if emb.is_neutral() { 1.0 } else { emb.speed });
+    let timing = timing.at_tempo(if neutral { 1.0 } else { emb.speed });
     let json = serde_json::to_vec(&timing).map_err(|e| PipelineError::BadOutput(e.to_string()))?;
     let keys = (objects::prosody_adjusted(j.task_id()), objects::speech_timing(j.task_id()));
     tokio::try_join!(

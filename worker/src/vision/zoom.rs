@@ -65,9 +65,9 @@ impl Planes {
     }
 }
 
-/// Source indices of the two samples and the 8-bit weight of the second,
-/// for each output position along one axis.
-fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, usize, u32)> {
+/// Source index and 8-bit weight of the next sample, for each output
+/// position along one axis.
+fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, u32)> {
     let c = focus * n as f64;
     (0..n)
         .map(|i| {
@@ -75,7 +75,7 @@ fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, usize, u32)> {
             let s = (c + (i as f64 + 0.5 - c) / z - 0.5).clamp(0.0, (n - 1) as f64);
             let i0 = (s.floor() as usize).min(n.saturating_sub(2));
             let f = ((s - i0 as f64) * 256.0).round().clamp(0.0, 256.0) as u32;
-            (i0, (i0 + 1).min(n - 1), f)
+            (i0, f)
         })
         .collect()
 }
@@ -83,16 +83,15 @@ fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, usize, u32)> {
 fn resample(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut Vec<u8>) {
     let xs = taps(w, z, fx);
     let ys = taps(h, z, fy);
-    // The vertical pass fits 16 bits (255 * 256); the horizontal one 32.
-    let mut row = vec![0u16; w];
-    for &(y0, y1, wy) in &ys {
-        let (a, b) = (&src[y0 * w..][..w], &src[y1 * w..][..w]);
-        let (wa, wb) = ((256 - wy) as u16, wy as u16);
+    let mut row = vec![0u32; w];
+    for &(y0, wy) in &ys {
+        let (a, b) = (&src[y0 * w..(y0 + 1) * w], &src[(y0 + 1).min(h - 1) * w..][..w]);
+        // Vertical pass on the whole row, then horizontal taps.
         for ((r, &p), &q) in row.iter_mut().zip(a).zip(b) {
-            *r = u16::from(p) * wa + u16::from(q) * wb;
+            *r = u32::from(p) * (256 - wy) + u32::from(q) * wy;
         }
-        out.extend(xs.iter().map(|&(x0, x1, wx)| {
-            let (p, q) = (u32::from(row[x0]), u32::from(row[x1]));
+        out.extend(xs.iter().map(|&(x0, wx)| {
+            let (p, q) = (row[x0], row[(x0 + 1).min(w - 1)]);
             ((p * (256 - wx) + q * wx + (1 << 15)) >> 16) as u8
         }));
     }
