@@ -18,7 +18,9 @@
 //! - `BENCH_SPLIT=1`: one worker per stage, so each process's CPU is one
 //!   stage's.
 //! - `BENCH_BACKLOG=N`: after the timed runs, N jobs at 512x910 submitted at
-//!   once (throughput: videos per minute, p95 submit -> link).
+//!   once (throughput: videos per minute, p95 submit -> link);
+//!   `BENCH_BACKLOG_SIZE=1080x1920` for the larger size. `BENCH_RUNS=0` runs
+//!   only the backlog.
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -54,7 +56,7 @@ async fn main() {
     let http = reqwest::Client::new();
     let python = python_medians(runs);
     println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
-    for resolution in ["1080x1920", "512x910"] {
+    for resolution in ["1080x1920", "512x910"].into_iter().filter(|_| runs > 0) {
         let mut totals = Vec::new();
         let mut cpu_totals = Vec::new();
         for run in 1..=runs {
@@ -125,7 +127,8 @@ async fn main() {
         }
     }
     if let Some(n) = std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse::<usize>().ok()) {
-        backlog(&stack, &photo, &voice, n).await;
+        let size = std::env::var("BENCH_BACKLOG_SIZE").unwrap_or_else(|_| "512x910".into());
+        backlog(&stack, &photo, &voice, &size, n).await;
     }
     for i in 0..workers {
         let (peak, now) = stack.worker_memory_kb(i);
@@ -133,9 +136,9 @@ async fn main() {
     }
 }
 
-/// `n` jobs at 512x910 submitted at once: videos per minute and the p95 of
-/// submit -> done.
-async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
+/// `n` jobs at `resolution` submitted at once: videos per minute and the
+/// p95 of submit -> done.
+async fn backlog(stack: &Stack, photo: &[u8], voice: &str, resolution: &str, n: usize) {
     let t0 = Instant::now();
     let cpu0 = stack.cpu_seconds();
     let mut ids = Vec::new();
@@ -148,7 +151,7 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
                 ("message", MESSAGE),
                 ("voice_profile_id", voice),
                 ("bgm_id", "celebration_gentle"),
-                ("resolution", "512x910"),
+                ("resolution", resolution),
             ],
         )
         .await;
@@ -174,7 +177,7 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
     done.sort_by(f64::total_cmp);
     let p95 = done[((done.len() as f64 * 0.95).ceil() as usize).saturating_sub(1)];
     println!(
-        "backlog of {n} at 512x910: {:.1} videos a minute, p95 submit->done {p95:.1}s, {:.2} cpu-s per video",
+        "backlog of {n} at {resolution}: {:.1} videos a minute, p95 submit->done {p95:.1}s, {:.2} cpu-s per video",
         n as f64 * 60.0 / wall,
         (stack.cpu_seconds() - cpu0) / n as f64
     );
@@ -183,7 +186,7 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, n: usize) {
 /// The median seconds of the plain Python pipeline per size, when its venv
 /// exists (scripts/bench-deps.sh).
 fn python_medians(runs: usize) -> Vec<(&'static str, f64)> {
-    if std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
+    if runs == 0 || std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
         return Vec::new();
     }
     let root = harness::repo_root();

@@ -80,26 +80,70 @@ fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, u32)> {
         .collect()
 }
 
+/// Appends the plane `src` (`w` x `h`) resampled at zoom `z` around
+/// (`fx` * w, `fy` * h) to `out`.
+///
+/// Vertical pass first, in 16 bits (256 * 255 fits), over only the source
+/// columns the horizontal taps read, then the horizontal taps written
+/// straight into `out` (vision bench at 1080x1920, runs taken in turn on a
+/// noisy machine: 4.9-6.2 ms a frame with a 32-bit row over the whole width
+/// and an iterator extend, 4.0-4.8 ms so).
 fn resample(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut Vec<u8>) {
     let xs = taps(w, z, fx);
     let ys = taps(h, z, fy);
-    let mut row = vec![0u32; w];
-    for &(y0, wy) in &ys {
-        let (a, b) = (&src[y0 * w..(y0 + 1) * w], &src[(y0 + 1).min(h - 1) * w..][..w]);
-        // Vertical pass on the whole row, then horizontal taps.
+    // Taps are monotonic: the first and last bound the columns read.
+    let lo = xs.first().map_or(0, |t| t.0);
+    let hi = xs.last().map_or(0, |t| t.0 + 2).min(w);
+    // One spare element: a 1-wide plane's single tap reads it at weight 0.
+    let mut row = vec![0u16; hi - lo + 1];
+    let start = out.len();
+    out.resize(start + w * h, 0);
+    for (&(y0, wy), dst) in ys.iter().zip(out[start..].chunks_exact_mut(w)) {
+        let a = &src[y0 * w + lo..y0 * w + hi];
+        let y1 = (y0 + 1).min(h - 1);
+        let b = &src[y1 * w + lo..y1 * w + hi];
+        let (wa, wb) = (256 - wy as u16, wy as u16);
         for ((r, &p), &q) in row.iter_mut().zip(a).zip(b) {
-            *r = u32::from(p) * (256 - wy) + u32::from(q) * wy;
+            *r = u16::from(p) * wa + u16::from(q) * wb;
         }
-        out.extend(xs.iter().map(|&(x0, wx)| {
-            let (p, q) = (row[x0], row[(x0 + 1).min(w - 1)]);
-            ((p * (256 - wx) + q * wx + (1 << 15)) >> 16) as u8
-        }));
+        for (d, &(x0, wx)) in dst.iter_mut().zip(&xs) {
+            let (p, q) = (u32::from(row[x0 - lo]), u32::from(row[x0 - lo + 1]));
+            *d = ((p * (256 - wx) + q * wx + (1 << 15)) >> 16) as u8;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The plain formula: each output pixel from its four source pixels.
+    fn reference(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64) -> Vec<u8> {
+        let (xs, ys) = (taps(w, z, fx), taps(h, z, fy));
+        let px = |x: usize, y: usize| u32::from(src[y.min(h - 1) * w + x.min(w - 1)]);
+        let mut out = Vec::new();
+        for &(y0, wy) in &ys {
+            for &(x0, wx) in &xs {
+                let left = px(x0, y0) * (256 - wy) + px(x0, y0 + 1) * wy;
+                let right = px(x0 + 1, y0) * (256 - wy) + px(x0 + 1, y0 + 1) * wy;
+                out.push(((left * (256 - wx) + right * wx + (1 << 15)) >> 16) as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_resample_matches_the_plain_bilinear_formula() {
+        for (w, h) in [(1, 1), (2, 2), (7, 5), (64, 33)] {
+            let src: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
+            for z in [1.0, 1.013, 1.06, 1.7] {
+                let mut out = vec![9];
+                resample(&src, w, h, z, 0.5, 0.4, &mut out);
+                assert_eq!(out[0], 9, "appends");
+                assert_eq!(&out[1..], &reference(&src, w, h, z, 0.5, 0.4)[..], "{w}x{h} at {z}");
+            }
+        }
+    }
 
     #[test]
     fn zoom_one_is_the_still_and_zooming_magnifies_around_the_focus() {
