@@ -117,6 +117,68 @@ pub fn wav_duration(path: &Path) -> std::io::Result<f64> {
     Ok(w.data_len as f64 / f64::from(w.byte_rate))
 }
 
+/// Duration of an MP4 file from its movie header (`moov`/`mvhd`: the
+/// longest track), without starting ffprobe. `None` if the file has no
+/// readable one. Blocking.
+pub fn mp4_duration(path: &Path) -> std::io::Result<Option<f64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    /// A `moov` larger than this is not one the render wrote.
+    const MAX_MOOV: u64 = 16 << 20;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut at = 0u64;
+    while at + 8 <= len {
+        let mut head = [0u8; 16];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut head[..8])?;
+        let mut size = u64::from(u32::from_be_bytes(head[..4].try_into().expect("4 bytes")));
+        let mut body = 8;
+        if size == 1 {
+            f.read_exact(&mut head[8..])?;
+            size = u64::from_be_bytes(head[8..].try_into().expect("8 bytes"));
+            body = 16;
+        } else if size == 0 {
+            size = len - at;
+        }
+        if size < body || at + size > len {
+            return Ok(None);
+        }
+        if &head[4..8] == b"moov" {
+            if size - body > MAX_MOOV {
+                return Ok(None);
+            }
+            let mut moov = vec![0u8; (size - body) as usize];
+            f.read_exact(&mut moov)?;
+            return Ok(mvhd_duration(&moov));
+        }
+        at += size;
+    }
+    Ok(None)
+}
+
+/// The duration in an `mvhd` box among the children of a `moov`.
+fn mvhd_duration(moov: &[u8]) -> Option<f64> {
+    let mut rest = moov;
+    while rest.len() >= 8 {
+        let size = u32::from_be_bytes(rest[..4].try_into().ok()?) as usize;
+        if size < 8 || size > rest.len() {
+            return None;
+        }
+        if &rest[4..8] == b"mvhd" {
+            let b = &rest[8..size];
+            let be32 = |o: usize| Some(u32::from_be_bytes(b.get(o..o + 4)?.try_into().ok()?));
+            let (scale, duration) = match b.first()? {
+                0 => (be32(12)?, u64::from(be32(16)?)),
+                1 => (be32(20)?, u64::from_be_bytes(b.get(24..32)?.try_into().ok()?)),
+                _ => return None,
+            };
+            return (scale > 0).then(|| duration as f64 / f64::from(scale));
+        }
+        rest = &rest[size..];
+    }
+    None
+}
+
 /// Length of speech the pipeline wrote (a WAV): from its header, or from
 /// ffprobe if the header cannot be read.
 pub async fn speech_seconds(path: &Path, timeout: Duration) -> Result<f64, ProcessError> {

@@ -353,16 +353,23 @@ pub async fn render_and_upload(
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
     // Thumbnail first: the video's presence is what marks the result complete.
-    let (probe, thumbnail_bytes) = tokio::join!(
-        media::probe(&video, media::Format::Mp4Video, j.cfg.tool_timeout),
+    // The duration from the MP4's own header (an ffprobe run costs a
+    // process start on the critical path); ffprobe only if it is unreadable.
+    let path = video.clone();
+    let (header, thumbnail_bytes) = tokio::join!(
+        tokio::task::spawn_blocking(move || media::mp4_duration(&path)),
         j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg")
     );
-    let (probe, thumbnail_bytes) = (probe?, thumbnail_bytes?);
+    let thumbnail_bytes = thumbnail_bytes?;
+    let duration = match header {
+        Ok(Ok(Some(d))) => d,
+        _ => media::probe(&video, media::Format::Mp4Video, j.cfg.tool_timeout).await?.duration,
+    };
     let video_bytes = j.storage.put_file(&video_key, &video, "video/mp4").await?;
     Ok(VideoResult {
         video_key,
         thumbnail_key,
-        duration_seconds: probe.duration,
+        duration_seconds: duration,
         width: w,
         height: h,
         video_bytes,
@@ -469,6 +476,12 @@ mod tests {
             times.iter().all(|&t| ((t * 30.0) - (t * 30.0).round()).abs() < 0.01),
             "off the 30 fps grid: {times:?}"
         );
+        // The duration the result reports, read from the MP4's header, is
+        // ffprobe's.
+        let probed = media::probe(&video, media::Format::Mp4Video, t).await.unwrap().duration;
+        let header = media::mp4_duration(&video).unwrap().unwrap();
+        assert!((header - probed).abs() < 0.002 && (header - 2.0).abs() < 0.05, "{header} against {probed}");
+        assert_eq!(media::mp4_duration(&audio).unwrap(), None, "an MP3 has no movie header");
     }
 
     #[test]
