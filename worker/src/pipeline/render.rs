@@ -297,6 +297,8 @@ async fn encode_planes(
         "libx264",
         "-preset",
         "veryfast",
+        "-x264-params",
+        x264_params(planes.w * planes.h),
         "-fps_mode",
         "vfr",
         "-pix_fmt",
@@ -311,6 +313,16 @@ async fn encode_planes(
     ]);
     media::ffmpeg_fed(args, zoom_frames(planes, frames), timeout).await?;
     Ok(())
+}
+
+/// x264 options beyond `veryfast`, by frame size. From a million pixels up,
+/// sub-pixel refinement 1 instead of 2: for the 137 zoom pictures of 13.7 s
+/// at 1080x1920 (astronaut), x264 took 2.0-2.1 CPU-seconds instead of
+/// 3.2-3.6, for SSIM 0.98857 against 0.98863, PSNR 45.70 against 45.74 dB
+/// and a file 6 % larger. At 512x910 it saved only 0.05-0.15 s and made the
+/// file 17 % larger, so small frames keep the preset's.
+fn x264_params(pixels: usize) -> &'static str {
+    if pixels >= 1_000_000 { "subme=1" } else { "subme=2" }
 }
 
 /// A path quoted for an ffmpeg filter argument.
