@@ -10,7 +10,9 @@
 //!
 //! In the same run, when `scripts/bench-deps.sh` has made its venv, the
 //! plain sequential Python pipeline (`scripts/python_pipeline.py`) does the
-//! same work on the same photo and message, and the ratio is printed.
+//! same work on the same photo and message, one warm run before each of
+//! tayori's (so both see the machine at the same speed), and the ratio of
+//! the medians is printed.
 //!
 //! - `BENCH_RUNS` (5): runs per size.
 //! - `BENCH_VOICE` (ja_mei_female): the voice.
@@ -54,12 +56,16 @@ async fn main() {
     println!("segmentation model: {model}; voice: {voice}");
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let http = reqwest::Client::new();
-    let python = python_medians(runs);
+    let python = Python::find(runs);
     println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
     for resolution in ["1080x1920", "512x910"].into_iter().filter(|_| runs > 0) {
         let mut totals = Vec::new();
         let mut cpu_totals = Vec::new();
+        let mut python_totals = Vec::new();
         for run in 1..=runs {
+            if let Some(py) = &python {
+                python_totals.push(py.run(resolution));
+            }
             let cpu0 = stack.cpu_by_process();
             let t0 = Instant::now();
             let (status, body) = harness::submit(
@@ -122,8 +128,13 @@ async fn main() {
             "{resolution:<10}  median submit->link {median:.2}s, cpu {:.2}s per video, over {runs} runs",
             cpu_totals[cpu_totals.len() / 2]
         );
-        if let Some(py) = python.iter().find(|(r, _)| *r == resolution) {
-            println!("{resolution:<10}  python pipeline median {:.2}s: tayori is {:.2}x as fast", py.1, py.1 / median);
+        if !python_totals.is_empty() {
+            python_totals.sort_by(f64::total_cmp);
+            let py = python_totals[python_totals.len() / 2];
+            println!(
+                "{resolution:<10}  python pipeline median {py:.2}s (runs taken in turn with these): tayori is {:.2}x as fast",
+                py / median
+            );
         }
     }
     if let Some(n) = std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse::<usize>().ok()) {
@@ -183,32 +194,43 @@ async fn backlog(stack: &Stack, photo: &[u8], voice: &str, resolution: &str, n: 
     );
 }
 
-/// The median seconds of the plain Python pipeline per size, when its venv
-/// exists (scripts/bench-deps.sh).
-fn python_medians(runs: usize) -> Vec<(&'static str, f64)> {
-    if runs == 0 || std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
-        return Vec::new();
+/// The plain Python pipeline (`scripts/python_pipeline.py`), when its venv
+/// exists (scripts/bench-deps.sh): one warm run at a time, so that its runs
+/// and tayori's alternate and share the machine's drifts in speed.
+struct Python {
+    python: std::path::PathBuf,
+    root: std::path::PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl Python {
+    fn find(runs: usize) -> Option<Python> {
+        if runs == 0 || std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let root = harness::repo_root();
+        let cache = std::env::var_os("TAYORI_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or(root.join(".cache"));
+        let python = cache.join("pybase/venv/bin/python");
+        if !python.is_file() {
+            println!("(no Python pipeline to compare with: run scripts/bench-deps.sh)");
+            return None;
+        }
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("message.txt"), MESSAGE).unwrap();
+        Some(Python { python, root, work })
     }
-    let root = harness::repo_root();
-    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(std::path::PathBuf::from).unwrap_or(root.join(".cache"));
-    let python = cache.join("pybase/venv/bin/python");
-    if !python.is_file() {
-        println!("(no Python pipeline to compare with: run scripts/bench-deps.sh)");
-        return Vec::new();
-    }
-    let work = tempfile::tempdir().unwrap();
-    let message = work.path().join("message.txt");
-    std::fs::write(&message, MESSAGE).unwrap();
-    let data = root.join("data");
-    let mut out = Vec::new();
-    for size in ["1080x1920", "512x910"] {
-        let run = std::process::Command::new(&python)
-            .arg(root.join("scripts/python_pipeline.py"))
+
+    /// Seconds of one run at `size`, after an untimed warm-up run in the
+    /// same process (tayori's worker is warm too).
+    fn run(&self, size: &str) -> f64 {
+        let data = self.root.join("data");
+        let run = std::process::Command::new(&self.python)
+            .arg(self.root.join("scripts/python_pipeline.py"))
             .arg("--photo")
             .arg(harness::fixture("astronaut.png"))
             .arg("--message-file")
-            .arg(&message)
-            .args(["--size", size, "--runs", &runs.to_string()])
+            .arg(self.work.path().join("message.txt"))
+            .args(["--size", size, "--runs", "1", "--warmup"])
             .arg("--isnet")
             .arg(data.join("models/isnet_fp16.onnx"))
             .arg("--voice")
@@ -217,19 +239,12 @@ fn python_medians(runs: usize) -> Vec<(&'static str, f64)> {
             .arg("--bgm")
             .arg(data.join("bgm/system/celebration_gentle.mp3"))
             .arg("--work")
-            .arg(work.path())
+            .arg(self.work.path())
             .output()
             .unwrap();
         assert!(run.status.success(), "python pipeline: {}", String::from_utf8_lossy(&run.stderr));
-        let mut totals: Vec<f64> = String::from_utf8_lossy(&run.stdout)
-            .lines()
-            .map(|l| {
-                println!("python {size}: {l}");
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["total"].as_f64().unwrap()
-            })
-            .collect();
-        totals.sort_by(f64::total_cmp);
-        out.push((size, totals[totals.len() / 2]));
+        let line = String::from_utf8_lossy(&run.stdout).lines().last().unwrap_or_default().to_owned();
+        println!("            python pipeline: {line}");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["total"].as_f64().unwrap()
     }
-    out
 }
