@@ -163,6 +163,64 @@ async fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, path).await
 }
 
+/// The largest body chunk handed to s3s. Its form parser (0.14.1) keeps a
+/// chunk that ends in what may be the start of the closing boundary, then
+/// appends the whole next chunk to it and refuses the upload past 64 KiB;
+/// hyper reads chunks of 64 KiB and more, so a file with a carriage return
+/// at a chunk's end (any photo, by chance; every chunk of a file of them)
+/// failed with a 400. Chunks of at most this size keep that buffer under
+/// the limit whatever the bytes.
+const MAX_FRAME: usize = 16 * 1024;
+
+/// A request body re-cut into data frames of at most [`MAX_FRAME`] bytes
+/// (the bytes are shared, not copied).
+struct SmallFrames<B> {
+    inner: B,
+    rest: bytes::Bytes,
+}
+
+impl<B> http_body::Body for SmallFrames<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.rest.is_empty() {
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.rest = data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        }
+        let n = this.rest.len().min(MAX_FRAME);
+        Poll::Ready(Some(Ok(http_body::Frame::data(this.rest.split_to(n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        // Upper bound first: a lower bound above the upper one panics.
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint.set_lower(hint.lower().saturating_add(rest));
+        hint
+    }
+}
+
 /// A running embedded S3 endpoint.
 pub struct EmbeddedS3 {
     pub addr: SocketAddr,
@@ -190,7 +248,7 @@ pub async fn start(
     let handler = move |req: axum::extract::Request| {
         let service = service.clone();
         async move {
-            let req = req.map(s3s::Body::http_body_unsync);
+            let req = req.map(|b| s3s::Body::http_body_unsync(SmallFrames { inner: b, rest: bytes::Bytes::new() }));
             match service.call(req).await {
                 Ok(resp) => resp.map(AxumBody::new).into_response(),
                 Err(e) => {
