@@ -44,26 +44,28 @@ fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, OnnxErr
 /// too it fell to 0.87 GB but a run took 2.8 s (fresh pages every run).
 pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<Session, OnnxError> {
     let env = runtime(lib)?;
-    let bad = |e: ort::Error| OnnxError::Model { path: model.display().to_string(), reason: e.to_string() };
-    Session::builder(env)
+    let fail = |reason: String| OnnxError::Model { path: model.display().to_string(), reason };
+    let bad = |e: ort::Error| fail(e.to_string());
+    let mut builder = Session::builder(env)
         .and_then(|b| Ok(b.with_intra_threads(threads.max(1))?))
         // Idle pool threads sleep instead of spinning: on a worker whose
         // branches share the cores, a spinning thread burns CPU the other
         // branch needs.
         .and_then(|b| Ok(b.with_intra_op_spinning(false)?))
         .and_then(|b| if lean { Ok(b.with_memory_pattern(false)?) } else { Ok(b) })
-        .map_err(bad)
-        .and_then(|mut b| {
-            let bytes = std::fs::read(model)
-                .map_err(|e| OnnxError::Model { path: model.display().to_string(), reason: e.to_string() })?;
-            let widened =
-                |e: widen::WidenError| OnnxError::Model { path: model.display().to_string(), reason: e.to_string() };
-            // An fp16 model runs widened to fp32 (see widen.rs: less memory
-            // and CPU on x86); any other is loaded as it is.
-            let bytes =
-                if widen::has_fp16(&bytes).map_err(widened)? { widen::widen(&bytes).map_err(widened)? } else { bytes };
-            b.commit_from_memory(&bytes).map_err(bad)
-        })
+        .map_err(bad)?;
+    // An fp16 model runs widened to fp32 (see widen.rs: less memory and CPU
+    // on x86). Any other is left for ONNX Runtime to read itself, so that a
+    // large one (Kokoro) is not held twice while it loads.
+    let bytes = std::fs::read(model).map_err(|e| fail(e.to_string()))?;
+    if widen::has_fp16(&bytes).map_err(|e| fail(e.to_string()))? {
+        let widened = widen::widen(&bytes).map_err(|e| fail(e.to_string()))?;
+        drop(bytes);
+        builder.commit_from_memory(&widened).map_err(bad)
+    } else {
+        drop(bytes);
+        builder.commit_from_file(model).map_err(bad)
+    }
 }
 
 /// A model loaded once per process, on first use. A failed load is not

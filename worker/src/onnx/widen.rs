@@ -166,7 +166,9 @@ fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
         out.extend_from_slice(msg);
         return Ok(());
     }
-    let mut halves: Vec<u16> = Vec::new();
+    // The data as fp32, little-endian.
+    let mut floats: Vec<u8> = Vec::new();
+    let mut push = |h: u16| floats.extend_from_slice(&f16_to_f32(h).to_le_bytes());
     for f in Fields(msg) {
         let f = f?;
         match (f.number, f.value) {
@@ -175,24 +177,23 @@ fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
                 if b.len() % 2 != 0 {
                     return Err(WidenError("odd fp16 raw data"));
                 }
-                halves.extend(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])));
+                b.chunks_exact(2).for_each(|c| push(u16::from_le_bytes([c[0], c[1]])));
             }
             // int32_data, packed
             (5, Value::Bytes(b)) => {
                 let mut rest = b;
                 while !rest.is_empty() {
                     let (v, n) = varint(rest).ok_or(WidenError("bad fp16 int32 data"))?;
-                    halves.push(v as u16);
+                    push(v as u16);
                     rest = &rest[n..];
                 }
             }
             // int32_data, one per field
-            (5, Value::Varint(v)) => halves.push(v as u16),
+            (5, Value::Varint(v)) => push(v as u16),
             (13 | 14, _) => return Err(WidenError("fp16 tensor with external data")),
             _ => out.extend_from_slice(f.raw),
         }
     }
-    let floats: Vec<u8> = halves.into_iter().flat_map(|h| f16_to_f32(h).to_le_bytes()).collect();
     put_bytes_field(out, 9, &floats);
     Ok(())
 }
