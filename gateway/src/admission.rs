@@ -185,6 +185,8 @@ pub enum Scope {
     CatalogUploads,
     /// Voice and music previews that have to be made (a cached one is free).
     Previews,
+    /// Cancel requests (each try, right token or not).
+    Cancels,
 }
 
 impl Scope {
@@ -195,13 +197,14 @@ impl Scope {
             Scope::People => "people",
             Scope::CatalogUploads => "catalog-uploads",
             Scope::Previews => "previews",
+            Scope::Cancels => "cancels",
         }
     }
 
     fn multiple(self) -> u32 {
         match self {
             Scope::Videos | Scope::CatalogUploads => 1,
-            Scope::Uploads | Scope::People | Scope::Previews => 4,
+            Scope::Uploads | Scope::People | Scope::Previews | Scope::Cancels => 4,
         }
     }
 
@@ -212,6 +215,7 @@ impl Scope {
             Scope::People => "photo checks",
             Scope::CatalogUploads => "music and voice uploads",
             Scope::Previews => "previews",
+            Scope::Cancels => "cancel requests",
         }
     }
 }

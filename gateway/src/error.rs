@@ -55,6 +55,12 @@ impl From<TaskStoreError> for AppError {
         match e {
             TaskStoreError::Redis(e) => AppError::Redis(e.to_string()),
             TaskStoreError::Decode(e) => AppError::Internal(format!("stored task state is invalid: {e}")),
+            TaskStoreError::Busy => AppError::Busy {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "task-busy",
+                message: "The job is changing state right now; please try again in a moment.".into(),
+                retry_after: 1,
+            },
         }
     }
 }

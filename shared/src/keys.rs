@@ -50,6 +50,11 @@ pub fn job_claim(task_id: &str, stage: crate::job::Stage) -> String {
     format!("job:claim:{task_id}:{}", stage.name())
 }
 
+/// SHA-256 of a job's cancel token (hex), kept as long as its meta.
+pub fn job_cancel(task_id: &str) -> String {
+    format!("job:cancel:{task_id}")
+}
+
 /// Hash of a job's finished stages (`done:{stage}`), their step records
 /// (`metrics:{stage}`) and how often each was started (`starts:{stage}`).
 pub fn job_stages(task_id: &str) -> String {
@@ -99,5 +104,10 @@ pub mod objects {
     }
     pub fn thumbnail(task_id: &str) -> String {
         format!("videos/{task_id}/thumbnail.jpg")
+    }
+    /// Every prefix a job writes under: what a cancelled job leaves is
+    /// removed by listing these.
+    pub fn job_prefixes(task_id: &str) -> [String; 3] {
+        [format!("images/uploads/{task_id}/"), format!("voices/generated/{task_id}/"), format!("videos/{task_id}/")]
     }
 }

@@ -4,6 +4,7 @@
 //! axum or HTTP status codes. The job, progress and task-meta types are the
 //! wire format between processes (through Redis), so they carry a version.
 
+pub mod cancel;
 pub mod catalog;
 pub mod catalog_task;
 pub mod env;

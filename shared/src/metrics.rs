@@ -107,6 +107,11 @@ pub async fn record_job_end<C: ConnectionLike + Send>(
     pipe.query_async::<()>(conn).await
 }
 
+/// Count a cancelled job (`metrics:jobs` `cancelled`).
+pub async fn record_job_cancelled<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
+    redis::cmd("HINCRBY").arg(JOBS_KEY).arg("cancelled").arg(1).query_async::<i64>(conn).await.map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{JobError, VideoResult};
 
-/// Task status, as in the original (Celery) design.
+/// Task status, as in the original (Celery) design. `Revoked` is Celery's
+/// word for a job cancelled by whoever submitted it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TaskStatus {
@@ -13,11 +14,12 @@ pub enum TaskStatus {
     Started,
     Success,
     Failure,
+    Revoked,
 }
 
 impl TaskStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskStatus::Success | TaskStatus::Failure)
+        matches!(self, TaskStatus::Success | TaskStatus::Failure | TaskStatus::Revoked)
     }
 }
 
@@ -181,6 +183,21 @@ impl ProgressEvent {
         }
     }
 
+    /// The final event of a cancelled job.
+    pub fn revoked(task_id: &str, seq: u64) -> Self {
+        ProgressEvent {
+            task_id: task_id.to_owned(),
+            percentage: 0,
+            message: "キャンセルされました".to_owned(),
+            current_step: "cancelled".to_owned(),
+            step_index: 0,
+            total_steps: TOTAL_STEPS,
+            status: TaskStatus::Revoked,
+            timestamp: now_rfc3339(),
+            seq,
+        }
+    }
+
     pub fn failed(task_id: &str, step_index: u32, percentage: u8, error: &JobError, seq: u64) -> Self {
         ProgressEvent {
             task_id: task_id.to_owned(),
@@ -196,6 +213,57 @@ impl ProgressEvent {
     }
 }
 
+/// What `result` holds: the video of a SUCCESS, or, for a FAILURE or a
+/// REVOKED job, the exception in the shape Celery's result backends store
+/// (so that a Celery client's `AsyncResult.get()` raises it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TaskResult {
+    Video(Box<VideoResult>),
+    Exception(CeleryException),
+}
+
+/// An exception as Celery serializes it (`exc_type`, `exc_message` as the
+/// exception's arguments, `exc_module`). A Celery client that cannot import
+/// the module makes a class of that name, so the name is what it sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CeleryException {
+    pub exc_type: String,
+    pub exc_message: Vec<String>,
+    pub exc_module: String,
+}
+
+/// The module named in tayori's failures (not importable unless a client
+/// library provides it, then its classes are used).
+pub const CELERY_EXC_MODULE: &str = "tayori.errors";
+
+impl CeleryException {
+    /// A failure, as an exception named by its error code in CamelCase
+    /// (`speech-silent` -> `SpeechSilent`) carrying the user-facing message.
+    pub fn failure(err: &JobError) -> Self {
+        let exc_type: String = err
+            .code
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let mut cs = w.chars();
+                cs.next().map(|c| c.to_ascii_uppercase()).into_iter().chain(cs).collect::<String>()
+            })
+            .collect();
+        let exc_type = if exc_type.is_empty() { "JobFailed".to_owned() } else { exc_type };
+        CeleryException { exc_type, exc_message: vec![err.message.clone()], exc_module: CELERY_EXC_MODULE.into() }
+    }
+
+    /// A cancelled job: Celery's own `TaskRevokedError`, as Celery stores it.
+    pub fn revoked() -> Self {
+        CeleryException {
+            exc_type: "TaskRevokedError".into(),
+            exc_message: vec!["cancelled".into()],
+            exc_module: "celery.exceptions".into(),
+        }
+    }
+}
+
 /// Task meta, stored at `celery-task-meta-{task_id}` for 24 h. Keeps the
 /// fields of the original design (`status`, `result`, `traceback`,
 /// `children`, `date_done`) and adds a structured `error`.
@@ -203,7 +271,7 @@ impl ProgressEvent {
 pub struct TaskMeta {
     pub task_id: String,
     pub status: TaskStatus,
-    pub result: Option<VideoResult>,
+    pub result: Option<TaskResult>,
     pub error: Option<JobError>,
     /// Always null: tayori never exposes stack traces.
     pub traceback: Option<String>,
@@ -221,6 +289,35 @@ pub struct TaskMeta {
 }
 
 impl TaskMeta {
+    /// The video of a successful job.
+    pub fn video(&self) -> Option<&VideoResult> {
+        match &self.result {
+            Some(TaskResult::Video(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// End the task with `err` (FAILURE), in tayori's `error` and in
+    /// Celery's `result`.
+    pub fn fail(&mut self, err: &JobError) {
+        self.status = TaskStatus::Failure;
+        self.result = Some(TaskResult::Exception(CeleryException::failure(err)));
+        self.error = Some(err.clone());
+        self.date_done = Some(Utc::now());
+    }
+
+    /// End the task as cancelled (REVOKED).
+    pub fn revoke(&mut self) {
+        self.status = TaskStatus::Revoked;
+        self.result = Some(TaskResult::Exception(CeleryException::revoked()));
+        self.error = Some(JobError {
+            code: "cancelled".into(),
+            message: "The job was cancelled by its sender.".into(),
+            retryable: false,
+        });
+        self.date_done = Some(Utc::now());
+    }
+
     pub fn pending(task_id: &str, submitted: DateTime<Utc>) -> Self {
         TaskMeta {
             task_id: task_id.to_owned(),
@@ -264,5 +361,28 @@ mod tests {
         assert_eq!(v["current_step"], "background_removal");
         assert_eq!(v["status"], "STARTED");
         assert_eq!(v["total_steps"], 8);
+    }
+
+    #[test]
+    fn failures_and_cancels_carry_the_exception_celery_reads() {
+        let mut meta = TaskMeta::pending("t1", Utc::now());
+        let err = JobError { code: "speech-silent".into(), message: "No speech.".into(), retryable: false };
+        meta.fail(&err);
+        let v = serde_json::to_value(&meta).unwrap();
+        assert_eq!(v["status"], "FAILURE");
+        assert_eq!(v["result"]["exc_type"], "SpeechSilent");
+        assert_eq!(v["result"]["exc_message"], serde_json::json!(["No speech."]));
+        assert_eq!(v["result"]["exc_module"], CELERY_EXC_MODULE);
+        assert_eq!(v["error"]["code"], "speech-silent", "tayori's own error is kept");
+        let back: TaskMeta = serde_json::from_value(v).unwrap();
+        assert_eq!(back, meta);
+        assert!(back.video().is_none());
+
+        meta.revoke();
+        let v = serde_json::to_value(&meta).unwrap();
+        assert_eq!(v["status"], "REVOKED");
+        assert_eq!(v["result"]["exc_type"], "TaskRevokedError");
+        assert!(meta.status.is_terminal());
+        assert_eq!(CeleryException::failure(&JobError { code: "-".into(), ..err }).exc_type, "JobFailed");
     }
 }

@@ -46,6 +46,12 @@ static PUBLISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local ev = cjson.decode(ARGV[1])
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  -- Nothing follows a cancel's final event (a stage still winding down).
+  local l = cjson.decode(last)
+  if l['status'] == 'REVOKED' then return l['seq'] end
+end
 local seq = redis.call('INCR', KEYS[3]) - 1
 redis.call('EXPIRE', KEYS[3], ARGV[4])
 ev['seq'] = seq
@@ -78,7 +84,7 @@ pub const LUA_FINISHED: &str = r#"
 local function finished(raw)
   if not raw then return false end
   local st = cjson.decode(raw)['status']
-  return st == 'SUCCESS' or st == 'FAILURE'
+  return st == 'SUCCESS' or st == 'FAILURE' or st == 'REVOKED'
 end
 "#;
 
@@ -99,6 +105,9 @@ pub enum TaskStoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored task state is not valid JSON: {0}")]
     Decode(#[from] serde_json::Error),
+    /// A compare-and-set lost every race (the meta kept changing).
+    #[error("the task meta kept changing under the update")]
+    Busy,
 }
 
 impl TaskStoreError {
@@ -106,6 +115,7 @@ impl TaskStoreError {
         match self {
             TaskStoreError::Redis(e) => crate::redis_conn::is_transient(e),
             TaskStoreError::Decode(_) => false,
+            TaskStoreError::Busy => true,
         }
     }
 }
@@ -188,9 +198,9 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Write the meta unless the task already ended (SUCCESS or FAILURE):
-    /// stages of one job run in several processes, and the first final word
-    /// stands. Returns whether it was written.
+    /// Write the meta unless the task already ended (SUCCESS, FAILURE or REVOKED):
+    /// stages of one job run in several processes (and a cancel comes from a
+    /// gateway), and the first final word stands. Returns whether it was written.
     pub async fn put_meta_unless_done(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
         let mut conn = self.conn.clone();
         let written: i64 = PUT_UNLESS_DONE
@@ -211,6 +221,7 @@ impl TaskStore {
                 keys::progress(task_id),
                 keys::progress_log(task_id),
                 keys::progress_seq(task_id),
+                keys::job_cancel(task_id),
             ])
             .await?;
         Ok(())

@@ -148,7 +148,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     let client = cfg.redis.client().context("the Redis URL")?;
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("creating {}", cfg.work_dir.display()))?;
     let storage = Storage::new(cfg.s3.clone());
+    let cancels = shared::cancel::Cancels::new();
+    tokio::spawn(cancels.clone().listen(client.clone()));
     let runner = Arc::new(Runner {
+        cancels,
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         catalog: Catalog::new(&cfg.data_dir),
         base_voice_features: Default::default(),

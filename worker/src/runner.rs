@@ -43,6 +43,8 @@ pub struct Runner {
     /// Set once the process is stopping: a job waiting for room is handed
     /// back instead of started.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The jobs this process runs stages of, flagged when cancelled.
+    pub cancels: Arc<shared::cancel::Cancels>,
     /// Measured features of the system base voices (voice matching).
     pub base_voice_features: std::sync::Mutex<std::collections::HashMap<String, crate::voice_analysis::VoiceFeatures>>,
 }
@@ -181,6 +183,13 @@ impl Runner {
             tracing::error!(%task_id, stage = stage.name(), delivery, "giving up on a job delivered too often");
             return self.fail_task(&task_id, job.submitted_at, &err, None, Vec::new()).await;
         }
+        if stage == Stage::Image
+            && let Some(meta) = self.tasks.meta(&task_id).await?
+            && meta.status.is_terminal()
+        {
+            tracing::info!(%task_id, "job already ended (cancelled?) before it started; dropping it");
+            return Ok(());
+        }
         if stage == Stage::Image && !self.wait_for_room(&task_id).await {
             tracing::info!(%task_id, "stopping: handing back a job that had not started");
             return Err(RunError::PutOff(Duration::ZERO));
@@ -243,36 +252,50 @@ impl Runner {
         let started = tokio::time::Instant::now();
         let mut attempt = 0;
         let mut first_failure: Option<tokio::time::Instant> = None;
-        let outcome = loop {
-            attempt += 1;
-            let left = budget.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, self.run_stage(stage, job)).await {
-                Err(_) => {
-                    let err = JobError {
-                        code: "job-timeout".into(),
-                        message: format!(
-                            "Making the video took longer than {} seconds and was stopped.",
-                            self.cfg.job_timeout.as_secs()
-                        ),
-                        retryable: true,
-                    };
-                    break Err((err, None, Vec::new()));
-                }
-                Ok(Ok(result)) => break Ok(result),
-                Ok(Err((e, _, _)))
-                    if e.is_transient()
-                        && first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed()
-                            < self.cfg.retry_budget =>
-                {
-                    let backoff = Duration::from_secs(1 << (attempt - 1).min(3));
-                    tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
-                    tokio::time::sleep(backoff.min(left / 4)).await;
-                }
-                Ok(Err((e, step, metrics))) => {
-                    tracing::error!(%task_id, stage = stage.name(), error = %e, "job failed");
-                    break Err((e.to_job_error(), step, metrics));
+        let attempts = async {
+            loop {
+                attempt += 1;
+                let left = budget.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, self.run_stage(stage, job)).await {
+                    Err(_) => {
+                        let err = JobError {
+                            code: "job-timeout".into(),
+                            message: format!(
+                                "Making the video took longer than {} seconds and was stopped.",
+                                self.cfg.job_timeout.as_secs()
+                            ),
+                            retryable: true,
+                        };
+                        break Err((err, None, Vec::new()));
+                    }
+                    Ok(Ok(result)) => break Ok(result),
+                    Ok(Err((e, _, _)))
+                        if e.is_transient()
+                            && first_failure.get_or_insert_with(tokio::time::Instant::now).elapsed()
+                                < self.cfg.retry_budget =>
+                    {
+                        let backoff = Duration::from_secs(1 << (attempt - 1).min(3));
+                        tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
+                        tokio::time::sleep(backoff.min(left / 4)).await;
+                    }
+                    Ok(Err((e, step, metrics))) => {
+                        tracing::error!(%task_id, stage = stage.name(), error = %e, "job failed");
+                        break Err((e.to_job_error(), step, metrics));
+                    }
                 }
             }
+        };
+        // A cancel drops the attempt: its tools are killed with it, and its
+        // scratch directory removed.
+        let outcome = tokio::select! {
+            biased;
+            () = self.cancels.wait(&self.tasks, task_id) => None,
+            o = attempts => Some(o),
+        };
+        let Some(outcome) = outcome else {
+            tracing::info!(%task_id, stage = stage.name(), "job cancelled; its stage stopped");
+            self.cleanup_cancelled(task_id).await?;
+            return Ok(());
         };
 
         match outcome {
@@ -294,7 +317,7 @@ impl Runner {
                 let mut meta = self.current_meta(task_id, job.submitted_at).await?;
                 meta.status = TaskStatus::Success;
                 let steps = result.pipeline_metrics.clone();
-                meta.result = Some(result);
+                meta.result = Some(shared::progress::TaskResult::Video(Box::new(result)));
                 meta.date_done = Some(Utc::now());
                 if self.tasks.put_meta_unless_done(&meta).await? {
                     handoff::forget(&mut conn, task_id).await?;
@@ -309,6 +332,26 @@ impl Runner {
                 self.fail_task(task_id, job.submitted_at, &err, step, all).await?;
             }
         }
+        // Cancelled while this stage was writing its last files (it ended
+        // before it heard): what it wrote goes too.
+        if self.tasks.meta(task_id).await?.is_some_and(|m| m.status == TaskStatus::Revoked) {
+            self.cleanup_cancelled(task_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove what a cancelled job stored, and its stage record. Called by
+    /// each process that ran a stage of it, after that stage stopped (so
+    /// nothing of it is written afterwards).
+    async fn cleanup_cancelled(&self, task_id: &str) -> Result<(), RunError> {
+        for prefix in shared::keys::objects::job_prefixes(task_id) {
+            if let Err(e) = self.storage.delete_prefix(&prefix).await {
+                tracing::warn!(%task_id, error = %e, "could not remove a cancelled job's files");
+            }
+        }
+        let mut conn = self.redis.clone();
+        handoff::forget(&mut conn, task_id).await?;
+        self.job_ended.notify_waiters();
         Ok(())
     }
 
@@ -326,9 +369,7 @@ impl Runner {
         if meta.status.is_terminal() {
             return Ok(());
         }
-        meta.status = TaskStatus::Failure;
-        meta.error = Some(err.clone());
-        meta.date_done = Some(Utc::now());
+        meta.fail(err);
         if !metrics.is_empty() {
             meta.pipeline_metrics = metrics;
         }

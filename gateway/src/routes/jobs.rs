@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use chrono::Utc;
 use serde_json::json;
 use shared::job::{Background, JOB_VERSION, Resolution, VideoJob};
@@ -24,7 +24,12 @@ pub fn router(max_upload_bytes: u64) -> Router<AppState> {
         .route("/api/video/generate", post(generate).layer(DefaultBodyLimit::max(upload::body_limit(max_upload_bytes))))
         .route("/api/video/status/{task_id}", get(status))
         .route("/api/video/result/{task_id}", get(result))
+        .route("/api/video/{task_id}/cancel", post(cancel).layer(DefaultBodyLimit::max(CANCEL_BODY_LIMIT)))
+        .route("/api/video/{task_id}", delete(cancel).layer(DefaultBodyLimit::max(CANCEL_BODY_LIMIT)))
 }
+
+/// A cancel's body is at most a small JSON object.
+const CANCEL_BODY_LIMIT: usize = 4 * 1024;
 
 fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
@@ -122,6 +127,7 @@ async fn generate(
     drop(photo.file);
 
     let now = Utc::now();
+    let (cancel_token, cancel_hash) = shared::cancel::new_token();
     let job = VideoJob {
         version: JOB_VERSION,
         task_id: task_id.clone(),
@@ -136,6 +142,7 @@ async fn generate(
     };
     let enqueued = async {
         state.tasks.put_meta(&TaskMeta::pending(&task_id, now)).await?;
+        shared::cancel::store_token_hash(&state.tasks, &task_id, &cancel_hash).await?;
         state.tasks.publish(&ProgressEvent::queued(&task_id)).await?;
         state.queue.push(&job).await?;
         Ok::<_, AppError>(())
@@ -157,8 +164,83 @@ async fn generate(
             "status_url": format!("/api/video/status/{task_id}"),
             "result_url": format!("/api/video/result/{task_id}"),
             "progress_ws": format!("/ws/progress/{task_id}"),
+            "cancel_url": format!("/api/video/{task_id}/cancel"),
+            "cancel_token": cancel_token,
         })),
     ))
+}
+
+/// The cancel token of a request: the `X-Cancel-Token` header, or
+/// `cancel_token` in a JSON body.
+fn cancel_token(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<String> {
+    if let Some(v) = headers.get("x-cancel-token") {
+        return v.to_str().ok().map(|t| t.trim().to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("cancel_token")?.as_str().map(str::to_owned)
+}
+
+/// `POST /api/video/{id}/cancel` (or `DELETE /api/video/{id}`): the job is
+/// written REVOKED, viewers get the final event, workers running its stages
+/// drop them (killing their tools), and what it stored is removed.
+async fn cancel(
+    State(state): State<AppState>,
+    ip: crate::admission::ClientIp,
+    Path(task_id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> AppResult<impl IntoResponse> {
+    let task_id = check_task_id(&task_id)?;
+    // Every try counts, so tokens cannot be guessed at speed.
+    let mut limit = Limit::new(&state, &ip, Scope::Cancels);
+    limit.check().await?;
+    limit.take().await?;
+    let token = cancel_token(&headers, &body);
+    use shared::cancel::Revoke;
+    match shared::cancel::revoke(&state.tasks, &task_id, token.as_deref()).await? {
+        Revoke::NotFound => {
+            return Err(AppError::not_found(
+                "task-not-found",
+                "No job with that id (it may have expired after 24 hours).",
+            ));
+        }
+        Revoke::WrongToken => {
+            return Err(AppError::client(
+                StatusCode::FORBIDDEN,
+                "cancel-token-invalid",
+                "A job can be cancelled only with the cancel_token its submit answer carried.",
+            ));
+        }
+        Revoke::Finished(s) => {
+            return Err(AppError::client(
+                StatusCode::CONFLICT,
+                "task-finished",
+                format!(
+                    "The job has already {}; there is nothing to cancel.",
+                    if s == TaskStatus::Success { "succeeded" } else { "failed" }
+                ),
+            ));
+        }
+        Revoke::AlreadyRevoked => {}
+        Revoke::Revoked(_) => {
+            tracing::info!(%task_id, "job cancelled by its sender");
+            let mut conn = state.tasks.conn();
+            if let Err(e) = shared::metrics::record_job_cancelled(&mut conn).await {
+                tracing::warn!(%task_id, error = %e, "could not count the cancel");
+            }
+            if let Err(e) = state.tasks.publish(&ProgressEvent::revoked(&task_id, 0)).await {
+                tracing::warn!(%task_id, error = %e, "could not publish the cancel's final event");
+            }
+            // What a queued job stored (its photo); a worker running a stage
+            // removes what that stage wrote once it has stopped.
+            for prefix in objects::job_prefixes(&task_id) {
+                if let Err(e) = state.storage.delete_prefix(&prefix).await {
+                    tracing::warn!(%task_id, error = %e, "could not remove a cancelled job's files");
+                }
+            }
+        }
+    }
+    Ok(Json(json!({"task_id": task_id, "status": "REVOKED"})))
 }
 
 async fn load_meta(state: &AppState, task_id: &str) -> AppResult<TaskMeta> {
@@ -212,7 +294,7 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
             "task-not-finished",
             "The video is not ready yet; follow the progress and ask again when it is done.",
         )),
-        TaskStatus::Failure => {
+        TaskStatus::Failure | TaskStatus::Revoked => {
             let err = meta.error.unwrap_or(shared::job::JobError {
                 code: "job-failed".into(),
                 message: "The job failed.".into(),
@@ -221,7 +303,7 @@ async fn result(State(state): State<AppState>, Path(task_id): Path<String>) -> A
             Err(AppError::JobFailed { code: err.code, message: err.message })
         }
         TaskStatus::Success => {
-            let r = meta.result.ok_or_else(|| AppError::Internal("successful task has no result".into()))?;
+            let r = meta.video().ok_or_else(|| AppError::Internal("successful task has no result".into()))?;
             let ttl = state.cfg.presign_ttl;
             let (video_url, expires_at) = state.storage.presign_get(&r.video_key, ttl).await?;
             let (thumbnail_url, _) = state.storage.presign_get(&r.thumbnail_key, ttl).await?;

@@ -78,6 +78,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     family(&mut out, "tayori_jobs_finished_total", "counter", "Video jobs that ended, by outcome.");
     let _ = writeln!(out, "tayori_jobs_finished_total{{status=\"success\"}} {}", jobs.get("succeeded").unwrap_or(&0));
     let _ = writeln!(out, "tayori_jobs_finished_total{{status=\"failure\"}} {}", jobs.get("failed").unwrap_or(&0));
+    let _ = writeln!(out, "tayori_jobs_finished_total{{status=\"cancelled\"}} {}", jobs.get("cancelled").unwrap_or(&0));
     family(&mut out, "tayori_jobs_failed_total", "counter", "Failed video jobs by error code.");
     let mut codes: Vec<_> = jobs.iter().filter_map(|(k, v)| k.strip_prefix("failed:").map(|c| (c, v))).collect();
     codes.sort();
