@@ -8,6 +8,9 @@ cd "$here"
 bash scripts/deps.sh
 bash scripts/assets.sh
 bash scripts/browser-deps.sh
+# The real Celery client, for the interop test.
+TAYORI_INTEROP_PYTHON="$(bash scripts/interop-deps.sh)"
+export TAYORI_INTEROP_PYTHON
 python3 scripts/check_compose.py docker-compose.yml
 # The integration tests start the gateway and worker binaries.
 cargo build --release --locked --bins

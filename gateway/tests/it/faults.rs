@@ -227,7 +227,9 @@ async fn s3_down_past_the_retry_budget_fails_retryable_with_no_result() {
     assert_eq!(done["status"], "FAILURE", "{done}");
     assert_eq!(done["error"]["code"], "storage-unavailable", "{done}");
     assert_eq!(done["error"]["retryable"], true, "{done}");
-    assert!(done["result"].is_null(), "{done}");
+    // The result is the exception Celery clients read, never a video.
+    assert_eq!(done["result"]["exc_type"], "StorageUnavailable", "{done}");
+    assert!(done["result"].get("video_key").is_none(), "{done}");
     stack.start_gateway().await;
     let keys = stack.storage().list(&format!("videos/{id}/")).await.unwrap();
     assert!(keys.is_empty(), "no result objects: {keys:?}");

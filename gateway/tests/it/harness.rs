@@ -588,7 +588,7 @@ pub async fn wait_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_j
     loop {
         let body: serde_json::Value =
             http.get(format!("{}/api/video/status/{task_id}", stack.http)).send().await.unwrap().json().await.unwrap();
-        if body["status"] == "SUCCESS" || body["status"] == "FAILURE" {
+        if body["status"] == "SUCCESS" || body["status"] == "FAILURE" || body["status"] == "REVOKED" {
             return body;
         }
         assert!(t0.elapsed() < limit, "job {task_id} did not end within {limit:?}: {body}\n{}", stack.logs());
@@ -611,7 +611,7 @@ pub async fn wait_meta_done(stack: &Stack, task_id: &str, limit: Duration) -> se
     let t0 = Instant::now();
     loop {
         if let Some(m) = meta(stack, task_id).await
-            && (m["status"] == "SUCCESS" || m["status"] == "FAILURE")
+            && (m["status"] == "SUCCESS" || m["status"] == "FAILURE" || m["status"] == "REVOKED")
         {
             return m;
         }

@@ -4,6 +4,7 @@
 mod admission;
 mod bad_input;
 mod browser;
+mod cancel;
 mod catalog;
 mod cli;
 mod delivery;
@@ -11,6 +12,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod harness;
+mod interop;
 mod logs;
 mod metrics;
 mod presign;
