@@ -34,7 +34,12 @@ pub fn api(origins: &[HeaderValue]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins.iter().cloned()))
             .allow_methods([Method::GET, Method::POST, Method::DELETE])
-            .allow_headers([header::CONTENT_TYPE])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static(crate::idempotency::HEADER),
+                header::HeaderName::from_static("x-cancel-token"),
+            ])
+            .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static(crate::idempotency::REPLAYED)])
             .max_age(Duration::from_secs(600))
     })
 }

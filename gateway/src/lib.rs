@@ -10,6 +10,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod hub;
+pub mod idempotency;
 pub mod intake;
 pub mod routes;
 pub mod s3_server;

@@ -4,6 +4,7 @@
 use axum::extract::multipart::{Field, MultipartError};
 use axum::extract::{FromRequest, Multipart};
 use axum::http::StatusCode;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{AppError, AppResult};
@@ -27,28 +28,31 @@ pub fn error(e: MultipartError, too_big: fn() -> AppError) -> AppError {
     }
 }
 
-/// Spool a file field to a temp file in `dir`. `Ok(None)` if it is larger
-/// than `max` (the rest of the field has then been read and discarded).
+/// Spool a file field to a temp file in `dir`, with its SHA-256. `Ok(None)`
+/// if it is larger than `max` (the rest of the field has then been read and
+/// discarded).
 async fn spool(
     field: &mut Field<'_>,
     dir: &std::path::Path,
     max: u64,
     too_big: fn() -> AppError,
-) -> AppResult<Option<(tempfile::TempPath, u64)>> {
+) -> AppResult<Option<(tempfile::TempPath, u64, [u8; 32])>> {
     let io = |e: std::io::Error| AppError::Internal(format!("spooling upload: {e}"));
     let (file, path) = tempfile::NamedTempFile::new_in(dir).map_err(io)?.into_parts();
     let mut file = tokio::fs::File::from_std(file);
     let mut n = 0u64;
+    let mut sha = Sha256::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| error(e, too_big))? {
         n += chunk.len() as u64;
         if n > max {
             while let Ok(Some(_)) = field.chunk().await {}
             return Ok(None);
         }
+        sha.update(&chunk);
         file.write_all(&chunk).await.map_err(io)?;
     }
     file.flush().await.map_err(io)?;
-    Ok(Some((path, n)))
+    Ok(Some((path, n, sha.finalize().into())))
 }
 
 /// A small UTF-8 text field.
@@ -68,6 +72,8 @@ async fn text(field: &mut Field<'_>, name: &str, too_big: fn() -> AppError) -> A
 pub struct SpooledFile {
     pub path: tempfile::TempPath,
     pub bytes: u64,
+    /// SHA-256 of the content.
+    pub sha256: [u8; 32],
     /// The name the client gave (control characters removed, at most 200
     /// characters); kept as data only, never used as a path.
     pub file_name: Option<String>,
@@ -83,6 +89,15 @@ impl Form {
     /// A text field's value, if sent.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.text.get(name).map(String::as_str)
+    }
+
+    /// The form's fingerprint for an `Idempotency-Key`: the text fields
+    /// named in `fields` as sent (or absent) and the file's SHA-256.
+    pub fn fingerprint(&self, fields: &[&str]) -> String {
+        let file = self.file.as_ref().map(|f| &f.sha256[..]);
+        crate::idempotency::fingerprint(
+            fields.iter().map(|f| (*f, self.text(f).map(str::as_bytes))).chain([("file", file)]),
+        )
     }
 }
 
@@ -107,7 +122,7 @@ pub async fn read_form(
             }
             let file_name = field.file_name().map(|f| f.chars().filter(|c| !c.is_control()).take(200).collect());
             match spool(&mut field, dir, max, too_big).await? {
-                Some((path, bytes)) => form.file = Some(SpooledFile { path, bytes, file_name }),
+                Some((path, bytes, sha256)) => form.file = Some(SpooledFile { path, bytes, sha256, file_name }),
                 None => {
                     drop(field);
                     discard(mp).await;

@@ -61,6 +61,13 @@ pub fn job_stages(task_id: &str) -> String {
     format!("job:stages:{task_id}")
 }
 
+/// What an `Idempotency-Key` came to (a JSON record: the request's
+/// fingerprint, then its answer), named by a SHA-256 of the route and the
+/// key; kept 2 minutes while the request runs, 24 h once it has answered.
+pub fn idempotency(key_hash: &str) -> String {
+    format!("idem:{key_hash}")
+}
+
 /// A photo uploaded straight to S3 through a presigned POST policy: its
 /// object key, kept one hour from the policy whether or not a job used it
 /// (more than one job may be made from one upload).

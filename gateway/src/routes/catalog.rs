@@ -199,7 +199,7 @@ async fn upload_track(
     if mood.chars().count() > 40 || !is_valid_id(&mood) {
         return Err(AppError::bad_request("invalid-mood", "mood is a short word (letters, digits, '_' or '-')."));
     }
-    let upload::SpooledFile { path, bytes, file_name: original_filename } =
+    let upload::SpooledFile { path, bytes, file_name: original_filename, .. } =
         form.file.ok_or_else(|| AppError::bad_request("file-missing", "Please choose a music file (field file)."))?;
     let kind = sniffed(&path).await?.ok_or_else(|| {
         AppError::client(

@@ -14,6 +14,7 @@ use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 
 use crate::admission::{Limit, Scope};
 use crate::error::{AppError, AppResult};
+use crate::idempotency;
 use crate::intake::{check_image_file, check_message, check_task_id};
 use crate::state::AppState;
 use crate::upload;
@@ -35,26 +36,74 @@ fn too_big() -> AppError {
     AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "image-too-large", "The photo is larger than 10 MB.")
 }
 
+/// The text fields of a submit.
+const FIELDS: [&str; 7] =
+    ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background", "upload_id"];
+
 async fn generate(
     State(state): State<AppState>,
     ip: crate::admission::ClientIp,
+    headers: axum::http::HeaderMap,
     crate::upload::MultipartForm(mp): crate::upload::MultipartForm,
-) -> AppResult<impl IntoResponse> {
+) -> AppResult<axum::response::Response> {
     // Decided before the upload is read: a refused client costs no disk.
     // The request is counted only once it has passed validation (below).
     let mut limit = Limit::new(&state, &ip, Scope::Videos);
     let admitted = async {
+        let key = idempotency::Key::from_headers(&headers, "generate")?;
         crate::admission::queue_room(&state).await?;
-        limit.check().await
+        limit.check().await?;
+        Ok::<_, AppError>(key)
     }
     .await;
-    if let Err(e) = admitted {
-        upload::discard(mp).await;
-        return Err(e);
+    let key = match admitted {
+        Ok(key) => key,
+        Err(e) => {
+            upload::discard(mp).await;
+            return Err(e);
+        }
+    };
+    let form = upload::read_form(mp, "image", &FIELDS, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
+    // From here the request is carried to its end even if the client goes
+    // away (hyper drops a handler whose connection closed): a claimed key
+    // is always answered or given up, and a job made is always recorded
+    // for the retry.
+    let work = tokio::spawn(async move {
+        let Some(key) = key else { return make_job(&state, limit, form).await.map(|(answer, _)| (answer, false)) };
+        let fingerprint = form.fingerprint(&FIELDS);
+        let mut redis = state.redis.clone();
+        if let idempotency::Claim::Replay { mut answer, secret } =
+            idempotency::claim(&mut redis, &key, &fingerprint).await?
+        {
+            // The same request, answered before: no second job, not counted.
+            answer["cancel_token"] = secret.into();
+            tracing::info!(task_id = %answer["task_id"], "submit replayed for its Idempotency-Key");
+            return Ok((answer, true));
+        }
+        let made = make_job(&state, limit, form).await;
+        match &made {
+            Ok((answer, token)) => {
+                let mut stored = answer.clone();
+                stored["cancel_token"] = serde_json::Value::Null;
+                if let Err(e) = idempotency::answered(&mut redis, &key, &fingerprint, &stored, Some(token)).await {
+                    tracing::warn!(error = %e, "could not keep a submit's answer for its Idempotency-Key");
+                }
+            }
+            Err(_) => idempotency::release(&mut redis, &key, &fingerprint).await,
+        }
+        made.map(|(answer, _)| (answer, false))
+    });
+    let (answer, replayed) = work.await.map_err(|e| AppError::Internal(format!("submit task: {e}")))??;
+    let mut resp = (StatusCode::ACCEPTED, Json(answer)).into_response();
+    if replayed {
+        idempotency::mark_replayed(resp.headers_mut());
     }
-    let fields = ["message", "voice_profile_id", "bgm_id", "resolution", "person_index", "background", "upload_id"];
-    let form = upload::read_form(mp, "image", &fields, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
+    Ok(resp)
+}
 
+/// Check a submitted form, store its photo and queue the job: the answer's
+/// body, and the job's cancel token.
+async fn make_job(state: &AppState, mut limit: Limit, form: upload::Form) -> AppResult<(serde_json::Value, String)> {
     let message = check_message(
         form.text("message")
             .ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
@@ -156,18 +205,16 @@ async fn generate(
     }
     state.metrics.jobs_submitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(%task_id, width, height, bytes = image_bytes, "job queued");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({
-            "task_id": task_id,
-            "status": "PENDING",
-            "status_url": format!("/api/video/status/{task_id}"),
-            "result_url": format!("/api/video/result/{task_id}"),
-            "progress_ws": format!("/ws/progress/{task_id}"),
-            "cancel_url": format!("/api/video/{task_id}/cancel"),
-            "cancel_token": cancel_token,
-        })),
-    ))
+    let answer = json!({
+        "task_id": task_id,
+        "status": "PENDING",
+        "status_url": format!("/api/video/status/{task_id}"),
+        "result_url": format!("/api/video/result/{task_id}"),
+        "progress_ws": format!("/ws/progress/{task_id}"),
+        "cancel_url": format!("/api/video/{task_id}/cancel"),
+        "cancel_token": cancel_token,
+    });
+    Ok((answer, cancel_token))
 }
 
 /// The cancel token of a request: the `X-Cancel-Token` header, or

@@ -26,6 +26,7 @@ use shared::keys::{self, objects};
 
 use crate::admission::{Limit, Scope};
 use crate::error::{AppError, AppResult};
+use crate::idempotency;
 use crate::intake::ImageKind;
 use crate::state::AppState;
 use crate::uploaded::{RECORD_TTL, checked_key, fetch_checked, policy_key};
@@ -45,9 +46,11 @@ struct CreateQuery {
 async fn create(
     State(state): State<AppState>,
     ip: crate::admission::ClientIp,
+    headers: axum::http::HeaderMap,
     q: Result<Query<CreateQuery>, QueryRejection>,
-) -> AppResult<impl IntoResponse> {
+) -> AppResult<axum::response::Response> {
     let q = q.map_err(|e| AppError::bad_request("invalid-query", e.body_text()))?;
+    let key = idempotency::Key::from_headers(&headers, "uploads")?;
     let declared = q.content_type.as_deref().map(str::trim).unwrap_or_default();
     let kind = [ImageKind::Jpeg, ImageKind::Png, ImageKind::Webp]
         .into_iter()
@@ -59,26 +62,58 @@ async fn create(
                 "The photo must be a JPEG, PNG or WebP image (content_type=image/jpeg, image/png or image/webp).",
             )
         })?;
-    Limit::new(&state, &ip, Scope::Uploads).take().await?;
+    let fingerprint = idempotency::fingerprint([("content_type", Some(kind.mime().as_bytes()))]);
+    if let Some(key) = &key {
+        let mut redis = state.redis.clone();
+        if let idempotency::Claim::Replay { answer, .. } = idempotency::claim(&mut redis, key, &fingerprint).await? {
+            // The same request, answered before: a fresh policy for the
+            // same upload (the first one may have expired), not counted.
+            let upload_id = answer["upload_id"].as_str().unwrap_or_default().to_owned();
+            let object: Option<String> = redis.get(keys::upload(&upload_id)).await?;
+            let object = object.ok_or_else(|| {
+                AppError::client(
+                    StatusCode::GONE,
+                    "upload-expired",
+                    "The upload this Idempotency-Key made has expired; ask for a new one with a new key.",
+                )
+            })?;
+            let mut resp = (StatusCode::CREATED, Json(policy(&state, &upload_id, &object, kind))).into_response();
+            idempotency::mark_replayed(resp.headers_mut());
+            return Ok(resp);
+        }
+    }
+    let made = async {
+        Limit::new(&state, &ip, Scope::Uploads).take().await?;
+        let upload_id = uuid::Uuid::new_v4().to_string();
+        let object = objects::upload_original(&upload_id, kind.ext());
+        let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), &object, RECORD_TTL.as_secs()).await?;
+        Ok::<_, AppError>(policy(&state, &upload_id, &object, kind))
+    }
+    .await;
+    if let Some(key) = &key {
+        let mut redis = state.redis.clone();
+        match &made {
+            Ok(answer) => idempotency::answered(&mut redis, key, &fingerprint, answer, None).await?,
+            Err(_) => idempotency::release(&mut redis, key, &fingerprint).await,
+        }
+    }
+    Ok((StatusCode::CREATED, Json(made?)).into_response())
+}
 
-    let upload_id = uuid::Uuid::new_v4().to_string();
-    let key = objects::upload_original(&upload_id, kind.ext());
-    let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), &key, RECORD_TTL.as_secs()).await?;
-    let post = state.storage.presign_post(&key, kind.mime(), state.cfg.max_upload_bytes, POLICY_TTL);
+/// The answer to a policy request: a presigned POST for `object`.
+fn policy(state: &AppState, upload_id: &str, object: &str, kind: ImageKind) -> serde_json::Value {
+    let post = state.storage.presign_post(object, kind.mime(), state.cfg.max_upload_bytes, POLICY_TTL);
     let fields: serde_json::Map<String, serde_json::Value> =
         post.fields.into_iter().map(|(k, v)| (k, serde_json::Value::String(v))).collect();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "upload_id": upload_id,
-            "url": post.url,
-            "fields": fields,
-            "file_field": "file",
-            "max_bytes": state.cfg.max_upload_bytes,
-            "expires_at": post.expires_at,
-            "people_url": format!("/api/uploads/{upload_id}/people"),
-        })),
-    ))
+    json!({
+        "upload_id": upload_id,
+        "url": post.url,
+        "fields": fields,
+        "file_field": "file",
+        "max_bytes": state.cfg.max_upload_bytes,
+        "expires_at": post.expires_at,
+        "people_url": format!("/api/uploads/{upload_id}/people"),
+    })
 }
 
 async fn people(

@@ -12,6 +12,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod harness;
+mod idempotency;
 mod interop;
 mod logs;
 mod metrics;
