@@ -25,7 +25,7 @@ pub enum Exit {
     /// The server is busy or rate-limited, or a backing service is down
     /// (429, 503): try again later (the message says when).
     Busy = 4,
-    /// The job ran and failed (e.g. no person in the photo).
+    /// The job ran and failed (e.g. no person in the photo), or was cancelled.
     JobFailed = 5,
     /// The server could not be reached, or answered with a server error.
     Unreachable = 6,
@@ -140,6 +140,7 @@ fn step_text(ev: &Value, japanese: bool) -> String {
         None => match ev["status"].as_str() {
             Some("SUCCESS") => if japanese { "完了" } else { "done" }.to_owned(),
             Some("FAILURE") => if japanese { "失敗" } else { "failed" }.to_owned(),
+            Some("REVOKED") => if japanese { "取り消し" } else { "cancelled" }.to_owned(),
             _ => if japanese { "順番待ち..." } else { "waiting for a worker..." }.to_owned(),
         },
     }
@@ -158,29 +159,27 @@ pub async fn submit(
         .await
         .map_err(|e| Failure::new(Exit::Usage, format!("cannot read {}: {e}", job.photo.display())))?;
     let name = job.photo.file_name().and_then(|n| n.to_str()).unwrap_or("photo").to_owned();
-    let mut form = reqwest::multipart::Form::new()
-        .part("image", reqwest::multipart::Part::bytes(bytes).file_name(name))
-        .text("message", job.message)
-        .text("voice_profile_id", job.voice);
-    for (k, v) in [("bgm_id", job.bgm), ("resolution", job.resolution), ("background", job.background)] {
-        if let Some(v) = v {
-            form = form.text(k, v);
+    let form = || {
+        let mut form = reqwest::multipart::Form::new()
+            .part("image", reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone()))
+            .text("message", job.message.clone())
+            .text("voice_profile_id", job.voice.clone());
+        for (k, v) in [("bgm_id", &job.bgm), ("resolution", &job.resolution), ("background", &job.background)] {
+            if let Some(v) = v {
+                form = form.text(k, v.clone());
+            }
         }
-    }
-    if let Some(p) = job.person {
-        form = form.text("person_index", p.to_string());
-    }
-    let r = client
-        .http
-        .post(format!("{}/api/video/generate", client.base))
-        .multipart(form)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let accepted = Client::json(r).await?;
+        if let Some(p) = job.person {
+            form = form.text("person_index", p.to_string());
+        }
+        form
+    };
+    let accepted = post_once(client, "/api/video/generate", form, !report.quiet && !report.json).await?;
     let task_id = accepted["task_id"].as_str().unwrap_or_default().to_owned();
+    let cancel_token = accepted["cancel_token"].as_str().unwrap_or_default().to_owned();
     if !report.quiet && !report.json {
         eprintln!("task {task_id}");
+        eprintln!("(to cancel it: tayori cancel {task_id} --token {cancel_token})");
     }
 
     let bar = if report.quiet || report.json {
@@ -207,10 +206,16 @@ pub async fn submit(
 
     let status = client.get(&format!("/api/video/status/{task_id}")).await?;
     if last != "SUCCESS" {
-        let code = status["error"]["code"].as_str().unwrap_or("job-failed");
-        let message = status["error"]["message"].as_str().unwrap_or("The job failed.");
+        let (code, message) = if last == "REVOKED" {
+            ("cancelled", "The job was cancelled.")
+        } else {
+            (
+                status["error"]["code"].as_str().unwrap_or("job-failed"),
+                status["error"]["message"].as_str().unwrap_or("The job failed."),
+            )
+        };
         if report.json {
-            println!("{}", serde_json::json!({"task_id": task_id, "status": "FAILURE", "error": status["error"]}));
+            println!("{}", serde_json::json!({"task_id": task_id, "status": last, "error": status["error"]}));
         }
         return Err(Failure::new(Exit::JobFailed, format!("{message} ({code})")));
     }
@@ -224,6 +229,7 @@ pub async fn submit(
     if report.json {
         let mut v = result.clone();
         v["status"] = "SUCCESS".into();
+        v["cancel_token"] = cancel_token.into();
         if let Some((p, n)) = &saved {
             v["saved_to"] = p.clone().into();
             v["saved_bytes"] = (*n).into();
@@ -236,6 +242,57 @@ pub async fn submit(
         if let Some((p, n)) = saved {
             println!("saved:    {p} ({n} bytes)");
         }
+    }
+    Ok(())
+}
+
+/// POST a form with a fresh `Idempotency-Key`, sent again with the same key
+/// when the connection fails or the first try is still in flight, so a
+/// retried submit never makes a second job.
+async fn post_once(
+    client: &Client,
+    path: &str,
+    form: impl Fn() -> reqwest::multipart::Form,
+    say: bool,
+) -> Result<Value> {
+    const TRIES: u32 = 5;
+    let key = uuid::Uuid::new_v4().to_string();
+    let url = format!("{}{path}", client.base);
+    for attempt in 1..=TRIES {
+        let last = attempt == TRIES;
+        let wait = Duration::from_millis(500 << (attempt - 1));
+        match client.http.post(&url).header("idempotency-key", &key).multipart(form()).send().await {
+            Err(e) if !last && !e.is_builder() => {
+                if say {
+                    eprintln!("the connection failed ({e}); trying again in {} ms", wait.as_millis());
+                }
+            }
+            Err(e) => return Err(unreachable(e)),
+            // The same request is still being answered (the first try's
+            // answer was lost on the way): ask again shortly.
+            Ok(r)
+                if r.status() == reqwest::StatusCode::CONFLICT && r.headers().contains_key("retry-after") && !last => {}
+            Ok(r) => return Client::json(r).await,
+        }
+        tokio::time::sleep(wait).await;
+    }
+    unreachable!("the last try returns")
+}
+
+/// `cancel`: cancel a job with the token its submit answer carried.
+pub async fn cancel(client: &Client, task_id: &str, token: &str, json: bool) -> Result<()> {
+    let r = client
+        .http
+        .post(format!("{}/api/video/{task_id}/cancel", client.base))
+        .header("x-cancel-token", token)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let body = Client::json(r).await?;
+    if json {
+        println!("{body}");
+    } else {
+        println!("task {task_id} cancelled");
     }
     Ok(())
 }
@@ -262,7 +319,7 @@ async fn follow(client: &Client, task_id: &str, bar: &indicatif::ProgressBar, li
                             }
                             last_step.clone_from(&text);
                             bar.set_message(text);
-                            if let Some(s @ ("SUCCESS" | "FAILURE")) = ev["status"].as_str() {
+                            if let Some(s @ ("SUCCESS" | "FAILURE" | "REVOKED")) = ev["status"].as_str() {
                                 return Ok(s.to_owned());
                             }
                         }
@@ -282,7 +339,7 @@ async fn follow(client: &Client, task_id: &str, bar: &indicatif::ProgressBar, li
         // The socket ended without a final event, or could not be opened.
         match client.get(&format!("/api/video/status/{task_id}")).await {
             Ok(s) => {
-                if let Some(st @ ("SUCCESS" | "FAILURE")) = s["status"].as_str() {
+                if let Some(st @ ("SUCCESS" | "FAILURE" | "REVOKED")) = s["status"].as_str() {
                     return Ok(st.to_owned());
                 }
             }

@@ -5,11 +5,13 @@
 //! tayori voices [--language ja]
 //! tayori tracks [--mood cheerful]
 //! tayori status TASK_ID
+//! tayori cancel TASK_ID --token CANCEL_TOKEN
 //! ```
 //!
 //! Exit codes: 0 done, 2 bad command line, 3 refused (bad photo, message,
-//! voice…), 4 busy or rate-limited (try later), 5 the job failed, 6 server
-//! unreachable or failing, 7 timed out, 8 could not save the video.
+//! voice…, a wrong cancel token, a finished job), 4 busy or rate-limited
+//! (try later), 5 the job failed or was cancelled, 6 server unreachable or
+//! failing, 7 timed out, 8 could not save the video.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,6 +86,13 @@ enum Command {
     },
     /// Show a job's status (JSON).
     Status { task_id: String },
+    /// Cancel a job you submitted (its tools are stopped, its files removed).
+    Cancel {
+        task_id: String,
+        /// The cancel token `submit` printed.
+        #[arg(long, env = "TAYORI_CANCEL_TOKEN", hide_env_values = true)]
+        token: String,
+    },
 }
 
 #[tokio::main]
@@ -113,6 +122,7 @@ async fn main() {
             Command::Voices { language } => client::voices(&client, language.as_deref(), cli.json).await,
             Command::Tracks { mood } => client::tracks(&client, mood.as_deref(), cli.json).await,
             Command::Status { task_id } => client::status(&client, &task_id).await,
+            Command::Cancel { task_id, token } => client::cancel(&client, &task_id, &token, cli.json).await,
         }
     }
     .await;

@@ -141,3 +141,109 @@ async fn the_command_line_client_says_busy_with_its_own_exit_code() {
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("try again in"), "{}", text(&o));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_cancels_what_it_submitted() {
+    use std::io::{BufRead, BufReader};
+    // No workers: the job waits in the queue until it is cancelled.
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    let server = stack.http.clone();
+    let photo = harness::fixture("astronaut.png");
+    let mut submit = Command::new(env!("CARGO_BIN_EXE_tayori"))
+        .arg("--server")
+        .arg(&server)
+        .args(["submit", photo.to_str().unwrap(), "-m", "Cancel me.", "-v", "en_joe_male", "--timeout", "60"])
+        .env_remove("LANG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = submit.stderr.take().unwrap();
+    let (hint, rest) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let hint = lines.by_ref().map(Result::unwrap).find(|l| l.contains("tayori cancel")).expect("a cancel hint");
+        (hint, lines)
+    })
+    .await
+    .unwrap();
+    // "(to cancel it: tayori cancel ID --token TOKEN)"
+    let words: Vec<&str> = hint.trim_end_matches(')').split_whitespace().collect();
+    let at = words.iter().rposition(|w| *w == "cancel").unwrap();
+    let (task_id, token) = (words[at + 1].to_owned(), words[at + 3].to_owned());
+    assert_eq!(words[at + 2], "--token", "{hint}");
+
+    let run = |args: Vec<String>| {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || tayori(&server, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let o = run(vec!["cancel".into(), task_id.clone(), "--token".into(), "not-the-token".into()]).await.unwrap();
+    assert_eq!(o.status.code(), Some(3), "a wrong token is refused\n{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cancel-token-invalid"), "{}", text(&o));
+    let o =
+        run(vec!["cancel".into(), task_id.clone(), "--token".into(), token.clone(), "--json".into()]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((v["task_id"].as_str(), v["status"].as_str()), (Some(task_id.as_str()), Some("REVOKED")), "{v}");
+
+    // The submit that was following the job ends, saying why.
+    let (status, err) = tokio::task::spawn_blocking(move || {
+        let err: Vec<String> = rest.map(Result::unwrap).collect();
+        (submit.wait().unwrap(), err.join("\n"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(5), "{err}");
+    assert!(err.contains("cancelled"), "{err}");
+    let meta = harness::meta(&stack, &task_id).await.expect("the task meta");
+    assert_eq!(meta["status"], "REVOKED", "{meta}");
+    assert!(!meta.to_string().contains(&token), "the meta never holds the token: {meta}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_answer_is_lost_is_sent_again_and_makes_one_job() {
+    use tokio::io::AsyncReadExt;
+    let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
+    // A proxy that passes the first request on and then cuts the
+    // connection the moment the answer starts: the job is made, the
+    // client never hears of it.
+    let upstream = stack.http.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let cut = std::mem::replace(&mut first, false);
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                if cut {
+                    let (mut from_client, _) = client.split();
+                    let (mut from_server, mut to_server) = server.split();
+                    let mut byte = [0u8; 1];
+                    tokio::select! {
+                        _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                        _ = from_server.read(&mut byte) => {}
+                    }
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let photo = harness::fixture("astronaut.png");
+    let o = tokio::task::spawn_blocking(move || {
+        let p = photo.to_str().unwrap();
+        tayori(&proxy, &["submit", p, "-m", "Only once, please.", "-v", "en_joe_male", "--timeout", "2"])
+    })
+    .await
+    .unwrap();
+    // Nothing works the queue: the submit waits out its --timeout.
+    assert_eq!(o.status.code(), Some(7), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("trying again"), "the first answer was lost and the POST sent again\n{}", text(&o));
+    assert!(err.contains("task "), "{}", text(&o));
+    let mut redis = stack.redis().await;
+    let queued: u64 = redis::AsyncCommands::llen(&mut redis, format!("queue:{}:pending", stack.queue)).await.unwrap();
+    assert_eq!(queued, 1, "two POSTs, one job\n{}", text(&o));
+}
