@@ -6,6 +6,7 @@
 const MAX_BYTES = 10 * 1024 * 1024;
 const PHOTO_TYPES = ["image/jpeg", "image/png", "image/webp"];
 const TASK_KEY = "tayori-task";
+const CANCEL_KEY = "tayori-cancel-token";
 
 let steps = [];            // from /api/steps
 let voices = [];
@@ -39,7 +40,7 @@ function choosePhoto(file) {
 async function uploadPhoto(file) {
   const status = $("photo-status");
   status.textContent = t("photo_uploading");
-  const policy = await api(`/api/uploads?content_type=${encodeURIComponent(file.type)}`, { method: "POST" });
+  const policy = await postOnce(`/api/uploads?content_type=${encodeURIComponent(file.type)}`, () => ({}));
   const form = new FormData();
   for (const [k, v] of Object.entries(policy.fields)) form.append(k, v);
   form.append(policy.file_field, file);
@@ -168,6 +169,7 @@ async function loadCatalog() {
 function stepText(ev) {
   if (ev.status === "SUCCESS") return t("done");
   if (ev.status === "FAILURE") return t("failed");
+  if (ev.status === "REVOKED") return t("cancelled");
   const s = steps.find((x) => x.name === ev.current_step);
   if (!s) return t("queued");
   return `${s.index} / ${steps.length}: ${s.message[currentLang()]}`;
@@ -213,6 +215,9 @@ function follow(taskId, attempt = 0) {
     showEvent(ev);
     if (ev.status === "SUCCESS") { ended = true; showResult(taskId); }
     if (ev.status === "FAILURE") { ended = true; showFailure(taskId); }
+    if (ev.status === "REVOKED") { ended = true; showCancelled(); }
+    if (ended) localStorage.removeItem(CANCEL_KEY);
+    $("cancel").hidden = ended || !localStorage.getItem(CANCEL_KEY);
   };
   ws.onclose = (e) => {
     if (ended || e.code === 1000) return;
@@ -221,6 +226,31 @@ function follow(taskId, attempt = 0) {
     $("step").textContent = t("reconnecting");
     setTimeout(() => follow(taskId, attempt + 1), Math.min(8000, 500 * 2 ** attempt));
   };
+}
+
+function showCancelled() {
+  $("cancel").hidden = true;
+  localStorage.removeItem(CANCEL_KEY);
+  localStorage.removeItem(TASK_KEY);
+  $("step").textContent = t("cancelled");
+  $("submit").disabled = false;
+}
+
+// Only the sender holds the job's cancel token (kept across reloads).
+async function cancelJob() {
+  const taskId = localStorage.getItem(TASK_KEY);
+  const token = localStorage.getItem(CANCEL_KEY);
+  if (!taskId || !token) return;
+  clearError("job-error");
+  $("cancel").disabled = true;
+  try {
+    await api(`/api/video/${taskId}/cancel`, { method: "POST", headers: { "X-Cancel-Token": token } });
+    showCancelled();
+  } catch (e) {
+    showError("job-error", e);
+  } finally {
+    $("cancel").disabled = false;
+  }
 }
 
 async function showFailure(taskId) {
@@ -272,7 +302,8 @@ async function submit(e) {
     form.append("resolution", $("resolution").value);
     form.append("background", $("background").value);
     if (personIndex !== null) form.append("person_index", String(personIndex));
-    const job = await api("/api/video/generate", { method: "POST", body: form });
+    const job = await postOnce("/api/video/generate", () => ({ body: form }));
+    localStorage.setItem(CANCEL_KEY, job.cancel_token);
     startJob(job.task_id);
   } catch (err) {
     showError(err.code && err.code.startsWith("image") || err.code === "no-person" || err.code?.startsWith("upload") ? "photo-error" : "form-error", err);
@@ -282,11 +313,35 @@ async function submit(e) {
   }
 }
 
+// POST with an Idempotency-Key, sent again with the same key when the
+// network fails or the first try is still being answered: a retry after a
+// dropped connection never makes a second job or policy.
+async function postOnce(path, options, tries = 4) {
+  const key = newKey();
+  for (let i = 1; ; i++) {
+    try {
+      return await api(path, { method: "POST", ...options(), headers: { "Idempotency-Key": key } });
+    } catch (e) {
+      const again = e.code === "network" || e.code === "idempotency-request-in-flight";
+      if (!again || i >= tries) throw e;
+      await new Promise((r) => setTimeout(r, 500 * 2 ** (i - 1)));
+    }
+  }
+}
+
+// 128 random bits as hex (crypto.randomUUID needs a secure context; a
+// gateway on a LAN address over plain HTTP is not one).
+function newKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+}
+
 function startJob(taskId) {
   lastEvent = null;
   seenSteps.clear();
   clearError("job-error");
   $("result").hidden = true;
+  $("cancel").hidden = !localStorage.getItem(CANCEL_KEY);
   renderSteps();
   follow(taskId);
   $("job").scrollIntoView({ behavior: "smooth", block: "start" });
@@ -294,6 +349,7 @@ function startJob(taskId) {
 
 function reset() {
   localStorage.removeItem(TASK_KEY);
+  localStorage.removeItem(CANCEL_KEY);
   $("result").hidden = true;
   $("job").hidden = true;
   $("video").removeAttribute("src");
@@ -310,6 +366,7 @@ async function main() {
   $("mood").addEventListener("change", renderTracks);
   $("form").addEventListener("submit", submit);
   $("again").addEventListener("click", reset);
+  $("cancel").addEventListener("click", cancelJob);
   try { steps = (await api("/api/steps")).steps; } catch { steps = []; }
   renderSteps();
   await loadCatalog();

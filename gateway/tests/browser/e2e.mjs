@@ -223,6 +223,26 @@ try {
   log("gateway killed and restarted mid-job: the page reconnected and shows the video");
   await page.click("#again");
 
+  // ---- cancel: the sender's Cancel button stops the job; every submit
+  // carries its own Idempotency-Key ----
+  const keyed = new Promise((resolve) => page.on("request", (r) => {
+    if (r.url().endsWith("/api/video/generate") && r.method() === "POST") resolve(r.headers()["idempotency-key"]);
+  }));
+  const answered = page.waitForResponse((r) => r.url().endsWith("/api/video/generate"));
+  await page.fill("#message", "This one will be cancelled.");
+  await page.click("#submit");
+  const { task_id: cancelled } = await (await answered).json();
+  await page.waitForSelector("#cancel:not([hidden])", { timeout: 30000 });
+  await page.click("#cancel");
+  await page.waitForFunction(() => document.getElementById("step").textContent === "Cancelled.", null, { timeout: 10000 });
+  assert.match(await keyed, /^[0-9a-f]{32}$/, "the submit sent an Idempotency-Key");
+  assert.ok(await page.isHidden("#cancel"));
+  assert.ok(await page.isEnabled("#submit"), "a new video can be made");
+  const revoked = await page.evaluate(async (id) => (await fetch(`/api/video/status/${id}`)).json(), cancelled);
+  assert.equal(revoked.status, "REVOKED");
+  await shot("05c-cancelled");
+  log("cancelled from the page:", cancelled);
+
   // ---- keyboard: every control is reachable with Tab, focus is visible ----
   await page.goto(url);
   await page.waitForSelector("#voices input");
