@@ -158,7 +158,7 @@ async fn make_job(state: &AppState, mut limit: Limit, form: upload::Form) -> App
     // either way checked here and stored under a key this job owns (no
     // upload policy can write it), cut to the image's end.
     let photo = match (form.file, upload_id) {
-        (None, Some(id)) => crate::uploaded::checked(&state, &id).await?,
+        (None, Some(id)) => crate::uploaded::checked(state, &id).await?,
         (Some(upload::SpooledFile { path, bytes, .. }), None) => {
             if bytes == 0 {
                 return Err(AppError::bad_request("image-missing", "The photo is empty."));
