@@ -20,7 +20,7 @@
 //! of the answer (a job's cancel token) is stored sealed with a pad derived
 //! from the key itself: whoever reads Redis learns neither the key nor the
 //! token. Written here, not taken from a crate: the HTTP idempotency crates
-//! on crates.io keep their records in process memory, which several
+//! in the registry keep their records in process memory, which several
 //! gateways cannot share.
 
 use std::time::Duration;
