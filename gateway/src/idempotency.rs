@@ -23,6 +23,7 @@
 //! in the registry keep their records in process memory, which several
 //! gateways cannot share.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -136,18 +137,26 @@ pub enum Claim {
 }
 
 /// Returns the record already there, or sets the claim and returns nil.
-const CLAIM: &str = r"
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local v = redis.call('GET', KEYS[1])
 if v then return v end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
-";
+",
+    )
+});
 
 /// Deletes the key only while it still holds this request's claim.
-const RELEASE: &str = r"
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-";
+",
+    )
+});
 
 fn pending(fingerprint: &str) -> String {
     serde_json::to_string(&Record { fingerprint: fingerprint.to_owned(), answer: None, sealed: None })
@@ -156,12 +165,8 @@ fn pending(fingerprint: &str) -> String {
 
 /// Claim `key` for a request with `fingerprint`.
 pub async fn claim(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) -> AppResult<Claim> {
-    let found: Option<String> = redis::Script::new(CLAIM)
-        .key(&key.redis_key)
-        .arg(pending(fingerprint))
-        .arg(CLAIM_TTL.as_secs())
-        .invoke_async(redis)
-        .await?;
+    let found: Option<String> =
+        CLAIM.key(&key.redis_key).arg(pending(fingerprint)).arg(CLAIM_TTL.as_secs()).invoke_async(redis).await?;
     let Some(found) = found else { return Ok(Claim::Fresh) };
     let record: Record = serde_json::from_str(&found)
         .map_err(|e| AppError::Internal(format!("idempotency record {} is invalid: {e}", key.redis_key)))?;
@@ -204,8 +209,7 @@ pub async fn answered(
 
 /// Give up the claim of a request that failed, so that its retry runs.
 pub async fn release(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) {
-    let r: redis::RedisResult<i64> =
-        redis::Script::new(RELEASE).key(&key.redis_key).arg(pending(fingerprint)).invoke_async(redis).await;
+    let r: redis::RedisResult<i64> = RELEASE.key(&key.redis_key).arg(pending(fingerprint)).invoke_async(redis).await;
     if let Err(e) = r {
         // The claim then ends by itself after CLAIM_TTL.
         tracing::warn!(error = %e, "could not release an idempotency key");

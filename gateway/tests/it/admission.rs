@@ -4,7 +4,7 @@
 
 use redis::AsyncCommands;
 
-use crate::harness::{self, Options, Stack};
+use crate::harness::{self, Options, Stack, queued};
 
 async fn post(stack: &Stack, forwarded_for: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
@@ -19,12 +19,6 @@ async fn post(stack: &Stack, forwarded_for: Option<&str>) -> (u16, Option<String
     let r = req.send().await.unwrap();
     let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     (r.status().as_u16(), retry, r.json().await.unwrap_or_default())
-}
-
-/// Jobs waiting in the image stage's queue (where the gateway puts them).
-async fn queued(stack: &Stack) -> u64 {
-    let mut redis = stack.redis().await;
-    redis.llen(format!("queue:{}:pending", stack.queue)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

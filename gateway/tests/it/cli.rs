@@ -243,7 +243,5 @@ async fn a_submit_whose_answer_is_lost_is_sent_again_and_makes_one_job() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("trying again"), "the first answer was lost and the POST sent again\n{}", text(&o));
     assert!(err.contains("task "), "{}", text(&o));
-    let mut redis = stack.redis().await;
-    let queued: u64 = redis::AsyncCommands::llen(&mut redis, format!("queue:{}:pending", stack.queue)).await.unwrap();
-    assert_eq!(queued, 1, "two POSTs, one job\n{}", text(&o));
+    assert_eq!(harness::queued(&stack).await, 1, "two POSTs, one job\n{}", text(&o));
 }

@@ -596,6 +596,13 @@ pub async fn wait_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_j
     }
 }
 
+/// Jobs waiting in the image stage's queue (where the gateway puts them).
+#[allow(dead_code)]
+pub async fn queued(stack: &Stack) -> u64 {
+    let mut redis = stack.redis().await;
+    redis::AsyncCommands::llen(&mut redis, format!("queue:{}:pending", stack.queue)).await.unwrap()
+}
+
 /// The job's task meta read straight from Redis (works while the gateway is down).
 #[allow(dead_code)]
 pub async fn meta(stack: &Stack, task_id: &str) -> Option<serde_json::Value> {

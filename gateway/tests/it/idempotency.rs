@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::harness::{self, Options, Stack};
+use crate::harness::{self, Options, Stack, queued};
 
 const KEY: &str = "idempotency-key";
 
@@ -33,11 +33,6 @@ async fn submit(
     let r = req.send().await.unwrap();
     let replayed = r.headers().get("idempotent-replayed").map(|v| v.to_str().unwrap().to_owned());
     (r.status().as_u16(), replayed, r.json().await.unwrap_or_default())
-}
-
-async fn queued(stack: &Stack) -> u64 {
-    let mut redis = stack.redis().await;
-    redis.llen(format!("queue:{}:pending", stack.queue)).await.unwrap()
 }
 
 /// The same request with the same key: the first answer (task id and
