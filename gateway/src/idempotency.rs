@@ -129,11 +129,64 @@ struct Record {
 
 /// What a claim came to.
 #[derive(Debug)]
-pub enum Claim {
+enum Claim {
     /// This request holds the key: run it, then [`answered`] or [`release`].
     Fresh,
     /// The same request was answered before: its body, and its secret.
     Replay { answer: serde_json::Value, secret: Option<String> },
+}
+
+/// What [`once`] came to.
+#[derive(Debug)]
+pub enum Once {
+    /// The work ran now: its answer.
+    Made(serde_json::Value),
+    /// The same request was answered before: the stored answer, with its
+    /// secret put back in place.
+    Replay(serde_json::Value),
+}
+
+/// Run `make` at most once for `key` (always, when the request sent none).
+///
+/// The claim, the work and the recording of its answer (or the release of
+/// the key when the work fails) run in a task of their own: hyper drops a
+/// handler whose client hung up, and a key left claimed would answer the
+/// client's retry 409 until the claim ran out. `secret` names the answer's
+/// field that is stored sealed (a job's cancel token).
+pub async fn once<F>(
+    mut redis: ConnectionManager,
+    key: Option<Key>,
+    fingerprint: String,
+    secret: Option<&'static str>,
+    make: F,
+) -> AppResult<Once>
+where
+    F: Future<Output = AppResult<serde_json::Value>> + Send + 'static,
+{
+    let work = tokio::spawn(async move {
+        let Some(key) = key else { return make.await.map(Once::Made) };
+        if let Claim::Replay { mut answer, secret: sealed } = claim(&mut redis, &key, &fingerprint).await? {
+            if let Some(field) = secret {
+                answer[field] = sealed.into();
+            }
+            return Ok(Once::Replay(answer));
+        }
+        let made = make.await;
+        match &made {
+            Ok(answer) => {
+                let mut stored = answer.clone();
+                let plain = secret.and_then(|f| stored.get_mut(f).map(serde_json::Value::take));
+                let plain = plain.as_ref().and_then(serde_json::Value::as_str);
+                if let Err(e) = answered(&mut redis, &key, &fingerprint, &stored, plain).await {
+                    // The answer stands; a retry then makes the thing again.
+                    tracing::warn!(error = %e, "could not keep an answer for its Idempotency-Key");
+                }
+            }
+            Err(_) => release(&mut redis, &key, &fingerprint).await,
+        }
+        made.map(Once::Made)
+    });
+    work.await.map_err(|e| AppError::Internal(format!("idempotent request task: {e}")))?
 }
 
 /// Returns the record already there, or sets the claim and returns nil.
@@ -164,7 +217,7 @@ fn pending(fingerprint: &str) -> String {
 }
 
 /// Claim `key` for a request with `fingerprint`.
-pub async fn claim(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) -> AppResult<Claim> {
+async fn claim(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) -> AppResult<Claim> {
     let found: Option<String> =
         CLAIM.key(&key.redis_key).arg(pending(fingerprint)).arg(CLAIM_TTL.as_secs()).invoke_async(redis).await?;
     let Some(found) = found else { return Ok(Claim::Fresh) };
@@ -190,7 +243,7 @@ pub async fn claim(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) 
 }
 
 /// Keep the answer of the request that held `key` for [`ANSWER_TTL`].
-pub async fn answered(
+async fn answered(
     redis: &mut ConnectionManager,
     key: &Key,
     fingerprint: &str,
@@ -208,7 +261,7 @@ pub async fn answered(
 }
 
 /// Give up the claim of a request that failed, so that its retry runs.
-pub async fn release(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) {
+async fn release(redis: &mut ConnectionManager, key: &Key, fingerprint: &str) {
     let r: redis::RedisResult<i64> = RELEASE.key(&key.redis_key).arg(pending(fingerprint)).invoke_async(redis).await;
     if let Err(e) = r {
         // The claim then ends by itself after CLAIM_TTL.

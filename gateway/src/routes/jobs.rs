@@ -65,35 +65,20 @@ async fn generate(
     };
     let form = upload::read_form(mp, "image", &FIELDS, &state.cfg.tmp_dir, state.cfg.max_upload_bytes, too_big).await?;
     // From here the request is carried to its end even if the client goes
-    // away (hyper drops a handler whose connection closed): a claimed key
-    // is always answered or given up, and a job made is always recorded
-    // for the retry.
-    let work = tokio::spawn(async move {
-        let Some(key) = key else { return make_job(&state, limit, form).await.map(|(answer, _)| (answer, false)) };
-        let fingerprint = form.fingerprint(&FIELDS);
-        let mut redis = state.redis.clone();
-        if let idempotency::Claim::Replay { mut answer, secret } =
-            idempotency::claim(&mut redis, &key, &fingerprint).await?
-        {
+    // away: a job made is always recorded for the retry.
+    let fingerprint = form.fingerprint(&FIELDS);
+    let made = idempotency::once(state.redis.clone(), key, fingerprint, Some("cancel_token"), async move {
+        make_job(&state, limit, form).await
+    })
+    .await?;
+    let (answer, replayed) = match made {
+        idempotency::Once::Made(answer) => (answer, false),
+        idempotency::Once::Replay(answer) => {
             // The same request, answered before: no second job, not counted.
-            answer["cancel_token"] = secret.into();
             tracing::info!(task_id = %answer["task_id"], "submit replayed for its Idempotency-Key");
-            return Ok((answer, true));
+            (answer, true)
         }
-        let made = make_job(&state, limit, form).await;
-        match &made {
-            Ok((answer, token)) => {
-                let mut stored = answer.clone();
-                stored["cancel_token"] = serde_json::Value::Null;
-                if let Err(e) = idempotency::answered(&mut redis, &key, &fingerprint, &stored, Some(token)).await {
-                    tracing::warn!(error = %e, "could not keep a submit's answer for its Idempotency-Key");
-                }
-            }
-            Err(_) => idempotency::release(&mut redis, &key, &fingerprint).await,
-        }
-        made.map(|(answer, _)| (answer, false))
-    });
-    let (answer, replayed) = work.await.map_err(|e| AppError::Internal(format!("submit task: {e}")))??;
+    };
     let mut resp = (StatusCode::ACCEPTED, Json(answer)).into_response();
     if replayed {
         idempotency::mark_replayed(resp.headers_mut());
@@ -102,8 +87,8 @@ async fn generate(
 }
 
 /// Check a submitted form, store its photo and queue the job: the answer's
-/// body, and the job's cancel token.
-async fn make_job(state: &AppState, mut limit: Limit, form: upload::Form) -> AppResult<(serde_json::Value, String)> {
+/// body, with the job's cancel token.
+async fn make_job(state: &AppState, mut limit: Limit, form: upload::Form) -> AppResult<serde_json::Value> {
     let message = check_message(
         form.text("message")
             .ok_or_else(|| AppError::bad_request("message-empty", "Please type a message to speak."))?,
@@ -214,7 +199,7 @@ async fn make_job(state: &AppState, mut limit: Limit, form: upload::Form) -> App
         "cancel_url": format!("/api/video/{task_id}/cancel"),
         "cancel_token": cancel_token,
     });
-    Ok((answer, cancel_token))
+    Ok(answer)
 }
 
 /// The cancel token of a request: the `X-Cancel-Token` header, or

@@ -63,13 +63,23 @@ async fn create(
             )
         })?;
     let fingerprint = idempotency::fingerprint([("content_type", Some(kind.mime().as_bytes()))]);
-    if let Some(key) = &key {
-        let mut redis = state.redis.clone();
-        if let idempotency::Claim::Replay { answer, .. } = idempotency::claim(&mut redis, key, &fingerprint).await? {
+    let work = {
+        let state = state.clone();
+        async move {
+            Limit::new(&state, &ip, Scope::Uploads).take().await?;
+            let upload_id = uuid::Uuid::new_v4().to_string();
+            let object = objects::upload_original(&upload_id, kind.ext());
+            let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), &object, RECORD_TTL.as_secs()).await?;
+            Ok(policy(&state, &upload_id, &object, kind))
+        }
+    };
+    let answer = match idempotency::once(state.redis.clone(), key, fingerprint, None, work).await? {
+        idempotency::Once::Made(answer) => answer,
+        idempotency::Once::Replay(answer) => {
             // The same request, answered before: a fresh policy for the
             // same upload (the first one may have expired), not counted.
             let upload_id = answer["upload_id"].as_str().unwrap_or_default().to_owned();
-            let object: Option<String> = redis.get(keys::upload(&upload_id)).await?;
+            let object: Option<String> = state.redis.clone().get(keys::upload(&upload_id)).await?;
             let object = object.ok_or_else(|| {
                 AppError::client(
                     StatusCode::GONE,
@@ -81,23 +91,8 @@ async fn create(
             idempotency::mark_replayed(resp.headers_mut());
             return Ok(resp);
         }
-    }
-    let made = async {
-        Limit::new(&state, &ip, Scope::Uploads).take().await?;
-        let upload_id = uuid::Uuid::new_v4().to_string();
-        let object = objects::upload_original(&upload_id, kind.ext());
-        let _: () = state.redis.clone().set_ex(keys::upload(&upload_id), &object, RECORD_TTL.as_secs()).await?;
-        Ok::<_, AppError>(policy(&state, &upload_id, &object, kind))
-    }
-    .await;
-    if let Some(key) = &key {
-        let mut redis = state.redis.clone();
-        match &made {
-            Ok(answer) => idempotency::answered(&mut redis, key, &fingerprint, answer, None).await?,
-            Err(_) => idempotency::release(&mut redis, key, &fingerprint).await,
-        }
-    }
-    Ok((StatusCode::CREATED, Json(made?)).into_response())
+    };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 /// The answer to a policy request: a presigned POST for `object`.

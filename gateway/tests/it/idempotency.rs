@@ -191,6 +191,47 @@ async fn a_retry_after_a_dropped_connection_and_a_race_make_one_job() {
     eprintln!("eight racing requests answered {statuses:?}");
     assert_eq!(ids.len(), 1, "{statuses:?} {ids:?}");
     assert_eq!(queued(&stack).await, 3, "one more job for eight requests");
+
+    // An upload policy asked for and hung up on, twenty times: each retry
+    // is answered at once (the claim never outlives its request), and
+    // with the policy of the one upload the key made, if it made one.
+    for _ in 0..20 {
+        let key = uuid::Uuid::new_v4().to_string();
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/uploads?content_type=image/png HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\nContent-Length: 0\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        drop(sock);
+        let t0 = Instant::now();
+        let (replayed, first) = loop {
+            let r = reqwest::Client::new()
+                .post(format!("{}/api/uploads?content_type=image/png", stack.http))
+                .header(KEY, &key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            let body: serde_json::Value = r.json().await.unwrap();
+            match status {
+                201 => break (replayed, body),
+                409 => assert_eq!(body["error"]["code"], "idempotency-request-in-flight", "{body}"),
+                _ => panic!("{status} {body}"),
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "the key stayed claimed after its client hung up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let again = reqwest::Client::new()
+            .post(format!("{}/api/uploads?content_type=image/png", stack.http))
+            .header(KEY, &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 201);
+        let again: serde_json::Value = again.json().await.unwrap();
+        assert_eq!(again["upload_id"], first["upload_id"], "one upload per key (first replayed: {replayed})");
+    }
 }
 
 /// A request that fails (here: an unknown voice) gives its key up: the
