@@ -187,6 +187,8 @@ pub enum Scope {
     Previews,
     /// Cancel requests (each try, right token or not).
     Cancels,
+    /// Wrong admin tokens (a right one is never counted).
+    Admin,
 }
 
 impl Scope {
@@ -198,13 +200,14 @@ impl Scope {
             Scope::CatalogUploads => "catalog-uploads",
             Scope::Previews => "previews",
             Scope::Cancels => "cancels",
+            Scope::Admin => "admin",
         }
     }
 
     fn multiple(self) -> u32 {
         match self {
             Scope::Videos | Scope::CatalogUploads => 1,
-            Scope::Uploads | Scope::People | Scope::Previews | Scope::Cancels => 4,
+            Scope::Uploads | Scope::People | Scope::Previews | Scope::Cancels | Scope::Admin => 4,
         }
     }
 
@@ -216,6 +219,7 @@ impl Scope {
             Scope::CatalogUploads => "music and voice uploads",
             Scope::Previews => "previews",
             Scope::Cancels => "cancel requests",
+            Scope::Admin => "admin sign-in attempts",
         }
     }
 }
@@ -228,10 +232,18 @@ pub struct Limit {
     scope: Scope,
 }
 
+/// Wrong admin tokens one client may send a minute.
+pub const ADMIN_FAILURES_PER_MIN: u32 = 20;
+
 impl Limit {
     /// `ip` in `scope`; `per_minute_videos` 0 (or an unknown client) turns it off.
     pub fn new(state: &AppState, ip: &ClientIp, scope: Scope) -> Limit {
-        let per_minute = state.cfg.rate_limit_per_min.saturating_mul(scope.multiple());
+        // Wrong admin tokens are bounded whatever the rate limit is (even
+        // off): a guessed token is a break-in, not a load.
+        let per_minute = match scope {
+            Scope::Admin => ADMIN_FAILURES_PER_MIN,
+            _ => state.cfg.rate_limit_per_min.saturating_mul(scope.multiple()),
+        };
         let key = ip.0.filter(|_| per_minute > 0).map(|ip| {
             let client = client_key(ip);
             if scope == Scope::Videos {

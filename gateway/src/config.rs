@@ -68,6 +68,12 @@ pub struct GatewayConfig {
     /// `TAYORI_MAX_CATALOG_QUEUE_DEPTH`, default 50: above it music and voice
     /// uploads, previews and people lookups get 503 (0: no bound).
     pub max_catalog_queue_depth: u64,
+    /// `TAYORI_ADMIN_TOKEN`: turns on `/admin` (the operators' dashboard and
+    /// API), at least 16 characters. Unset: `/admin` does not exist (404).
+    pub admin_token: Option<String>,
+    /// `TAYORI_FAILED_KEEP_SECS`, default 7 days: how long a failed job is
+    /// kept for an operator's retry.
+    pub failed_keep: Duration,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -139,6 +145,20 @@ impl GatewayConfig {
             body_timeout: env::secs("TAYORI_BODY_TIMEOUT_SECS", 60)?,
             max_connections: env::parse("TAYORI_MAX_CONNECTIONS", 4096)?,
             max_connections_per_client: env::parse("TAYORI_MAX_CONNECTIONS_PER_CLIENT", 64)?,
+            admin_token: match env::var("TAYORI_ADMIN_TOKEN") {
+                Some(t) if t.trim().chars().count() < crate::admin::MIN_TOKEN_CHARS => {
+                    return Err(EnvError {
+                        name: "TAYORI_ADMIN_TOKEN".into(),
+                        value: "(hidden)".into(),
+                        reason: format!(
+                            "an admin token must be at least {} characters (a random one: openssl rand -hex 32)",
+                            crate::admin::MIN_TOKEN_CHARS
+                        ),
+                    });
+                }
+                t => t.map(|t| t.trim().to_owned()),
+            },
+            failed_keep: shared::failed::keep_from_env()?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

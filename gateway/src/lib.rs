@@ -2,6 +2,7 @@
 //! own Redis queue (`shared::queue`), progress relay over WebSockets,
 //! presigned S3 links, and (by default) an embedded S3 endpoint.
 
+pub mod admin;
 pub mod admission;
 pub mod backup;
 pub mod catalog_tasks;
@@ -47,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::progress::router())
         .merge(routes::health::router())
         .merge(routes::metrics::router())
+        .merge(routes::admin::router())
         .fallback(|| async {
             error::AppError::not_found("no-such-endpoint", "There is no such endpoint; see the README for the API.")
         });
@@ -142,6 +144,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
         queue: cfg.queue.jobs(redis.clone()),
         catalog_queue: cfg.queue.catalog(redis.clone()),
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
+        failed: shared::failed::FailedStore::new(redis.clone(), cfg.failed_keep),
         redis,
         redis_client: cfg.redis.client()?,
         storage,

@@ -21,6 +21,8 @@ pub struct AppState {
     /// Opens dedicated connections for blocking waits (catalog results).
     pub redis_client: redis::Client,
     pub tasks: TaskStore,
+    /// Failed jobs kept for an operator's retry.
+    pub failed: shared::failed::FailedStore,
     pub queue: Queue<VideoJob>,
     pub catalog_queue: Queue<CatalogTask>,
     pub storage: Storage,

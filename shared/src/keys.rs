@@ -68,6 +68,17 @@ pub fn idempotency(key_hash: &str) -> String {
     format!("idem:{key_hash}")
 }
 
+/// A video job that ended in FAILURE, kept for an operator to retry
+/// (JSON, [`crate::failed::FailedJob`]), `TAYORI_FAILED_KEEP_SECS`.
+pub fn failed_job(task_id: &str) -> String {
+    format!("failed:job:{task_id}")
+}
+
+/// ZSET of the kept failures' task ids by when they failed (ms).
+pub fn failed_index() -> String {
+    "failed:index".to_owned()
+}
+
 /// A photo uploaded straight to S3 through a presigned POST policy: its
 /// object key, kept one hour from the policy whether or not a job used it
 /// (more than one job may be made from one upload).

@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod catalog_task;
 pub mod env;
+pub mod failed;
 pub mod job;
 pub mod keys;
 pub mod lifecycle;

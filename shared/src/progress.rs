@@ -21,6 +21,17 @@ impl TaskStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskStatus::Success | TaskStatus::Failure | TaskStatus::Revoked)
     }
+
+    /// Celery's word for the state (as stored).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "PENDING",
+            TaskStatus::Started => "STARTED",
+            TaskStatus::Success => "SUCCESS",
+            TaskStatus::Failure => "FAILURE",
+            TaskStatus::Revoked => "REVOKED",
+        }
+    }
 }
 
 /// The eight named steps of the pipeline, in order.
@@ -283,6 +294,9 @@ pub struct TaskMeta {
     pub worker: Option<String>,
     /// How many times a worker started this job (more than one after a crash).
     pub attempts: u32,
+    /// How many times an operator retried the job after it failed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
     /// The steps of a failed attempt (a success has them in its result).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipeline_metrics: Vec<crate::job::StageMetric>,
@@ -331,9 +345,14 @@ impl TaskMeta {
             date_done: None,
             worker: None,
             attempts: 0,
+            retries: 0,
             pipeline_metrics: Vec::new(),
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -99,6 +99,18 @@ return 1
     ))
 });
 
+/// Writes the meta only while the task is FAILURE (or its meta expired).
+static REOPEN_FAILED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['status'] ~= 'FAILURE' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#,
+    )
+});
+
 #[derive(Debug, thiserror::Error)]
 pub enum TaskStoreError {
     #[error("redis: {0}")]
@@ -209,6 +221,32 @@ impl TaskStore {
             .arg(self.ttls.task_meta.as_secs().max(1))
             .invoke_async(&mut conn)
             .await?;
+        Ok(written == 1)
+    }
+
+    /// Start a failed task afresh with `meta` (PENDING): written only while
+    /// the task is FAILURE or has no meta left, so two retries at once queue
+    /// it once. Its progress log starts over (the sequence numbers go on).
+    /// Returns whether it was written.
+    pub async fn reopen_failed(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
+        let mut conn = self.conn.clone();
+        let written: i64 = REOPEN_FAILED
+            .key(keys::task_meta(&meta.task_id))
+            .arg(serde_json::to_string(meta)?)
+            .arg(self.ttls.task_meta.as_secs().max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        if written == 1 {
+            let _: () = redis::pipe()
+                .del(keys::progress(&meta.task_id))
+                .ignore()
+                .del(keys::progress_log(&meta.task_id))
+                .ignore()
+                .expire(keys::job_cancel(&meta.task_id), self.ttls.task_meta.as_secs().max(1) as i64)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
+        }
         Ok(written == 1)
     }
 

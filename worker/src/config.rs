@@ -38,6 +38,8 @@ pub struct WorkerConfig {
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
+    /// `TAYORI_FAILED_KEEP_SECS`: how long a failed job is kept for a retry.
+    pub failed_keep: Duration,
     pub s3: S3Config,
 }
 
@@ -73,6 +75,7 @@ impl WorkerConfig {
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,
+            failed_keep: shared::failed::keep_from_env()?,
             s3,
         })
     }

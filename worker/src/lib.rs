@@ -102,7 +102,8 @@ fn on_unreadable_job(runner: Arc<Runner>) -> shared::queue::consumer::OnUnreadab
         Box::pin(async move {
             let Some(task_id) = dead.task_id.clone() else { return };
             let err = shared::job::JobError::unreadable(dead.version);
-            if let Err(e) = runner.fail_task(&task_id, chrono::Utc::now(), &err, None, Vec::new()).await {
+            let origin = runner::Origin { stage: None, queue: dead.queue.clone(), job: dead.raw.clone() };
+            if let Err(e) = runner.fail_task(&task_id, chrono::Utc::now(), &err, None, Vec::new(), origin).await {
                 tracing::error!(%task_id, error = %e, "could not fail the task of an unreadable job");
             }
         })
@@ -153,6 +154,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     let runner = Arc::new(Runner {
         cancels,
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
+        failed: shared::failed::FailedStore::new(redis.clone(), cfg.failed_keep),
         catalog: Catalog::new(&cfg.data_dir),
         base_voice_features: Default::default(),
         touched: Default::default(),

@@ -24,6 +24,8 @@ pub struct Runner {
     pub cfg: WorkerConfig,
     pub redis: ConnectionManager,
     pub tasks: TaskStore,
+    /// Where failed jobs are kept for an operator's retry.
+    pub failed: shared::failed::FailedStore,
     pub storage: Storage,
     pub catalog: Catalog,
     /// Queues of the voice and render stages (the image stage's is where
@@ -87,6 +89,25 @@ const CLAIMED_ELSEWHERE_DELAY: Duration = Duration::from_secs(5);
 
 /// Deliveries of one stage after which the job is failed (`gave-up`).
 pub const MAX_DELIVERIES: u64 = 5;
+
+/// Where a job came from, kept with its failure so that an operator can
+/// queue it again.
+pub struct Origin {
+    pub stage: Option<Stage>,
+    pub queue: String,
+    /// The job as queued (JSON).
+    pub job: String,
+}
+
+impl Origin {
+    fn of(runner: &Runner, stage: Stage, job: &VideoJob) -> Origin {
+        Origin {
+            stage: Some(stage),
+            queue: runner.cfg.queue.stage_queue(stage),
+            job: serde_json::to_string(job).expect("a job serializes"),
+        }
+    }
+}
 
 /// A failed attempt: the error, the step it happened in, the steps' record.
 type Failed = (PipelineError, Option<Step>, Vec<StageMetric>);
@@ -181,7 +202,7 @@ impl Runner {
                 retryable: true,
             };
             tracing::error!(%task_id, stage = stage.name(), delivery, "giving up on a job delivered too often");
-            return self.fail_task(&task_id, job.submitted_at, &err, None, Vec::new()).await;
+            return self.fail_task(&task_id, job.submitted_at, &err, None, Vec::new(), Origin::of(self, stage, &job)).await;
         }
         if stage == Stage::Image
             && let Some(meta) = self.tasks.meta(&task_id).await?
@@ -329,7 +350,7 @@ impl Runner {
             Err((err, step, metrics)) => {
                 let mut all = handoff::earlier_metrics(&mut conn, task_id).await?;
                 all.extend(metrics);
-                self.fail_task(task_id, job.submitted_at, &err, step, all).await?;
+                self.fail_task(task_id, job.submitted_at, &err, step, all, Origin::of(self, stage, job)).await?;
             }
         }
         // Cancelled while this stage was writing its last files (it ended
@@ -356,7 +377,8 @@ impl Runner {
     }
 
     /// End a job with `err` (unless it already ended): the FAILURE meta, the
-    /// stage record forgotten, the job counted, the final progress event.
+    /// stage record forgotten, the failure kept with the job for a retry,
+    /// the job counted, the final progress event.
     pub async fn fail_task(
         &self,
         task_id: &str,
@@ -364,6 +386,7 @@ impl Runner {
         err: &JobError,
         step: Option<Step>,
         metrics: Vec<StageMetric>,
+        origin: Origin,
     ) -> Result<(), RunError> {
         let mut meta = self.current_meta(task_id, submitted_at).await?;
         if meta.status.is_terminal() {
@@ -376,6 +399,21 @@ impl Runner {
         if self.tasks.put_meta_unless_done(&meta).await? {
             let mut conn = self.redis.clone();
             handoff::forget(&mut conn, task_id).await?;
+            let kept = shared::failed::FailedJob {
+                task_id: task_id.to_owned(),
+                code: err.code.clone(),
+                message: err.message.clone(),
+                stage: origin.stage.map(|s| s.name().to_owned()),
+                attempts: meta.attempts,
+                retries: meta.retries,
+                failed_at: Utc::now(),
+                queue: origin.queue,
+                job: origin.job,
+            };
+            if let Err(e) = self.failed.record(&kept).await {
+                shared::metrics::count_error(shared::metrics::Service::Redis);
+                tracing::warn!(%task_id, error = %e, "could not keep the failed job for a retry");
+            }
             record_end(&mut conn, Some(&err.code), &meta.pipeline_metrics).await;
             let (index, pct) = step.map(|s| (s.index(), s.start_percentage())).unwrap_or((0, 0));
             pipeline::publish_progress(&self.tasks, ProgressEvent::failed(task_id, index, pct, err, 0)).await;

@@ -1,5 +1,6 @@
 //! HTTP routes, one module per route family.
 
+pub mod admin;
 pub mod catalog;
 pub mod health;
 pub mod jobs;

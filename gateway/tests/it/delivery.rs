@@ -7,20 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::harness::{self, Options, Stack};
-
-/// Put a job onto queue `queue` by hand, as another program would.
-async fn push_raw(stack: &Stack, queue: &str, entry: &str, json: &str, attempts: Option<u64>) {
-    let keys = shared::queue::Keys::new(queue);
-    let mut redis = stack.redis().await;
-    let mut pipe = redis::pipe();
-    pipe.hset(&keys.data, entry, json).ignore();
-    if let Some(n) = attempts {
-        pipe.hset(&keys.attempts, entry, n).ignore();
-    }
-    pipe.lpush(&keys.pending, entry).ignore().rpush(&keys.wake, 1).ignore();
-    let _: () = pipe.query_async(&mut redis).await.unwrap();
-}
+use crate::harness::{self, Options, Stack, push_raw};
 
 /// A gateway of a newer version queued a job this worker cannot decode (its
 /// `message` is now an object). The task fails at once with

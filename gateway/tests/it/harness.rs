@@ -596,6 +596,20 @@ pub async fn wait_done(stack: &Stack, task_id: &str, limit: Duration) -> serde_j
     }
 }
 
+/// Put a job onto queue `queue` by hand, as another program would.
+#[allow(dead_code)]
+pub async fn push_raw(stack: &Stack, queue: &str, entry: &str, json: &str, attempts: Option<u64>) {
+    let keys = shared::queue::Keys::new(queue);
+    let mut redis = stack.redis().await;
+    let mut pipe = redis::pipe();
+    pipe.hset(&keys.data, entry, json).ignore();
+    if let Some(n) = attempts {
+        pipe.hset(&keys.attempts, entry, n).ignore();
+    }
+    pipe.lpush(&keys.pending, entry).ignore().rpush(&keys.wake, 1).ignore();
+    let _: () = pipe.query_async(&mut redis).await.unwrap();
+}
+
 /// Jobs waiting in the image stage's queue (where the gateway puts them).
 #[allow(dead_code)]
 pub async fn queued(stack: &Stack) -> u64 {

@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server, gateway and worker processes,
 //! the embedded S3 endpoint, ffmpeg and the speech engines.
 
+mod admin;
 mod admission;
 mod bad_input;
 mod browser;

@@ -238,13 +238,18 @@ impl<T: Serialize> Queue<T> {
 
     /// Push jobs in one transaction (one round trip); returns their entry ids.
     pub async fn push_many(&self, jobs: &[T]) -> Result<Vec<String>, QueueError> {
+        let json = jobs.iter().map(serde_json::to_string).collect::<Result<Vec<_>, _>>()?;
+        self.push_json(json).await
+    }
+
+    /// Push jobs already encoded (a failed job kept as it was queued, sent
+    /// again by an operator's retry); returns their entry ids.
+    pub async fn push_json(&self, jobs: Vec<String>) -> Result<Vec<String>, QueueError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut entries = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            entries.push((uuid::Uuid::new_v4().simple().to_string(), serde_json::to_string(job)?));
-        }
+        let entries: Vec<(String, String)> =
+            jobs.into_iter().map(|json| (uuid::Uuid::new_v4().simple().to_string(), json)).collect();
         let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
         let wake = vec![1u8; entries.len().min(WAKE_TOKENS as usize)];
         let mut conn = self.conn.clone();
