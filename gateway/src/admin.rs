@@ -9,7 +9,7 @@
 //!   session. A request that changes something and is signed in only by the
 //!   cookie must also carry `X-Tayori-Admin: 1`, which no other site's page
 //!   can add (cross-site request forgery).
-//! - Each wrong token counts against the client, at most
+//! - Each wrong token (or session cookie) counts against the client, at most
 //!   [`crate::admission::ADMIN_FAILURES_PER_MIN`] a minute, whatever the
 //!   public rate limit is; the right one never counts.
 //!
@@ -105,11 +105,15 @@ pub async fn check_attempt(state: &AppState, ip: &ClientIp, ok: bool) -> Result<
         return Ok(());
     }
     limit.take().await?;
-    Err(AppError::client(
+    Err(unauthorized())
+}
+
+fn unauthorized() -> AppError {
+    AppError::client(
         StatusCode::UNAUTHORIZED,
         "admin-token-invalid",
         "This needs the admin token: send it as `Authorization: Bearer …`, or sign in at /admin.",
-    ))
+    )
 }
 
 impl FromRequestParts<AppState> for Admin {
@@ -123,18 +127,24 @@ impl FromRequestParts<AppState> for Admin {
             Proof::Session(value) => {
                 let right = hex::decode(value).ok().and_then(|v| <[u8; 32]>::try_from(v).ok());
                 let ok = right.is_some_and(|v| same(&v, &digest("tayori admin session", token)));
-                if ok && parts.method != Method::GET && parts.method != Method::HEAD {
-                    if parts.headers.get(CSRF_HEADER).is_none_or(|v| v != "1") {
-                        return Err(AppError::client(
-                            StatusCode::FORBIDDEN,
-                            "admin-csrf",
-                            "A change made with the session cookie must carry the header X-Tayori-Admin: 1.",
-                        ));
-                    }
+                if ok
+                    && parts.method != Method::GET
+                    && parts.method != Method::HEAD
+                    && parts.headers.get(CSRF_HEADER).is_none_or(|v| v != "1")
+                {
+                    return Err(AppError::client(
+                        StatusCode::FORBIDDEN,
+                        "admin-csrf",
+                        "A change made with the session cookie must carry the header X-Tayori-Admin: 1.",
+                    ));
                 }
                 ok
             }
-            Proof::None => false,
+            Proof::None => {
+                // Nothing guessed (a signed-out dashboard asking): not counted.
+                Limit::new(state, &ip, Scope::Admin).check().await?;
+                return Err(unauthorized());
+            }
         };
         check_attempt(state, &ip, ok).await?;
         Ok(Admin)

@@ -79,6 +79,17 @@ pub fn failed_index() -> String {
     "failed:index".to_owned()
 }
 
+/// A worker's latest heartbeat (JSON, [`crate::heartbeat::Heartbeat`]),
+/// kept 15 s after it.
+pub fn worker(name: &str) -> String {
+    format!("worker:{name}")
+}
+
+/// ZSET of worker names by their last heartbeat (ms).
+pub fn workers() -> String {
+    "workers".to_owned()
+}
+
 /// A photo uploaded straight to S3 through a presigned POST policy: its
 /// object key, kept one hour from the policy whether or not a job used it
 /// (more than one job may be made from one upload).

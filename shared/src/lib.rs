@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod catalog_task;
 pub mod env;
 pub mod failed;
+pub mod heartbeat;
 pub mod job;
 pub mod keys;
 pub mod lifecycle;

@@ -92,6 +92,8 @@ pub async fn record_job_end<C: ConnectionLike + Send>(
     match error_code {
         None => {
             pipe.hincr(JOBS_KEY, "succeeded", 1).ignore();
+            let key = videos_key(chrono::Utc::now().timestamp() / 60);
+            pipe.incr(&key, 1).ignore().expire(&key, VIDEOS_KEPT_SECS).ignore();
         }
         Some(code) => {
             pipe.hincr(JOBS_KEY, "failed", 1).ignore();
@@ -107,6 +109,68 @@ pub async fn record_job_end<C: ConnectionLike + Send>(
     pipe.query_async::<()>(conn).await
 }
 
+/// Videos made in one minute (`metrics:videos:{unix minute}`), kept an hour.
+pub fn videos_key(minute: i64) -> String {
+    format!("metrics:videos:{minute}")
+}
+const VIDEOS_KEPT_SECS: i64 = 3600;
+
+/// Videos made in each of the last `n` whole minutes and the current one
+/// (oldest first; the last entry is the minute now running).
+pub async fn videos_per_minute<C: ConnectionLike + Send>(conn: &mut C, n: i64) -> redis::RedisResult<Vec<u64>> {
+    let now = chrono::Utc::now().timestamp() / 60;
+    let mut pipe = redis::pipe();
+    for m in (now - n)..=now {
+        pipe.get(videos_key(m));
+    }
+    let counts: Vec<Option<u64>> = pipe.query_async(conn).await?;
+    Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// One step's durations, from the histogram in `metrics:steps`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepSummary {
+    pub step: String,
+    pub count: u64,
+    pub mean_s: f64,
+    /// Upper bounds of the buckets the median and the 95th percentile fall
+    /// in (seconds; `None`: above the last bucket).
+    pub p50_s: Option<f64>,
+    pub p95_s: Option<f64>,
+}
+
+/// Every step's count, mean and percentiles, from `metrics:steps`'s fields.
+pub fn step_summaries(fields: &std::collections::HashMap<String, u64>) -> Vec<StepSummary> {
+    let mut steps: Vec<&str> = fields.keys().filter_map(|k| k.strip_suffix(":count")).collect();
+    steps.sort_unstable();
+    steps
+        .into_iter()
+        .map(|step| {
+            let get = |f: &str| fields.get(&format!("{step}:{f}")).copied().unwrap_or(0);
+            let count = get("count");
+            let buckets: Vec<u64> = (0..=STEP_BUCKETS.len()).map(|b| get(&b.to_string())).collect();
+            let quantile = |q: f64| {
+                let want = ((count as f64) * q).ceil().max(1.0) as u64;
+                let mut seen = 0;
+                for (i, n) in buckets.iter().enumerate() {
+                    seen += n;
+                    if seen >= want {
+                        return STEP_BUCKETS.get(i).copied();
+                    }
+                }
+                None
+            };
+            StepSummary {
+                step: step.to_owned(),
+                count,
+                mean_s: if count == 0 { 0.0 } else { get("sum") as f64 / 1000.0 / count as f64 },
+                p50_s: quantile(0.5),
+                p95_s: quantile(0.95),
+            }
+        })
+        .collect()
+}
+
 /// Count a cancelled job (`metrics:jobs` `cancelled`).
 pub async fn record_job_cancelled<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
     redis::cmd("HINCRBY").arg(JOBS_KEY).arg("cancelled").arg(1).query_async::<i64>(conn).await.map(drop)
@@ -115,6 +179,20 @@ pub async fn record_job_cancelled<C: ConnectionLike + Send>(conn: &mut C) -> red
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_percentiles_come_from_the_buckets() {
+        // 10 renders: 9 of 2-4 s (bucket 6), 1 of 30-60 s (bucket 10).
+        let fields: std::collections::HashMap<String, u64> =
+            [("render:6", 9), ("render:10", 1), ("render:sum", 9 * 3000 + 45_000), ("render:count", 10)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+        let s = &step_summaries(&fields)[0];
+        assert_eq!((s.step.as_str(), s.count), ("render", 10));
+        assert_eq!((s.p50_s, s.p95_s), (Some(4.0), Some(60.0)));
+        assert!((s.mean_s - 7.2).abs() < 1e-9, "{}", s.mean_s);
+    }
 
     #[test]
     fn durations_fall_in_the_first_bucket_that_holds_them() {

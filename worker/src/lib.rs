@@ -158,6 +158,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         catalog: Catalog::new(&cfg.data_dir),
         base_voice_features: Default::default(),
         touched: Default::default(),
+        in_hand: Default::default(),
         entered: Default::default(),
         job_ended: Default::default(),
         stopping: tokio::sync::watch::Sender::new(false),
@@ -244,6 +245,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
             let _ = shared::metrics::flush_errors(&mut flush_conn).await;
         }
     });
+    let beats = tokio::spawn(heartbeats(runner.clone()));
     let drain = runner.clone();
     let mut stopping = runner.stopping.subscribe();
     tokio::spawn(async move {
@@ -274,8 +276,42 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
             "Redis unreachable while stopping: leaving the jobs in hand to other workers when their leases run out"
         ),
     }
+    beats.abort();
+    let mut conn = redis.clone();
+    let _ = tokio::time::timeout(Duration::from_secs(1), shared::heartbeat::gone(&mut conn, &cfg.name)).await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Say every few seconds who this worker is and what it holds (see
+/// `shared::heartbeat`); a beat that fails is simply missed.
+async fn heartbeats(runner: Arc<Runner>) {
+    let cfg = &runner.cfg;
+    let host = hostname();
+    let started_at = chrono::Utc::now();
+    let mut conn = runner.redis.clone();
+    let mut tick = tokio::time::interval(shared::heartbeat::INTERVAL);
+    loop {
+        tick.tick().await;
+        let hb = shared::heartbeat::Heartbeat {
+            name: cfg.name.clone(),
+            host: host.clone(),
+            pid: std::process::id(),
+            stages: cfg.stages.iter().map(|s| s.name().to_owned()).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            concurrency: cfg.concurrency,
+            started_at,
+            seen_at: chrono::Utc::now(),
+            jobs: runner.in_hand.lock().expect("in-hand lock").clone(),
+        };
+        if let Err(e) = shared::heartbeat::beat(&mut conn, &hb).await {
+            tracing::debug!(error = %e, "heartbeat missed");
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into())
 }
 
 /// How long a stopping worker waits on an unreachable Redis before it

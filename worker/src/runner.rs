@@ -45,6 +45,8 @@ pub struct Runner {
     /// Set once the process is stopping: a job waiting for room is handed
     /// back instead of started.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// The stages of jobs running in this process now (for the heartbeat).
+    pub in_hand: std::sync::Mutex<Vec<shared::heartbeat::InHand>>,
     /// The jobs this process runs stages of, flagged when cancelled.
     pub cancels: Arc<shared::cancel::Cancels>,
     /// Measured features of the system base voices (voice matching).
@@ -244,6 +246,7 @@ impl Runner {
         if stage == Stage::Image {
             self.entered.lock().expect("entered lock").insert(task_id.clone(), now);
         }
+        let _in_hand = InHandGuard::new(self, &task_id, stage);
         let outcome = self.run_claimed(stage, &job).await;
         let _ = lease::release(&mut conn, &claim, &holder).await;
         outcome
@@ -443,6 +446,33 @@ impl Runner {
         match pipeline::run_stage(&j, stage).await {
             Ok(r) => Ok((r, j.metrics())),
             Err(e) => Err((e, j.failed_step(), j.metrics())),
+        }
+    }
+}
+
+/// A stage in [`Runner::in_hand`] for as long as it runs.
+struct InHandGuard<'a> {
+    runner: &'a Runner,
+    task_id: String,
+    stage: &'static str,
+}
+
+impl<'a> InHandGuard<'a> {
+    fn new(runner: &'a Runner, task_id: &str, stage: Stage) -> Self {
+        runner.in_hand.lock().expect("in-hand lock").push(shared::heartbeat::InHand {
+            task_id: task_id.to_owned(),
+            stage: stage.name().to_owned(),
+            since: Utc::now(),
+        });
+        InHandGuard { runner, task_id: task_id.to_owned(), stage: stage.name() }
+    }
+}
+
+impl Drop for InHandGuard<'_> {
+    fn drop(&mut self) {
+        let mut list = self.runner.in_hand.lock().expect("in-hand lock");
+        if let Some(i) = list.iter().position(|j| j.task_id == self.task_id && j.stage == self.stage) {
+            list.swap_remove(i);
         }
     }
 }

@@ -1,6 +1,13 @@
 //! `/admin`: the operators' routes, only when `TAYORI_ADMIN_TOKEN` is set
 //! (see [`crate::admin`] for who may use them).
 //!
+//! - `GET /admin`: the dashboard (a sign-in form until signed in), live:
+//!   its script reads `GET /admin/api/overview` every 2 s.
+//! - `POST /admin/login` (form field `token`), `POST /admin/logout`.
+//! - `GET /admin/api/overview`: queue depths per stage and for catalog
+//!   tasks, every worker alive with the jobs in its hands, jobs in progress
+//!   with their current step, failures by code and the newest kept ones,
+//!   videos per minute, step time percentiles.
 //! - `GET /admin/api/failed?limit=N`: the failed jobs kept (newest first),
 //!   with code, message, stage, attempts and the job itself.
 //! - `POST /admin/api/failed/{task_id}/retry`: queue a failed job again, as
@@ -9,24 +16,150 @@
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
+use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use redis::AsyncCommands;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use shared::job::{Stage, VideoJob};
 use shared::progress::{ProgressEvent, TaskMeta, TaskStatus};
 
-use crate::admin::Admin;
+use crate::admin::{self, Admin};
+use crate::admission::ClientIp;
 use crate::error::{AppError, AppResult};
 use crate::intake::check_task_id;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/admin", get(dashboard))
+        .route("/static/admin.js", get(script))
+        .route("/admin/login", post(login))
+        .route("/admin/logout", post(logout))
+        .route("/admin/api/overview", get(overview))
         .route("/admin/api/failed", get(failed))
         .route("/admin/api/failed/{task_id}/retry", post(retry))
+}
+
+const ADMIN_HTML: &str = include_str!("../../static/admin.html");
+const ADMIN_JS: &str = include_str!("../../static/admin.js");
+
+/// The page, signed in or not (its script shows the sign-in form when the
+/// API answers 401); absent without an admin token.
+async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
+    if state.cfg.admin_token.is_none() {
+        return Err(admin::absent());
+    }
+    let mut resp = super::page::page(&state, ADMIN_HTML, &headers);
+    resp.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    Ok(resp)
+}
+
+async fn script(State(state): State<AppState>) -> AppResult<Response> {
+    if state.cfg.admin_token.is_none() {
+        return Err(admin::absent());
+    }
+    Ok(super::page::asset(ADMIN_JS, "text/javascript; charset=utf-8"))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+fn see_other(to: &'static str, cookie: Option<String>) -> Response {
+    let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, HeaderValue::from_static(to))]).into_response();
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+/// The sign-in form's target: the session cookie and back to `/admin`, or
+/// back with `?signin=wrong` (`?signin=wait` once over the bound).
+async fn login(State(state): State<AppState>, ip: ClientIp, Form(form): Form<LoginForm>) -> AppResult<Response> {
+    let Some(token) = state.cfg.admin_token.as_deref() else { return Err(admin::absent()) };
+    match admin::check_attempt(&state, &ip, admin::token_matches(token, &form.token)).await {
+        Ok(()) => {
+            let cookie = admin::session_cookie(&admin::session_value(token), admin::SESSION_SECS);
+            Ok(see_other("/admin", Some(cookie)))
+        }
+        Err(AppError::Busy { .. }) => Ok(see_other("/admin?signin=wait", None)),
+        Err(AppError::Client { .. }) => Ok(see_other("/admin?signin=wrong", None)),
+        Err(e) => Err(e),
+    }
+}
+
+async fn logout(State(state): State<AppState>) -> AppResult<Response> {
+    if state.cfg.admin_token.is_none() {
+        return Err(admin::absent());
+    }
+    Ok(see_other("/admin", Some(admin::session_cookie("", 0))))
+}
+
+/// How many of the newest failures the overview shows.
+const RECENT_FAILURES: usize = 20;
+
+async fn overview(_: Admin, State(state): State<AppState>) -> AppResult<impl IntoResponse> {
+    let mut conn = state.redis.clone();
+    let mut queues = Vec::new();
+    for stage in Stage::ALL {
+        let q = state.cfg.queue.stage(conn.clone(), stage);
+        queues.push(json!({"queue": q.name(), "stage": stage.name(), "stats": q.stats().await?}));
+    }
+    queues.push(json!({
+        "queue": state.catalog_queue.name(),
+        "stage": "catalog",
+        "stats": state.catalog_queue.stats().await?,
+    }));
+    let workers = shared::heartbeat::alive(&mut conn).await?;
+    // Jobs in progress: what the workers hold, with each job's last event.
+    let mut in_progress = Vec::new();
+    for w in &workers {
+        for j in &w.jobs {
+            let last = state.tasks.snapshot(&j.task_id).await?;
+            in_progress.push(json!({
+                "task_id": j.task_id,
+                "stage": j.stage,
+                "worker": w.name,
+                "since": j.since,
+                "step": last.as_ref().map(|e| e.current_step.clone()),
+                "percentage": last.as_ref().map(|e| e.percentage),
+            }));
+        }
+    }
+    let jobs: std::collections::HashMap<String, u64> = conn.hgetall(shared::metrics::JOBS_KEY).await?;
+    let mut by_code: Vec<(String, u64)> =
+        jobs.iter().filter_map(|(k, v)| Some((k.strip_prefix("failed:")?.to_owned(), *v))).collect();
+    by_code.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let (recent, kept) = state.failed.list(RECENT_FAILURES).await?;
+    let steps: std::collections::HashMap<String, u64> = conn.hgetall(shared::metrics::STEPS_KEY).await?;
+    let per_minute = shared::metrics::videos_per_minute(&mut conn, 10).await?;
+    let whole = &per_minute[..per_minute.len() - 1];
+    Ok(Json(json!({
+        "at": chrono::Utc::now(),
+        "queues": queues,
+        "workers": workers,
+        "in_progress": in_progress,
+        "jobs": {
+            "succeeded": jobs.get("succeeded").copied().unwrap_or(0),
+            "failed": jobs.get("failed").copied().unwrap_or(0),
+            "cancelled": jobs.get("cancelled").copied().unwrap_or(0),
+        },
+        "failures": {
+            "by_code": by_code.into_iter().map(|(code, n)| json!({"code": code, "count": n})).collect::<Vec<_>>(),
+            "kept": kept,
+            "recent": recent.iter().map(listed).collect::<Vec<_>>(),
+        },
+        "videos_per_minute": {
+            "last_minutes": per_minute,
+            "mean_last_10": whole.iter().sum::<u64>() as f64 / whole.len().max(1) as f64,
+        },
+        "steps": shared::metrics::step_summaries(&steps),
+    })))
 }
 
 /// Most failures one listing returns.

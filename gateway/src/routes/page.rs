@@ -70,7 +70,7 @@ pub fn content_security_policy(s3_origin: &str) -> String {
     )
 }
 
-fn page(state: &AppState, html: &'static str, headers: &HeaderMap) -> Response {
+pub(crate) fn page(state: &AppState, html: &'static str, headers: &HeaderMap) -> Response {
     let lang = language(headers);
     let body = html.replacen("<html lang=\"en\">", &format!("<html lang=\"{lang}\">"), 1);
     let mut resp = Html(body).into_response();
@@ -85,7 +85,7 @@ fn page(state: &AppState, html: &'static str, headers: &HeaderMap) -> Response {
     resp
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
+pub(crate) fn asset(body: &'static str, content_type: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),

@@ -188,13 +188,99 @@ async fn failed_jobs_are_kept_listed_and_retried_by_an_operator() {
     assert_eq!(list.len(), 2, "a retried job is no longer listed: {list:?}");
     assert_eq!(harness::queued(&stack).await, 0);
 
-    // Wrong tokens: 20 a minute (three were sent above), then 429 even for
-    // the right one.
+    // Wrong tokens: 20 a minute (two were sent above; no token at all is
+    // not a guess), then 429 even for the right one.
     let mut statuses = Vec::new();
-    for i in 0..19 {
+    for i in 0..20 {
         statuses.push(get_admin(&stack, "/admin/api/failed", Some(&format!("guess-{i:020}"))).await.0);
     }
-    assert_eq!(&statuses[..17], &[401; 17][..], "{statuses:?}");
-    assert_eq!(&statuses[17..], &[429, 429], "{statuses:?}");
+    assert_eq!(&statuses[..18], &[401; 18][..], "{statuses:?}");
+    assert_eq!(&statuses[18..], &[429, 429], "{statuses:?}");
     assert_eq!(get_admin(&stack, "/admin/api/failed", Some(TOKEN)).await.0, 429, "a blocked client tries nothing");
+}
+
+/// The dashboard in Chromium: the sign-in form (a wrong token refused), the
+/// worker's heartbeat, the queues, a failure whose message is markup shown
+/// as text, a retry from its button that updates the page live; and, read
+/// from the API meanwhile, the retried job in progress with its step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "unfinished: the retried job is never seen in /admin/api/overview's in_progress (stop 24 note)"]
+async fn the_dashboard_signs_in_and_retries_live_in_chromium() {
+    let browser_dir = harness::repo_root().join("gateway/tests/browser");
+    assert!(browser_dir.join("node_modules/playwright-core").is_dir(), "run scripts/browser-deps.sh");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let stack = Stack::start(admin_stack_options(1)).await;
+    let artifacts = harness::repo_root().join("target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let (status, body) = harness::submit(
+        &stack,
+        std::fs::read(harness::fixture("coffee.png")).unwrap(),
+        "coffee.png",
+        &[("message", "Hi <img src=x onerror=\"window.__pwned=1\"> there."), ("voice_profile_id", "en_slt_female")],
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let task = body["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(harness::wait_done(&stack, &task, Duration::from_secs(120)).await["error"]["code"], "no-person");
+    wait_listed(&stack, 1).await;
+    let image_key = format!("images/uploads/{task}/original.png");
+    let person = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    stack.storage().put_bytes(&image_key, person, "image/png").await.unwrap();
+    // The voice stage of the failed attempt may still be stopping.
+    let t0 = Instant::now();
+    while harness::meta(&stack, &task).await.is_some() && {
+        let mut r = stack.redis().await;
+        let held: bool = redis::AsyncCommands::exists(&mut r, shared::keys::job_claim(&task, shared::job::Stage::Voice))
+            .await
+            .unwrap();
+        held
+    } {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut child = tokio::process::Command::new("node")
+        .arg("admin.mjs")
+        .current_dir(&browser_dir)
+        .env("TAYORI_URL", &stack.http)
+        .env("TOKEN", TOKEN)
+        .env("TASK_ID", &task)
+        .env("WORKER", "test-worker-0")
+        .env("ARTIFACTS", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("node is needed for the browser test");
+    // Meanwhile: the retried job shows in progress, with its current step.
+    let mut seen_step = None;
+    let t0 = Instant::now();
+    while seen_step.is_none() && t0.elapsed() < Duration::from_secs(90) {
+        let (status, o) = get_admin(&stack, "/admin/api/overview", Some(TOKEN)).await;
+        assert_eq!(status, 200, "{o}");
+        seen_step = o["in_progress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["task_id"] == task.as_str() && j["step"].is_string())
+            .map(|j| (j["stage"].clone(), j["step"].clone(), j["worker"].clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("node exits").unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.contains("ADMIN OK"), "{stdout}\n{stderr}\n{}", stack.logs());
+    let (stage, step, worker) = seen_step.expect("the retried job was never listed in progress");
+    eprintln!("in progress: stage {stage}, step {step}, on {worker}");
+    assert_eq!(worker, "test-worker-0");
+    assert_eq!(harness::wait_done(&stack, &task, Duration::from_secs(60)).await["status"], "SUCCESS");
+    let (_, o) = get_admin(&stack, "/admin/api/overview", Some(TOKEN)).await;
+    eprintln!("overview: {}", serde_json::to_string_pretty(&o).unwrap());
+    assert_eq!(o["jobs"]["succeeded"], 1, "{o}");
+    assert_eq!(o["failures"]["by_code"][0]["code"], "no-person", "{o}");
+    assert!(o["videos_per_minute"]["last_minutes"].as_array().unwrap().iter().any(|n| n == 1), "{o}");
+    let render = o["steps"].as_array().unwrap().iter().find(|s| s["step"] == "render_and_upload").cloned();
+    assert!(render.is_some_and(|r| r["count"] == 1 && r["p50_s"].as_f64().is_some()), "{o}");
+    assert_eq!(o["workers"][0]["stages"], serde_json::json!(["image", "voice", "render"]), "{o}");
 }
