@@ -239,7 +239,7 @@ async fn the_dashboard_signs_in_and_retries_live_in_chromium() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let mut child = tokio::process::Command::new("node")
+    let child = tokio::process::Command::new("node")
         .arg("admin.mjs")
         .current_dir(&browser_dir)
         .env("TAYORI_URL", &stack.http)
