@@ -214,8 +214,14 @@ impl TaskStore {
     /// stages of one job run in several processes (and a cancel comes from a
     /// gateway), and the first final word stands. Returns whether it was written.
     pub async fn put_meta_unless_done(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
+        self.put_meta_by(&PUT_UNLESS_DONE, meta).await
+    }
+
+    /// Write `meta` through `script` (KEYS[1] the meta key, ARGV the JSON and
+    /// the TTL; returns 1 when it wrote).
+    async fn put_meta_by(&self, script: &redis::Script, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
         let mut conn = self.conn.clone();
-        let written: i64 = PUT_UNLESS_DONE
+        let written: i64 = script
             .key(keys::task_meta(&meta.task_id))
             .arg(serde_json::to_string(meta)?)
             .arg(self.ttls.task_meta.as_secs().max(1))
@@ -229,14 +235,9 @@ impl TaskStore {
     /// it once. Its progress log starts over (the sequence numbers go on).
     /// Returns whether it was written.
     pub async fn reopen_failed(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
-        let mut conn = self.conn.clone();
-        let written: i64 = REOPEN_FAILED
-            .key(keys::task_meta(&meta.task_id))
-            .arg(serde_json::to_string(meta)?)
-            .arg(self.ttls.task_meta.as_secs().max(1))
-            .invoke_async(&mut conn)
-            .await?;
-        if written == 1 {
+        let written = self.put_meta_by(&REOPEN_FAILED, meta).await?;
+        if written {
+            let mut conn = self.conn.clone();
             let _: () = redis::pipe()
                 .del(keys::progress(&meta.task_id))
                 .ignore()
@@ -247,7 +248,7 @@ impl TaskStore {
                 .query_async(&mut conn)
                 .await?;
         }
-        Ok(written == 1)
+        Ok(written)
     }
 
     /// Remove every trace of a task (used when a submission is rolled back).

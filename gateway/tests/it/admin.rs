@@ -72,15 +72,7 @@ async fn failed_jobs_are_kept_listed_and_retried_by_an_operator() {
     let stack = Stack::start(admin_stack_options(1)).await;
 
     // 1. A photo with nobody in it.
-    let (status, body) = harness::submit(
-        &stack,
-        std::fs::read(harness::fixture("coffee.png")).unwrap(),
-        "coffee.png",
-        &[("message", "Hello there."), ("voice_profile_id", "en_slt_female")],
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let no_person = body["task_id"].as_str().unwrap().to_owned();
+    let no_person = harness::submit_no_person(&stack, "Hello there.").await;
     let done = harness::wait_done(&stack, &no_person, Duration::from_secs(120)).await;
     assert_eq!(done["error"]["code"], "no-person", "{done}");
 
@@ -212,15 +204,7 @@ async fn the_dashboard_signs_in_and_retries_live_in_chromium() {
     let stack = Stack::start(admin_stack_options(1)).await;
     let artifacts = harness::repo_root().join("target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let (status, body) = harness::submit(
-        &stack,
-        std::fs::read(harness::fixture("coffee.png")).unwrap(),
-        "coffee.png",
-        &[("message", "Hi <img src=x onerror=\"window.__pwned=1\"> there."), ("voice_profile_id", "en_slt_female")],
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let task = body["task_id"].as_str().unwrap().to_owned();
+    let task = harness::submit_no_person(&stack, "Hi <img src=x onerror=\"window.__pwned=1\"> there.").await;
     assert_eq!(harness::wait_done(&stack, &task, Duration::from_secs(120)).await["error"]["code"], "no-person");
     wait_listed(&stack, 1).await;
     let image_key = format!("images/uploads/{task}/original.png");

@@ -468,6 +468,17 @@ pub async fn submit_short(stack: &Stack) -> String {
     body["task_id"].as_str().unwrap().to_owned()
 }
 
+/// Submit a job whose photo has nobody in it (it fails with `no-person`),
+/// speaking `message` in English; returns its task id.
+#[allow(dead_code)]
+pub async fn submit_no_person(stack: &Stack, message: &str) -> String {
+    let photo = std::fs::read(fixture("coffee.png")).unwrap();
+    let (status, body) =
+        submit(stack, photo, "coffee.png", &[("message", message), ("voice_profile_id", "en_slt_female")]).await;
+    assert_eq!(status, 202, "{body}");
+    body["task_id"].as_str().unwrap().to_owned()
+}
+
 /// Submit a job; returns the HTTP status and the JSON body.
 pub async fn submit(
     stack: &Stack,

@@ -205,15 +205,7 @@ async fn a_retry_after_a_dropped_connection_and_a_race_make_one_job() {
         drop(sock);
         let t0 = Instant::now();
         let (replayed, first) = loop {
-            let r = reqwest::Client::new()
-                .post(format!("{}/api/uploads?content_type=image/png", stack.http))
-                .header(KEY, &key)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            let replayed = r.headers().get("idempotent-replayed").is_some();
-            let body: serde_json::Value = r.json().await.unwrap();
+            let (status, replayed, body) = policy(&stack, &key, "image/png").await;
             match status {
                 201 => break (replayed, body),
                 409 => assert_eq!(body["error"]["code"], "idempotency-request-in-flight", "{body}"),
@@ -222,16 +214,18 @@ async fn a_retry_after_a_dropped_connection_and_a_race_make_one_job() {
             assert!(t0.elapsed() < Duration::from_secs(5), "the key stayed claimed after its client hung up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let again = reqwest::Client::new()
-            .post(format!("{}/api/uploads?content_type=image/png", stack.http))
-            .header(KEY, &key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(again.status(), 201);
-        let again: serde_json::Value = again.json().await.unwrap();
+        let (status, _, again) = policy(&stack, &key, "image/png").await;
+        assert_eq!(status, 201, "{again}");
         assert_eq!(again["upload_id"], first["upload_id"], "one upload per key (first replayed: {replayed})");
     }
+}
+
+/// Ask for an upload policy with `key`: status, whether it was a replay, body.
+async fn policy(stack: &Stack, key: &str, content_type: &str) -> (u16, bool, serde_json::Value) {
+    let url = format!("{}/api/uploads?content_type={content_type}", stack.http);
+    let r = reqwest::Client::new().post(url).header(KEY, key).send().await.unwrap();
+    let replayed = r.headers().get("idempotent-replayed").is_some();
+    (r.status().as_u16(), replayed, r.json::<serde_json::Value>().await.unwrap())
 }
 
 /// A request that fails (here: an unknown voice) gives its key up: the
@@ -260,21 +254,13 @@ async fn a_failed_request_gives_its_key_up_and_upload_policies_are_idempotent_to
     assert_eq!((status, replayed), (202, None), "{body}");
 
     // Upload policies: the same upload again, with a fresh policy.
-    let policy = |key: &'static str, content_type: &'static str| {
-        let url = format!("{}/api/uploads?content_type={content_type}", stack.http);
-        async move {
-            let r = reqwest::Client::new().post(url).header(KEY, key).send().await.unwrap();
-            let replayed = r.headers().get("idempotent-replayed").is_some();
-            (r.status().as_u16(), replayed, r.json::<serde_json::Value>().await.unwrap())
-        }
-    };
-    let (status, replayed, first) = policy("upload-1", "image/png").await;
+    let (status, replayed, first) = policy(&stack, "upload-1", "image/png").await;
     assert_eq!((status, replayed), (201, false), "{first}");
-    let (status, replayed, again) = policy("upload-1", "image/png").await;
+    let (status, replayed, again) = policy(&stack, "upload-1", "image/png").await;
     assert_eq!((status, replayed), (201, true), "{again}");
     assert_eq!(again["upload_id"], first["upload_id"]);
     assert_eq!(again["fields"]["key"], first["fields"]["key"]);
-    let (status, _, other) = policy("upload-1", "image/jpeg").await;
+    let (status, _, other) = policy(&stack, "upload-1", "image/jpeg").await;
     assert_eq!((status, other["error"]["code"].as_str()), (422, Some("idempotency-key-reused")), "{other}");
     // The replayed policy works: the photo goes up with it.
     let up = harness::post_to_s3(&again, photo(), "image/png").await;

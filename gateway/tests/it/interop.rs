@@ -27,15 +27,7 @@ fn celery_read(stack: &Stack, ids: &[&str]) -> Vec<serde_json::Value> {
 async fn celery_reads_successes_failures_and_cancels() {
     let stack = Stack::start(Options { workers: 1, ..Default::default() }).await;
     let ok = harness::submit_short(&stack).await;
-    let (status, body) = harness::submit(
-        &stack,
-        std::fs::read(harness::fixture("coffee.png")).unwrap(),
-        "coffee.png",
-        &[("message", "Hello there."), ("voice_profile_id", "en_slt_female")],
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
-    let failed = body["task_id"].as_str().unwrap().to_owned();
+    let failed = harness::submit_no_person(&stack, "Hello there.").await;
     harness::wait_done(&stack, &ok, Duration::from_secs(120)).await;
     assert_eq!(harness::wait_done(&stack, &failed, Duration::from_secs(120)).await["error"]["code"], "no-person");
 
