@@ -13,11 +13,16 @@ async fn used_memory(stack: &Stack) -> (u64, u64) {
     let mut redis = stack.redis().await;
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut redis).await.unwrap();
     let used = info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap();
-    // The queues' wake-up lists (at most 64 tokens each) and the metrics
-    // hashes (a fixed set of fields: outcomes, error codes, step buckets)
-    // are not job keys: they are bounded whatever the number of jobs.
+    // The queues' wake-up lists (at most 64 tokens each), the metrics
+    // (hashes with a fixed set of fields: outcomes, error codes, step
+    // buckets; one counter a minute, kept an hour) and the workers'
+    // heartbeats (one key per worker alive) are not job keys: they are
+    // bounded whatever the number of jobs.
     let names: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut redis).await.unwrap();
-    (used, names.iter().filter(|k| !k.ends_with(":wake") && !k.starts_with("metrics:")).count() as u64)
+    let per_job = |k: &&String| {
+        !k.ends_with(":wake") && !k.starts_with("metrics:") && !k.starts_with("worker:") && k.as_str() != "workers"
+    };
+    (used, names.iter().filter(per_job).count() as u64)
 }
 
 /// Wait until no job keys are left and memory is within 10 % of `start`
@@ -73,6 +78,8 @@ async fn redis_memory_returns_to_its_starting_level_after_many_jobs() {
         ("TAYORI_PROGRESS_TTL_SECS".into(), "10".into()),
         ("TAYORI_WS_SESSION_TTL_SECS".into(), "10".into()),
         ("TAYORI_JOB_TIMEOUT_SECS".into(), "120".into()),
+        // Failed jobs are kept for a retry: as briefly as the metas here.
+        ("TAYORI_FAILED_KEEP_SECS".into(), "20".into()),
     ];
     let stack = Stack::start(Options { workers: 2, env, ..Default::default() }).await;
     // The starting level: the system warmed up (its scripts loaded, every
