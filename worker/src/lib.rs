@@ -159,6 +159,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         base_voice_features: Default::default(),
         touched: Default::default(),
         in_hand: Default::default(),
+        in_hand_changed: Default::default(),
         entered: Default::default(),
         job_ended: Default::default(),
         stopping: tokio::sync::watch::Sender::new(false),
@@ -284,7 +285,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
 }
 
 /// Say every few seconds who this worker is and what it holds (see
-/// `shared::heartbeat`); a beat that fails is simply missed.
+/// `shared::heartbeat`), and at once when what it holds changes (at most
+/// every [`BEAT_AT_MOST_EVERY`]); a beat that fails is simply missed.
 async fn heartbeats(runner: Arc<Runner>) {
     let cfg = &runner.cfg;
     let host = hostname();
@@ -292,7 +294,15 @@ async fn heartbeats(runner: Arc<Runner>) {
     let mut conn = runner.redis.clone();
     let mut tick = tokio::time::interval(shared::heartbeat::INTERVAL);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = runner.in_hand_changed.notified() => {
+                // Let a burst of changes (a stage ending, the next one
+                // starting) go out as one beat.
+                tokio::time::sleep(BEAT_AT_MOST_EVERY).await;
+                tick.reset();
+            }
+        }
         let hb = shared::heartbeat::Heartbeat {
             name: cfg.name.clone(),
             host: host.clone(),
@@ -309,6 +319,8 @@ async fn heartbeats(runner: Arc<Runner>) {
         }
     }
 }
+
+const BEAT_AT_MOST_EVERY: Duration = Duration::from_millis(200);
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "host".into())

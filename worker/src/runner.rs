@@ -47,6 +47,9 @@ pub struct Runner {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// The stages of jobs running in this process now (for the heartbeat).
     pub in_hand: std::sync::Mutex<Vec<shared::heartbeat::InHand>>,
+    /// Signalled when [`Runner::in_hand`] changes: the heartbeat goes out
+    /// at once, so that a job of a few seconds is seen in progress.
+    pub in_hand_changed: tokio::sync::Notify,
     /// The jobs this process runs stages of, flagged when cancelled.
     pub cancels: Arc<shared::cancel::Cancels>,
     /// Measured features of the system base voices (voice matching).
@@ -464,6 +467,7 @@ impl<'a> InHandGuard<'a> {
             stage: stage.name().to_owned(),
             since: Utc::now(),
         });
+        runner.in_hand_changed.notify_one();
         InHandGuard { runner, task_id: task_id.to_owned(), stage: stage.name() }
     }
 }
@@ -474,6 +478,7 @@ impl Drop for InHandGuard<'_> {
         if let Some(i) = list.iter().position(|j| j.task_id == self.task_id && j.stage == self.stage) {
             list.swap_remove(i);
         }
+        self.runner.in_hand_changed.notify_one();
     }
 }
 
