@@ -45,7 +45,7 @@ async fn main() {
         ("TAYORI_MAX_CONNECTIONS".to_owned(), (viewers + 1000).to_string()),
     ];
     let stack = Stack::start(Options { workers: 0, env, ..Default::default() }).await;
-    let conn = redis::Client::open(stack.redis_url.as_str()).unwrap().get_connection_manager().await.unwrap();
+    let conn = shared::redis_conn::RedisConfig::new(stack.redis_url.as_str()).connect().await.unwrap();
     let store = TaskStore::new(
         conn,
         Ttls {

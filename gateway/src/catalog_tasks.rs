@@ -21,7 +21,7 @@ pub async fn run(state: &AppState, kind: CatalogTaskKind) -> AppResult<CatalogTa
     let id = task.id.clone();
     state.catalog_queue.push(&task).await?;
     // A little past the deadline: a worker answers before it or not at all.
-    match shared::catalog_task::wait_result(&state.redis_client, &id, wait + CATALOG_ANSWER_MARGIN).await? {
+    match shared::catalog_task::wait_result(state.redis.endpoint(), &id, wait + CATALOG_ANSWER_MARGIN).await? {
         // Workers of another version, or a task that keeps losing its
         // worker: try again later, said in words.
         Some(CatalogTaskResult::Failed { code, message }) if code == "job-unreadable" => {

@@ -82,10 +82,14 @@ impl ProgressHub {
     /// Keep a pattern subscription open, reconnecting with backoff, until
     /// the task is dropped. Events missed while disconnected are recovered
     /// by each viewer's periodic check of the progress log.
-    pub async fn run(self, client: redis::Client) {
+    pub async fn run(self, endpoint: shared::redis_conn::Endpoint) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match client.get_async_pubsub().await {
+            let pubsub = match endpoint.client().await {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(e),
+            };
+            match pubsub {
                 Ok(mut pubsub) => match pubsub.psubscribe(keys::PROGRESS_CHANNEL_PATTERN).await {
                     Ok(()) => {
                         tracing::info!("progress relay subscribed");

@@ -138,7 +138,7 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
         background.spawn(backup::daily(catalog.clone(), storage.clone(), cfg.backup_interval));
     }
     let hub = ProgressHub::default();
-    background.spawn(hub.clone().run(cfg.redis.client()?));
+    background.spawn(hub.clone().run(redis.endpoint().clone()));
 
     let state = AppState {
         queue: cfg.queue.jobs(redis.clone()),
@@ -146,7 +146,6 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
         failed: shared::failed::FailedStore::new(redis.clone(), cfg.failed_keep),
         redis,
-        redis_client: cfg.redis.client()?,
         storage,
         catalog,
         hub,

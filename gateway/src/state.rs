@@ -18,8 +18,6 @@ use crate::hub::ProgressHub;
 pub struct AppState {
     pub cfg: Arc<GatewayConfig>,
     pub redis: ConnectionManager,
-    /// Opens dedicated connections for blocking waits (catalog results).
-    pub redis_client: redis::Client,
     pub tasks: TaskStore,
     /// Failed jobs kept for an operator's retry.
     pub failed: shared::failed::FailedStore,

@@ -32,15 +32,14 @@ fn config(name: &str) -> QueueConfig {
 
 /// A consuming process: wait for the go signal, then work until killed.
 async fn consume(url: &str, name: &str, concurrency: usize) {
-    let client = redis::Client::open(url).unwrap();
-    let mut conn = client.get_connection_manager().await.unwrap();
+    let mut conn = shared::redis_conn::RedisConfig::new(url).connect().await.unwrap();
     let _: i64 = redis::cmd("INCR").arg("bench:ready").query_async(&mut conn).await.unwrap();
     while redis::cmd("GET").arg("bench:go").query_async::<Option<String>>(&mut conn).await.unwrap().is_none() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let q: Queue<Noop> = Queue::new(conn, name, &config(name));
     let worker = WorkerBuilder::new(format!("bench-{}", std::process::id()).as_str())
-        .backend(q.consumer(client, concurrency))
+        .backend(q.consumer(concurrency))
         .concurrency(concurrency)
         .build(noop);
     let _ = worker.run().await;

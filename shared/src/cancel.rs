@@ -158,10 +158,14 @@ impl Cancels {
 
     /// Keep a subscription to [`CHANNEL`] open (reconnecting with backoff)
     /// and raise the flag of each job named on it.
-    pub async fn listen(self: Arc<Self>, client: redis::Client) {
+    pub async fn listen(self: Arc<Self>, endpoint: crate::redis_conn::Endpoint) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match client.get_async_pubsub().await {
+            let pubsub = match endpoint.client().await {
+                Ok(client) => client.get_async_pubsub().await,
+                Err(e) => Err(e),
+            };
+            match pubsub {
                 Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub const RESULT_TTL: Duration = Duration::from_secs(600);
@@ -169,17 +169,18 @@ pub async fn store_result(
         .await
 }
 
-/// Wait for a task's result until `limit` (a blocking pop on `client`'s own
-/// connection, so that no shared connection is held); `Ok(None)` on timeout.
+/// Wait for a task's result until `limit` (a blocking pop on its own
+/// connection to `endpoint`, so that no shared connection is held);
+/// `Ok(None)` on timeout.
 pub async fn wait_result(
-    client: &redis::Client,
+    endpoint: &crate::redis_conn::Endpoint,
     task_id: &str,
     limit: Duration,
 ) -> redis::RedisResult<Option<CatalogTaskResult>> {
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(limit + Duration::from_secs(5)));
-    let mut conn = client.get_multiplexed_async_connection_with_config(&cfg).await?;
+    let mut conn = endpoint.client().await?.get_multiplexed_async_connection_with_config(&cfg).await?;
     let popped: Option<(String, String)> =
         redis::cmd("BLPOP").arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
     Ok(popped.and_then(|(_, json)| serde_json::from_str(&json).ok()))

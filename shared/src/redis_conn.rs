@@ -1,10 +1,32 @@
 //! Connecting to Redis: one multiplexed, self-reconnecting connection per
-//! process (the `redis` crate's ConnectionManager), with bounded timeouts so
-//! that a dead Redis yields an error instead of a hang.
+//! process, with bounded timeouts so that a dead Redis yields an error
+//! instead of a hang.
+//!
+//! `TAYORI_REDIS_URL` names either one Redis (`redis://host:port/db`) or a
+//! Sentinel deployment:
+//!
+//! ```text
+//! redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name[/db]
+//! ```
+//!
+//! (sentinel port 26379 where none is given; the credentials are the data
+//! nodes', the sentinels take none). With Sentinel the master's address is
+//! asked of the sentinels at every (re)connection, and a [`ConnectionManager`]
+//! whose command failed on a broken connection, a read-only replica or a
+//! master that lost its replicas asks again and moves to the new master, so
+//! gateways and workers follow a failover by themselves.
+//!
+//! Replication is asynchronous. Writes that a caller is promised (a job
+//! accepted, a stage's outcome) are followed by [`ConnectionManager::replicate`]:
+//! `WAIT` for a replica's acknowledgement, so that they survive the loss of
+//! the master (see ARCHITECTURE.md, "What survives a failover").
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-pub use redis::aio::ConnectionManager;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{ConnectionAddr, RedisError, RedisResult};
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -12,33 +34,394 @@ pub struct RedisConfig {
     pub url: String,
     /// `TAYORI_REDIS_TIMEOUT_MS`, default 5000: connect and response timeout.
     pub timeout: Duration,
+    /// `TAYORI_REDIS_WAIT_REPLICAS`: how many replicas must acknowledge a
+    /// promised write; default 1 with Sentinel, 0 (no `WAIT`) otherwise.
+    pub wait_replicas: u32,
+    /// `TAYORI_REDIS_WAIT_MS`, default 1000: the longest a promised write
+    /// waits for them.
+    pub wait_timeout: Duration,
 }
 
 impl RedisConfig {
+    /// One server or a Sentinel deployment at `url`, with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        let url = url.into();
+        let wait_replicas = if url.starts_with(SENTINEL_SCHEME) { 1 } else { 0 };
+        RedisConfig { url, timeout: Duration::from_secs(5), wait_replicas, wait_timeout: Duration::from_secs(1) }
+    }
+
     pub fn from_env() -> Result<Self, crate::env::EnvError> {
-        Ok(RedisConfig {
-            url: crate::env::var("TAYORI_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/0".into()),
+        let url = crate::env::var("TAYORI_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+        let default_wait = if url.starts_with(SENTINEL_SCHEME) { 1 } else { 0 };
+        let wait_replicas = match crate::env::var("TAYORI_REDIS_WAIT_REPLICAS") {
+            None => default_wait,
+            Some(v) => v.parse().map_err(|_| crate::env::EnvError {
+                name: "TAYORI_REDIS_WAIT_REPLICAS".into(),
+                value: v,
+                reason: "expected a number of replicas".into(),
+            })?,
+        };
+        let cfg = RedisConfig {
+            url,
             timeout: crate::env::millis("TAYORI_REDIS_TIMEOUT_MS", 5000)?,
+            wait_replicas,
+            wait_timeout: crate::env::millis("TAYORI_REDIS_WAIT_MS", 1000)?,
+        };
+        cfg.endpoint().map_err(|e| crate::env::EnvError {
+            name: "TAYORI_REDIS_URL".into(),
+            value: "(not shown: it may hold a password)".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Where Redis is: parsed from the URL, nothing connected yet.
+    pub fn endpoint(&self) -> RedisResult<Endpoint> {
+        Endpoint::parse(&self.url, self.timeout)
+    }
+
+    /// A managed connection that reconnects by itself after Redis restarts
+    /// and follows a Sentinel failover.
+    pub async fn connect(&self) -> RedisResult<ConnectionManager> {
+        ConnectionManager::connect(self.endpoint()?, self).await
+    }
+}
+
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
+const SENTINEL_PORT: u16 = 26379;
+
+/// Where Redis is: one server, or the master of a Sentinel deployment.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint(Arc<EndpointKind>);
+
+enum EndpointKind {
+    Direct(redis::Client),
+    Sentinel {
+        /// The sentinels' own client keeps connections to them; one caller
+        /// at a time.
+        client: tokio::sync::Mutex<SentinelClient>,
+        service: String,
+        timeout: Duration,
+    },
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            EndpointKind::Direct(c) => write!(f, "Endpoint({})", c.get_connection_info().addr()),
+            EndpointKind::Sentinel { service, .. } => write!(f, "Endpoint(sentinel master {service})"),
+        }
+    }
+}
+
+fn invalid(what: &'static str, detail: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::InvalidClientConfig, what, detail))
+}
+
+/// The parts of a `redis+sentinel://` URL.
+#[derive(Debug, PartialEq)]
+struct SentinelUrl {
+    username: Option<String>,
+    password: Option<String>,
+    sentinels: Vec<(String, u16)>,
+    service: String,
+    db: i64,
+}
+
+/// Parse `redis+sentinel://[[user]:password@]h:p[,h:p...]/service[/db]`.
+/// Written here: the `redis` crate reads only single-server URLs.
+fn parse_sentinel_url(url: &str) -> RedisResult<SentinelUrl> {
+    let rest = url.strip_prefix(SENTINEL_SCHEME).ok_or_else(|| invalid("not a sentinel URL", String::new()))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let decode = |s: &str| -> RedisResult<Option<String>> {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        percent_decode(s).map(Some).ok_or_else(|| invalid("bad percent-encoding in the credentials", String::new()))
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(u) => match u.split_once(':') {
+            Some((user, pass)) => (decode(user)?, decode(pass)?),
+            None => (decode(u)?, None),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for h in hosts.split(',').filter(|h| !h.is_empty()) {
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| invalid("bad sentinel port", h.to_owned()));
+        let (host, port) = if let Some(v6) = h.strip_prefix('[') {
+            let (host, after) = v6.split_once(']').ok_or_else(|| invalid("bad sentinel address", h.to_owned()))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, port_of(p)?),
+                None if after.is_empty() => (host, SENTINEL_PORT),
+                None => return Err(invalid("bad sentinel address", h.to_owned())),
+            }
+        } else {
+            match h.split_once(':') {
+                Some((host, p)) => (host, port_of(p)?),
+                None => (h, SENTINEL_PORT),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("empty sentinel host", h.to_owned()));
+        }
+        sentinels.push((host.to_owned(), port));
+    }
+    if sentinels.is_empty() {
+        return Err(invalid("a sentinel URL names no sentinel", String::new()));
+    }
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let service =
+        parts.next().ok_or_else(|| invalid("a sentinel URL names no master (…/master-name)", String::new()))?;
+    let db = match parts.next() {
+        None => 0,
+        Some(d) => d.parse().map_err(|_| invalid("bad database number", d.to_owned()))?,
+    };
+    if parts.next().is_some() {
+        return Err(invalid("a sentinel URL's path is /master-name[/db]", String::new()));
+    }
+    Ok(SentinelUrl { username, password, sentinels, service: service.to_owned(), db })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Endpoint {
+    pub fn parse(url: &str, timeout: Duration) -> RedisResult<Endpoint> {
+        if !url.starts_with(SENTINEL_SCHEME) {
+            return Ok(Endpoint(Arc::new(EndpointKind::Direct(redis::Client::open(url)?))));
+        }
+        let u = parse_sentinel_url(url)?;
+        let addrs = u.sentinels.iter().map(|(h, p)| ConnectionAddr::Tcp(h.clone(), *p));
+        let tcp = redis::io::tcp::TcpSettings::default();
+        let mut b = SentinelClientBuilder::new(addrs, &u.service, SentinelServerType::Master)?
+            .set_client_to_redis_db(u.db)
+            .set_client_to_redis_tcp_settings(tcp.clone())
+            .set_client_to_sentinel_tcp_settings(tcp);
+        if let Some(user) = &u.username {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(pass) = &u.password {
+            b = b.set_client_to_redis_password(pass);
+        }
+        Ok(Endpoint(Arc::new(EndpointKind::Sentinel {
+            client: tokio::sync::Mutex::new(b.build()?),
+            service: u.service,
+            timeout,
+        })))
+    }
+
+    pub fn is_sentinel(&self) -> bool {
+        matches!(&*self.0, EndpointKind::Sentinel { .. })
+    }
+
+    /// A client for the server to talk to now: the one server, or the
+    /// master the sentinels name (checked to be a master).
+    pub async fn client(&self) -> RedisResult<redis::Client> {
+        match &*self.0 {
+            EndpointKind::Direct(c) => Ok(c.clone()),
+            EndpointKind::Sentinel { client, service, timeout } => {
+                let ask = async { client.lock().await.async_get_client().await };
+                match tokio::time::timeout(*timeout, ask).await {
+                    Ok(r) => r,
+                    Err(_) => Err(RedisError::from((
+                        redis::ErrorKind::Io,
+                        "no sentinel named the master in time",
+                        service.clone(),
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+/// The current connection and the address it goes to.
+struct Current {
+    generation: u64,
+    addr: ConnectionAddr,
+    conn: redis::aio::ConnectionManager,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    config: redis::aio::ConnectionManagerConfig,
+    current: RwLock<Current>,
+    /// One move to a new master at a time.
+    moving: tokio::sync::Mutex<()>,
+    wait_replicas: u32,
+    wait_timeout: Duration,
+    /// Until when (ms since `started`) `WAIT` is skipped after one came back
+    /// short: with the replicas down every `WAIT` would stall this
+    /// connection's other commands for its whole timeout.
+    degraded_until_ms: AtomicU64,
+    started: Instant,
+}
+
+/// How long promised writes go without `WAIT` after one came back short.
+const DEGRADED_FOR: Duration = Duration::from_secs(10);
+
+/// A multiplexed connection (the `redis` crate's ConnectionManager) that,
+/// with Sentinel, moves to the new master after a failover. Cheap to
+/// clone; every clone shares the connection. A command that fails is not
+/// sent again by it (it may have run): callers retry as before.
+#[derive(Clone)]
+pub struct ConnectionManager(Arc<Shared>);
+
+impl ConnectionManager {
+    pub async fn connect(endpoint: Endpoint, cfg: &RedisConfig) -> RedisResult<ConnectionManager> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(2));
+        let client = endpoint.client().await?;
+        let addr = client.get_connection_info().addr().clone();
+        let conn = client.get_connection_manager_with_config(config.clone()).await?;
+        Ok(ConnectionManager(Arc::new(Shared {
+            endpoint,
+            config,
+            current: RwLock::new(Current { generation: 0, addr, conn }),
+            moving: tokio::sync::Mutex::new(()),
+            wait_replicas: cfg.wait_replicas,
+            wait_timeout: cfg.wait_timeout,
+            degraded_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        })))
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0.endpoint
+    }
+
+    fn current(&self) -> (u64, redis::aio::ConnectionManager) {
+        let c = self.0.current.read().expect("redis connection lock");
+        (c.generation, c.conn.clone())
+    }
+
+    /// After a failed command: with Sentinel, if the error says the server
+    /// is gone or no longer the master, ask the sentinels and move to the
+    /// master they name (once, however many commands failed together).
+    async fn after_error(&self, generation: u64, e: &RedisError) {
+        if !self.0.endpoint.is_sentinel() || !wants_new_master(e) {
+            return;
+        }
+        let _one = self.0.moving.lock().await;
+        if self.0.current.read().expect("redis connection lock").generation != generation {
+            return; // another command already moved
+        }
+        let client = match self.0.endpoint.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the sentinels named no reachable master yet");
+                return;
+            }
+        };
+        let addr = client.get_connection_info().addr().clone();
+        let same = self.0.current.read().expect("redis connection lock").addr == addr;
+        if same && !matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)) {
+            return; // still the master: the connection reconnects by itself
+        }
+        match client.get_connection_manager_with_config(self.0.config.clone()).await {
+            Ok(conn) => {
+                tracing::warn!(master = %addr, "moved to the master the sentinels name");
+                let mut c = self.0.current.write().expect("redis connection lock");
+                *c = Current { generation: c.generation + 1, addr, conn };
+            }
+            Err(e) => tracing::warn!(error = %e, master = %addr, "the new master cannot be reached yet"),
+        }
+    }
+
+    /// Make the writes sent on this connection so far durable beyond the
+    /// master: `WAIT` until `TAYORI_REDIS_WAIT_REPLICAS` replicas have them
+    /// (no-op when that is 0). Short of them within the timeout, the writes
+    /// stand (they cannot be taken back) and a warning is logged; for the
+    /// next 10 s no `WAIT` is sent, so that a lost replica does not stall
+    /// every command behind a `WAIT` that cannot succeed.
+    pub async fn replicate(&mut self) -> RedisResult<()> {
+        let want = self.0.wait_replicas;
+        let now_ms = self.0.started.elapsed().as_millis() as u64;
+        if want == 0 || now_ms < self.0.degraded_until_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let got: u32 =
+            redis::cmd("WAIT").arg(want).arg(self.0.wait_timeout.as_millis() as u64).query_async(self).await?;
+        if got < want {
+            let until = self.0.started.elapsed() + DEGRADED_FOR;
+            self.0.degraded_until_ms.store(until.as_millis() as u64, Ordering::Relaxed);
+            crate::metrics::count_error(crate::metrics::Service::Redis);
+            tracing::warn!(want, got, "writes reached fewer replicas than asked; not waiting for replicas for 10 s");
+        }
+        Ok(())
+    }
+}
+
+/// Errors after which the master may have changed.
+fn wants_new_master(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown)
+        )
+}
+
+impl redis::aio::ConnectionLike for ConnectionManager {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let r = conn.req_packed_command(cmd).await;
+            if let Err(e) = &r {
+                self.after_error(generation, e).await;
+            }
+            r
         })
     }
 
-    pub fn client(&self) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(self.url.as_str())
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        Box::pin(async move {
+            let (generation, mut conn) = self.current();
+            let r = conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(e) = &r {
+                self.after_error(generation, e).await;
+            }
+            r
+        })
     }
 
-    /// A managed connection that reconnects by itself after Redis restarts.
-    pub async fn connect(&self) -> redis::RedisResult<ConnectionManager> {
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(2));
-        self.client()?.get_connection_manager_with_config(cfg).await
+    fn get_db(&self) -> i64 {
+        self.current().1.get_db()
     }
 }
 
 /// Whether a Redis error is worth retrying (connection trouble, timeouts,
-/// a server still loading its data) rather than a bug or bad data.
+/// a server still loading its data, a failover under way) rather than a bug
+/// or bad data.
 pub fn is_transient(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
@@ -46,8 +429,12 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_connection_refusal()
         || matches!(
             e.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-                | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    | redis::ServerErrorKind::ReadOnly
+                    | redis::ServerErrorKind::MasterDown
+            )
         )
 }
 
@@ -60,4 +447,43 @@ pub const LUA_CLOCK: &str =
 /// A script whose body can use `now` ([`LUA_CLOCK`]).
 pub fn with_clock(body: &str) -> redis::Script {
     redis::Script::new(&format!("{LUA_CLOCK}{body}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_are_read() {
+        let u = parse_sentinel_url("redis+sentinel://:p%40ss@10.0.0.1:26379,sentinel-2,[::1]:26380,[::2]/mymaster/2")
+            .unwrap();
+        assert_eq!(u.username, None);
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+        assert_eq!(
+            u.sentinels,
+            vec![
+                ("10.0.0.1".into(), 26379),
+                ("sentinel-2".into(), 26379),
+                ("::1".into(), 26380),
+                ("::2".into(), 26379)
+            ]
+        );
+        assert_eq!((u.service.as_str(), u.db), ("mymaster", 2));
+        let u = parse_sentinel_url("redis+sentinel://app:pw@s1:1,s2:2/m").unwrap();
+        assert_eq!((u.username.as_deref(), u.password.as_deref(), u.db), (Some("app"), Some("pw"), 0));
+    }
+
+    #[test]
+    fn bad_sentinel_urls_are_refused() {
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel:///m",
+            "redis+sentinel://s1:notaport/m",
+            "redis+sentinel://s1/m/notadb",
+            "redis+sentinel://s1/m/0/extra",
+            "redis+sentinel://:%zz@s1/m",
+        ] {
+            assert!(parse_sentinel_url(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

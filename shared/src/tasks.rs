@@ -11,8 +11,8 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::redis_conn::ConnectionManager;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::keys;
 use crate::progress::{ProgressEvent, TaskMeta};

@@ -80,13 +80,8 @@ fn config(lease_secs: u64, idle_ms: u64) -> QueueConfig {
 
 /// Run an apalis worker on `queue` until the returned handle is dropped
 /// (dropping it aborts the worker as a crash would: nothing is settled).
-fn spawn_worker(
-    redis: &RedisServer,
-    queue: &Queue<Noop>,
-    concurrency: usize,
-    seen: &Seen,
-) -> tokio::task::JoinHandle<()> {
-    let consumer = queue.consumer(redis.client(), concurrency);
+fn spawn_worker(queue: &Queue<Noop>, concurrency: usize, seen: &Seen) -> tokio::task::JoinHandle<()> {
+    let consumer = queue.consumer(concurrency);
     let worker = WorkerBuilder::new(format!("w{}", uuid::Uuid::new_v4().simple()).as_str())
         .backend(consumer)
         .data(seen.clone())
@@ -136,8 +131,8 @@ async fn a_backlog_of_20000_due_jobs_drains_completely_once_each() {
     assert_eq!(q.stats().await.unwrap(), QueueStats { waiting: 20_000, leased: 0, stored: 20_000, dead: 0 });
     let seen = Seen::default();
     let t1 = Instant::now();
-    let _w1 = spawn_worker(&redis, &q, 64, &seen);
-    let _w2 = spawn_worker(&redis, &q, 64, &seen);
+    let _w1 = spawn_worker(&q, 64, &seen);
+    let _w2 = spawn_worker(&q, 64, &seen);
     wait_until(Duration::from_secs(120), "20,000 jobs", || seen.count() == 20_000).await;
     let drained = t1.elapsed();
     // Every outcome recorded: nothing waiting, leased or stored.
@@ -155,7 +150,7 @@ async fn an_idle_worker_picks_up_a_new_job_at_once() {
     // Idle wait 10 s: only the wake-up can explain a fast pick-up.
     let q: Queue<Noop> = Queue::new(redis.manager().await, "wake", &config(10, 10_000));
     let seen = Seen::default();
-    let _w = spawn_worker(&redis, &q, 4, &seen);
+    let _w = spawn_worker(&q, 4, &seen);
     tokio::time::sleep(Duration::from_millis(500)).await; // the worker is idle, blocked on its wake-up list
     let mut delays = Vec::new();
     for n in 0..5 {
@@ -175,7 +170,7 @@ async fn a_job_of_a_worker_that_died_goes_to_another_after_the_lease() {
     let redis = RedisServer::start();
     let q: Queue<Noop> = Queue::new(redis.manager().await, "lost", &config(2, 200));
     let first = Seen::default();
-    let dying = spawn_worker(&redis, &q, 1, &first);
+    let dying = spawn_worker(&q, 1, &first);
     q.push(&Noop { n: 7, sleep_ms: 60_000, fail_first: 0, put_off_first: 0 }).await.unwrap();
     wait_until(Duration::from_secs(5), "the first delivery", || first.attempts(7) == [1]).await;
     assert_eq!(q.stats().await.unwrap().leased, 1);
@@ -183,7 +178,7 @@ async fn a_job_of_a_worker_that_died_goes_to_another_after_the_lease() {
     dying.abort();
     let died = Instant::now();
     let second = Seen::default();
-    let _w = spawn_worker(&redis, &q, 1, &second);
+    let _w = spawn_worker(&q, 1, &second);
     wait_until(Duration::from_secs(10), "the second delivery", || second.attempts(7).len() == 1).await;
     let took = died.elapsed();
     assert_eq!(second.attempts(7), [2], "delivered again as attempt 2");
@@ -196,8 +191,8 @@ async fn a_long_job_keeps_its_lease_and_runs_once() {
     let redis = RedisServer::start();
     let q: Queue<Noop> = Queue::new(redis.manager().await, "long", &config(2, 200));
     let seen = Seen::default();
-    let _a = spawn_worker(&redis, &q, 2, &seen);
-    let _b = spawn_worker(&redis, &q, 2, &seen);
+    let _a = spawn_worker(&q, 2, &seen);
+    let _b = spawn_worker(&q, 2, &seen);
     // Three times the lease.
     q.push(&Noop { n: 1, sleep_ms: 6_000, fail_first: 0, put_off_first: 0 }).await.unwrap();
     wait_until(Duration::from_secs(5), "the delivery", || seen.attempts(1).len() == 1).await;
@@ -212,7 +207,7 @@ async fn a_failed_attempt_is_retried_with_backoff() {
     let redis = RedisServer::start();
     let q: Queue<Noop> = Queue::new(redis.manager().await, "retry", &config(10, 200));
     let seen = Seen::default();
-    let _w = spawn_worker(&redis, &q, 2, &seen);
+    let _w = spawn_worker(&q, 2, &seen);
     q.push(&Noop { n: 3, sleep_ms: 0, fail_first: 2, put_off_first: 0 }).await.unwrap();
     let t0 = Instant::now();
     wait_until(Duration::from_secs(10), "three attempts", || seen.attempts(3).len() == 3).await;
@@ -230,7 +225,7 @@ async fn jobs_come_out_in_the_order_they_went_in() {
         q.push(&Noop::new(n)).await.unwrap();
     }
     let seen = Seen::default();
-    let _w = spawn_worker(&redis, &q, 1, &seen);
+    let _w = spawn_worker(&q, 1, &seen);
     wait_until(Duration::from_secs(10), "50 jobs", || seen.count() == 50).await;
     let mut order: Vec<(u64, Instant)> = seen.0.lock().unwrap().iter().map(|(n, (_, t))| (*n, *t)).collect();
     order.sort_by_key(|(_, t)| *t);
@@ -243,7 +238,7 @@ async fn put_off_deliveries_are_not_counted_as_attempts() {
     let redis = RedisServer::start();
     let q: Queue<Noop> = Queue::new(redis.manager().await, "uncounted", &config(10, 200));
     let seen = Seen::default();
-    let _w = spawn_worker(&redis, &q, 1, &seen);
+    let _w = spawn_worker(&q, 1, &seen);
     // Put off twice (a duplicate delivery, Redis trouble), then run.
     q.push(&Noop { n: 1, sleep_ms: 0, fail_first: 0, put_off_first: 2 }).await.unwrap();
     wait_until(Duration::from_secs(10), "three deliveries", || seen.attempts(1).len() == 3).await;
@@ -262,7 +257,7 @@ async fn a_job_that_cannot_be_read_is_kept_as_a_dead_letter_and_reported() {
     let _: () = redis::pipe().hset(&keys.data, "e1", raw).lpush(&keys.pending, "e1").query_async(&mut c).await.unwrap();
     let reported: Arc<Mutex<Vec<DeadLetter>>> = Default::default();
     let sink = reported.clone();
-    let consumer = q.consumer(redis.client(), 1).on_unreadable(Arc::new(move |d| {
+    let consumer = q.consumer(1).on_unreadable(Arc::new(move |d| {
         sink.lock().unwrap().push(d);
         Box::pin(async {})
     }));

@@ -11,9 +11,9 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use shared::job::{Stage, StageMetric};
 use shared::keys;
+use shared::redis_conn::ConnectionManager;
 
 // A job that has already ended (the other stage failed) gets no new record:
 // it would only linger until its TTL.

@@ -10,7 +10,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use shared::redis_conn::ConnectionManager;
 
 /// How long a claim lives without renewal.
 pub const CLAIM_TTL: Duration = Duration::from_secs(15);

@@ -146,11 +146,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
             }
         }
     };
-    let client = cfg.redis.client().context("the Redis URL")?;
     std::fs::create_dir_all(&cfg.work_dir).with_context(|| format!("creating {}", cfg.work_dir.display()))?;
     let storage = Storage::new(cfg.s3.clone());
     let cancels = shared::cancel::Cancels::new();
-    tokio::spawn(cancels.clone().listen(client.clone()));
+    tokio::spawn(cancels.clone().listen(redis.endpoint().clone()));
     let runner = Arc::new(Runner {
         cancels,
         tasks: TaskStore::new(redis.clone(), cfg.ttls),
@@ -175,12 +174,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
     // Catalog tasks (short, interactive) have their own queue and worker
     // loop so that they never wait behind a video job.
     let catalog_worker = WorkerBuilder::new(format!("{}-catalog", cfg.name).as_str())
-        .backend(
-            cfg.queue
-                .catalog(redis.clone())
-                .consumer(client.clone(), 1)
-                .on_unreadable(on_unreadable_catalog_task(runner.clone())),
-        )
+        .backend(cfg.queue.catalog(redis.clone()).consumer(1).on_unreadable(on_unreadable_catalog_task(runner.clone())))
         .data(runner.clone())
         .concurrency(1)
         .build(handle_catalog);
@@ -207,14 +201,14 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 
         .iter()
         .map(|&stage| {
             let stop_rx = if stage == Stage::Image { stop_entry_rx.clone() } else { stop_rest_rx.clone() };
-            let (cfg, redis, runner, client) = (cfg.clone(), redis.clone(), runner.clone(), client.clone());
+            let (cfg, redis, runner) = (cfg.clone(), redis.clone(), runner.clone());
             tokio::spawn(async move {
                 loop {
                     let w = WorkerBuilder::new(format!("{}-{}", cfg.name, stage.name()).as_str())
                         .backend(
                             cfg.queue
                                 .stage(redis.clone(), stage)
-                                .consumer(client.clone(), cfg.concurrency.max(1))
+                                .consumer(cfg.concurrency.max(1))
                                 .on_unreadable(on_unreadable_job(runner.clone())),
                         )
                         .data(runner.clone())

@@ -207,7 +207,9 @@ impl Runner {
                 retryable: true,
             };
             tracing::error!(%task_id, stage = stage.name(), delivery, "giving up on a job delivered too often");
-            return self.fail_task(&task_id, job.submitted_at, &err, None, Vec::new(), Origin::of(self, stage, &job)).await;
+            return self
+                .fail_task(&task_id, job.submitted_at, &err, None, Vec::new(), Origin::of(self, stage, &job))
+                .await;
         }
         if stage == Stage::Image
             && let Some(meta) = self.tasks.meta(&task_id).await?

@@ -13,15 +13,15 @@
 //! - `POST /admin/api/failed/{task_id}/retry`: queue a failed job again, as
 //!   a new attempt of the same task id with a fresh time budget.
 
+use axum::Form;
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use redis::AsyncCommands;
 use axum::routing::{get, post};
+use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::json;
 use shared::job::{Stage, VideoJob};

@@ -128,7 +128,7 @@ async fn serve(state: AppState, task_id: String, socket: WebSocket) -> anyhow::R
     let connected_at = now_rfc3339();
     let mut redis = state.redis.clone();
     let ttl = state.tasks.ttls().ws_session.as_secs().max(1);
-    let touch_session = |mut redis: redis::aio::ConnectionManager| {
+    let touch_session = |mut redis: shared::redis_conn::ConnectionManager| {
         let body = json!({"session_id": session_id, "task_id": task_id, "connected_at": connected_at, "last_ping": now_rfc3339()}).to_string();
         let key = session_key.clone();
         async move {

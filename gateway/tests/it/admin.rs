@@ -213,9 +213,10 @@ async fn the_dashboard_signs_in_and_retries_live_in_chromium() {
     let t0 = Instant::now();
     while harness::meta(&stack, &task).await.is_some() && {
         let mut r = stack.redis().await;
-        let held: bool = redis::AsyncCommands::exists(&mut r, shared::keys::job_claim(&task, shared::job::Stage::Voice))
-            .await
-            .unwrap();
+        let held: bool =
+            redis::AsyncCommands::exists(&mut r, shared::keys::job_claim(&task, shared::job::Stage::Voice))
+                .await
+                .unwrap();
         held
     } {
         assert!(t0.elapsed() < Duration::from_secs(20));
@@ -250,7 +251,8 @@ async fn the_dashboard_signs_in_and_retries_live_in_chromium() {
             .map(|j| (j["stage"].clone(), j["step"].clone(), j["worker"].clone()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("node exits").unwrap();
+    let out =
+        tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await.expect("node exits").unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     println!("{stdout}");
     assert!(out.status.success() && stdout.contains("ADMIN OK"), "{stdout}\n{stderr}\n{}", stack.logs());

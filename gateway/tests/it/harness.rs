@@ -69,6 +69,83 @@ pub fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
     redis
 }
 
+/// The name of the master the test sentinels watch.
+pub const SENTINEL_MASTER: &str = "tayori";
+
+/// Start a replica of the Redis on `master_port`; returns once it has
+/// synced.
+fn spawn_replica(port: u16, master_port: u16, dir: &Path) -> Proc {
+    let dir = dir.join(format!("replica-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let replica = Proc(
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--replicaof", "127.0.0.1", &master_port.to_string()])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let info = client
+            .get_connection()
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query::<String>(&mut c))
+            .unwrap_or_default();
+        if info.contains("master_link_status:up") {
+            return replica;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "the replica did not sync: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Start a sentinel (redis-server in sentinel mode) watching the master on
+/// `master_port`: down after 1 s without an answer, two votes to fail over.
+fn spawn_sentinel(port: u16, master_port: u16, dir: &Path) -> Proc {
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+             sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
+             sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join(format!("sentinel-{port}.log"))).unwrap();
+    Proc(Command::new("redis-server").arg(&conf).arg("--sentinel").stdout(log).stderr(Stdio::null()).spawn().unwrap())
+}
+
+/// Wait until every sentinel knows the replica and the other sentinels
+/// (they find each other through the master, every 2 s).
+fn wait_sentinels_ready(ports: &[u16]) {
+    let t0 = Instant::now();
+    for port in ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        loop {
+            let fields: Vec<String> = client
+                .get_connection()
+                .and_then(|mut c| redis::cmd("SENTINEL").arg("MASTER").arg(SENTINEL_MASTER).query(&mut c))
+                .unwrap_or_default();
+            let field = |name: &str| fields.iter().position(|f| f == name).and_then(|i| fields.get(i + 1)).cloned();
+            if field("num-slaves").as_deref() == Some("1")
+                && field("num-other-sentinels").as_deref() == Some(&(ports.len() - 1).to_string())
+            {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "sentinel {port} not ready: {fields:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 /// (peak, current) resident memory of a process in KiB.
 fn memory_kb(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -131,6 +208,9 @@ pub struct Stack {
     pub data_dir: PathBuf,
     redis_port: u16,
     redis_aof: bool,
+    /// With [`Topology::Sentinel`]: the replica's and the sentinels' ports.
+    pub replica_port: Option<u16>,
+    pub sentinel_ports: Vec<u16>,
     worker_env: Vec<(String, String)>,
     stages: Vec<String>,
     /// Environment given to the gateway, for running its subcommands.
@@ -138,7 +218,20 @@ pub struct Stack {
     // Dropped in this order: workers first, Redis last.
     workers: Vec<Proc>,
     gateway: Proc,
+    /// The replica and the sentinels, after the master.
+    redis_others: Vec<Proc>,
     redis: Proc,
+}
+
+/// How the stack's Redis is deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One redis-server.
+    #[default]
+    Single,
+    /// A master, one replica and three sentinels; the stack is given a
+    /// `redis+sentinel://` URL.
+    Sentinel,
 }
 
 pub struct Options {
@@ -150,11 +243,19 @@ pub struct Options {
     pub stages: Vec<String>,
     /// Redis with its append-only file on, so that it can be restarted.
     pub redis_aof: bool,
+    pub topology: Topology,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, env: Vec::new(), own_data: false, stages: Vec::new(), redis_aof: false }
+        Options {
+            workers: 2,
+            env: Vec::new(),
+            own_data: false,
+            stages: Vec::new(),
+            redis_aof: false,
+            topology: Topology::Single,
+        }
     }
 }
 
@@ -166,7 +267,20 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let redis_port = free_port();
         let redis = spawn_redis(redis_port, dir.path(), opts.redis_aof);
-        let redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+        let mut redis_url = format!("redis://127.0.0.1:{redis_port}/0");
+        let (mut redis_others, mut replica_port, mut sentinel_ports) = (Vec::new(), None, Vec::new());
+        if opts.topology == Topology::Sentinel {
+            let port = free_port();
+            redis_others.push(spawn_replica(port, redis_port, dir.path()));
+            replica_port = Some(port);
+            sentinel_ports = (0..3).map(|_| free_port()).collect();
+            for &p in &sentinel_ports {
+                redis_others.push(spawn_sentinel(p, redis_port, dir.path()));
+            }
+            wait_sentinels_ready(&sentinel_ports);
+            let hosts: Vec<String> = sentinel_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            redis_url = format!("redis+sentinel://{}/{SENTINEL_MASTER}/0", hosts.join(","));
+        }
 
         let http_port = free_port();
         let s3_port = free_port();
@@ -218,6 +332,9 @@ impl Stack {
             workers: Vec::new(),
             redis_port,
             redis_aof: opts.redis_aof,
+            replica_port,
+            sentinel_ports,
+            redis_others,
             dir,
             http: format!("http://127.0.0.1:{http_port}"),
             s3_endpoint,
@@ -290,8 +407,10 @@ impl Stack {
         })
     }
 
+    /// A connection to the stack's Redis (the current master, with Sentinel).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        let endpoint = shared::redis_conn::RedisConfig::new(self.redis_url.as_str()).endpoint().unwrap();
+        endpoint.client().await.unwrap().get_multiplexed_async_connection().await.unwrap()
     }
 
     pub fn ws_url(&self, task_id: &str) -> String {

@@ -11,6 +11,7 @@ mod cli;
 mod delivery;
 mod deploy;
 mod e2e;
+mod failover;
 mod faults;
 mod harness;
 mod idempotency;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::redis_conn::ConnectionManager;
 use apalis_core::backend::finalize::Ephemeral;
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::error::BoxDynError;
@@ -28,7 +29,6 @@ use apalis_core::task::task_id::{RandomId, TaskId};
 use apalis_core::worker::context::WorkerContext;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -108,7 +108,6 @@ impl InHand {
 /// same concurrency as the worker.
 pub struct Consumer<T> {
     queue: Queue<T>,
-    client: redis::Client,
     concurrency: usize,
     in_hand: Arc<InHand>,
     settle_tx: mpsc::UnboundedSender<Settlement>,
@@ -123,14 +122,13 @@ impl<T> Queue<T>
 where
     T: DeserializeOwned + Send + Sync + 'static,
 {
-    /// A consumer of this queue; `client` opens its blocking wake-up
-    /// connection.
-    pub fn consumer(&self, client: redis::Client, concurrency: usize) -> Consumer<T> {
+    /// A consumer of this queue. Its blocking wake-up connection goes to
+    /// the queue connection's endpoint (the master, with Sentinel).
+    pub fn consumer(&self, concurrency: usize) -> Consumer<T> {
         let concurrency = concurrency.max(1);
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         Consumer {
             queue: self.clone(),
-            client,
             concurrency,
             in_hand: Arc::new(InHand {
                 held: Mutex::new(HashMap::new()),
@@ -164,7 +162,6 @@ where
         let settle_rx = self.settle_rx.take().expect("started once");
         self.tasks.push(AbortOnDrop(tokio::spawn(fetcher(
             self.queue.clone(),
-            self.client.clone(),
             self.in_hand.clone(),
             self.on_unreadable.clone(),
             tx,
@@ -216,7 +213,6 @@ async fn bury(conn: &mut ConnectionManager, keys: &Keys, dead: &super::DeadLette
 
 async fn fetcher<T: DeserializeOwned + Send + 'static>(
     queue: Queue<T>,
-    client: redis::Client,
     in_hand: Arc<InHand>,
     on_unreadable: Option<OnUnreadable>,
     out: mpsc::Sender<Task<T>>,
@@ -292,7 +288,11 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
                 .set_response_timeout(Some(queue.idle_wait + Duration::from_secs(5)));
-            match client.get_multiplexed_async_connection_with_config(&cfg).await {
+            let connected = match queue.conn.endpoint().client().await {
+                Ok(client) => client.get_multiplexed_async_connection_with_config(&cfg).await,
+                Err(e) => Err(e),
+            };
+            match connected {
                 Ok(c) => waker = Some(c),
                 Err(e) => {
                     crate::metrics::count_error(crate::metrics::Service::Redis);
@@ -355,8 +355,15 @@ async fn settler<T>(queue: Queue<T>, in_hand: Arc<InHand>, mut rx: mpsc::Unbound
                 let after = s.retry_after.map_or(-1, |d| d.as_millis() as i64);
                 inv.arg(&s.entry).arg(s.attempt).arg(after).arg(u8::from(s.counted));
             }
-            match inv.invoke_async::<u64>(&mut conn).await {
-                Ok(_) => break,
+            // Settling twice is harmless (a settled entry's attempt no
+            // longer matches), so a batch whose replication could not be
+            // confirmed is simply settled again.
+            let settled = match inv.invoke_async::<u64>(&mut conn).await {
+                Ok(_) => conn.replicate().await,
+                Err(e) => Err(e),
+            };
+            match settled {
+                Ok(()) => break,
                 Err(e) => {
                     crate::metrics::count_error(crate::metrics::Service::Redis);
                     tracing::warn!(queue = %queue.name, error = %e, n = batch.len(), "recording job outcomes failed; retrying");

@@ -17,6 +17,9 @@
 //! - **Settle** ([`scripts::SETTLE`]): done removes the entry and its data
 //!   (nothing is left growing); a failed attempt is retried after a backoff
 //!   through the `delayed` set.
+//! - **Replicate**: a push and a settlement return once
+//!   [`ConnectionManager::replicate`] has seen them reach a replica (with
+//!   Sentinel), so neither is lost with the master.
 //! - **Wake**: an idle consumer blocks on `wake` (BLPOP, on its own
 //!   connection) so a new job is picked up at once, and looks at retries and
 //!   expired leases at least every `idle_wait`.
@@ -27,10 +30,10 @@ pub mod scripts;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::job::{Stage, VideoJob};
+use crate::redis_conn::ConnectionManager;
 
 pub use consumer::{Consumer, Delivery, RetryLater};
 
@@ -265,6 +268,9 @@ impl<T: Serialize> Queue<T> {
             .ignore()
             .query_async(&mut conn)
             .await?;
+        // A job is accepted once a replica has it too (with Sentinel), so
+        // that it survives the master's loss.
+        conn.replicate().await?;
         Ok(entries.into_iter().map(|(id, _)| id).collect())
     }
 

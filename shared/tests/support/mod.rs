@@ -32,12 +32,8 @@ impl RedisServer {
         RedisServer { child, url, _dir: dir }
     }
 
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url.as_str()).unwrap()
-    }
-
-    pub async fn manager(&self) -> redis::aio::ConnectionManager {
-        self.client().get_connection_manager().await.unwrap()
+    pub async fn manager(&self) -> shared::redis_conn::ConnectionManager {
+        shared::redis_conn::RedisConfig::new(self.url.as_str()).connect().await.unwrap()
     }
 
     /// Bytes of memory Redis reports in use.
