@@ -175,6 +175,18 @@ impl TaskStore {
         Ok(raw.map(|s| serde_json::from_str(&s)).transpose()?)
     }
 
+    /// The snapshots of several tasks in one round trip, in the same order
+    /// (one MGET, which a Redis Cluster client splits by slot).
+    pub async fn snapshots(&self, task_ids: &[&str]) -> Result<Vec<Option<ProgressEvent>>, TaskStoreError> {
+        if task_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = task_ids.iter().map(|id| keys::progress(id)).collect();
+        let mut conn = self.conn.clone();
+        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        Ok(raw.into_iter().map(|r| r.map(|s| serde_json::from_str(&s)).transpose()).collect::<Result<_, _>>()?)
+    }
+
     /// Every kept event with `seq >= from`, in order. (The log may have
     /// expired and started again, so an event's place in it is not its
     /// number; a job's log is a few dozen events at most.)

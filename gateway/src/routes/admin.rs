@@ -117,19 +117,19 @@ async fn overview(_: Admin, State(state): State<AppState>) -> AppResult<impl Int
     }));
     let workers = shared::heartbeat::alive(&mut conn).await?;
     // Jobs in progress: what the workers hold, with each job's last event.
+    let held: Vec<_> = workers.iter().flat_map(|w| w.jobs.iter().map(move |j| (w, j))).collect();
+    let ids: Vec<&str> = held.iter().map(|(_, j)| j.task_id.as_str()).collect();
+    let lasts = state.tasks.snapshots(&ids).await?;
     let mut in_progress = Vec::new();
-    for w in &workers {
-        for j in &w.jobs {
-            let last = state.tasks.snapshot(&j.task_id).await?;
-            in_progress.push(json!({
-                "task_id": j.task_id,
-                "stage": j.stage,
-                "worker": w.name,
-                "since": j.since,
-                "step": last.as_ref().map(|e| e.current_step.clone()),
-                "percentage": last.as_ref().map(|e| e.percentage),
-            }));
-        }
+    for ((w, j), last) in held.into_iter().zip(lasts) {
+        in_progress.push(json!({
+            "task_id": j.task_id,
+            "stage": j.stage,
+            "worker": w.name,
+            "since": j.since,
+            "step": last.as_ref().map(|e| e.current_step.clone()),
+            "percentage": last.as_ref().map(|e| e.percentage),
+        }));
     }
     let jobs: std::collections::HashMap<String, u64> = conn.hgetall(shared::metrics::JOBS_KEY).await?;
     let mut by_code: Vec<(String, u64)> =
