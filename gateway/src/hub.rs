@@ -85,11 +85,7 @@ impl ProgressHub {
     pub async fn run(self, endpoint: shared::redis_conn::Endpoint) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let pubsub = match endpoint.client().await {
-                Ok(client) => client.get_async_pubsub().await,
-                Err(e) => Err(e),
-            };
-            match pubsub {
+            match endpoint.pubsub().await {
                 Ok(mut pubsub) => match pubsub.psubscribe(keys::PROGRESS_CHANNEL_PATTERN).await {
                     Ok(()) => {
                         tracing::info!("progress relay subscribed");

@@ -161,11 +161,7 @@ impl Cancels {
     pub async fn listen(self: Arc<Self>, endpoint: crate::redis_conn::Endpoint) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let pubsub = match endpoint.client().await {
-                Ok(client) => client.get_async_pubsub().await,
-                Err(e) => Err(e),
-            };
-            match pubsub {
+            match endpoint.pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(CHANNEL).await {
                     Ok(()) => {
                         backoff = Duration::from_millis(100);

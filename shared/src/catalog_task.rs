@@ -180,7 +180,7 @@ pub async fn wait_result(
     let cfg = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(limit + Duration::from_secs(5)));
-    let mut conn = endpoint.client().await?.get_multiplexed_async_connection_with_config(&cfg).await?;
+    let mut conn = endpoint.dedicated(&cfg).await?;
     let popped: Option<(String, String)> =
         redis::cmd("BLPOP").arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
     Ok(popped.and_then(|(_, json)| serde_json::from_str(&json).ok()))

@@ -52,9 +52,9 @@ impl RedisConfig {
 
     pub fn from_env() -> Result<Self, crate::env::EnvError> {
         let url = crate::env::var("TAYORI_REDIS_URL").unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-        let default_wait = if url.starts_with(SENTINEL_SCHEME) { 1 } else { 0 };
+        let defaults = RedisConfig::new(url);
         let wait_replicas = match crate::env::var("TAYORI_REDIS_WAIT_REPLICAS") {
-            None => default_wait,
+            None => defaults.wait_replicas,
             Some(v) => v.parse().map_err(|_| crate::env::EnvError {
                 name: "TAYORI_REDIS_WAIT_REPLICAS".into(),
                 value: v,
@@ -62,10 +62,10 @@ impl RedisConfig {
             })?,
         };
         let cfg = RedisConfig {
-            url,
-            timeout: crate::env::millis("TAYORI_REDIS_TIMEOUT_MS", 5000)?,
+            timeout: crate::env::millis("TAYORI_REDIS_TIMEOUT_MS", defaults.timeout.as_millis() as u64)?,
             wait_replicas,
-            wait_timeout: crate::env::millis("TAYORI_REDIS_WAIT_MS", 1000)?,
+            wait_timeout: crate::env::millis("TAYORI_REDIS_WAIT_MS", defaults.wait_timeout.as_millis() as u64)?,
+            url: defaults.url,
         };
         cfg.endpoint().map_err(|e| crate::env::EnvError {
             name: "TAYORI_REDIS_URL".into(),
@@ -254,6 +254,22 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// A connection of its own to the current master (for a blocking pop,
+    /// which must not hold up the shared connection).
+    pub async fn dedicated(
+        &self,
+        cfg: &redis::AsyncConnectionConfig,
+    ) -> RedisResult<redis::aio::MultiplexedConnection> {
+        self.client().await?.get_multiplexed_async_connection_with_config(cfg).await
+    }
+
+    /// A pub/sub connection to the current master.
+    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        self.client().await?.get_async_pubsub().await
+    }
+}
+
 /// The current connection and the address it goes to.
 struct Current {
     generation: u64,
@@ -374,16 +390,19 @@ impl ConnectionManager {
     }
 }
 
+/// The connection broke, timed out or was refused.
+fn is_connection_trouble(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// The server is not (or no longer) a master that takes writes.
+fn is_not_master(e: &RedisError) -> bool {
+    matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown))
+}
+
 /// Errors after which the master may have changed.
 fn wants_new_master(e: &RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown)
-        )
+    is_connection_trouble(e) || is_not_master(e)
 }
 
 impl redis::aio::ConnectionLike for ConnectionManager {
@@ -423,18 +442,11 @@ impl redis::aio::ConnectionLike for ConnectionManager {
 /// a server still loading its data, a failover under way) rather than a bug
 /// or bad data.
 pub fn is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
+    is_connection_trouble(e)
+        || is_not_master(e)
         || matches!(
             e.kind(),
-            redis::ErrorKind::Server(
-                redis::ServerErrorKind::BusyLoading
-                    | redis::ServerErrorKind::TryAgain
-                    | redis::ServerErrorKind::ReadOnly
-                    | redis::ServerErrorKind::MasterDown
-            )
+            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain)
         )
 }
 

@@ -239,7 +239,7 @@ async fn a_stopping_worker_hands_back_the_job_waiting_for_room_uncounted() {
         assert_eq!(harness::meta(&stack, id).await.unwrap()["status"], "SUCCESS", "{}", stack.logs());
     }
     assert_eq!(harness::meta(&stack, &ids[2]).await.unwrap()["status"], "PENDING");
-    let lines_of = |log: &str, id: &str| log.lines().filter(|l| l.contains(id)).map(plain).collect::<Vec<_>>();
+    let lines_of = |log: &str, id: &str| log.lines().filter(|l| l.contains(id)).map(harness::plain).collect::<Vec<_>>();
     let stopping = lines_of(&stack.worker_log_of(0), &ids[2]);
     assert!(!stopping.iter().any(|l| l.contains("stage done")), "the stopping worker ran it: {stopping:#?}");
     stack.start_worker();
@@ -248,22 +248,4 @@ async fn a_stopping_worker_hands_back_the_job_waiting_for_room_uncounted() {
     let next = lines_of(&stack.worker_log_of(1), &ids[2]);
     assert!(next.iter().any(|l| l.contains("delivery=1")), "{next:#?}");
     assert!(!next.iter().any(|l| l.contains("delivery=2")), "a hand-back is not an attempt: {next:#?}");
-}
-
-/// A log line without its terminal colours.
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -37,24 +37,6 @@ async fn status(stack: &Stack, task_id: &str) -> String {
     body["status"].as_str().unwrap_or("").to_owned()
 }
 
-/// A log line without its colours (ESC [ … letter).
-fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// The value of `field=` in a log line (quotes removed).
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let at = line.find(&format!("{name}="))? + name.len() + 1;
@@ -144,7 +126,7 @@ async fn every_accepted_job_completes_once_when_the_master_is_killed() {
     let all_done_after = done_after.iter().copied().fold(0.0, f64::max);
 
     // Exactly once: one success per job, and its video is there.
-    let log: String = stack.worker_log().lines().map(plain).collect::<Vec<_>>().join("\n");
+    let log: String = stack.worker_log().lines().map(harness::plain).collect::<Vec<_>>().join("\n");
     let mut successes: BTreeMap<&str, usize> = BTreeMap::new();
     let mut stage_runs: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for line in log.lines() {

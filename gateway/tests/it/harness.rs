@@ -69,6 +69,24 @@ pub fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
     redis
 }
 
+/// A log line without its terminal colours.
+pub fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The name of the master the test sentinels watch.
 pub const SENTINEL_MASTER: &str = "tayori";
 

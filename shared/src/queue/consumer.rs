@@ -288,11 +288,7 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
             let cfg = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(5)))
                 .set_response_timeout(Some(queue.idle_wait + Duration::from_secs(5)));
-            let connected = match queue.conn.endpoint().client().await {
-                Ok(client) => client.get_multiplexed_async_connection_with_config(&cfg).await,
-                Err(e) => Err(e),
-            };
-            match connected {
+            match queue.conn.endpoint().dedicated(&cfg).await {
                 Ok(c) => waker = Some(c),
                 Err(e) => {
                     crate::metrics::count_error(crate::metrics::Service::Redis);
