@@ -59,26 +59,39 @@ pub async fn is_done(conn: &mut ConnectionManager, task_id: &str, stage: Stage) 
     redis::cmd("HEXISTS").arg(keys::job_stages(task_id)).arg(format!("done:{}", stage.name())).query_async(conn).await
 }
 
-/// Count one more start of `stage`; returns how many there have been.
+// Counting a start is refused once the job has ended, in the same script
+// as the check: a stage starting while the other one fails must not make
+// the record again after the failure forgot it (it would linger until its
+// TTL, past the job's other keys).
+static COUNT_START: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        "{}{}",
+        shared::tasks::LUA_FINISHED,
+        r#"
+if finished(redis.call('GET', KEYS[2])) then return -1 end
+local n = redis.call('HINCRBY', KEYS[1], 'starts:' .. ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return n
+"#
+    ))
+});
+
+/// Count one more start of `stage`; returns how many there have been, or
+/// None when the job has already ended (nothing is recorded then).
 pub async fn count_start(
     conn: &mut ConnectionManager,
     task_id: &str,
     stage: Stage,
     keep: Duration,
-) -> redis::RedisResult<u32> {
-    let key = keys::job_stages(task_id);
-    let (n, _): (u32, i64) = redis::pipe()
-        .atomic()
-        .cmd("HINCRBY")
-        .arg(&key)
-        .arg(format!("starts:{}", stage.name()))
-        .arg(1)
-        .cmd("PEXPIRE")
-        .arg(&key)
+) -> redis::RedisResult<Option<u32>> {
+    let n: i64 = COUNT_START
+        .key(keys::job_stages(task_id))
+        .key(keys::task_meta(task_id))
+        .arg(stage.name())
         .arg(keep.as_millis() as u64)
-        .query_async(conn)
+        .invoke_async(conn)
         .await?;
-    Ok(n)
+    Ok(u32::try_from(n).ok())
 }
 
 /// The step records of the image and voice stages, in that order.

@@ -268,7 +268,10 @@ impl Runner {
         if meta.status.is_terminal() {
             return Ok(());
         }
-        let starts = handoff::count_start(&mut conn, task_id, stage, self.keep()).await?;
+        let Some(starts) = handoff::count_start(&mut conn, task_id, stage, self.keep()).await? else {
+            tracing::info!(%task_id, stage = stage.name(), "job ended as this stage started; dropping it");
+            return Ok(());
+        };
         meta.status = TaskStatus::Started;
         let date_started = *meta.date_started.get_or_insert_with(Utc::now);
         meta.worker = Some(self.cfg.name.clone());
