@@ -102,7 +102,7 @@ async fn main() {
             let mixed =
                 worker::pipeline::mix::mix_files(&wav, Some(&track), &scratch, -14.0, timeout).await.expect("mix");
             let music = scratch.join(format!("{k}.music.16k.wav"));
-            to_16k(&mixed, &music);
+            to_16k(&mixed.mp3, &music);
             for (variant, file) in [("alone", alone), ("music", music)] {
                 manifest.push(serde_json::json!({
                     "voice": p.id, "engine": p.metadata.engine, "language": p.language,

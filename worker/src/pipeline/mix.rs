@@ -56,15 +56,27 @@ async fn track_file(j: &Job<'_>, track: &BgmTrack) -> Result<PathBuf, PipelineEr
     Ok(path)
 }
 
-/// Mix `voice` with `track` (looped) in `dir` and normalize to `target_lufs`;
-/// returns the MP3. With a track, `dir/music_bus.wav` holds the ducked music.
+/// The mix, normalized, in the two forms the job keeps.
+pub struct Mixed {
+    /// `final_mixed.mp3` (the original layout).
+    pub mp3: PathBuf,
+    /// `final_mixed.m4a`: the same samples as AAC, which the render copies
+    /// into the video as it is.
+    pub aac: PathBuf,
+}
+
+/// AAC bit rate of the video's sound.
+pub const AAC_BITRATE: &str = "160k";
+
+/// Mix `voice` with `track` (looped) in `dir` and normalize to `target_lufs`.
+/// With a track, `dir/music_bus.wav` holds the ducked music.
 pub async fn mix_files(
     voice: &Path,
     track: Option<&Path>,
     dir: &Path,
     target_lufs: f64,
     timeout: Duration,
-) -> Result<PathBuf, PipelineError> {
+) -> Result<Mixed, PipelineError> {
     let speech = media::speech_seconds(voice, timeout).await?;
     let total = INTRO + speech + OUTRO;
     let raw = dir.join("mix_raw.wav");
@@ -97,7 +109,7 @@ pub async fn mix_files(
     // three; one costs 0.13 CPU-seconds just to start.)
     let measured = shared::rt::blocking(move || audio::measure_pcm_f32le(&pcm, 2, 48_000)).await?;
     let (integrated, peak) = (measured.integrated_lufs, measured.true_peak_dbtp);
-    let out = dir.join("final_mixed.mp3");
+    let out = Mixed { mp3: dir.join("final_mixed.mp3"), aac: dir.join("final_mixed.m4a") };
     let mut gain = target_lufs - integrated;
     for _ in 0..2 {
         let pcm = encode_with_gain(&raw, &out, gain, peak, timeout).await?;
@@ -110,12 +122,12 @@ pub async fn mix_files(
     Ok(out)
 }
 
-/// Encode `raw` to MP3 with `gain_db` applied; a limiter holds peaks under
-/// the true-peak target when the gain would push them over it. Returns the
-/// samples encoded (f32 stereo, 48 kHz).
+/// Encode `raw` to MP3 and AAC with `gain_db` applied; a limiter holds
+/// peaks under the true-peak target when the gain would push them over it.
+/// Returns the samples encoded (f32 stereo, 48 kHz).
 async fn encode_with_gain(
     raw: &Path,
-    out: &Path,
+    out: &Mixed,
     gain_db: f64,
     peak_db: f64,
     timeout: Duration,
@@ -127,21 +139,26 @@ async fn encode_with_gain(
         filter.push_str(&format!(",alimiter=limit={limit:.4}:attack=5:release=50:level=false"));
     }
     let mut args = media::input(raw, Format::Wav);
-    let graph = format!("[0:a]{filter},asplit=2[mp3][pcm]");
+    let graph = format!("[0:a]{filter},asplit=3[mp3][aac][pcm]");
     args.extend(crate::args!["-filter_complex", Arg::composed(graph)]);
-    args.extend(crate::args!["-map", "[mp3]", "-c:a", "libmp3lame", "-b:a", "192k", out]);
+    args.extend(crate::args!["-map", "[mp3]", "-c:a", "libmp3lame", "-b:a", "192k", &out.mp3]);
+    args.extend(crate::args!["-map", "[aac]", "-c:a", "aac", "-b:a", AAC_BITRATE, "-f", "mp4", &out.aac]);
     args.extend(crate::args!["-map", "[pcm]", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
     media::ffmpeg(args, timeout).await
 }
 
-pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<PathBuf, PipelineError> {
+pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<Mixed, PipelineError> {
     let track_path = match track {
         Some(t) => Some(track_file(j, t).await?),
         None => None,
     };
     let target = track.map(|t| t.volume_db).unwrap_or(DEFAULT_LUFS);
     let out = mix_files(voice, track_path.as_deref(), &j.dir, target, j.cfg.tool_timeout).await?;
-    j.storage.put_file(&objects::final_mixed(j.task_id()), &out, "audio/mpeg").await?;
+    let keys = (objects::final_mixed(j.task_id()), objects::final_mixed_aac(j.task_id()));
+    tokio::try_join!(
+        j.storage.put_file(&keys.0, &out.mp3, "audio/mpeg"),
+        j.storage.put_file(&keys.1, &out.aac, "audio/mp4"),
+    )?;
     Ok(out)
 }
 
@@ -223,12 +240,14 @@ mod tests {
         let track = data.join("bgm/system/celebration_energetic.mp3");
         let out = mix_files(&voice, Some(&track), dir.path(), -14.0, t).await.unwrap();
 
-        // ffmpeg's ebur128 filter, an independent meter.
-        let (integrated, peak) = crate::media::ebur128(&out, Format::Mp3, t).await.unwrap();
-        let peak = peak.expect("a true peak reading");
-        println!("integrated {integrated} LUFS, true peak {peak} dBFS");
-        assert!((integrated + 14.0).abs() <= 0.5, "integrated loudness {integrated} LUFS");
-        assert!(peak <= -1.0, "true peak {peak} dBTP");
+        // ffmpeg's ebur128 filter, an independent meter, on both forms.
+        for (file, format) in [(&out.mp3, Format::Mp3), (&out.aac, Format::Mp4)] {
+            let (integrated, peak) = crate::media::ebur128(file, format, t).await.unwrap();
+            let peak = peak.expect("a true peak reading");
+            println!("{format:?}: integrated {integrated} LUFS, true peak {peak} dBFS");
+            assert!((integrated + 14.0).abs() <= 0.5, "{format:?}: integrated loudness {integrated} LUFS");
+            assert!(peak <= -1.0, "{format:?}: true peak {peak} dBTP");
+        }
 
         // The music is at least 10 dB lower while the voice speaks than in the intro.
         let mut bus_args = media::input(&dir.path().join("music_bus.wav"), Format::Wav);

@@ -278,16 +278,31 @@ async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> 
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let frame = j.path(&format!("optimized_{w}x{h}.png"));
     let speech = j.path("prosody_adjusted.wav");
-    let mixed = j.path("final_mixed.mp3");
     let id = j.task_id();
-    let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id), objects::final_mixed(id));
-    let (_, _, _, timing) = tokio::try_join!(
+    let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id));
+    let (_, _, audio, timing) = tokio::try_join!(
         async { Ok::<_, PipelineError>(j.storage.get_to_file(&keys.0, &frame).await?) },
         async { Ok(j.storage.get_to_file(&keys.1, &speech).await?) },
-        async { Ok(j.storage.get_to_file(&keys.2, &mixed).await?) },
+        mixed_audio(j),
         render::speech_timing(j),
     )?;
-    render::render_and_upload(j, &frame, &speech, &mixed, timing.as_ref()).await
+    render::render_and_upload(j, &frame, &speech, &audio, timing.as_ref()).await
+}
+
+/// The mix as the voice stage stored it: the AAC the render copies, or,
+/// from a voice stage of a worker that made only the MP3, that MP3.
+async fn mixed_audio(j: &Job<'_>) -> Result<render::Audio, PipelineError> {
+    use shared::keys::objects;
+    let aac = j.path("final_mixed.m4a");
+    match j.storage.get_to_file(&objects::final_mixed_aac(j.task_id()), &aac).await {
+        Ok(_) => Ok(render::Audio::Aac(aac)),
+        Err(StorageError::NotFound { .. }) => {
+            let mp3 = j.path("final_mixed.mp3");
+            j.storage.get_to_file(&objects::final_mixed(j.task_id()), &mp3).await?;
+            Ok(render::Audio::Mp3(mp3))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Photo in, portrait frame at the render size out.
@@ -307,7 +322,7 @@ pub async fn voice_branch(
     let (base, timing) = j.step(Step::SynthesizeVoice, speech::synthesize(j, voice)).await?;
     let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base, &timing)).await?;
     let mixed = j.step(Step::MixBgm, mix::mix(j, track, &adjusted)).await?;
-    Ok((adjusted, mixed))
+    Ok((adjusted, mixed.mp3))
 }
 
 #[cfg(test)]

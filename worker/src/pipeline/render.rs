@@ -229,6 +229,27 @@ fn video_graph(ass_path: &Path, ass: &str, frames: u32) -> String {
     )
 }
 
+/// The video's sound, as the mix step made it.
+#[derive(Debug, Clone)]
+pub enum Audio {
+    /// AAC in an M4A, copied into the video as it is.
+    Aac(std::path::PathBuf),
+    /// An MP3 (from a worker that made no AAC), encoded to AAC here.
+    Mp3(std::path::PathBuf),
+}
+
+impl Audio {
+    /// The input arguments and the codec arguments for the sound.
+    fn args(&self) -> (Vec<Arg>, Vec<Arg>) {
+        match self {
+            Audio::Aac(p) => (media::input(p, media::Format::Mp4), crate::args!["-c:a", "copy"]),
+            Audio::Mp3(p) => {
+                (media::input(p, media::Format::Mp3), crate::args!["-c:a", "aac", "-b:a", super::mix::AAC_BITRATE])
+            }
+        }
+    }
+}
+
 /// Width of the JPEG thumbnail (its height keeps the frame's shape).
 const THUMBNAIL_WIDTH: u32 = 360;
 
@@ -239,7 +260,7 @@ async fn encode(
     j: &Job<'_>,
     frame: &Path,
     ass: (&Path, &str),
-    audio: &Path,
+    audio: &Audio,
     duration: f64,
     video: &Path,
     thumbnail: &Path,
@@ -264,12 +285,12 @@ async fn encode(
 }
 
 /// Encode the slow zoom over `planes` for `duration` seconds with the
-/// captions of `ass` (the file libass reads, and its text) and the MP3
+/// captions of `ass` (the file libass reads, and its text) and the sound
 /// `audio` into `video`.
 async fn encode_planes(
     planes: vision::zoom::Planes,
     ass: (&Path, &str),
-    audio: &Path,
+    audio: &Audio,
     duration: f64,
     video: &Path,
     timeout: std::time::Duration,
@@ -283,7 +304,8 @@ async fn encode_planes(
         media::Format::RawVideoStdin,
         crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS / ZOOM_EVERY)],
     );
-    args.extend(media::input(audio, media::Format::Mp3));
+    let (audio_in, audio_codec) = audio.args();
+    args.extend(audio_in);
     args.extend(crate::args![
         "-filter_complex",
         Arg::composed(graph),
@@ -303,14 +325,9 @@ async fn encode_planes(
         "vfr",
         "-pix_fmt",
         "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "160k",
-        "-movflags",
-        "+faststart",
-        video,
     ]);
+    args.extend(audio_codec);
+    args.extend(crate::args!["-movflags", "+faststart", video]);
     media::ffmpeg_fed(args, zoom_frames(planes, frames), timeout).await?;
     Ok(())
 }
@@ -354,7 +371,7 @@ pub async fn render_and_upload(
     j: &Job<'_>,
     frame: &Path,
     speech: &Path,
-    audio: &Path,
+    audio: &Audio,
     timing: Option<&shared::text::SpeechTiming>,
 ) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
@@ -448,9 +465,11 @@ mod tests {
         let t = std::time::Duration::from_secs(60);
         let img = image::RgbImage::from_fn(512, 910, |x, _| image::Rgb(if x < 40 { [0; 3] } else { [230; 3] }));
         let video = dir.path().join("z.mp4");
-        let audio = dir.path().join("a.mp3");
+        // The sound as the mix step makes it (AAC, copied into the video),
+        // and as an MP3 (which has no movie header, below).
+        let (audio, mp3) = (dir.path().join("a.m4a"), dir.path().join("a.mp3"));
         let mut tone = media::generated("sine=f=440:d=2:r=48000");
-        tone.extend(crate::args!["-c:a", "libmp3lame", &audio]);
+        tone.extend(crate::args!["-c:a", "aac", "-f", "mp4", &audio, "-c:a", "libmp3lame", &mp3]);
         media::ffmpeg(tone, t).await.unwrap();
         // A caption from 1.03 s, between two zoom steps, to 1.4 s.
         let timing = shared::text::SpeechTiming {
@@ -459,7 +478,8 @@ mod tests {
         let ass = dir.path().join("c.ass");
         let captions = captions_ass("", Some(&timing), 0.5, 0.9, 512, 910);
         std::fs::write(&ass, &captions).unwrap();
-        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), &audio, 2.0, &video, t).await.unwrap();
+        let sound = Audio::Aac(audio);
+        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), &sound, 2.0, &video, t).await.unwrap();
         let band = |seek: &str| -> usize {
             let out = std::process::Command::new("ffmpeg")
                 .args(["-nostdin", "-loglevel", "error", "-ss", seek, "-i"])
@@ -498,7 +518,7 @@ mod tests {
         let probed = media::probe(&video, media::Format::Mp4Video, t).await.unwrap().duration;
         let header = media::mp4_duration(&video).unwrap().unwrap();
         assert!((header - probed).abs() < 0.002 && (header - 2.0).abs() < 0.05, "{header} against {probed}");
-        assert_eq!(media::mp4_duration(&audio).unwrap(), None, "an MP3 has no movie header");
+        assert_eq!(media::mp4_duration(&mp3).unwrap(), None, "an MP3 has no movie header");
     }
 
     #[test]

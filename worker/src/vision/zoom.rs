@@ -84,16 +84,40 @@ fn taps(n: usize, z: f64, focus: f64) -> Vec<(usize, u32)> {
 /// (`fx` * w, `fy` * h) to `out`.
 ///
 /// Vertical pass first, in 16 bits (256 * 255 fits), over only the source
-/// columns the horizontal taps read, then the horizontal taps written
-/// straight into `out` (vision bench at 1080x1920, runs taken in turn on a
-/// noisy machine: 4.9-6.2 ms a frame with a 32-bit row over the whole width
-/// and an iterator extend, 4.0-4.8 ms so).
+/// columns the horizontal taps read, then the horizontal pass written
+/// straight into `out`. The horizontal pass goes run by run: at a zoom a
+/// little over 1 the left tap of output column x is x + k, with k the same
+/// over long runs of columns, so each run reads two plain slices of the
+/// row (which the compiler vectorizes) instead of gathering two samples a
+/// column (vision bench at 1080x1920: 4.15 ms a frame gathering).
 fn resample(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut Vec<u8>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { resample_avx2(src, w, h, z, fx, fy, out) };
+    }
+    resample_body(src, w, h, z, fx, fy, out);
+}
+
+/// [`resample_body`] compiled for AVX2: eight 32-bit products at once
+/// where the baseline x86-64 build (SSE2) has no 32-bit multiply and does
+/// four in several steps (vision bench at 1080x1920: 1.45 ms a frame, against 2.71 ms for the
+/// baseline build of the same code and 4.15 ms gathering).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn resample_avx2(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut Vec<u8>) {
+    resample_body(src, w, h, z, fx, fy, out);
+}
+
+#[inline(always)]
+fn resample_body(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut Vec<u8>) {
     let xs = taps(w, z, fx);
     let ys = taps(h, z, fy);
     // Taps are monotonic: the first and last bound the columns read.
     let lo = xs.first().map_or(0, |t| t.0);
     let hi = xs.last().map_or(0, |t| t.0 + 2).min(w);
+    let weights: Vec<u32> = xs.iter().map(|t| t.1).collect();
+    let runs = runs(&xs, lo);
     // One spare element: a 1-wide plane's single tap reads it at weight 0.
     let mut row = vec![0u16; hi - lo + 1];
     let start = out.len();
@@ -106,11 +130,28 @@ fn resample(src: &[u8], w: usize, h: usize, z: f64, fx: f64, fy: f64, out: &mut 
         for ((r, &p), &q) in row.iter_mut().zip(a).zip(b) {
             *r = u16::from(p) * wa + u16::from(q) * wb;
         }
-        for (d, &(x0, wx)) in dst.iter_mut().zip(&xs) {
-            let (p, q) = (u32::from(row[x0 - lo]), u32::from(row[x0 - lo + 1]));
-            *d = ((p * (256 - wx) + q * wx + (1 << 15)) >> 16) as u8;
+        for &(from, to, at) in &runs {
+            let n = to - from;
+            let (left, right) = (&row[at..at + n], &row[at + 1..at + 1 + n]);
+            for (((d, &p), &q), &wx) in dst[from..to].iter_mut().zip(left).zip(right).zip(&weights[from..to]) {
+                *d = ((u32::from(p) * (256 - wx) + u32::from(q) * wx + (1 << 15)) >> 16) as u8;
+            }
         }
     }
+}
+
+/// The output columns in runs `(from, to, at)` whose left taps are
+/// consecutive: columns `from..to` read the row (which starts at source
+/// column `lo`) from `at` on.
+fn runs(xs: &[(usize, u32)], lo: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    for (x, &(x0, _)) in xs.iter().enumerate() {
+        match runs.last_mut() {
+            Some((from, to, at)) if *at + (x - *from) == x0 - lo => *to = x + 1,
+            _ => runs.push((x, x + 1, x0 - lo)),
+        }
+    }
+    runs
 }
 
 #[cfg(test)]
@@ -137,10 +178,15 @@ mod tests {
         for (w, h) in [(1, 1), (2, 2), (7, 5), (64, 33)] {
             let src: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
             for z in [1.0, 1.013, 1.06, 1.7] {
+                let expected = reference(&src, w, h, z, 0.5, 0.4);
                 let mut out = vec![9];
                 resample(&src, w, h, z, 0.5, 0.4, &mut out);
                 assert_eq!(out[0], 9, "appends");
-                assert_eq!(&out[1..], &reference(&src, w, h, z, 0.5, 0.4)[..], "{w}x{h} at {z}");
+                assert_eq!(&out[1..], &expected[..], "{w}x{h} at {z}");
+                // The baseline build too, where the CPU's own is for AVX2.
+                let mut plain = Vec::new();
+                resample_body(&src, w, h, z, 0.5, 0.4, &mut plain);
+                assert_eq!(plain, expected, "{w}x{h} at {z}, baseline build");
             }
         }
     }
