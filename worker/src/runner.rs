@@ -310,6 +310,10 @@ impl Runner {
                         tracing::warn!(%task_id, stage = stage.name(), error = %e, attempt, "transient failure; retrying the stage");
                         tokio::time::sleep(backoff.min(left / 4)).await;
                     }
+                    Ok(Err((PipelineError::Ended, _, _))) => {
+                        tracing::info!(%task_id, stage = stage.name(), "the job ended while this stage waited; stopping it");
+                        break Err((PipelineError::Ended.to_job_error(), None, Vec::new()));
+                    }
                     Ok(Err((e, step, metrics))) => {
                         tracing::error!(%task_id, stage = stage.name(), error = %e, "job failed");
                         break Err((e.to_job_error(), step, metrics));
@@ -332,12 +336,13 @@ impl Runner {
 
         match outcome {
             Ok((None, metrics)) => {
-                // Image or voice done: the second of them queues the render.
-                if handoff::mark_done(&mut conn, task_id, stage, &metrics, self.keep()).await? {
-                    let ended = self.tasks.meta(task_id).await?.is_some_and(|m| m.status.is_terminal());
-                    if !ended {
-                        self.render_queue.push(job).await?;
-                    }
+                // Image or voice done. The image stage queues the render if
+                // the speech is already stored (else the voice stage does,
+                // when it is); the voice stage's mark is what the render
+                // waits for to add the sound.
+                let due = handoff::mark_done(&mut conn, task_id, stage, &metrics, self.keep()).await?;
+                if due && stage == Stage::Image {
+                    self.queue_render(job).await?;
                 }
                 tracing::info!(%task_id, stage = stage.name(), seconds = started.elapsed().as_secs_f64(), "stage done");
             }
@@ -368,6 +373,15 @@ impl Runner {
         // before it heard): what it wrote goes too.
         if self.tasks.meta(task_id).await?.is_some_and(|m| m.status == TaskStatus::Revoked) {
             self.cleanup_cancelled(task_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Queue the render of `job`, unless the job has ended.
+    async fn queue_render(&self, job: &VideoJob) -> Result<(), RunError> {
+        let ended = self.tasks.meta(&job.task_id).await?.is_some_and(|m| m.status.is_terminal());
+        if !ended {
+            self.render_queue.push(job).await?;
         }
         Ok(())
     }
@@ -450,11 +464,45 @@ impl Runner {
             .tempdir_in(&self.cfg.work_dir)
             .map_err(|e| (PipelineError::Io(e), None, Vec::new()))?;
         let step_cfg = StepConfig { tool_timeout: self.cfg.tool_timeout, segmentation: self.cfg.segmentation };
-        let j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks);
+        let hooks = Hooks { runner: self, job };
+        let j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks, &hooks);
         match pipeline::run_stage(&j, stage).await {
             Ok(r) => Ok((r, j.metrics())),
             Err(e) => Err((e, j.failed_step(), j.metrics())),
         }
+    }
+}
+
+/// The runner's side of [`pipeline::Handoff`] for one attempt of a stage.
+struct Hooks<'a> {
+    runner: &'a Runner,
+    job: &'a VideoJob,
+}
+
+impl pipeline::Handoff for Hooks<'_> {
+    fn speech_ready(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>> {
+        Box::pin(async move {
+            let fail = |e: String| PipelineError::Handoff(e);
+            let mut conn = self.runner.redis.clone();
+            let due = handoff::mark_speech_ready(&mut conn, &self.job.task_id, self.runner.keep())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            if due {
+                self.runner.queue_render(self.job).await.map_err(|e| fail(e.to_string()))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn voice_done(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>> {
+        Box::pin(async move {
+            let mut conn = self.runner.redis.clone();
+            match handoff::wait_done(&mut conn, &self.runner.tasks, &self.job.task_id, Stage::Voice).await {
+                Ok(()) => Ok(()),
+                Err(handoff::WaitError::Ended(_)) => Err(PipelineError::Ended),
+                Err(e) => Err(PipelineError::Handoff(e.to_string())),
+            }
+        })
     }
 }
 

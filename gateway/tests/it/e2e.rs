@@ -502,6 +502,56 @@ async fn stage_pools_share_a_job_and_run_image_and_voice_at_once() {
     assert_eq!(sorted.len(), 8, "{stages:?}");
 }
 
+/// The render starts once the picture and the speech are ready and encodes
+/// the picture while the music is mixed (issue 15): with a slow voice
+/// (Kokoro) and a quick cut-out, the render step starts before the mix
+/// step ends, and the video still has the whole mix as its sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_render_encodes_the_picture_while_the_music_is_mixed() {
+    let env = vec![("TAYORI_SEGMENTATION_MODEL".into(), "u2netp".into())];
+    let stack = Stack::start(Options { workers: 1, env, ..Default::default() }).await;
+    let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    let fields = [
+        ("message", "お誕生日おめでとうございます。素敵な一年になりますように。"),
+        ("voice_profile_id", "ja_alpha_female"),
+        ("bgm_id", "celebration_gentle"),
+        ("resolution", "512x910"),
+    ];
+    let (status, body) = harness::submit(&stack, photo, "a.png", &fields).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let (events, close) = harness::follow(&stack, &id, Duration::from_secs(120)).await;
+    assert_eq!(close, Some(1000), "{events:#?}");
+    assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}\n{}", stack.logs());
+    let at = |step: &str| {
+        let e = events.iter().find(|e| e["current_step"] == step).unwrap_or_else(|| panic!("no {step} event"));
+        chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
+    };
+    let status: serde_json::Value =
+        reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
+    let metrics = status["result"]["pipeline_metrics"].as_array().unwrap();
+    let mix_ms = metrics.iter().find(|m| m["stage"] == "mix_bgm").unwrap()["duration_ms"].as_i64().unwrap();
+    let mix_end = at("mix_bgm") + chrono::Duration::milliseconds(mix_ms);
+    let render = at("render_and_upload");
+    println!("render started {} ms before the mix ended", (mix_end - render).num_milliseconds());
+    assert!(render > at("prepare_image") && render > at("mix_bgm"), "the steps still start in order");
+    assert!(render < mix_end, "the render started while the music was mixed: {events:#?}");
+    // The sound is the whole mix: as long as the picture.
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("v.mp4");
+    stack.storage().get_to_file(&format!("videos/{id}/final_video.mp4"), &video).await.unwrap();
+    let probe = |stream: &str| -> f64 {
+        let out = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", stream, "-show_entries", "stream=duration", "-of", "csv=p=0"])
+            .arg(&video)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (a, v) = (probe("a"), probe("v"));
+    assert!((a - v).abs() < 0.1 && v > 4.0, "sound {a} s, picture {v} s");
+}
+
 /// Raw output of an ffmpeg command over `video` (the test's own judge).
 fn ffmpeg_raw(video: &std::path::Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("ffmpeg")

@@ -50,6 +50,14 @@ pub enum PipelineError {
     /// rates that disagree, nothing to speak): the same again would fail.
     #[error("a tool's output could not be used: {0}")]
     BadOutput(String),
+    /// Telling the other stages where the job stands failed (Redis or the
+    /// queue unreachable).
+    #[error("the job could not be handed on: {0}")]
+    Handoff(String),
+    /// The job ended elsewhere (another stage failed, or it was cancelled)
+    /// while this stage waited for it: nothing more to do.
+    #[error("the job ended while this stage waited for another")]
+    Ended,
     #[error(transparent)]
     Panicked(#[from] shared::rt::Panicked),
     #[error("local file error: {0}")]
@@ -69,6 +77,7 @@ impl PipelineError {
     pub fn is_transient(&self) -> bool {
         match self {
             PipelineError::Storage(e) => e.is_transient(),
+            PipelineError::Handoff(_) => true,
             PipelineError::Io(e) => io_may_pass(e.kind()),
             _ => false,
         }
@@ -126,6 +135,11 @@ impl PipelineError {
             PipelineError::BadOutput(_) => {
                 ("output-unusable", "A processing step produced something that could not be used.".to_owned())
             }
+            PipelineError::Handoff(_) => {
+                ("queue-unavailable", "The job queue was not reachable; please try again.".to_owned())
+            }
+            // Never shown: the job's meta already holds its final word.
+            PipelineError::Ended => ("job-ended", "The job had already ended.".to_owned()),
             PipelineError::Panicked(_) => ("internal-error", "Making the video stopped on an internal error.".to_owned()),
             PipelineError::Io(e) if io_may_pass(e.kind()) => {
                 ("worker-disk", "The worker could not write its working files; please try again.".to_owned())
@@ -148,6 +162,15 @@ pub struct StepConfig {
     pub segmentation: crate::vision::segment::Model,
 }
 
+/// How a stage tells the job's other stages where it stands, and waits
+/// for them (the runner's side of `crate::handoff`).
+pub trait Handoff: Send + Sync {
+    /// The speech and its sentence times are stored: the render may start.
+    fn speech_ready(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>>;
+    /// Wait until the voice stage is done (the mix is stored).
+    fn voice_done(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>>;
+}
+
 /// Everything a job's steps share. Steps of the image and voice branches
 /// run at the same time, so the record of them is behind a lock.
 pub struct Job<'a> {
@@ -157,6 +180,7 @@ pub struct Job<'a> {
     pub catalog: &'a Catalog,
     pub cfg: &'a StepConfig,
     pub tasks: &'a TaskStore,
+    pub handoff: &'a dyn Handoff,
     record: Mutex<Record>,
 }
 
@@ -174,8 +198,9 @@ impl<'a> Job<'a> {
         catalog: &'a Catalog,
         cfg: &'a StepConfig,
         tasks: &'a TaskStore,
+        handoff: &'a dyn Handoff,
     ) -> Self {
-        Job { job, dir: dir.to_owned(), storage, catalog, cfg, tasks, record: Default::default() }
+        Job { job, dir: dir.to_owned(), storage, catalog, cfg, tasks, handoff, record: Default::default() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -272,7 +297,9 @@ pub async fn run_stage(j: &Job<'_>, stage: Stage) -> Result<Option<VideoResult>,
     }
 }
 
-/// The render, from the frame and audio the other stages stored.
+/// The render, from what the other stages stored: the frame, the speech
+/// and its sentence times now; the mix once the voice stage is done (the
+/// picture is encoded meanwhile).
 async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> {
     use shared::keys::objects;
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
@@ -280,13 +307,16 @@ async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> 
     let speech = j.path("prosody_adjusted.wav");
     let id = j.task_id();
     let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id));
-    let (_, _, audio, timing) = tokio::try_join!(
+    let (_, _, timing) = tokio::try_join!(
         async { Ok::<_, PipelineError>(j.storage.get_to_file(&keys.0, &frame).await?) },
         async { Ok(j.storage.get_to_file(&keys.1, &speech).await?) },
-        mixed_audio(j),
         render::speech_timing(j),
     )?;
-    render::render_and_upload(j, &frame, &speech, &audio, timing.as_ref()).await
+    let audio = async {
+        j.handoff.voice_done().await?;
+        mixed_audio(j).await
+    };
+    render::render_and_upload(j, &frame, &speech, timing.as_ref(), audio).await
 }
 
 /// The mix as the voice stage stored it: the AAC the render copies, or,
@@ -321,7 +351,14 @@ pub async fn voice_branch(
 ) -> Result<(PathBuf, PathBuf), PipelineError> {
     let (base, timing) = j.step(Step::SynthesizeVoice, speech::synthesize(j, voice)).await?;
     let adjusted = j.step(Step::AdjustProsody, speech::adjust_prosody(j, voice, &base, &timing)).await?;
-    let mixed = j.step(Step::MixBgm, mix::mix(j, track, &adjusted)).await?;
+    // The render may start now: it encodes the picture while the music is
+    // mixed. (Told once this step has started, so that the steps still
+    // start in order for a viewer.)
+    let mixing = async {
+        j.handoff.speech_ready().await?;
+        mix::mix(j, track, &adjusted).await
+    };
+    let mixed = j.step(Step::MixBgm, mixing).await?;
     Ok((adjusted, mixed.mp3))
 }
 

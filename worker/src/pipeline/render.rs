@@ -250,17 +250,46 @@ impl Audio {
     }
 }
 
+/// Put the encoded picture (`video`, no sound) and `audio` together in
+/// `out`, cut to `duration`, the picture copied as it is (and the sound
+/// too when it is AAC), the index at the front for playback while
+/// downloading.
+pub async fn mux(
+    video: &Path,
+    audio: &Audio,
+    duration: f64,
+    out: &Path,
+    timeout: std::time::Duration,
+) -> Result<(), PipelineError> {
+    let mut args = media::input(video, media::Format::Mp4Video);
+    let (audio_in, audio_codec) = audio.args();
+    args.extend(audio_in);
+    args.extend(crate::args![
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-t",
+        Arg::composed(format!("{duration:.3}")),
+        "-c:v",
+        "copy"
+    ]);
+    args.extend(audio_codec);
+    args.extend(crate::args!["-movflags", "+faststart", out]);
+    media::ffmpeg(args, timeout).await?;
+    Ok(())
+}
+
 /// Width of the JPEG thumbnail (its height keeps the frame's shape).
 const THUMBNAIL_WIDTH: u32 = 360;
 
-/// Encode the video: raw zoom frames on stdin, captions drawn by libass
-/// (so they stay still), the mix as AAC; and the thumbnail, made here from
-/// the decoded frame (an ffmpeg run costs 0.13 CPU-seconds just to start).
+/// Encode the picture (no sound): raw zoom frames on stdin, captions drawn
+/// by libass (so they stay still); and the thumbnail, made here from the
+/// decoded frame (an ffmpeg run costs 0.13 CPU-seconds just to start).
 async fn encode(
     j: &Job<'_>,
     frame: &Path,
     ass: (&Path, &str),
-    audio: &Audio,
     duration: f64,
     video: &Path,
     thumbnail: &Path,
@@ -281,16 +310,17 @@ async fn encode(
     })
     .await
     .map_err(|e| PipelineError::Vision(vision::VisionError::Inference(e.to_string())))??;
-    encode_planes(planes, ass, audio, duration, video, j.cfg.tool_timeout).await
+    encode_planes(planes, ass, duration, video, j.cfg.tool_timeout).await
 }
 
 /// Encode the slow zoom over `planes` for `duration` seconds with the
-/// captions of `ass` (the file libass reads, and its text) and the sound
-/// `audio` into `video`.
+/// captions of `ass` (the file libass reads, and its text) into `video`
+/// (H.264 in MP4, no sound: see [`mux`]). Not cut to `duration` here: the
+/// last picture (at the last frame's time, just under `duration`) would
+/// end past it and be dropped; the mux cuts where the sound ends.
 async fn encode_planes(
     planes: vision::zoom::Planes,
     ass: (&Path, &str),
-    audio: &Audio,
     duration: f64,
     video: &Path,
     timeout: std::time::Duration,
@@ -298,23 +328,16 @@ async fn encode_planes(
     let frames = (duration * f64::from(FPS)).ceil() as u32;
     let size = format!("{}x{}", planes.w, planes.h);
     let graph = video_graph(ass.0, ass.1, frames);
-    let duration_arg = format!("{duration:.3}");
     let mut args = media::input_with(
         Path::new("-"),
         media::Format::RawVideoStdin,
         crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS / ZOOM_EVERY)],
     );
-    let (audio_in, audio_codec) = audio.args();
-    args.extend(audio_in);
     args.extend(crate::args![
         "-filter_complex",
         Arg::composed(graph),
         "-map",
         "[v]",
-        "-map",
-        "1:a",
-        "-t",
-        Arg::composed(duration_arg),
         "-c:v",
         "libx264",
         "-preset",
@@ -325,9 +348,11 @@ async fn encode_planes(
         "vfr",
         "-pix_fmt",
         "yuv420p",
+        "-an",
+        "-f",
+        "mp4",
+        video,
     ]);
-    args.extend(audio_codec);
-    args.extend(crate::args!["-movflags", "+faststart", video]);
     media::ffmpeg_fed(args, zoom_frames(planes, frames), timeout).await?;
     Ok(())
 }
@@ -367,14 +392,18 @@ pub async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTim
     }
 }
 
+/// Render the video and its thumbnail and upload both. The picture is
+/// encoded first; `audio` (the mix, which may still be being made) is
+/// awaited only to be put with it.
 pub async fn render_and_upload(
     j: &Job<'_>,
     frame: &Path,
     speech: &Path,
-    audio: &Audio,
     timing: Option<&shared::text::SpeechTiming>,
+    audio: impl std::future::Future<Output = Result<Audio, PipelineError>>,
 ) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
+    let picture = j.path("picture.mp4");
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
     let ass = j.path("captions.ass");
@@ -383,19 +412,20 @@ pub async fn render_and_upload(
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
-    encode(j, frame, (&ass, &captions), audio, duration, &video, &thumb).await?;
+    encode(j, frame, (&ass, &captions), duration, &picture, &thumb).await?;
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
-    // Thumbnail first: the video's presence is what marks the result complete.
+    // Nothing is stored until the mix has come (a job whose voice stage
+    // fails meanwhile leaves no part of a result). Thumbnail before the
+    // video: the video's presence is what marks the result complete.
+    let audio = audio.await?;
+    let (_, thumbnail_bytes) = tokio::try_join!(mux(&picture, &audio, duration, &video, j.cfg.tool_timeout), async {
+        Ok(j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg").await?)
+    })?;
     // The duration from the MP4's own header (an ffprobe run costs a
     // process start on the critical path); ffprobe only if it is unreadable.
     let path = video.clone();
-    let (header, thumbnail_bytes) = tokio::join!(
-        tokio::task::spawn_blocking(move || media::mp4_duration(&path)),
-        j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg")
-    );
-    let thumbnail_bytes = thumbnail_bytes?;
-    let duration = match header {
+    let duration = match tokio::task::spawn_blocking(move || media::mp4_duration(&path)).await {
         Ok(Ok(Some(d))) => d,
         _ => media::probe(&video, media::Format::Mp4Video, j.cfg.tool_timeout).await?.duration,
     };
@@ -478,8 +508,9 @@ mod tests {
         let ass = dir.path().join("c.ass");
         let captions = captions_ass("", Some(&timing), 0.5, 0.9, 512, 910);
         std::fs::write(&ass, &captions).unwrap();
-        let sound = Audio::Aac(audio);
-        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), &sound, 2.0, &video, t).await.unwrap();
+        let picture = dir.path().join("p.mp4");
+        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), 2.0, &picture, t).await.unwrap();
+        mux(&picture, &Audio::Aac(audio), 2.0, &video, t).await.unwrap();
         let band = |seek: &str| -> usize {
             let out = std::process::Command::new("ffmpeg")
                 .args(["-nostdin", "-loglevel", "error", "-ss", seek, "-i"])
@@ -515,10 +546,33 @@ mod tests {
         );
         // The duration the result reports, read from the MP4's header, is
         // ffprobe's.
-        let probed = media::probe(&video, media::Format::Mp4Video, t).await.unwrap().duration;
+        let probe = media::probe(&video, media::Format::Mp4Video, t).await.unwrap();
+        assert_eq!(probe.audio.as_deref(), Some("aac"), "the sound copied in");
+        // From a worker that made only the MP3: encoded to AAC by the mux.
+        let from_mp3 = dir.path().join("m.mp4");
+        mux(&picture, &Audio::Mp3(mp3.clone()), 2.0, &from_mp3, t).await.unwrap();
+        let other = media::probe(&from_mp3, media::Format::Mp4Video, t).await.unwrap();
+        assert_eq!((other.audio.as_deref(), other.video), (Some("aac"), probe.video.clone()));
+        let probed = probe.duration;
         let header = media::mp4_duration(&video).unwrap().unwrap();
         assert!((header - probed).abs() < 0.002 && (header - 2.0).abs() < 0.05, "{header} against {probed}");
         assert_eq!(media::mp4_duration(&mp3).unwrap(), None, "an MP3 has no movie header");
+
+        // A length off the frame grid (2.01 s: 61 frames, the last at 2.0 s,
+        // ending after 2.01 s) keeps its last picture.
+        let (picture, video) = (dir.path().join("p2.mp4"), dir.path().join("z2.mp4"));
+        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), 2.01, &picture, t).await.unwrap();
+        mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
+        let out = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+            .arg(&video)
+            .output()
+            .unwrap();
+        let last = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert!((last - 2.0).abs() < 0.002, "last picture at {last} s");
     }
 
     #[test]
