@@ -210,6 +210,8 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
         format!("voices/generated/{task_id}/base_voice.wav"),
         format!("voices/generated/{task_id}/prosody_adjusted.wav"),
         format!("voices/generated/{task_id}/final_mixed.mp3"),
+        // Beside the original layout: the mix as AAC, which the render copies.
+        format!("voices/generated/{task_id}/final_mixed.m4a"),
         format!("videos/{task_id}/final_video.mp4"),
         format!("videos/{task_id}/thumbnail.jpg"),
     ] {
