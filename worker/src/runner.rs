@@ -494,6 +494,15 @@ impl pipeline::Handoff for Hooks<'_> {
         })
     }
 
+    fn voice_is_done(&self) -> futures::future::BoxFuture<'_, Result<bool, PipelineError>> {
+        Box::pin(async move {
+            let mut conn = self.runner.redis.clone();
+            handoff::is_done(&mut conn, &self.job.task_id, Stage::Voice)
+                .await
+                .map_err(|e| PipelineError::Handoff(e.to_string()))
+        })
+    }
+
     fn voice_done(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>> {
         Box::pin(async move {
             let mut conn = self.runner.redis.clone();

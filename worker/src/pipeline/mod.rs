@@ -169,6 +169,8 @@ pub trait Handoff: Send + Sync {
     fn speech_ready(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>>;
     /// Wait until the voice stage is done (the mix is stored).
     fn voice_done(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>>;
+    /// Whether the voice stage is done now.
+    fn voice_is_done(&self) -> futures::future::BoxFuture<'_, Result<bool, PipelineError>>;
 }
 
 /// Everything a job's steps share. Steps of the image and voice branches
@@ -307,16 +309,24 @@ async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> 
     let speech = j.path("prosody_adjusted.wav");
     let id = j.task_id();
     let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id));
-    let (_, _, timing) = tokio::try_join!(
+    // With the mix already made (a fast voice), one encoding run makes the
+    // video; else the picture is encoded while the mix is made.
+    let mixed = j.handoff.voice_is_done().await?;
+    let (_, _, timing, audio) = tokio::try_join!(
         async { Ok::<_, PipelineError>(j.storage.get_to_file(&keys.0, &frame).await?) },
         async { Ok(j.storage.get_to_file(&keys.1, &speech).await?) },
         render::speech_timing(j),
+        async { if mixed { mixed_audio(j).await.map(Some) } else { Ok(None) } },
     )?;
-    let audio = async {
+    let later = async {
         j.handoff.voice_done().await?;
         mixed_audio(j).await
     };
-    render::render_and_upload(j, &frame, &speech, timing.as_ref(), audio).await
+    let sound = match audio {
+        Some(a) => render::Sound::Ready(a),
+        None => render::Sound::Later(later),
+    };
+    render::render_and_upload(j, &frame, &speech, timing.as_ref(), sound).await
 }
 
 /// The mix as the voice stage stored it: the AAC the render copies, or,

@@ -250,6 +250,15 @@ impl Audio {
     }
 }
 
+/// The sound as it stands when the render starts.
+pub enum Sound<F> {
+    /// The voice stage is done: the mix goes into the one encoding run.
+    Ready(Audio),
+    /// Still being mixed: the picture is encoded alone meanwhile, then
+    /// put with the sound this gives ([`mux`]).
+    Later(F),
+}
+
 /// Put the encoded picture (`video`, no sound) and `audio` together in
 /// `out`, cut to `duration`, the picture copied as it is (and the sound
 /// too when it is AAC), the index at the front for playback while
@@ -290,6 +299,7 @@ async fn encode(
     j: &Job<'_>,
     frame: &Path,
     ass: (&Path, &str),
+    audio: Option<&Audio>,
     duration: f64,
     video: &Path,
     thumbnail: &Path,
@@ -310,17 +320,18 @@ async fn encode(
     })
     .await
     .map_err(|e| PipelineError::Vision(vision::VisionError::Inference(e.to_string())))??;
-    encode_planes(planes, ass, duration, video, j.cfg.tool_timeout).await
+    encode_planes(planes, ass, audio, duration, video, j.cfg.tool_timeout).await
 }
 
 /// Encode the slow zoom over `planes` for `duration` seconds with the
 /// captions of `ass` (the file libass reads, and its text) into `video`
-/// (H.264 in MP4, no sound: see [`mux`]). Not cut to `duration` here: the
-/// last picture (at the last frame's time, just under `duration`) would
-/// end past it and be dropped; the mux cuts where the sound ends.
+/// (H.264 in MP4), with `audio` as its sound, or none (see [`mux`]). Not
+/// cut to `duration`: the last picture (at the last frame's time, just
+/// under `duration`) would end past it and be dropped.
 async fn encode_planes(
     planes: vision::zoom::Planes,
     ass: (&Path, &str),
+    audio: Option<&Audio>,
     duration: f64,
     video: &Path,
     timeout: std::time::Duration,
@@ -333,6 +344,17 @@ async fn encode_planes(
         media::Format::RawVideoStdin,
         crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS / ZOOM_EVERY)],
     );
+    let (audio_in, audio_out) = match audio {
+        Some(a) => {
+            let (input, codec) = a.args();
+            let mut out = crate::args!["-map", "1:a"];
+            out.extend(codec);
+            out.extend(crate::args!["-movflags", "+faststart"]);
+            (input, out)
+        }
+        None => (Vec::new(), crate::args!["-an"]),
+    };
+    args.extend(audio_in);
     args.extend(crate::args![
         "-filter_complex",
         Arg::composed(graph),
@@ -348,11 +370,9 @@ async fn encode_planes(
         "vfr",
         "-pix_fmt",
         "yuv420p",
-        "-an",
-        "-f",
-        "mp4",
-        video,
     ]);
+    args.extend(audio_out);
+    args.extend(crate::args!["-f", "mp4", video]);
     media::ffmpeg_fed(args, zoom_frames(planes, frames), timeout).await?;
     Ok(())
 }
@@ -400,10 +420,9 @@ pub async fn render_and_upload(
     frame: &Path,
     speech: &Path,
     timing: Option<&shared::text::SpeechTiming>,
-    audio: impl std::future::Future<Output = Result<Audio, PipelineError>>,
+    sound: Sound<impl std::future::Future<Output = Result<Audio, PipelineError>>>,
 ) -> Result<VideoResult, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
-    let picture = j.path("picture.mp4");
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
     let ass = j.path("captions.ass");
@@ -412,16 +431,25 @@ pub async fn render_and_upload(
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
-    encode(j, frame, (&ass, &captions), duration, &picture, &thumb).await?;
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
+    let put_thumbnail = async { Ok(j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg").await?) };
     // Nothing is stored until the mix has come (a job whose voice stage
     // fails meanwhile leaves no part of a result). Thumbnail before the
     // video: the video's presence is what marks the result complete.
-    let audio = audio.await?;
-    let (_, thumbnail_bytes) = tokio::try_join!(mux(&picture, &audio, duration, &video, j.cfg.tool_timeout), async {
-        Ok(j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg").await?)
-    })?;
+    let thumbnail_bytes = match sound {
+        Sound::Ready(audio) => {
+            encode(j, frame, (&ass, &captions), Some(&audio), duration, &video, &thumb).await?;
+            put_thumbnail.await?
+        }
+        Sound::Later(audio) => {
+            let picture = j.path("picture.mp4");
+            encode(j, frame, (&ass, &captions), None, duration, &picture, &thumb).await?;
+            let audio = audio.await?;
+            let muxed = mux(&picture, &audio, duration, &video, j.cfg.tool_timeout);
+            tokio::try_join!(muxed, put_thumbnail)?.1
+        }
+    };
     // The duration from the MP4's own header (an ffprobe run costs a
     // process start on the critical path); ffprobe only if it is unreadable.
     let path = video.clone();
@@ -508,9 +536,9 @@ mod tests {
         let ass = dir.path().join("c.ass");
         let captions = captions_ass("", Some(&timing), 0.5, 0.9, 512, 910);
         std::fs::write(&ass, &captions).unwrap();
-        let picture = dir.path().join("p.mp4");
-        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), 2.0, &picture, t).await.unwrap();
-        mux(&picture, &Audio::Aac(audio), 2.0, &video, t).await.unwrap();
+        // One run, the mix ready (its AAC copied in).
+        let planes = || vision::zoom::Planes::from_rgb(&img);
+        encode_planes(planes(), (&ass, &captions), Some(&Audio::Aac(audio.clone())), 2.0, &video, t).await.unwrap();
         let band = |seek: &str| -> usize {
             let out = std::process::Command::new("ffmpeg")
                 .args(["-nostdin", "-loglevel", "error", "-ss", seek, "-i"])
@@ -548,11 +576,18 @@ mod tests {
         // ffprobe's.
         let probe = media::probe(&video, media::Format::Mp4Video, t).await.unwrap();
         assert_eq!(probe.audio.as_deref(), Some("aac"), "the sound copied in");
-        // From a worker that made only the MP3: encoded to AAC by the mux.
-        let from_mp3 = dir.path().join("m.mp4");
-        mux(&picture, &Audio::Mp3(mp3.clone()), 2.0, &from_mp3, t).await.unwrap();
-        let other = media::probe(&from_mp3, media::Format::Mp4Video, t).await.unwrap();
-        assert_eq!((other.audio.as_deref(), other.video), (Some("aac"), probe.video.clone()));
+        // The picture alone, then the sound put with it: copied, or from a
+        // worker that made only the MP3, encoded to AAC by the mux.
+        let picture = dir.path().join("p.mp4");
+        encode_planes(planes(), (&ass, &captions), None, 2.0, &picture, t).await.unwrap();
+        assert_eq!(media::probe(&picture, media::Format::Mp4Video, t).await.unwrap().audio, None);
+        for (n, sound) in [Audio::Aac(audio), Audio::Mp3(mp3.clone())].iter().enumerate() {
+            let muxed = dir.path().join(format!("m{n}.mp4"));
+            mux(&picture, sound, 2.0, &muxed, t).await.unwrap();
+            let other = media::probe(&muxed, media::Format::Mp4Video, t).await.unwrap();
+            assert_eq!((other.audio.as_deref(), &other.video), (Some("aac"), &probe.video), "{sound:?}");
+            assert!((other.duration - probe.duration).abs() < 0.05, "{sound:?}: {other:?} against {probe:?}");
+        }
         let probed = probe.duration;
         let header = media::mp4_duration(&video).unwrap().unwrap();
         assert!((header - probed).abs() < 0.002 && (header - 2.0).abs() < 0.05, "{header} against {probed}");
@@ -561,7 +596,7 @@ mod tests {
         // A length off the frame grid (2.01 s: 61 frames, the last at 2.0 s,
         // ending after 2.01 s) keeps its last picture.
         let (picture, video) = (dir.path().join("p2.mp4"), dir.path().join("z2.mp4"));
-        encode_planes(vision::zoom::Planes::from_rgb(&img), (&ass, &captions), 2.01, &picture, t).await.unwrap();
+        encode_planes(planes(), (&ass, &captions), None, 2.01, &picture, t).await.unwrap();
         mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
         let out = std::process::Command::new("ffprobe")
             .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
