@@ -3,6 +3,16 @@
 //! The names follow the original design (`progress:{task_id}`,
 //! `ws:session:{id}`, the Celery-compatible task meta key, and the bucket
 //! layout `images/`, `voices/`, `bgm/`, `videos/`).
+//!
+//! Keys that one script (or one transaction) touches together share a
+//! Redis Cluster hash slot, through a hash tag (the part of a key in its
+//! first `{...}`, which alone decides the slot): a job's progress keys are
+//! tagged with its task id (`progress:{ID}`, literally as the original
+//! design writes it); its stage record with the whole task meta key
+//! (`job:stages:{celery-task-meta-ID}`): a key without braces hashes as a
+//! whole, so this puts the record in the meta's slot while the meta keeps
+//! the name Celery clients read; a queue's keys with the queue's name
+//! (`queue:{NAME}:pending`, ...). The test below checks each group.
 
 /// Task meta (status, result, error), kept 24 h.
 pub fn task_meta(task_id: &str) -> String {
@@ -11,20 +21,20 @@ pub fn task_meta(task_id: &str) -> String {
 
 /// Latest progress snapshot of a job, kept 5 minutes after the last event.
 pub fn progress(task_id: &str) -> String {
-    format!("progress:{task_id}")
+    format!("progress:{{{task_id}}}")
 }
 
 /// Ordered list of every progress event of a job (same TTL as the snapshot):
 /// lets a viewer that connects late or reconnects replay what it missed.
 pub fn progress_log(task_id: &str) -> String {
-    format!("progress:{task_id}:log")
+    format!("progress:{{{task_id}}}:log")
 }
 
 /// The next progress sequence number of a job (a counter that lives as long
 /// as the task meta, so numbering never restarts when the log expires
 /// during a long wait).
 pub fn progress_seq(task_id: &str) -> String {
-    format!("progress:{task_id}:seq")
+    format!("progress:{{{task_id}}}:seq")
 }
 
 /// Pub/sub channel on which workers publish a job's progress events.
@@ -58,7 +68,7 @@ pub fn job_cancel(task_id: &str) -> String {
 /// Hash of a job's finished stages (`done:{stage}`), their step records
 /// (`metrics:{stage}`) and how often each was started (`starts:{stage}`).
 pub fn job_stages(task_id: &str) -> String {
-    format!("job:stages:{task_id}")
+    format!("job:stages:{{{}}}", task_meta(task_id))
 }
 
 /// What an `Idempotency-Key` came to (a JSON record: the request's
@@ -144,5 +154,59 @@ pub mod objects {
     /// removed by listing these.
     pub fn job_prefixes(task_id: &str) -> [String; 3] {
         [format!("images/uploads/{task_id}/"), format!("voices/generated/{task_id}/"), format!("videos/{task_id}/")]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster's hash slot of a key: CRC16 (XMODEM) of its hash tag
+    /// (what is between the first `{` and the next `}`, if not empty) or
+    /// of the whole key, modulo 16384. Written here from the cluster
+    /// specification, as the test's own judge.
+    fn slot(key: &str) -> u16 {
+        let b = key.as_bytes();
+        let tagged = b.iter().position(|&c| c == b'{').and_then(|open| {
+            let close = b[open + 1..].iter().position(|&c| c == b'}')?;
+            (close > 0).then(|| &b[open + 1..open + 1 + close])
+        });
+        let mut crc: u16 = 0;
+        for &byte in tagged.unwrap_or(b) {
+            crc ^= u16::from(byte) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn the_slot_function_agrees_with_the_specification() {
+        // The examples of the Redis Cluster specification.
+        assert_eq!(slot("123456789"), 0x31C3 % 16384);
+        assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
+        assert_ne!(slot("foo{}{bar}"), slot("bar"), "an empty tag: the whole key is hashed");
+        assert_eq!(slot("foo{{bar}}zap"), slot("{bar"));
+    }
+
+    /// The keys each multi-key script or transaction touches share a slot.
+    #[test]
+    fn keys_used_together_share_a_cluster_slot() {
+        let id = "6f1c2a9e-0b7d-4e55-9a41-2c3d4e5f6a7b";
+        // The hand-off scripts: the stage record and the task meta.
+        assert_eq!(slot(&job_stages(id)), slot(&task_meta(id)));
+        assert_eq!(task_meta(id), format!("celery-task-meta-{id}"), "the name Celery clients read");
+        // The progress script: snapshot, log and sequence counter.
+        assert_eq!(slot(&progress(id)), slot(&progress_log(id)));
+        assert_eq!(slot(&progress(id)), slot(&progress_seq(id)));
+        // A queue's scripts: all of its keys.
+        let q = crate::queue::Keys::new("tayori-render");
+        let all = [&q.pending, &q.data, &q.leased, &q.attempts, &q.delayed, &q.wake, &q.dead];
+        assert!(all.iter().all(|k| slot(k) == slot(&q.pending)), "{all:?}");
+        // And they do spread: other tasks and queues land elsewhere.
+        let other = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        assert_ne!(slot(&task_meta(id)), slot(&task_meta(other)));
+        assert_ne!(slot(&q.pending), slot(&crate::queue::Keys::new("tayori").pending));
     }
 }

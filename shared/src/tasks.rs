@@ -132,6 +132,20 @@ impl TaskStoreError {
     }
 }
 
+/// GET of each key, in one round trip (a pipeline, not MGET: the keys of
+/// different tasks lie in different hash slots of a Redis Cluster).
+async fn get_each(
+    conn: &ConnectionManager,
+    keys: impl Iterator<Item = String>,
+) -> redis::RedisResult<Vec<Option<String>>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.get(key);
+    }
+    let mut conn = conn.clone();
+    pipe.query_async(&mut conn).await
+}
+
 /// Task state operations over a shared Redis connection.
 #[derive(Clone)]
 pub struct TaskStore {
@@ -181,9 +195,7 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = task_ids.iter().map(|id| keys::progress(id)).collect();
-        let mut conn = self.conn.clone();
-        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let raw = get_each(&self.conn, task_ids.iter().map(|id| keys::progress(id))).await?;
         Ok(raw.into_iter().map(|r| r.map(|s| serde_json::from_str(&s)).transpose()).collect::<Result<_, _>>()?)
     }
 
@@ -208,9 +220,7 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn.clone();
-        let keys: Vec<String> = task_ids.iter().map(|id| keys::task_meta(id)).collect();
-        let raw: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        let raw = get_each(&self.conn, task_ids.iter().map(|id| keys::task_meta(id))).await?;
         raw.into_iter().map(|r| Ok(r.map(|s| serde_json::from_str(&s)).transpose()?)).collect()
     }
 
@@ -265,16 +275,19 @@ impl TaskStore {
 
     /// Remove every trace of a task (used when a submission is rolled back).
     pub async fn forget(&self, task_id: &str) -> Result<(), TaskStoreError> {
+        // One DEL a key: they lie in different hash slots (Redis Cluster).
+        let mut pipe = redis::pipe();
+        for key in [
+            keys::task_meta(task_id),
+            keys::progress(task_id),
+            keys::progress_log(task_id),
+            keys::progress_seq(task_id),
+            keys::job_cancel(task_id),
+        ] {
+            pipe.del(key).ignore();
+        }
         let mut conn = self.conn.clone();
-        let _: () = conn
-            .del(&[
-                keys::task_meta(task_id),
-                keys::progress(task_id),
-                keys::progress_log(task_id),
-                keys::progress_seq(task_id),
-                keys::job_cancel(task_id),
-            ])
-            .await?;
+        let _: () = pipe.query_async(&mut conn).await?;
         Ok(())
     }
 }

@@ -115,7 +115,7 @@ async fn wait_stats(q: &Queue<Noop>, want: QueueStats, limit: Duration) {
 /// Keys of the queue left in Redis.
 async fn queue_keys(redis: &RedisServer, q: &Queue<Noop>) -> Vec<String> {
     let mut c = redis.manager().await;
-    redis::cmd("KEYS").arg(format!("queue:{}:*", q.name())).query_async(&mut c).await.unwrap()
+    redis::cmd("KEYS").arg(format!("queue:{{{}}}:*", q.name())).query_async(&mut c).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

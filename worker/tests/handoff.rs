@@ -103,7 +103,7 @@ async fn nothing_is_recorded_for_a_job_that_has_ended() {
     assert_eq!(handoff::count_start(&mut conn, "gone", Stage::Voice, KEEP).await.unwrap(), None);
     assert!(!handoff::mark_speech_ready(&mut conn, "gone", KEEP).await.unwrap());
     assert!(!handoff::mark_done(&mut conn, "gone", Stage::Image, &[], KEEP).await.unwrap());
-    let exists: bool = redis::cmd("EXISTS").arg("job:stages:gone").query_async(&mut conn).await.unwrap();
+    let exists: bool = redis::cmd("EXISTS").arg(shared::keys::job_stages("gone")).query_async(&mut conn).await.unwrap();
     assert!(!exists, "no stage record for an ended job");
     // A live job's starts are counted.
     assert_eq!(handoff::count_start(&mut conn, "live", Stage::Voice, KEEP).await.unwrap(), Some(1));

@@ -149,7 +149,7 @@ async fn bad_inputs_get_a_clear_4xx_and_leave_nothing_behind() {
     let mut redis = stack.redis().await;
     let metas: Vec<String> = redis.keys("celery-task-meta-*").await.unwrap();
     assert!(metas.is_empty(), "{metas:?}");
-    let queued: u64 = redis.hlen(format!("queue:{}:data", stack.queue)).await.unwrap();
+    let queued: u64 = redis.hlen(shared::queue::Keys::new(&stack.queue).data).await.unwrap();
     assert_eq!(queued, 0, "no job data in the queue");
     let objects = stack.storage().list("").await.unwrap();
     assert!(objects.is_empty(), "{:?}", objects.iter().map(|o| &o.key).collect::<Vec<_>>());

@@ -238,12 +238,12 @@ async fn a_japanese_message_becomes_a_portrait_video_with_live_progress() {
     };
     let meta_ttl = ttl(format!("celery-task-meta-{task_id}")).await;
     assert!((86_000..=86_400).contains(&meta_ttl), "task meta ttl {meta_ttl}");
-    for key in [format!("progress:{task_id}"), format!("progress:{task_id}:log")] {
+    for key in [shared::keys::progress(&task_id), shared::keys::progress_log(&task_id)] {
         let t = ttl(key.clone()).await;
         assert!((1..=300).contains(&t), "{key} ttl {t}");
     }
     // The stage record is removed when the job ends.
-    assert!(!redis.exists::<_, bool>(format!("job:stages:{task_id}")).await.unwrap(), "stage record left");
+    assert!(!redis.exists::<_, bool>(shared::keys::job_stages(&task_id)).await.unwrap(), "stage record left");
     for stage in ["image", "voice", "render"] {
         assert!(!redis.exists::<_, bool>(format!("job:claim:{task_id}:{stage}")).await.unwrap(), "{stage} claim left");
     }

@@ -762,7 +762,7 @@ pub async fn push_raw(stack: &Stack, queue: &str, entry: &str, json: &str, attem
 #[allow(dead_code)]
 pub async fn queued(stack: &Stack) -> u64 {
     let mut redis = stack.redis().await;
-    redis::AsyncCommands::llen(&mut redis, format!("queue:{}:pending", stack.queue)).await.unwrap()
+    redis::AsyncCommands::llen(&mut redis, shared::queue::Keys::new(&stack.queue).pending).await.unwrap()
 }
 
 /// The job's task meta read straight from Redis (works while the gateway is down).

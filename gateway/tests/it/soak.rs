@@ -152,8 +152,11 @@ async fn redis_memory_returns_to_its_starting_level_after_many_jobs() {
     // Nothing held in the queues.
     let mut redis = stack.redis().await;
     for q in ["", "-voice", "-render"] {
-        let data: u64 =
-            redis::cmd("HLEN").arg(format!("queue:{}{q}:data", stack.queue)).query_async(&mut redis).await.unwrap();
+        let data: u64 = redis::cmd("HLEN")
+            .arg(shared::queue::Keys::new(&format!("{}{q}", stack.queue)).data)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
         assert_eq!(data, 0, "queue{q} holds no job data");
     }
 }

@@ -150,7 +150,8 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(queue: &str) -> Self {
-        let k = |part: &str| format!("queue:{queue}:{part}");
+        // The queue's name as the hash tag: one slot for all of them (Redis Cluster).
+        let k = |part: &str| format!("queue:{{{queue}}}:{part}");
         Keys {
             pending: k("pending"),
             data: k("data"),
