@@ -132,18 +132,19 @@ impl TaskStoreError {
     }
 }
 
-/// GET of each key, in one round trip (a pipeline, not MGET: the keys of
-/// different tasks lie in different hash slots of a Redis Cluster).
+/// GET of each key, sent together (one round trip on the multiplexed
+/// connection). Neither MGET nor a pipeline: the keys of different tasks
+/// lie in different hash slots of a Redis Cluster, which refuses both
+/// across slots.
 async fn get_each(
     conn: &ConnectionManager,
     keys: impl Iterator<Item = String>,
 ) -> redis::RedisResult<Vec<Option<String>>> {
-    let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.get(key);
-    }
-    let mut conn = conn.clone();
-    pipe.query_async(&mut conn).await
+    futures::future::try_join_all(keys.map(|key| {
+        let mut conn = conn.clone();
+        async move { conn.get(key).await }
+    }))
+    .await
 }
 
 /// Task state operations over a shared Redis connection.
@@ -275,19 +276,19 @@ impl TaskStore {
 
     /// Remove every trace of a task (used when a submission is rolled back).
     pub async fn forget(&self, task_id: &str) -> Result<(), TaskStoreError> {
-        // One DEL a key: they lie in different hash slots (Redis Cluster).
-        let mut pipe = redis::pipe();
-        for key in [
-            keys::task_meta(task_id),
-            keys::progress(task_id),
-            keys::progress_log(task_id),
-            keys::progress_seq(task_id),
-            keys::job_cancel(task_id),
-        ] {
-            pipe.del(key).ignore();
-        }
-        let mut conn = self.conn.clone();
-        let _: () = pipe.query_async(&mut conn).await?;
+        // By hash slot (Redis Cluster refuses a multi-key DEL across
+        // slots): the meta, the cancel token, the progress keys (one slot);
+        // sent together.
+        let groups = [
+            vec![keys::task_meta(task_id)],
+            vec![keys::job_cancel(task_id)],
+            vec![keys::progress(task_id), keys::progress_log(task_id), keys::progress_seq(task_id)],
+        ];
+        futures::future::try_join_all(groups.into_iter().map(|keys| {
+            let mut conn = self.conn.clone();
+            async move { conn.del::<_, ()>(keys).await }
+        }))
+        .await?;
         Ok(())
     }
 }
