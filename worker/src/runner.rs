@@ -482,13 +482,12 @@ struct Hooks<'a> {
 impl pipeline::Handoff for Hooks<'_> {
     fn speech_ready(&self) -> futures::future::BoxFuture<'_, Result<(), PipelineError>> {
         Box::pin(async move {
-            let fail = |e: String| PipelineError::Handoff(e);
             let mut conn = self.runner.redis.clone();
             let due = handoff::mark_speech_ready(&mut conn, &self.job.task_id, self.runner.keep())
                 .await
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| PipelineError::Handoff(e.to_string()))?;
             if due {
-                self.runner.queue_render(self.job).await.map_err(|e| fail(e.to_string()))?;
+                self.runner.queue_render(self.job).await.map_err(|e| PipelineError::Handoff(e.to_string()))?;
             }
             Ok(())
         })

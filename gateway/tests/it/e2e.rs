@@ -446,6 +446,12 @@ async fn a_photo_without_a_person_fails_once_with_a_clear_error() {
     assert_eq!(done["error"]["code"], "person-not-found", "{done}");
 }
 
+/// When `step` started, by its progress event.
+fn started_at(events: &[serde_json::Value], step: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    let e = events.iter().find(|e| e["current_step"] == step).unwrap_or_else(|| panic!("no {step} event"));
+    chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
+}
+
 /// Stage pools: one worker serves only the image stage, the other voice and
 /// render. The job is handed between them through Redis, the image and voice
 /// stages overlap in time, and the viewer sees one ordered stream.
@@ -489,10 +495,7 @@ async fn stage_pools_share_a_job_and_run_image_and_voice_at_once() {
     assert!(stack.worker_log_of(1).contains("job succeeded"), "worker 1 rendered");
 
     // At the same time: the voice stage started before the image stage's last step.
-    let at = |step: &str| {
-        let e = events.iter().find(|e| e["current_step"] == step).unwrap_or_else(|| panic!("no {step} event"));
-        chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
-    };
+    let at = |step: &str| started_at(&events, step);
     assert!(at("synthesize_voice") < at("prepare_image"), "voice started while the image stage ran");
     assert!(at("render_and_upload") > at("prepare_image") && at("render_and_upload") > at("mix_bgm"));
     let status: serde_json::Value =
@@ -525,10 +528,7 @@ async fn the_render_encodes_the_picture_while_the_music_is_mixed() {
     let (events, close) = harness::follow(&stack, &id, Duration::from_secs(120)).await;
     assert_eq!(close, Some(1000), "{events:#?}");
     assert_eq!(events.last().unwrap()["status"], "SUCCESS", "{events:#?}\n{}", stack.logs());
-    let at = |step: &str| {
-        let e = events.iter().find(|e| e["current_step"] == step).unwrap_or_else(|| panic!("no {step} event"));
-        chrono::DateTime::parse_from_rfc3339(e["timestamp"].as_str().unwrap()).unwrap()
-    };
+    let at = |step: &str| started_at(&events, step);
     let status: serde_json::Value =
         reqwest::get(format!("{}/api/video/status/{id}", stack.http)).await.unwrap().json().await.unwrap();
     let metrics = status["result"]["pipeline_metrics"].as_array().unwrap();

@@ -239,14 +239,19 @@ pub enum Audio {
 }
 
 impl Audio {
-    /// The input arguments and the codec arguments for the sound.
+    /// The arguments that open the sound (the second input) and those that
+    /// put it in the output: copied, or encoded to AAC; the index at the
+    /// front for playback while downloading.
     fn args(&self) -> (Vec<Arg>, Vec<Arg>) {
-        match self {
-            Audio::Aac(p) => (media::input(p, media::Format::Mp4), crate::args!["-c:a", "copy"]),
-            Audio::Mp3(p) => {
-                (media::input(p, media::Format::Mp3), crate::args!["-c:a", "aac", "-b:a", super::mix::AAC_BITRATE])
-            }
-        }
+        let (input, mut output) = match self {
+            Audio::Aac(p) => (media::input(p, media::Format::Mp4), crate::args!["-map", "1:a", "-c:a", "copy"]),
+            Audio::Mp3(p) => (
+                media::input(p, media::Format::Mp3),
+                crate::args!["-map", "1:a", "-c:a", "aac", "-b:a", super::mix::AAC_BITRATE],
+            ),
+        };
+        output.extend(crate::args!["-movflags", "+faststart"]);
+        (input, output)
     }
 }
 
@@ -261,8 +266,7 @@ pub enum Sound<F> {
 
 /// Put the encoded picture (`video`, no sound) and `audio` together in
 /// `out`, cut to `duration`, the picture copied as it is (and the sound
-/// too when it is AAC), the index at the front for playback while
-/// downloading.
+/// too when it is AAC).
 pub async fn mux(
     video: &Path,
     audio: &Audio,
@@ -271,20 +275,11 @@ pub async fn mux(
     timeout: std::time::Duration,
 ) -> Result<(), PipelineError> {
     let mut args = media::input(video, media::Format::Mp4Video);
-    let (audio_in, audio_codec) = audio.args();
+    let (audio_in, audio_out) = audio.args();
     args.extend(audio_in);
-    args.extend(crate::args![
-        "-map",
-        "0:v",
-        "-map",
-        "1:a",
-        "-t",
-        Arg::composed(format!("{duration:.3}")),
-        "-c:v",
-        "copy"
-    ]);
-    args.extend(audio_codec);
-    args.extend(crate::args!["-movflags", "+faststart", out]);
+    args.extend(crate::args!["-map", "0:v", "-t", Arg::composed(format!("{duration:.3}")), "-c:v", "copy"]);
+    args.extend(audio_out);
+    args.push(Arg::from(out));
     media::ffmpeg(args, timeout).await?;
     Ok(())
 }
@@ -344,16 +339,7 @@ async fn encode_planes(
         media::Format::RawVideoStdin,
         crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS / ZOOM_EVERY)],
     );
-    let (audio_in, audio_out) = match audio {
-        Some(a) => {
-            let (input, codec) = a.args();
-            let mut out = crate::args!["-map", "1:a"];
-            out.extend(codec);
-            out.extend(crate::args!["-movflags", "+faststart"]);
-            (input, out)
-        }
-        None => (Vec::new(), crate::args!["-an"]),
-    };
+    let (audio_in, audio_out) = audio.map_or_else(|| (Vec::new(), crate::args!["-an"]), Audio::args);
     args.extend(audio_in);
     args.extend(crate::args![
         "-filter_complex",
@@ -551,14 +537,19 @@ mod tests {
         let (first, last) = (band("0"), band("1.94"));
         assert!((39..=41).contains(&first), "first frame: band {first} px");
         assert!((25..=29).contains(&last), "last frame: band {last} px");
-        let out = std::process::Command::new("ffprobe")
-            .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
-            .arg(&video)
-            .output()
-            .unwrap();
-        let mut times: Vec<f64> =
-            String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-        times.sort_by(f64::total_cmp);
+        // The video's picture times, in order (ffprobe, the test's judge).
+        let picture_times = |video: &Path| -> Vec<f64> {
+            let out = std::process::Command::new("ffprobe")
+                .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+                .arg(video)
+                .output()
+                .unwrap();
+            let mut times: Vec<f64> =
+                String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+            times.sort_by(f64::total_cmp);
+            times
+        };
+        let times = picture_times(&video);
         // 21 zoom pictures in 2 s (the first frame, then every third
         // counted back from the last, 1.967 s), plus the frames where the
         // caption appears (1.033 s; the one after it is a zoom frame) and
@@ -598,15 +589,7 @@ mod tests {
         let (picture, video) = (dir.path().join("p2.mp4"), dir.path().join("z2.mp4"));
         encode_planes(planes(), (&ass, &captions), None, 2.01, &picture, t).await.unwrap();
         mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
-        let out = std::process::Command::new("ffprobe")
-            .args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
-            .arg(&video)
-            .output()
-            .unwrap();
-        let last = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse::<f64>().ok())
-            .fold(0.0, f64::max);
+        let last = picture_times(&video).last().copied().unwrap_or_default();
         assert!((last - 2.0).abs() < 0.002, "last picture at {last} s");
     }
 
