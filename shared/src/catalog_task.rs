@@ -177,10 +177,7 @@ pub async fn wait_result(
     task_id: &str,
     limit: Duration,
 ) -> redis::RedisResult<Option<CatalogTaskResult>> {
-    let cfg = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(limit + Duration::from_secs(5)));
-    let mut conn = endpoint.dedicated(&cfg).await?;
+    let mut conn = endpoint.dedicated(Duration::from_secs(5), limit + Duration::from_secs(5)).await?;
     let popped: Option<(String, String)> =
         redis::cmd("BLPOP").arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
     Ok(popped.and_then(|(_, json)| serde_json::from_str(&json).ok()))

@@ -22,7 +22,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
-use crate::redis_conn::ConnectionManager;
+use crate::redis_conn::{ConnectionManager, each};
 
 /// Most failures kept in the index.
 pub const MAX_KEPT: isize = 10_000;
@@ -83,9 +83,9 @@ impl FailedStore {
         let at = job.failed_at.timestamp_millis();
         let oldest = Utc::now().timestamp_millis() - self.keep.as_millis() as i64;
         let index = keys::failed_index();
+        // The record and the index (different cluster slots): the record first.
+        let _: () = conn.set_ex(keys::failed_job(&job.task_id), json, self.keep.as_secs().max(1)).await?;
         let _: () = redis::pipe()
-            .set_ex(keys::failed_job(&job.task_id), json, self.keep.as_secs().max(1))
-            .ignore()
             .zadd(&index, &job.task_id, at)
             .ignore()
             .zrembyscore(&index, "-inf", format!("({oldest}"))
@@ -109,13 +109,9 @@ impl FailedStore {
         if ids.is_empty() {
             return Ok((Vec::new(), total));
         }
-        // One GET per record in a pipeline, not MGET: the records may live
-        // in different cluster slots.
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.get(keys::failed_job(id));
-        }
-        let raw: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        // One GET per record, not MGET: the records may live in different
+        // cluster slots.
+        let raw: Vec<Option<String>> = each(&conn, ids.iter().map(|id| redis::Cmd::get(keys::failed_job(id)))).await?;
         let mut out = Vec::with_capacity(raw.len());
         let mut gone = Vec::new();
         for (id, raw) in ids.iter().zip(raw) {
@@ -138,14 +134,9 @@ impl FailedStore {
 
     /// Forget a failure (its job was queued again).
     pub async fn remove(&self, task_id: &str) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        let _: () = redis::pipe()
-            .del(keys::failed_job(task_id))
-            .ignore()
-            .zrem(keys::failed_index(), task_id)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+        let _: Vec<()> =
+            each(&self.conn, [redis::Cmd::del(keys::failed_job(task_id)), redis::Cmd::zrem(keys::failed_index(), task_id)])
+                .await?;
         Ok(())
     }
 }

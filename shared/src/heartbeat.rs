@@ -14,7 +14,7 @@ use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
-use crate::redis_conn::ConnectionManager;
+use crate::redis_conn::{ConnectionManager, each};
 
 pub const INTERVAL: Duration = Duration::from_secs(5);
 pub const TTL: Duration = Duration::from_secs(15);
@@ -43,20 +43,20 @@ pub struct Heartbeat {
 /// Send one beat.
 pub async fn beat(conn: &mut ConnectionManager, hb: &Heartbeat) -> redis::RedisResult<()> {
     let json = serde_json::to_string(hb).expect("a heartbeat serializes");
-    let _: () = redis::pipe()
-        .set_ex(keys::worker(&hb.name), json, TTL.as_secs())
-        .ignore()
-        .zadd(keys::workers(), &hb.name, hb.seen_at.timestamp_millis())
-        .ignore()
-        .query_async(conn)
-        .await?;
+    let _: Vec<()> = each(
+        conn,
+        [
+            redis::Cmd::set_ex(keys::worker(&hb.name), json, TTL.as_secs()),
+            redis::Cmd::zadd(keys::workers(), &hb.name, hb.seen_at.timestamp_millis()),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
 /// A worker that stops says so at once.
 pub async fn gone(conn: &mut ConnectionManager, name: &str) -> redis::RedisResult<()> {
-    let _: () =
-        redis::pipe().del(keys::worker(name)).ignore().zrem(keys::workers(), name).ignore().query_async(conn).await?;
+    let _: Vec<()> = each(conn, [redis::Cmd::del(keys::worker(name)), redis::Cmd::zrem(keys::workers(), name)]).await?;
     Ok(())
 }
 
@@ -68,12 +68,8 @@ pub async fn alive(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<Heart
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    // One GET each in a pipeline: the beats may sit in different cluster slots.
-    let mut pipe = redis::pipe();
-    for n in &names {
-        pipe.get(keys::worker(n));
-    }
-    let raw: Vec<Option<String>> = pipe.query_async(conn).await?;
+    // One GET each, not MGET: the beats may sit in different cluster slots.
+    let raw: Vec<Option<String>> = each(conn, names.iter().map(|n| redis::Cmd::get(keys::worker(n)))).await?;
     let mut out: Vec<Heartbeat> = raw.into_iter().flatten().filter_map(|r| serde_json::from_str(&r).ok()).collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis::aio::ConnectionLike;
 
 use crate::job::StageMetric;
+use crate::redis_conn::{ConnectionManager, each};
 
 pub const JOBS_KEY: &str = "metrics:jobs";
 pub const STEPS_KEY: &str = "metrics:steps";
@@ -83,30 +84,38 @@ pub fn bucket_of(secs: f64) -> usize {
 /// `failed:{code}`, and each step's duration in `metrics:steps`
 /// (`{step}:{bucket}` counts per bucket, not cumulative; `{step}:sum` in
 /// milliseconds; `{step}:count`).
-pub async fn record_job_end<C: ConnectionLike + Send>(
-    conn: &mut C,
+pub async fn record_job_end(
+    conn: &ConnectionManager,
     error_code: Option<&str>,
     steps: &[StageMetric],
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
+    // By key (each its own cluster slot): one pipeline per key, sent together.
+    let mut jobs = redis::pipe();
+    let mut minute = redis::pipe();
     match error_code {
         None => {
-            pipe.hincr(JOBS_KEY, "succeeded", 1).ignore();
+            jobs.hincr(JOBS_KEY, "succeeded", 1).ignore();
             let key = videos_key(chrono::Utc::now().timestamp() / 60);
-            pipe.incr(&key, 1).ignore().expire(&key, VIDEOS_KEPT_SECS).ignore();
+            minute.incr(&key, 1).ignore().expire(&key, VIDEOS_KEPT_SECS).ignore();
         }
         Some(code) => {
-            pipe.hincr(JOBS_KEY, "failed", 1).ignore();
-            pipe.hincr(JOBS_KEY, format!("failed:{code}"), 1).ignore();
+            jobs.hincr(JOBS_KEY, "failed", 1).ignore();
+            jobs.hincr(JOBS_KEY, format!("failed:{code}"), 1).ignore();
         }
     }
+    let mut durations = redis::pipe();
     for m in steps.iter().filter(|m| m.success) {
         let secs = m.duration_ms as f64 / 1000.0;
-        pipe.hincr(STEPS_KEY, format!("{}:{}", m.stage, bucket_of(secs)), 1).ignore();
-        pipe.hincr(STEPS_KEY, format!("{}:sum", m.stage), m.duration_ms).ignore();
-        pipe.hincr(STEPS_KEY, format!("{}:count", m.stage), 1).ignore();
+        durations.hincr(STEPS_KEY, format!("{}:{}", m.stage, bucket_of(secs)), 1).ignore();
+        durations.hincr(STEPS_KEY, format!("{}:sum", m.stage), m.duration_ms).ignore();
+        durations.hincr(STEPS_KEY, format!("{}:count", m.stage), 1).ignore();
     }
-    pipe.query_async::<()>(conn).await
+    futures::future::try_join_all([jobs, minute, durations].into_iter().filter(|p| !p.is_empty()).map(|p| {
+        let mut conn = conn.clone();
+        async move { p.query_async::<()>(&mut conn).await }
+    }))
+    .await
+    .map(drop)
 }
 
 /// Videos made in one minute (`metrics:videos:{unix minute}`), kept an hour.
@@ -117,13 +126,9 @@ const VIDEOS_KEPT_SECS: i64 = 3600;
 
 /// Videos made in each of the last `n` whole minutes and the current one
 /// (oldest first; the last entry is the minute now running).
-pub async fn videos_per_minute<C: ConnectionLike + Send>(conn: &mut C, n: i64) -> redis::RedisResult<Vec<u64>> {
+pub async fn videos_per_minute(conn: &ConnectionManager, n: i64) -> redis::RedisResult<Vec<u64>> {
     let now = chrono::Utc::now().timestamp() / 60;
-    let mut pipe = redis::pipe();
-    for m in (now - n)..=now {
-        pipe.get(videos_key(m));
-    }
-    let counts: Vec<Option<u64>> = pipe.query_async(conn).await?;
+    let counts: Vec<Option<u64>> = each(conn, ((now - n)..=now).map(|m| redis::Cmd::get(videos_key(m)))).await?;
     Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
 }
 

@@ -10,7 +10,16 @@
 //! ```
 //!
 //! (sentinel port 26379 where none is given; the credentials are the data
-//! nodes', the sentinels take none). With Sentinel the master's address is
+//! nodes', the sentinels take none), or a Redis Cluster:
+//!
+//! ```text
+//! redis+cluster://[[user]:password@]host:port[,host:port...]
+//! ```
+//!
+//! (some of its nodes, port 6379 where none is given; the rest are learnt
+//! from them). With a cluster every command goes to the node that holds its
+//! key's slot and the slot map follows resharding and failover; keys used
+//! together share a slot by their hash tags (see `keys`). With Sentinel the master's address is
 //! asked of the sentinels at every (re)connection, and a [`ConnectionManager`]
 //! whose command failed on a broken connection, a read-only replica or a
 //! master that lost its replicas asks again and moves to the new master, so
@@ -26,7 +35,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, RedisError, RedisResult};
+use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, RedisResult};
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -46,6 +55,8 @@ impl RedisConfig {
     /// One server or a Sentinel deployment at `url`, with the defaults.
     pub fn new(url: impl Into<String>) -> Self {
         let url = url.into();
+        // A Sentinel deployment has replicas by definition; a cluster may
+        // run without (the operator says how many to wait for).
         let wait_replicas = if url.starts_with(SENTINEL_SCHEME) { 1 } else { 0 };
         RedisConfig { url, timeout: Duration::from_secs(5), wait_replicas, wait_timeout: Duration::from_secs(1) }
     }
@@ -89,6 +100,8 @@ impl RedisConfig {
 
 const SENTINEL_SCHEME: &str = "redis+sentinel://";
 const SENTINEL_PORT: u16 = 26379;
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+const REDIS_PORT: u16 = 6379;
 
 /// Where Redis is: one server, or the master of a Sentinel deployment.
 /// Cheap to clone.
@@ -104,6 +117,13 @@ enum EndpointKind {
         service: String,
         timeout: Duration,
     },
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// One client per node named in the URL, for pub/sub (a message
+        /// published on any node of a cluster reaches every node).
+        nodes: Vec<redis::Client>,
+        timeout: Duration,
+    },
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -111,6 +131,7 @@ impl std::fmt::Debug for Endpoint {
         match &*self.0 {
             EndpointKind::Direct(c) => write!(f, "Endpoint({})", c.get_connection_info().addr()),
             EndpointKind::Sentinel { service, .. } => write!(f, "Endpoint(sentinel master {service})"),
+            EndpointKind::Cluster { nodes, .. } => write!(f, "Endpoint(cluster of {} named nodes)", nodes.len()),
         }
     }
 }
@@ -119,20 +140,21 @@ fn invalid(what: &'static str, detail: String) -> RedisError {
     RedisError::from((redis::ErrorKind::InvalidClientConfig, what, detail))
 }
 
-/// The parts of a `redis+sentinel://` URL.
+/// The parts of a `redis+sentinel://` or `redis+cluster://` URL.
 #[derive(Debug, PartialEq)]
-struct SentinelUrl {
+struct MultiHostUrl {
     username: Option<String>,
     password: Option<String>,
-    sentinels: Vec<(String, u16)>,
-    service: String,
-    db: i64,
+    hosts: Vec<(String, u16)>,
+    /// The path's parts (`/master-name/db` for Sentinel, none for a cluster).
+    path: Vec<String>,
 }
 
-/// Parse `redis+sentinel://[[user]:password@]h:p[,h:p...]/service[/db]`.
-/// Written here: the `redis` crate reads only single-server URLs.
-fn parse_sentinel_url(url: &str) -> RedisResult<SentinelUrl> {
-    let rest = url.strip_prefix(SENTINEL_SCHEME).ok_or_else(|| invalid("not a sentinel URL", String::new()))?;
+/// Parse `scheme://[[user]:password@]h:p[,h:p...][/path...]`, `default_port`
+/// where a host names none. Written here: the `redis` crate reads only
+/// single-server URLs.
+fn parse_multi_host_url(url: &str, scheme: &str, default_port: u16) -> RedisResult<MultiHostUrl> {
+    let rest = url.strip_prefix(scheme).ok_or_else(|| invalid("unexpected URL scheme", String::new()))?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
@@ -151,41 +173,68 @@ fn parse_sentinel_url(url: &str) -> RedisResult<SentinelUrl> {
             None => (decode(u)?, None),
         },
     };
-    let mut sentinels = Vec::new();
+    let mut out = Vec::new();
     for h in hosts.split(',').filter(|h| !h.is_empty()) {
-        let port_of = |p: &str| p.parse::<u16>().map_err(|_| invalid("bad sentinel port", h.to_owned()));
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| invalid("bad port", h.to_owned()));
         let (host, port) = if let Some(v6) = h.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| invalid("bad sentinel address", h.to_owned()))?;
+            let (host, after) = v6.split_once(']').ok_or_else(|| invalid("bad address", h.to_owned()))?;
             match after.strip_prefix(':') {
                 Some(p) => (host, port_of(p)?),
-                None if after.is_empty() => (host, SENTINEL_PORT),
-                None => return Err(invalid("bad sentinel address", h.to_owned())),
+                None if after.is_empty() => (host, default_port),
+                None => return Err(invalid("bad address", h.to_owned())),
             }
         } else {
             match h.split_once(':') {
                 Some((host, p)) => (host, port_of(p)?),
-                None => (h, SENTINEL_PORT),
+                None => (h, default_port),
             }
         };
         if host.is_empty() {
-            return Err(invalid("empty sentinel host", h.to_owned()));
+            return Err(invalid("empty host", h.to_owned()));
         }
-        sentinels.push((host.to_owned(), port));
+        out.push((host.to_owned(), port));
     }
-    if sentinels.is_empty() {
-        return Err(invalid("a sentinel URL names no sentinel", String::new()));
+    if out.is_empty() {
+        return Err(invalid("the URL names no host", String::new()));
     }
-    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let path = path.split('/').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    Ok(MultiHostUrl { username, password, hosts: out, path })
+}
+
+/// The parts of a `redis+sentinel://` URL.
+#[derive(Debug, PartialEq)]
+struct SentinelUrl {
+    username: Option<String>,
+    password: Option<String>,
+    sentinels: Vec<(String, u16)>,
+    service: String,
+    db: i64,
+}
+
+/// Parse `redis+sentinel://[[user]:password@]h:p[,h:p...]/service[/db]`.
+fn parse_sentinel_url(url: &str) -> RedisResult<SentinelUrl> {
+    let u = parse_multi_host_url(url, SENTINEL_SCHEME, SENTINEL_PORT)?;
+    let mut parts = u.path.into_iter();
     let service =
         parts.next().ok_or_else(|| invalid("a sentinel URL names no master (…/master-name)", String::new()))?;
     let db = match parts.next() {
         None => 0,
-        Some(d) => d.parse().map_err(|_| invalid("bad database number", d.to_owned()))?,
+        Some(d) => d.parse().map_err(|_| invalid("bad database number", d))?,
     };
     if parts.next().is_some() {
         return Err(invalid("a sentinel URL's path is /master-name[/db]", String::new()));
     }
-    Ok(SentinelUrl { username, password, sentinels, service: service.to_owned(), db })
+    Ok(SentinelUrl { username: u.username, password: u.password, sentinels: u.hosts, service, db })
+}
+
+/// Parse `redis+cluster://[[user]:password@]h:p[,h:p...]` (a cluster has
+/// database 0 only: a path may say `/0`, nothing else).
+fn parse_cluster_url(url: &str) -> RedisResult<MultiHostUrl> {
+    let u = parse_multi_host_url(url, CLUSTER_SCHEME, REDIS_PORT)?;
+    if !(u.path.is_empty() || u.path == ["0"]) {
+        return Err(invalid("a Redis Cluster has database 0 only", String::new()));
+    }
+    Ok(u)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -207,6 +256,9 @@ fn percent_decode(s: &str) -> Option<String> {
 
 impl Endpoint {
     pub fn parse(url: &str, timeout: Duration) -> RedisResult<Endpoint> {
+        if url.starts_with(CLUSTER_SCHEME) {
+            return Self::cluster(url, timeout);
+        }
         if !url.starts_with(SENTINEL_SCHEME) {
             return Ok(Endpoint(Arc::new(EndpointKind::Direct(redis::Client::open(url)?))));
         }
@@ -230,15 +282,48 @@ impl Endpoint {
         })))
     }
 
+    fn cluster(url: &str, timeout: Duration) -> RedisResult<Endpoint> {
+        let u = parse_cluster_url(url)?;
+        let info = |host: &str, port: u16| {
+            let mut redis = redis::RedisConnectionInfo::default();
+            if let Some(user) = &u.username {
+                redis = redis.set_username(user);
+            }
+            if let Some(pass) = &u.password {
+                redis = redis.set_password(pass);
+            }
+            Ok::<_, RedisError>(
+                ConnectionAddr::Tcp(host.to_owned(), port).into_connection_info()?.set_redis_settings(redis),
+            )
+        };
+        let infos = u.hosts.iter().map(|(h, p)| info(h, *p)).collect::<RedisResult<Vec<_>>>()?;
+        let nodes = infos.iter().cloned().map(redis::Client::open).collect::<RedisResult<Vec<_>>>()?;
+        let mut b = redis::cluster::ClusterClientBuilder::new(infos)
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .retries(3);
+        // For the nodes learnt from the cluster too.
+        if let Some(user) = &u.username {
+            b = b.username(user);
+        }
+        if let Some(pass) = &u.password {
+            b = b.password(pass);
+        }
+        let client = b.build()?;
+        Ok(Endpoint(Arc::new(EndpointKind::Cluster { client, nodes, timeout })))
+    }
+
     pub fn is_sentinel(&self) -> bool {
         matches!(&*self.0, EndpointKind::Sentinel { .. })
     }
 
     /// A client for the server to talk to now: the one server, or the
-    /// master the sentinels name (checked to be a master).
+    /// master the sentinels name (checked to be a master). A cluster has no
+    /// one server: [`Endpoint::cluster_connection`].
     pub async fn client(&self) -> RedisResult<redis::Client> {
         match &*self.0 {
             EndpointKind::Direct(c) => Ok(c.clone()),
+            EndpointKind::Cluster { .. } => Err(invalid("a cluster has no single server", String::new())),
             EndpointKind::Sentinel { client, service, timeout } => {
                 let ask = async { client.lock().await.async_get_client().await };
                 match tokio::time::timeout(*timeout, ask).await {
@@ -255,26 +340,106 @@ impl Endpoint {
 }
 
 impl Endpoint {
-    /// A connection of its own to the current master (for a blocking pop,
-    /// which must not hold up the shared connection).
-    pub async fn dedicated(
-        &self,
-        cfg: &redis::AsyncConnectionConfig,
-    ) -> RedisResult<redis::aio::MultiplexedConnection> {
-        self.client().await?.get_multiplexed_async_connection_with_config(cfg).await
+    /// A connection of its own to the current master, or to the cluster
+    /// (for a blocking pop, which must not hold up the shared connection);
+    /// `response` bounds each reply, so it must exceed the longest block.
+    pub async fn dedicated(&self, connect: Duration, response: Duration) -> RedisResult<Dedicated> {
+        if let EndpointKind::Cluster { client, .. } = &*self.0 {
+            let cfg = redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(connect)
+                .set_response_timeout(response);
+            return Ok(Dedicated::Cluster(client.get_async_connection_with_config(cfg).await?));
+        }
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response));
+        Ok(Dedicated::Single(self.client().await?.get_multiplexed_async_connection_with_config(&cfg).await?))
     }
 
-    /// A pub/sub connection to the current master.
+    /// A pub/sub connection to the current master, or to the first node of
+    /// a cluster that answers (a cluster passes every published message to
+    /// all its nodes).
     pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
-        self.client().await?.get_async_pubsub().await
+        let EndpointKind::Cluster { nodes, timeout, .. } = &*self.0 else {
+            return self.client().await?.get_async_pubsub().await;
+        };
+        let mut last = None;
+        for node in nodes {
+            match tokio::time::timeout(*timeout, node.get_async_pubsub()).await {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(RedisError::from((redis::ErrorKind::Io, "a cluster node did not answer in time"))),
+            }
+        }
+        Err(last.unwrap_or_else(|| invalid("the URL names no cluster node", String::new())))
+    }
+
+    async fn managed(&self, config: &redis::aio::ConnectionManagerConfig) -> RedisResult<(ConnectionAddr, Managed)> {
+        if let EndpointKind::Cluster { client, nodes, .. } = &*self.0 {
+            let addr = nodes[0].get_connection_info().addr().clone();
+            return Ok((addr, Managed::Cluster(client.get_async_connection().await?)));
+        }
+        let client = self.client().await?;
+        let addr = client.get_connection_info().addr().clone();
+        Ok((addr, Managed::Single(client.get_connection_manager_with_config(config.clone()).await?)))
     }
 }
+
+/// A connection of its own ([`Endpoint::dedicated`]).
+pub enum Dedicated {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// The shared connection under a [`ConnectionManager`]: the `redis` crate's
+/// self-reconnecting one to one server, or its cluster connection (which
+/// reconnects and follows the slot map by itself).
+#[derive(Clone)]
+enum Managed {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Both connection kinds pass commands to the one they hold.
+macro_rules! delegate_connection_like {
+    ($ty:ident) => {
+        impl redis::aio::ConnectionLike for $ty {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+                match self {
+                    $ty::Single(c) => c.req_packed_command(cmd),
+                    $ty::Cluster(c) => c.req_packed_command(cmd),
+                }
+            }
+
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a redis::Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+                match self {
+                    $ty::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                    $ty::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                }
+            }
+
+            fn get_db(&self) -> i64 {
+                match self {
+                    $ty::Single(c) => c.get_db(),
+                    $ty::Cluster(c) => c.get_db(),
+                }
+            }
+        }
+    };
+}
+delegate_connection_like!(Dedicated);
+delegate_connection_like!(Managed);
 
 /// The current connection and the address it goes to.
 struct Current {
     generation: u64,
     addr: ConnectionAddr,
-    conn: redis::aio::ConnectionManager,
+    conn: Managed,
 }
 
 struct Shared {
@@ -309,9 +474,7 @@ impl ConnectionManager {
             .set_response_timeout(Some(cfg.timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(2));
-        let client = endpoint.client().await?;
-        let addr = client.get_connection_info().addr().clone();
-        let conn = client.get_connection_manager_with_config(config.clone()).await?;
+        let (addr, conn) = endpoint.managed(&config).await?;
         Ok(ConnectionManager(Arc::new(Shared {
             endpoint,
             config,
@@ -328,7 +491,7 @@ impl ConnectionManager {
         &self.0.endpoint
     }
 
-    fn current(&self) -> (u64, redis::aio::ConnectionManager) {
+    fn current(&self) -> (u64, Managed) {
         let c = self.0.current.read().expect("redis connection lock");
         (c.generation, c.conn.clone())
     }
@@ -358,6 +521,7 @@ impl ConnectionManager {
         }
         match client.get_connection_manager_with_config(self.0.config.clone()).await {
             Ok(conn) => {
+                let conn = Managed::Single(conn);
                 tracing::warn!(master = %addr, "moved to the master the sentinels name");
                 let mut c = self.0.current.write().expect("redis connection lock");
                 *c = Current { generation: c.generation + 1, addr, conn };
@@ -438,6 +602,21 @@ impl redis::aio::ConnectionLike for ConnectionManager {
     }
 }
 
+/// Send commands whose keys may lie in different slots of a cluster: each
+/// on its own, all at once on the shared connection (so still one round
+/// trip's wait), replies in order. A cluster refuses a pipeline across
+/// slots; like a plain pipeline this is not atomic.
+pub async fn each<T: redis::FromRedisValue + Send>(
+    conn: &ConnectionManager,
+    cmds: impl IntoIterator<Item = redis::Cmd>,
+) -> RedisResult<Vec<T>> {
+    futures::future::try_join_all(cmds.into_iter().map(|cmd| {
+        let mut conn = conn.clone();
+        async move { cmd.query_async::<T>(&mut conn).await }
+    }))
+    .await
+}
+
 /// Whether a Redis error is worth retrying (connection trouble, timeouts,
 /// a server still loading its data, a failover under way) rather than a bug
 /// or bad data.
@@ -483,6 +662,20 @@ mod tests {
         assert_eq!((u.service.as_str(), u.db), ("mymaster", 2));
         let u = parse_sentinel_url("redis+sentinel://app:pw@s1:1,s2:2/m").unwrap();
         assert_eq!((u.username.as_deref(), u.password.as_deref(), u.db), (Some("app"), Some("pw"), 0));
+    }
+
+    #[test]
+    fn cluster_urls_are_read() {
+        let u = parse_cluster_url("redis+cluster://app:p%3Aw@10.0.0.1:7000,node-2,[::1]:7002").unwrap();
+        assert_eq!((u.username.as_deref(), u.password.as_deref()), (Some("app"), Some("p:w")));
+        assert_eq!(u.hosts, vec![("10.0.0.1".into(), 7000), ("node-2".into(), 6379), ("::1".into(), 7002)]);
+        assert!(parse_cluster_url("redis+cluster://n1:7000/0").is_ok());
+        for bad in ["redis+cluster://", "redis+cluster://n1/1", "redis+cluster://n1:x", "redis+cluster://n1/0/2"] {
+            assert!(parse_cluster_url(bad).is_err(), "{bad} was accepted");
+        }
+        let e = Endpoint::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", Duration::from_secs(1)).unwrap();
+        assert!(!e.is_sentinel());
+        assert_eq!(format!("{e:?}"), "Endpoint(cluster of 2 named nodes)");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::redis_conn::ConnectionManager;
+use crate::redis_conn::{ConnectionManager, each};
 use redis::AsyncCommands;
 
 use crate::keys;
@@ -136,17 +136,6 @@ impl TaskStoreError {
 /// connection). Neither MGET nor a pipeline: the keys of different tasks
 /// lie in different hash slots of a Redis Cluster, which refuses both
 /// across slots.
-async fn get_each(
-    conn: &ConnectionManager,
-    keys: impl Iterator<Item = String>,
-) -> redis::RedisResult<Vec<Option<String>>> {
-    futures::future::try_join_all(keys.map(|key| {
-        let mut conn = conn.clone();
-        async move { conn.get(key).await }
-    }))
-    .await
-}
-
 /// Task state operations over a shared Redis connection.
 #[derive(Clone)]
 pub struct TaskStore {
@@ -196,7 +185,7 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw = get_each(&self.conn, task_ids.iter().map(|id| keys::progress(id))).await?;
+        let raw: Vec<Option<String>> = each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::progress(id)))).await?;
         Ok(raw.into_iter().map(|r| r.map(|s| serde_json::from_str(&s)).transpose()).collect::<Result<_, _>>()?)
     }
 
@@ -221,7 +210,7 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw = get_each(&self.conn, task_ids.iter().map(|id| keys::task_meta(id))).await?;
+        let raw: Vec<Option<String>> = each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::task_meta(id)))).await?;
         raw.into_iter().map(|r| Ok(r.map(|s| serde_json::from_str(&s)).transpose()?)).collect()
     }
 
@@ -260,16 +249,15 @@ impl TaskStore {
     pub async fn reopen_failed(&self, meta: &TaskMeta) -> Result<bool, TaskStoreError> {
         let written = self.put_meta_by(&REOPEN_FAILED, meta).await?;
         if written {
-            let mut conn = self.conn.clone();
-            let _: () = redis::pipe()
-                .del(keys::progress(&meta.task_id))
-                .ignore()
-                .del(keys::progress_log(&meta.task_id))
-                .ignore()
-                .expire(keys::job_cancel(&meta.task_id), self.ttls.task_meta.as_secs().max(1) as i64)
-                .ignore()
-                .query_async(&mut conn)
-                .await?;
+            let id = &meta.task_id;
+            let _: Vec<()> = each(
+                &self.conn,
+                [
+                    redis::Cmd::del(&[keys::progress(id), keys::progress_log(id)]),
+                    redis::Cmd::expire(keys::job_cancel(id), self.ttls.task_meta.as_secs().max(1) as i64),
+                ],
+            )
+            .await?;
         }
         Ok(written)
     }
@@ -284,11 +272,7 @@ impl TaskStore {
             vec![keys::job_cancel(task_id)],
             vec![keys::progress(task_id), keys::progress_log(task_id), keys::progress_seq(task_id)],
         ];
-        futures::future::try_join_all(groups.into_iter().map(|keys| {
-            let mut conn = self.conn.clone();
-            async move { conn.del::<_, ()>(keys).await }
-        }))
-        .await?;
+        let _: Vec<()> = each(&self.conn, groups.into_iter().map(redis::Cmd::del)).await?;
         Ok(())
     }
 }

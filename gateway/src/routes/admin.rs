@@ -213,13 +213,10 @@ async fn retry(_: Admin, State(state): State<AppState>, Path(task_id): Path<Stri
     }
     // A stage of the failed attempt that is still winding down elsewhere
     // would write into the new one.
-    let mut conn = state.redis.clone();
+    let conn = state.redis.clone();
     let claims: Vec<String> = Stage::ALL.iter().map(|s| shared::keys::job_claim(&task_id, *s)).collect();
-    let mut pipe = redis::pipe();
-    for c in &claims {
-        pipe.exists(c);
-    }
-    let held: Vec<bool> = pipe.query_async(&mut conn).await?;
+    // One EXISTS each: the claims may sit in different cluster slots.
+    let held: Vec<bool> = shared::redis_conn::each(&conn, claims.iter().map(redis::Cmd::exists)).await?;
     if held.into_iter().any(|h| h) {
         return Err(AppError::Busy {
             status: StatusCode::CONFLICT,

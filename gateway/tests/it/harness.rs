@@ -49,12 +49,18 @@ fn spawn_gateway(bin: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
 
 /// Start redis-server on `port` with its files in `dir`; returns once it answers.
 pub fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
+    spawn_redis_with(port, dir, aof, &[])
+}
+
+/// [`spawn_redis`] with more arguments.
+fn spawn_redis_with(port: u16, dir: &Path, aof: bool, extra: &[String]) -> Proc {
     let aof = if aof { "yes" } else { "no" };
     let redis = Proc(
         Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", aof])
             .arg("--dir")
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +95,56 @@ pub fn plain(line: &str) -> String {
 
 /// The name of the master the test sentinels watch.
 pub const SENTINEL_MASTER: &str = "tayori";
+
+/// Start three redis-servers in cluster mode and make them one cluster of
+/// three masters (`redis-cli --cluster create`); returns the processes and
+/// their ports once every node says the cluster is ok.
+fn spawn_cluster(dir: &Path) -> (Vec<Proc>, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let nodes: Vec<Proc> = ports
+        .iter()
+        .map(|&port| {
+            let dir = dir.join(format!("cluster-{port}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            // The bus port is named: port + 10000 may not exist.
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &free_port().to_string(),
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]
+            .map(str::to_owned);
+            spawn_redis_with(port, &dir, false, &extra)
+        })
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed");
+    assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    let t0 = Instant::now();
+    for port in &ports {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        loop {
+            let info: String = client
+                .get_connection()
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query(&mut c))
+                .unwrap_or_default();
+            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "the cluster did not form: {info}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    (nodes, ports)
+}
 
 /// Start a replica of the Redis on `master_port`; returns once it has
 /// synced.
@@ -229,6 +285,8 @@ pub struct Stack {
     /// With [`Topology::Sentinel`]: the replica's and the sentinels' ports.
     pub replica_port: Option<u16>,
     pub sentinel_ports: Vec<u16>,
+    /// With [`Topology::Cluster`]: every node's port.
+    pub cluster_ports: Vec<u16>,
     worker_env: Vec<(String, String)>,
     stages: Vec<String>,
     /// Environment given to the gateway, for running its subcommands.
@@ -236,7 +294,8 @@ pub struct Stack {
     // Dropped in this order: workers first, Redis last.
     workers: Vec<Proc>,
     gateway: Proc,
-    /// The replica and the sentinels, after the master.
+    /// The replica and the sentinels, or the other cluster nodes, after
+    /// the master (the first cluster node).
     redis_others: Vec<Proc>,
     redis: Proc,
 }
@@ -250,6 +309,9 @@ pub enum Topology {
     /// A master, one replica and three sentinels; the stack is given a
     /// `redis+sentinel://` URL.
     Sentinel,
+    /// A Redis Cluster of three masters; the stack is given a
+    /// `redis+cluster://` URL naming them.
+    Cluster,
 }
 
 pub struct Options {
@@ -283,10 +345,22 @@ impl Stack {
         // leaves no stray process behind.
         let (gateway_bin, _) = (bin("gateway"), bin("worker"));
         let dir = tempfile::tempdir().unwrap();
-        let redis_port = free_port();
-        let redis = spawn_redis(redis_port, dir.path(), opts.redis_aof);
+        let (mut redis_others, mut replica_port, mut sentinel_ports, mut cluster_ports) =
+            (Vec::new(), None, Vec::new(), Vec::new());
+        let (redis, redis_port) = if opts.topology == Topology::Cluster {
+            let (mut nodes, ports) = spawn_cluster(dir.path());
+            cluster_ports = ports;
+            redis_others = nodes.split_off(1);
+            (nodes.pop().unwrap(), cluster_ports[0])
+        } else {
+            let port = free_port();
+            (spawn_redis(port, dir.path(), opts.redis_aof), port)
+        };
         let mut redis_url = format!("redis://127.0.0.1:{redis_port}/0");
-        let (mut redis_others, mut replica_port, mut sentinel_ports) = (Vec::new(), None, Vec::new());
+        if opts.topology == Topology::Cluster {
+            let hosts: Vec<String> = cluster_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            redis_url = format!("redis+cluster://{}", hosts.join(","));
+        }
         if opts.topology == Topology::Sentinel {
             let port = free_port();
             redis_others.push(spawn_replica(port, redis_port, dir.path()));
@@ -352,6 +426,7 @@ impl Stack {
             redis_aof: opts.redis_aof,
             replica_port,
             sentinel_ports,
+            cluster_ports,
             redis_others,
             dir,
             http: format!("http://127.0.0.1:{http_port}"),
@@ -425,10 +500,11 @@ impl Stack {
         })
     }
 
-    /// A connection to the stack's Redis (the current master, with Sentinel).
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        let endpoint = shared::redis_conn::RedisConfig::new(self.redis_url.as_str()).endpoint().unwrap();
-        endpoint.client().await.unwrap().get_multiplexed_async_connection().await.unwrap()
+    /// A connection to the stack's Redis (the current master, with
+    /// Sentinel; the cluster, with a cluster), as the stack's own processes
+    /// make it.
+    pub async fn redis(&self) -> shared::redis_conn::ConnectionManager {
+        shared::redis_conn::RedisConfig::new(self.redis_url.as_str()).connect().await.unwrap()
     }
 
     pub fn ws_url(&self, task_id: &str) -> String {

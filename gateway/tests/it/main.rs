@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod cancel;
 mod catalog;
+mod cluster;
 mod cli;
 mod delivery;
 mod deploy;

@@ -218,7 +218,7 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
     out: mpsc::Sender<Task<T>>,
 ) {
     let mut conn = queue.conn.clone();
-    let mut waker: Option<redis::aio::MultiplexedConnection> = None;
+    let mut waker: Option<crate::redis_conn::Dedicated> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         // A free slot first; then as many more as are free, up to a batch.
@@ -285,10 +285,8 @@ async fn fetcher<T: DeserializeOwned + Send + 'static>(
         // The queue is empty (for now): wait for a push, or look again for
         // retries and expired leases after `idle_wait`.
         if waker.is_none() {
-            let cfg = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(5)))
-                .set_response_timeout(Some(queue.idle_wait + Duration::from_secs(5)));
-            match queue.conn.endpoint().dedicated(&cfg).await {
+            let endpoint = queue.conn.endpoint();
+            match endpoint.dedicated(Duration::from_secs(5), queue.idle_wait + Duration::from_secs(5)).await {
                 Ok(c) => waker = Some(c),
                 Err(e) => {
                     crate::metrics::count_error(crate::metrics::Service::Redis);
