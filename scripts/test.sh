@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run tayori's whole test suite: installs what is missing (Debian packages,
 # registry assets), checks docker-compose.yml, builds in release and runs
-# every unit and integration test (real Redis, S3 endpoint, ffmpeg, TTS).
+# every unit and integration test (real Redis, S3 endpoint and Garage,
+# ffmpeg, TTS).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -11,6 +12,9 @@ bash scripts/browser-deps.sh
 # The real Celery client, for the interop test.
 TAYORI_INTEROP_PYTHON="$(bash scripts/interop-deps.sh)"
 export TAYORI_INTEROP_PYTHON
+# Garage, the distributed S3 the storage tests also run against.
+TAYORI_GARAGE_BIN="$(bash scripts/garage.sh)"
+export TAYORI_GARAGE_BIN
 python3 scripts/check_compose.py docker-compose.yml
 # The integration tests start the gateway and worker binaries.
 cargo build --release --locked --bins

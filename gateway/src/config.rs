@@ -27,6 +27,11 @@ pub struct GatewayConfig {
     /// `TAYORI_CORS_ORIGINS`: other web origins allowed to call the API
     /// (comma-separated; default none: same-origin only).
     pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// `TAYORI_S3_CORS_ORIGINS`: with an S3 other than the embedded one, the
+    /// origins of the pages (the gateway's own, as browsers reach it) that
+    /// may upload to and fetch from the bucket; set as the bucket's CORS at
+    /// start. Default none: the bucket's CORS is left as the operator made it.
+    pub s3_cors_origins: Vec<axum::http::HeaderValue>,
     /// `TAYORI_MAX_IMAGE_PIXELS`, default 40,000,000: larger photos are refused
     /// before anything decodes them.
     pub max_image_pixels: u64,
@@ -116,6 +121,14 @@ impl GatewayConfig {
                 let raw = env::var("TAYORI_CORS_ORIGINS").unwrap_or_default();
                 crate::cors::parse_origins(&raw).map_err(|reason| shared::env::EnvError {
                     name: "TAYORI_CORS_ORIGINS".into(),
+                    value: raw.clone(),
+                    reason,
+                })?
+            },
+            s3_cors_origins: {
+                let raw = env::var("TAYORI_S3_CORS_ORIGINS").unwrap_or_default();
+                crate::cors::parse_origins(&raw).map_err(|reason| shared::env::EnvError {
+                    name: "TAYORI_S3_CORS_ORIGINS".into(),
                     value: raw.clone(),
                     reason,
                 })?

@@ -123,6 +123,12 @@ pub async fn run(mut cfg: GatewayConfig, shutdown: impl Future<Output = ()> + Se
     let rules = LifecycleRules::load(&cfg.lifecycle_file)?;
     retry_start("S3 lifecycle", Duration::from_secs(10), || storage.put_lifecycle(&rules)).await?;
     tracing::info!(bucket = storage.bucket(), rules = rules.rules.len(), "bucket ready, lifecycle applied");
+    if cfg.embedded_s3.is_none() && !cfg.s3_cors_origins.is_empty() {
+        let origins: Vec<String> =
+            cfg.s3_cors_origins.iter().filter_map(|o| o.to_str().ok()).map(str::to_owned).collect();
+        retry_start("S3 CORS", Duration::from_secs(10), || storage.put_cors(&origins)).await?;
+        tracing::info!(?origins, "bucket CORS set");
+    }
     let mut background = tokio::task::JoinSet::new();
     if let Some(emb) = &cfg.embedded_s3 {
         background.spawn(s3_server::sweeper(storage.clone(), emb.sweep_interval, emb.day));

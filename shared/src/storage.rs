@@ -228,6 +228,35 @@ impl Storage {
             .map_err(|e| StorageError::from_sdk("PutBucketLifecycleConfiguration", e))
     }
 
+    /// Let pages from `origins` upload to the bucket (the presigned POST)
+    /// and fetch from it (presigned links), the bucket's whole CORS
+    /// configuration. For an S3 other than the embedded one, which answers
+    /// CORS itself.
+    pub async fn put_cors(&self, origins: &[String]) -> Result<(), StorageError> {
+        let mut rule = aws_sdk_s3::types::CorsRule::builder()
+            .allowed_headers("*")
+            .expose_headers("ETag")
+            .expose_headers("Content-Length")
+            .max_age_seconds(600);
+        for m in ["GET", "HEAD", "PUT", "POST"] {
+            rule = rule.allowed_methods(m);
+        }
+        for o in origins {
+            rule = rule.allowed_origins(o);
+        }
+        let invalid =
+            |e: aws_sdk_s3::error::BuildError| StorageError::Service { op: "PutBucketCors", message: e.to_string(), transient: false };
+        let cors = aws_sdk_s3::types::CorsConfiguration::builder().cors_rules(rule.build().map_err(invalid)?).build().map_err(invalid)?;
+        self.client
+            .put_bucket_cors()
+            .bucket(&self.cfg.bucket)
+            .cors_configuration(cors)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError::from_sdk("PutBucketCors", e))
+    }
+
     pub async fn get_lifecycle(&self) -> Result<LifecycleRules, StorageError> {
         let out = self
             .client

@@ -96,6 +96,80 @@ pub fn plain(line: &str) -> String {
 /// The name of the master the test sentinels watch.
 pub const SENTINEL_MASTER: &str = "tayori";
 
+/// Garage (a distributed S3, run as its own program): the binary
+/// `scripts/garage.sh` builds into the cache, or `TAYORI_GARAGE_BIN`.
+pub fn garage_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TAYORI_GARAGE_BIN") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
+    let p = cache.join(format!("garage-{GARAGE_VERSION}/bin/garage"));
+    assert!(p.is_file(), "{} is missing: run scripts/garage.sh first", p.display());
+    p
+}
+
+/// The version scripts/garage.sh builds.
+const GARAGE_VERSION: &str = "2.5.0";
+
+/// A one-node Garage with bucket `bucket` and a key that owns it, as an
+/// operator sets one up (`garage layout`, `garage bucket create`, a key
+/// allowed on the bucket). Returns the server, its S3 endpoint and the key.
+fn spawn_garage(dir: &Path, bucket: &str) -> (Proc, String, String, String) {
+    let dir = dir.join("garage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (s3, rpc, admin) = (free_port(), free_port(), free_port());
+    let secret: String = (0..4).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect::<String>()[..64].into();
+    let conf = dir.join("garage.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"lmdb\"\n\
+             replication_factor = 1\n\
+             rpc_bind_addr = \"127.0.0.1:{rpc}\"\nrpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+             [s3_api]\ns3_region = \"us-east-1\"\napi_bind_addr = \"127.0.0.1:{s3}\"\nroot_domain = \".s3.garage.localhost\"\n\
+             [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let bin = garage_bin();
+    let server = Proc(
+        Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("server")
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(dir.join("garage.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("garage.err.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let garage = |args: &[&str]| {
+        let out = Command::new(&bin).arg("-c").arg(&conf).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let t0 = Instant::now();
+    while !garage(&["status"]).0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "garage did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, id) = garage(&["node", "id", "-q"]);
+    assert!(ok, "{id}");
+    let must = |args: &[&str]| {
+        let (ok, out) = garage(args);
+        assert!(ok, "garage {args:?}: {out}");
+        out
+    };
+    must(&["layout", "assign", &id.trim()[..64], "-z", "dc1", "-c", "1G"]);
+    must(&["layout", "apply", "--version", "1"]);
+    must(&["bucket", "create", bucket]);
+    let key: serde_json::Value = serde_json::from_str(&must(&["json-api", "CreateKey", r#"{"name":"tayori"}"#])).unwrap();
+    let (key_id, key_secret) =
+        (key["accessKeyId"].as_str().unwrap().to_owned(), key["secretAccessKey"].as_str().unwrap().to_owned());
+    must(&["bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &key_id]);
+    (server, format!("http://127.0.0.1:{s3}"), key_id, key_secret)
+}
+
 /// Start three redis-servers in cluster mode and make them one cluster of
 /// three masters (`redis-cli --cluster create`); returns the processes and
 /// their ports once every node says the cluster is ok.
@@ -287,6 +361,8 @@ pub struct Stack {
     pub sentinel_ports: Vec<u16>,
     /// With [`Topology::Cluster`]: every node's port.
     pub cluster_ports: Vec<u16>,
+    /// Which S3 the stack uses.
+    pub s3: S3Kind,
     worker_env: Vec<(String, String)>,
     stages: Vec<String>,
     /// Environment given to the gateway, for running its subcommands.
@@ -294,6 +370,8 @@ pub struct Stack {
     // Dropped in this order: workers first, Redis last.
     workers: Vec<Proc>,
     gateway: Proc,
+    /// Garage, after the gateway.
+    s3_server: Option<Proc>,
     /// The replica and the sentinels, or the other cluster nodes, after
     /// the master (the first cluster node).
     redis_others: Vec<Proc>,
@@ -314,8 +392,20 @@ pub enum Topology {
     Cluster,
 }
 
+/// Which S3 the stack uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum S3Kind {
+    /// The gateway's embedded endpoint.
+    #[default]
+    Embedded,
+    /// A Garage server of its own (one node), set up as an operator would,
+    /// the gateway and the workers pointed at it.
+    Garage,
+}
+
 pub struct Options {
     pub workers: usize,
+    pub s3: S3Kind,
     pub env: Vec<(String, String)>,
     /// Give the stack its own copy of data/ (for tests that change the catalog).
     pub own_data: bool,
@@ -335,6 +425,7 @@ impl Default for Options {
             stages: Vec::new(),
             redis_aof: false,
             topology: Topology::Single,
+            s3: S3Kind::Embedded,
         }
     }
 }
@@ -377,9 +468,18 @@ impl Stack {
         let http_port = free_port();
         let s3_port = free_port();
         let queue = format!("test-{}", uuid::Uuid::new_v4().simple());
-        let access_key = "test-access".to_owned();
-        let secret_key = format!("secret-{}", uuid::Uuid::new_v4().simple());
-        let s3_endpoint = format!("http://127.0.0.1:{s3_port}");
+        let (s3_server, s3_endpoint, access_key, secret_key) = match opts.s3 {
+            S3Kind::Embedded => (
+                None,
+                format!("http://127.0.0.1:{s3_port}"),
+                "test-access".to_owned(),
+                format!("secret-{}", uuid::Uuid::new_v4().simple()),
+            ),
+            S3Kind::Garage => {
+                let (server, endpoint, id, secret) = spawn_garage(dir.path(), "tayori");
+                (Some(server), endpoint, id, secret)
+            }
+        };
         let data_dir = if opts.own_data {
             let copy = dir.path().join("data");
             let ok = Command::new("cp").arg("-r").arg(repo_root().join("data")).arg(&copy).status().unwrap().success();
@@ -411,10 +511,18 @@ impl Stack {
         let mut gateway_env = env.clone();
         gateway_env.extend([
             ("TAYORI_BIND".to_owned(), format!("127.0.0.1:{http_port}")),
-            ("TAYORI_S3_EMBEDDED_BIND".to_owned(), format!("127.0.0.1:{s3_port}")),
-            ("TAYORI_S3_EMBEDDED_DIR".to_owned(), dir.path().join("s3").display().to_string()),
             ("TAYORI_TMP_DIR".to_owned(), dir.path().display().to_string()),
         ]);
+        match opts.s3 {
+            S3Kind::Embedded => gateway_env.extend([
+                ("TAYORI_S3_EMBEDDED_BIND".to_owned(), format!("127.0.0.1:{s3_port}")),
+                ("TAYORI_S3_EMBEDDED_DIR".to_owned(), dir.path().join("s3").display().to_string()),
+            ]),
+            S3Kind::Garage => gateway_env.extend([
+                ("TAYORI_S3_ENDPOINT".to_owned(), s3_endpoint.clone()),
+                ("TAYORI_S3_CORS_ORIGINS".to_owned(), format!("http://127.0.0.1:{http_port}")),
+            ]),
+        }
         let gateway = spawn_gateway(&gateway_bin, dir.path(), &gateway_env);
         let mut worker_env = env;
         worker_env.push(("TAYORI_S3_ENDPOINT".into(), s3_endpoint.clone()));
@@ -427,6 +535,8 @@ impl Stack {
             replica_port,
             sentinel_ports,
             cluster_ports,
+            s3: opts.s3,
+            s3_server,
             redis_others,
             dir,
             http: format!("http://127.0.0.1:{http_port}"),

@@ -1,5 +1,5 @@
 //! Integration tests: real redis-server, gateway and worker processes,
-//! the embedded S3 endpoint, ffmpeg and the speech engines.
+//! the embedded S3 endpoint (and Garage), ffmpeg and the speech engines.
 
 mod admin;
 mod admission;
@@ -14,6 +14,7 @@ mod deploy;
 mod e2e;
 mod failover;
 mod faults;
+mod garage;
 mod harness;
 mod idempotency;
 mod interop;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Garage, the distributed S3 that the storage tests also run against (never
+# the product, never linked: AGPL, run as a program of its own). Built once
+# from crates.io with cargo (the crate pinned by its SHA-256 below, its
+# dependencies by the Cargo.lock it ships, `--locked`) into the cache; a
+# cold build takes about 10 minutes on 2 cores.
+#
+#   TAYORI_CACHE_DIR   where it goes (default: .cache)
+#
+# Prints the binary's path.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${TAYORI_CACHE_DIR:-$here/.cache}"
+version=2.5.0
+sha256=e1752af176a3cd84e9afd6edf30df594db92b7730cc67bddcd74769841b3f3f5
+root="$cache/garage-$version"
+if [[ ! -x "$root/bin/garage" ]]; then
+  printf '[garage] building garage %s into %s\n' "$version" "$root" >&2
+  # Fetch the crate first and check it before anything of it is built.
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/probe/src"
+  printf '[package]\nname = "probe"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ngarage = { version = "=%s", default-features = false }\n' \
+    "$version" > "$tmp/probe/Cargo.toml"
+  : > "$tmp/probe/src/lib.rs"
+  (cd "$tmp/probe" && cargo fetch --quiet >&2)
+  crate="$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/garage-"$version".crate | head -1)"
+  echo "$sha256  $crate" | sha256sum --check --quiet >&2
+  # A test server: no LTO, little optimisation, no debug info (a quicker
+  # build); the LMDB metadata engine only.
+  CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_DEBUG=0 \
+    cargo install garage --version "$version" --locked --no-default-features --features lmdb,bundled-libs \
+      --root "$root" --target-dir "$cache/garage-build" --quiet >&2
+  rm -rf "$cache/garage-build"
+fi
+echo "$root/bin/garage"
