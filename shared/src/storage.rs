@@ -43,6 +43,11 @@ pub struct S3Config {
     pub max_attempts: u32,
     /// `TAYORI_S3_PATH_STYLE`, default true when an endpoint is set.
     pub path_style: bool,
+    /// `TAYORI_S3_REQUEST_CHECKSUMS`, `when_supported` (default: uploads
+    /// carry a CRC32 the store checks) or `when_required` (only where S3
+    /// demands one). For a store that refuses the SDK's signed streaming
+    /// uploads over plain HTTP (Garage 2.5: "Invalid payload signature").
+    pub checksums_when_required: bool,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -75,6 +80,17 @@ impl S3Config {
             access_key: crate::env::var("TAYORI_S3_ACCESS_KEY").ok_or_else(|| missing("TAYORI_S3_ACCESS_KEY"))?,
             secret_key: crate::env::var("TAYORI_S3_SECRET_KEY").ok_or_else(|| missing("TAYORI_S3_SECRET_KEY"))?,
             max_attempts: crate::env::parse("TAYORI_S3_MAX_ATTEMPTS", 5)?,
+            checksums_when_required: match crate::env::var("TAYORI_S3_REQUEST_CHECKSUMS").as_deref() {
+                None | Some("when_supported") => false,
+                Some("when_required") => true,
+                Some(other) => {
+                    return Err(crate::env::EnvError {
+                        name: "TAYORI_S3_REQUEST_CHECKSUMS".into(),
+                        value: other.into(),
+                        reason: "expected when_supported or when_required".into(),
+                    });
+                }
+            },
         })
     }
 }
@@ -165,6 +181,9 @@ fn build_client(cfg: &S3Config, endpoint: Option<&str>) -> Client {
                 .build(),
         )
         .force_path_style(cfg.path_style);
+    if cfg.checksums_when_required {
+        b = b.request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired);
+    }
     if let Some(ep) = endpoint {
         b = b.endpoint_url(ep);
     }

@@ -520,12 +520,16 @@ impl Stack {
             ]),
             S3Kind::Garage => gateway_env.extend([
                 ("TAYORI_S3_ENDPOINT".to_owned(), s3_endpoint.clone()),
+                ("TAYORI_S3_REQUEST_CHECKSUMS".to_owned(), "when_required".to_owned()),
                 ("TAYORI_S3_CORS_ORIGINS".to_owned(), format!("http://127.0.0.1:{http_port}")),
             ]),
         }
         let gateway = spawn_gateway(&gateway_bin, dir.path(), &gateway_env);
         let mut worker_env = env;
         worker_env.push(("TAYORI_S3_ENDPOINT".into(), s3_endpoint.clone()));
+        if opts.s3 == S3Kind::Garage {
+            worker_env.push(("TAYORI_S3_REQUEST_CHECKSUMS".into(), "when_required".into()));
+        }
         let mut stack = Stack {
             worker_env,
             stages: opts.stages.clone(),
@@ -607,6 +611,7 @@ impl Stack {
             secret_key: self.secret_key.clone(),
             max_attempts: 2,
             path_style: true,
+            checksums_when_required: self.s3 == S3Kind::Garage,
         })
     }
 

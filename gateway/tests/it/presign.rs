@@ -37,7 +37,9 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
 
     let (short, _) = storage.presign_get("videos/t/final_video.mp4", Duration::from_secs(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(reqwest::get(&short).await.unwrap().status(), 403, "expired link");
+    // AWS and the embedded endpoint answer 403, Garage 400: refused either way.
+    let expired = reqwest::get(&short).await.unwrap().status();
+    assert!(expired == 403 || expired == 400, "expired link: {expired}");
 
     // Presigned PUT for one key.
     let put =
@@ -109,8 +111,10 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
         let (status, allowed) = preflight(page, method, url.clone()).await;
         assert!(status.is_success(), "{method} from the page: {status}");
         assert!(allowed.as_deref() == Some(page) || allowed.as_deref() == Some("*"), "{method}: {allowed:?}");
-        let (_, allowed) = preflight("https://evil.example", method, url).await;
-        assert_eq!(allowed, None, "{method} from another site is allowed");
+        // Refused: a preflight that fails (Garage: 403, with a generic
+        // `*` that browsers ignore on a failed preflight) or allows nothing.
+        let (status, allowed) = preflight("https://evil.example", method, url).await;
+        assert!(!status.is_success() || allowed.is_none(), "{method} from another site: {status} {allowed:?}");
     }
 
     // The lifecycle rules were applied at start.
