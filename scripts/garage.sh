@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Garage, the distributed S3 that the storage tests also run against (never
 # the product, never linked: AGPL, run as a program of its own). Built once
-# from crates.io with cargo (the crate pinned by its SHA-256 below, its
+# with cargo from the Rust package registry (the crate pinned by its SHA-256 below, its
 # dependencies by the Cargo.lock it ships, `--locked`) into the cache; a
-# cold build takes about 10 minutes on 2 cores.
+# cold build took 6 minutes on 2 cores.
 #
 #   TAYORI_CACHE_DIR   where it goes (default: .cache)
 #

@@ -1,4 +1,4 @@
-//! Garage, a distributed S3 run as its own program (built from crates.io by
+//! Garage, a distributed S3 run as its own program (built with cargo by
 //! scripts/garage.sh, never linked): the storage rules tayori relies on and
 //! one whole job, with the gateway and the worker pointed at it.
 
