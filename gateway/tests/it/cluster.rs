@@ -145,6 +145,9 @@ async fn the_whole_job_path_runs_on_a_three_master_cluster() {
         assert!(keys.starts_with("keys=") && !keys.starts_with("keys=0,"), "node {port} holds no key: {keys}");
         let scripts = info_field(port, "commandstats", "cmdstat_evalsha").unwrap_or_default();
         assert!(scripts.starts_with("calls="), "node {port} ran no script");
+        // No command was refused for spanning slots (the node counts every
+        // error it answered, by its code).
+        assert_eq!(info_field(port, "errorstats", "errorstat_CROSSSLOT"), None, "node {port}");
         eprintln!("CLUSTER node {port}: {keys}; evalsha {scripts}");
     }
     assert!(!stack.logs().contains("CROSSSLOT"), "{}", stack.logs());
