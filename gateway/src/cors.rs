@@ -16,7 +16,8 @@ pub fn parse_origins(raw: &str) -> Result<Vec<HeaderValue>, String> {
         .map(str::trim)
         .filter(|o| !o.is_empty())
         .map(|o| {
-            let valid = (o.starts_with("http://") || o.starts_with("https://"))
+            let valid = o.is_ascii()
+                && (o.starts_with("http://") || o.starts_with("https://"))
                 && !o.ends_with('/')
                 && o.split("://").nth(1).is_some_and(|h| !h.is_empty() && !h.contains(['/', '*', ' ']));
             if !valid {
@@ -82,7 +83,7 @@ mod tests {
     fn origins_are_exact() {
         let ok = parse_origins(" https://app.example.com, http://localhost:3000 ,").unwrap();
         assert_eq!(ok.len(), 2);
-        for bad in ["*", "https://*.example.com", "https://app.example.com/", "app.example.com", "https://"] {
+        for bad in ["*", "https://*.example.com", "https://app.example.com/", "app.example.com", "https://", "https://bücher.example"] {
             assert!(parse_origins(bad).is_err(), "{bad}");
         }
         assert!(parse_origins("").unwrap().is_empty());

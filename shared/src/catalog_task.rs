@@ -178,7 +178,13 @@ pub async fn wait_result(
     limit: Duration,
 ) -> redis::RedisResult<Option<CatalogTaskResult>> {
     let mut conn = endpoint.dedicated(Duration::from_secs(5), limit + Duration::from_secs(5)).await?;
-    let popped: Option<(String, String)> =
-        redis::cmd("BLPOP").arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01)).query_async(&mut conn).await?;
+    let mut cmd = redis::cmd("BLPOP");
+    cmd.arg(result_key(task_id)).arg(limit.as_secs_f64().max(0.01));
+    let pop = cmd.query_async(&mut conn);
+    // Bounded here too: a cluster connection sends a lost pop again.
+    let popped: Option<(String, String)> = match tokio::time::timeout(limit + Duration::from_secs(5), pop).await {
+        Ok(r) => r?,
+        Err(_) => None,
+    };
     Ok(popped.and_then(|(_, json)| serde_json::from_str(&json).ok()))
 }

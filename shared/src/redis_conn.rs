@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisError, RedisResult};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `TAYORI_REDIS_URL`, default `redis://127.0.0.1:6379/0`.
     pub url: String,
@@ -49,6 +49,18 @@ pub struct RedisConfig {
     /// `TAYORI_REDIS_WAIT_MS`, default 1000: the longest a promised write
     /// waits for them.
     pub wait_timeout: Duration,
+}
+
+/// Without the URL, which may hold a password: its scheme only.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &format!("{}://…", self.url.split("://").next().unwrap_or("")))
+            .field("timeout", &self.timeout)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {
@@ -141,7 +153,6 @@ fn invalid(what: &'static str, detail: String) -> RedisError {
 }
 
 /// The parts of a `redis+sentinel://` or `redis+cluster://` URL.
-#[derive(Debug, PartialEq)]
 struct MultiHostUrl {
     username: Option<String>,
     password: Option<String>,
@@ -152,7 +163,8 @@ struct MultiHostUrl {
 
 /// Parse `scheme://[[user]:password@]h:p[,h:p...][/path...]`, `default_port`
 /// where a host names none. Written here: the `redis` crate reads only
-/// single-server URLs.
+/// single-server URLs. Errors name no part of the URL (a password with an
+/// unencoded `/` or `@` would land in the host part).
 fn parse_multi_host_url(url: &str, scheme: &str, default_port: u16) -> RedisResult<MultiHostUrl> {
     let rest = url.strip_prefix(scheme).ok_or_else(|| invalid("unexpected URL scheme", String::new()))?;
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -175,13 +187,13 @@ fn parse_multi_host_url(url: &str, scheme: &str, default_port: u16) -> RedisResu
     };
     let mut out = Vec::new();
     for h in hosts.split(',').filter(|h| !h.is_empty()) {
-        let port_of = |p: &str| p.parse::<u16>().map_err(|_| invalid("bad port", h.to_owned()));
+        let port_of = |p: &str| p.parse::<u16>().map_err(|_| invalid("bad port in the URL", String::new()));
         let (host, port) = if let Some(v6) = h.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| invalid("bad address", h.to_owned()))?;
+            let (host, after) = v6.split_once(']').ok_or_else(|| invalid("bad address in the URL", String::new()))?;
             match after.strip_prefix(':') {
                 Some(p) => (host, port_of(p)?),
                 None if after.is_empty() => (host, default_port),
-                None => return Err(invalid("bad address", h.to_owned())),
+                None => return Err(invalid("bad address in the URL", String::new())),
             }
         } else {
             match h.split_once(':') {
@@ -190,7 +202,7 @@ fn parse_multi_host_url(url: &str, scheme: &str, default_port: u16) -> RedisResu
             }
         };
         if host.is_empty() {
-            return Err(invalid("empty host", h.to_owned()));
+            return Err(invalid("empty host in the URL", String::new()));
         }
         out.push((host.to_owned(), port));
     }
@@ -202,7 +214,6 @@ fn parse_multi_host_url(url: &str, scheme: &str, default_port: u16) -> RedisResu
 }
 
 /// The parts of a `redis+sentinel://` URL.
-#[derive(Debug, PartialEq)]
 struct SentinelUrl {
     username: Option<String>,
     password: Option<String>,
@@ -219,7 +230,7 @@ fn parse_sentinel_url(url: &str) -> RedisResult<SentinelUrl> {
         parts.next().ok_or_else(|| invalid("a sentinel URL names no master (…/master-name)", String::new()))?;
     let db = match parts.next() {
         None => 0,
-        Some(d) => d.parse().map_err(|_| invalid("bad database number", d))?,
+        Some(d) => d.parse().map_err(|_| invalid("bad database number", String::new()))?,
     };
     if parts.next().is_some() {
         return Err(invalid("a sentinel URL's path is /master-name[/db]", String::new()));
@@ -311,6 +322,10 @@ impl Endpoint {
         }
         let client = b.build()?;
         Ok(Endpoint(Arc::new(EndpointKind::Cluster { client, nodes, timeout })))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(&*self.0, EndpointKind::Cluster { .. })
     }
 
     pub fn is_sentinel(&self) -> bool {
@@ -463,7 +478,12 @@ const DEGRADED_FOR: Duration = Duration::from_secs(10);
 /// A multiplexed connection (the `redis` crate's ConnectionManager) that,
 /// with Sentinel, moves to the new master after a failover. Cheap to
 /// clone; every clone shares the connection. A command that fails is not
-/// sent again by it (it may have run): callers retry as before.
+/// sent again by it (it may have run): callers retry as before. On a
+/// cluster the crate's cluster connection does send a command again (up to
+/// three times) after a broken connection or a redirection, so a command
+/// may run twice there: the queue's scripts and the stage claims are made
+/// for that (a job fetched twice is held until its lease ends, then
+/// delivered again; a stage already claimed or done is not run twice).
 #[derive(Clone)]
 pub struct ConnectionManager(Arc<Shared>);
 
@@ -542,8 +562,18 @@ impl ConnectionManager {
         if want == 0 || now_ms < self.0.degraded_until_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let got: u32 =
-            redis::cmd("WAIT").arg(want).arg(self.0.wait_timeout.as_millis() as u64).query_async(self).await?;
+        let wait = redis::cmd("WAIT").arg(want).arg(self.0.wait_timeout.as_millis() as u64).query_async(self).await;
+        let got: u32 = match wait {
+            Ok(n) => n,
+            // On a cluster `WAIT` goes to every master: one that cannot be
+            // reached fails it, though the write itself (on another) was
+            // made. The write stands, as when too few replicas answer.
+            Err(e) if self.0.endpoint.is_cluster() => {
+                tracing::warn!(error = %e, "WAIT failed on a cluster node");
+                0
+            }
+            Err(e) => return Err(e),
+        };
         if got < want {
             let until = self.0.started.elapsed() + DEGRADED_FOR;
             self.0.degraded_until_ms.store(until.as_millis() as u64, Ordering::Relaxed);
@@ -625,7 +655,15 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         || is_not_master(e)
         || matches!(
             e.kind(),
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain)
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::BusyLoading
+                    | redis::ServerErrorKind::TryAgain
+                    // A cluster resharding or failing over (past the
+                    // client's own retries).
+                    | redis::ServerErrorKind::ClusterDown
+                    | redis::ServerErrorKind::Moved
+                    | redis::ServerErrorKind::Ask
+            ) | redis::ErrorKind::ClusterConnectionNotFound
         )
 }
 
@@ -676,6 +714,19 @@ mod tests {
         let e = Endpoint::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", Duration::from_secs(1)).unwrap();
         assert!(!e.is_sentinel());
         assert_eq!(format!("{e:?}"), "Endpoint(cluster of 2 named nodes)");
+    }
+
+    #[test]
+    fn no_password_is_shown() {
+        // An unencoded `/` in the password: the URL does not parse, and
+        // neither the error nor the configuration shows the password.
+        for url in ["redis+cluster://app:s3cret/x@n1:7000", "redis+sentinel://:s3cret/x@s1/m", "redis://:s3cret@h:1/0"] {
+            let cfg = RedisConfig::new(url);
+            assert!(!format!("{cfg:?}").contains("s3cret"), "{cfg:?}");
+            if let Err(e) = cfg.endpoint() {
+                assert!(!e.to_string().contains("s3cret"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -257,7 +257,9 @@ impl Storage {
             .expose_headers("ETag")
             .expose_headers("Content-Length")
             .max_age_seconds(600);
-        for m in ["GET", "HEAD", "PUT", "POST"] {
+        // Browsers upload by the presigned POST and read by GET; nothing
+        // else is theirs to do.
+        for m in ["GET", "HEAD", "POST"] {
             rule = rule.allowed_methods(m);
         }
         for o in origins {

@@ -3,8 +3,9 @@
 //! script uses together shares a slot (a cluster refuses anything else with
 //! CROSSSLOT), so each part of the path below would fail here if one did
 //! not: submit (idempotent), queue, the stages, progress over a WebSocket,
-//! the presigned result, a failure kept for the operator, the dashboard's
-//! overview, a cancel, a catalog task answered through a blocking pop.
+//! the presigned result, a failure kept for the operator and retried, the
+//! dashboard's overview, a cancel heard by the worker, a catalog task
+//! answered through a blocking pop.
 
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,42 @@ async fn the_whole_job_path_runs_on_a_three_master_cluster() {
     assert_eq!(r.status(), 200);
     let meta = harness::wait_meta_done(&stack, &cancelled, Duration::from_secs(30)).await;
     assert_eq!(meta["status"], "REVOKED", "{meta}");
+    // The notice reached the worker (pub/sub on one node, published on
+    // another): its stage stopped, without waiting for the job to end.
+    let t = Instant::now();
+    while !stack.worker_log().contains("job cancelled; its stage stopped") {
+        assert!(t.elapsed() < Duration::from_secs(5), "the worker never heard of the cancel\n{}", stack.worker_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The operator mends the failed job's photo and retries it: the same
+    // task id runs again to the end, and it leaves the failure list.
+    let kept = admin(&stack, "/admin/api/failed").await;
+    let entry = kept["failed"].as_array().unwrap().iter().find(|f| f["task_id"] == no_person.as_str()).unwrap().clone();
+    let image_key = entry["job"]["image_key"].as_str().unwrap();
+    let person = std::fs::read(harness::fixture("astronaut.png")).unwrap();
+    stack.storage().put_bytes(image_key, person, "image/png").await.unwrap();
+    let t = Instant::now();
+    let (status, body) = loop {
+        let r = reqwest::Client::new()
+            .post(format!("{}/admin/api/failed/{no_person}/retry", stack.http))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        // Put off while a stage of the failed attempt is still stopping.
+        if status != 409 || t.elapsed() > Duration::from_secs(20) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 202, "{body}");
+    let done = harness::wait_done(&stack, &no_person, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}\n{}", stack.logs());
+    let kept = admin(&stack, "/admin/api/failed").await;
+    assert!(kept["failed"].as_array().unwrap().iter().all(|f| f["task_id"] != no_person.as_str()), "{kept}");
 
     // A catalog task (a track measured by a worker, its answer taken by a
     // blocking pop).
@@ -134,7 +171,7 @@ async fn the_whole_job_path_runs_on_a_three_master_cluster() {
     // and step times.
     let o = admin(&stack, "/admin/api/overview").await;
     assert_eq!(o["workers"].as_array().unwrap().len(), 1, "{o}");
-    assert!(o["jobs"]["succeeded"].as_u64().unwrap() >= 2, "{o}");
+    assert!(o["jobs"]["succeeded"].as_u64().unwrap() >= 3, "{o}");
     assert!(o["jobs"]["failed"].as_u64().unwrap() >= 1, "{o}");
     assert!(o["videos_per_minute"]["last_minutes"].as_array().unwrap().iter().any(|n| n.as_u64() >= Some(1)), "{o}");
 

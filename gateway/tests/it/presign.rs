@@ -35,8 +35,9 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
     let other_key = url.replace("final_video.mp4", "thumbnail.jpg");
     assert_eq!(reqwest::get(&other_key).await.unwrap().status(), 403, "signature for another key");
 
-    let (short, _) = storage.presign_get("videos/t/final_video.mp4", Duration::from_secs(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (short, _) = storage.presign_get("videos/t/final_video.mp4", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(reqwest::get(&short).await.unwrap().status(), 200, "the short link works at first");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     // AWS and the embedded endpoint answer 403, Garage 400: refused either way.
     let expired = reqwest::get(&short).await.unwrap().status();
     assert!(expired == 403 || expired == 400, "expired link: {expired}");
@@ -92,6 +93,7 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
     );
     let wrong_type = post(vec![1, 2, 3], "text/plain").await.unwrap();
     assert!(wrong_type.is_client_error(), "a content type the policy does not allow: {wrong_type}");
+    assert_eq!(storage.head("images/uploads/p/original.jpg").await.unwrap(), Some(4), "the refused upload stored nothing");
 
     // The gateway's page may fetch links and POST uploads cross-origin
     // (CORS preflight); a page elsewhere may not.
