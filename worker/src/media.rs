@@ -255,8 +255,6 @@ pub enum Format {
     RawVideoStdin,
     /// A filter graph that generates its input (tests).
     Lavfi,
-    /// The caption layer the worker rendered itself: PNG frames in NUT.
-    CaptionLayer,
 }
 
 impl Format {
@@ -270,7 +268,6 @@ impl Format {
             Format::Jpeg => "jpeg_pipe",
             Format::RawVideoStdin => "rawvideo",
             Format::Lavfi => "lavfi",
-            Format::CaptionLayer => "nut",
         }
     }
 
@@ -290,7 +287,6 @@ impl Format {
             Format::Jpeg => Some("mjpeg"),
             Format::RawVideoStdin => Some("rawvideo"),
             Format::Lavfi => None,
-            Format::CaptionLayer => Some("png"),
         }
     }
 
@@ -342,12 +338,6 @@ pub fn input(path: &Path, format: Format) -> Vec<Arg> {
 
 /// A generated input (`-f lavfi -i GRAPH`).
 pub fn generated(graph: &'static str) -> Vec<Arg> {
-    generated_by(Arg::from(graph))
-}
-
-/// [`generated`] with a graph made at run time (of numbers and the
-/// worker's own paths, never of user text).
-pub fn generated_by(graph: Arg) -> Vec<Arg> {
     args!["-f", "lavfi", "-format_whitelist", "lavfi", "-protocol_whitelist", "file", "-i", graph]
 }
 

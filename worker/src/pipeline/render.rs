@@ -207,81 +207,25 @@ fn caption_frames(ass: &str) -> Vec<u32> {
     frames
 }
 
-/// The band at the bottom of a `w`x`h` frame where captions are drawn:
-/// its top row and its height (even numbers), with room for
-/// [`LINES_PER_CAPTION`] lines of the caption font, their outline and
-/// shadow, above the bottom margin, and a line to spare.
-fn caption_band(h: u32) -> (u32, u32) {
-    let font = h / 22;
-    let top = h.saturating_sub(h / 12 + font * (LINES_PER_CAPTION as u32 + 1) * 3 / 2) & !1;
-    (top, h - top)
-}
-
-/// The select expression that keeps frame 0 and the frames where a caption
-/// appears or goes ([`caption_frames`]), after `more`.
-fn keep_expr(more: &str, ass: &str) -> String {
-    let mut keep = format!("eq(n,0){more}");
-    for n in caption_frames(ass) {
-        keep.push_str(&format!("+eq(n,{n})"));
-    }
-    keep
-}
-
-/// Render the caption layer once: the band ([`caption_band`]) as libass
-/// draws it, with its transparency, at each frame where a caption appears
-/// or goes (and frame 0), into `out` (PNG frames in NUT, each with its
-/// time). Blended onto the picture by `overlay`, it shows what drawing the
-/// captions on every frame would (SSIM 0.9998 at 1080x1920), for a fraction
-/// of the work: libass on each of the 140 frames of a 14 s video took
-/// 0.5-0.6 CPU-seconds of ffmpeg's one filtering thread at 1080x1920, the
-/// overlay next to nothing.
-async fn caption_layer(
-    ass: (&Path, &str),
-    (w, h): (u32, u32),
-    frames: u32,
-    out: &Path,
-    timeout: std::time::Duration,
-) -> Result<(), PipelineError> {
-    let (top, band) = caption_band(h);
-    let secs = f64::from(frames + 1) / f64::from(FPS);
-    let mut args = media::generated_by(Arg::composed(format!(
-        "color=c=black@0:s={w}x{h}:r={FPS}:d={secs:.3},format=rgba"
-    )));
-    args.extend(crate::args![
-        "-vf",
-        Arg::composed(format!(
-            "select='{}',subtitles=filename={}:alpha=1,crop={w}:{band}:0:{top}",
-            keep_expr("", ass.1),
-            filter_path(ass.0)
-        )),
-        "-fps_mode",
-        "passthrough",
-        "-c:v",
-        "png",
-        "-f",
-        "nut",
-        out,
-    ]);
-    media::ffmpeg(args, timeout).await?;
-    Ok(())
-}
-
 /// The video filter: each of the zoom's pictures put at its frame
 /// ([`zoom_ticks`]) and held on the 30 fps grid until the next, then only
 /// the frames where the picture changes kept (the zoom's, and those where a
-/// caption appears or goes), each with its own time, and the caption layer
-/// (input `captions`, [`caption_layer`]) laid over them: a variable frame
-/// rate stream that plays exactly like the 30 fps one (a caption changes
-/// within a 30th of a second of its time), with a third of the frames to
-/// encode (x264 spent as long on a repeated frame as on half a new one:
-/// 10.5 against 5.1 CPU-seconds for 13.7 s at 1080x1920).
-fn video_graph(ass: &str, frames: u32, captions: usize, h: u32) -> String {
+/// caption appears or goes), each with its own time, and the captions drawn
+/// on them by libass: a variable frame rate stream that plays exactly like
+/// the 30 fps one (a caption changes within a 30th of a second of its
+/// time), with a third of the frames to encode (x264 spent as long on a
+/// repeated frame as on half a new one: 10.5 against 5.1 CPU-seconds for
+/// 13.7 s at 1080x1920).
+fn video_graph(ass_path: &Path, ass: &str, frames: u32) -> String {
     let shift = zoom_shift(frames);
-    let keep = keep_expr(&format!("+not(mod(n+{shift},{ZOOM_EVERY}))"), ass);
-    let (top, _) = caption_band(h);
+    let mut keep = format!("eq(n,0)+not(mod(n+{shift},{ZOOM_EVERY}))");
+    for n in caption_frames(ass) {
+        keep.push_str(&format!("+eq(n,{n})"));
+    }
     format!(
-        "[0:v]settb=1/{FPS},setpts='if(eq(N,0),0,{ZOOM_EVERY}*N-{shift})',fps={FPS},select='{keep}'[p];\
-         [p][{captions}:v]overlay=x=0:y={top}:eof_action=repeat:format=yuv420[v]"
+        "[0:v]settb=1/{FPS},setpts='if(eq(N,0),0,{ZOOM_EVERY}*N-{shift})',fps={FPS},select='{keep}',\
+         subtitles=filename={}[v]",
+        filter_path(ass_path)
     )
 }
 
@@ -389,8 +333,7 @@ async fn encode_planes(
 ) -> Result<(), PipelineError> {
     let frames = (duration * f64::from(FPS)).ceil() as u32;
     let size = format!("{}x{}", planes.w, planes.h);
-    let layer = video.with_extension("captions.nut");
-    caption_layer(ass, (planes.w as u32, planes.h as u32), frames, &layer, timeout).await?;
+    let graph = video_graph(ass.0, ass.1, frames);
     let mut args = media::input_with(
         Path::new("-"),
         media::Format::RawVideoStdin,
@@ -398,9 +341,6 @@ async fn encode_planes(
     );
     let (audio_in, audio_out) = audio.map_or_else(|| (Vec::new(), crate::args!["-an"]), Audio::args);
     args.extend(audio_in);
-    // After the sound, which is input 1 where there is one.
-    let graph = video_graph(ass.1, frames, if audio.is_some() { 2 } else { 1 }, planes.h as u32);
-    args.extend(media::input(&layer, media::Format::CaptionLayer));
     args.extend(crate::args![
         "-filter_complex",
         Arg::composed(graph),
@@ -651,63 +591,6 @@ mod tests {
         mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
         let last = picture_times(&video).last().copied().unwrap_or_default();
         assert!((last - 2.0).abs() < 0.002, "last picture at {last} s");
-    }
-
-    /// The caption layer, laid over a picture, looks as libass drawing on
-    /// it does (SSIM over every frame of 4 s, both sizes), and libass draws
-    /// nothing above the band the layer keeps (two-line captions of a long
-    /// Japanese sentence and an English one).
-    #[tokio::test]
-    async fn the_caption_layer_draws_what_libass_draws_and_holds_all_of_it() {
-        let t = std::time::Duration::from_secs(60);
-        let message = "これは字幕の帯に収まるかを確かめるための、とても長い長い一文です。\
-                       A second sentence, in English, long enough to wrap over two lines here.";
-        for (w, h) in [(512u32, 910u32), (1080, 1920)] {
-            let dir = tempfile::tempdir().unwrap();
-            let ass = dir.path().join("c.ass");
-            let captions = captions_ass(message, None, 0.0, 4.0, w, h);
-            std::fs::write(&ass, &captions).unwrap();
-            let layer = dir.path().join("c.nut");
-            caption_layer((&ass, &captions), (w, h), 4 * FPS, &layer, t).await.unwrap();
-            let (top, _) = caption_band(h);
-            let sub = format!("subtitles=filename={}", filter_path(&ass));
-            let ffmpeg = |graph: String, extra: &[&str]| {
-                let out = std::process::Command::new("ffmpeg")
-                    .args(["-nostdin", "-loglevel", "info", "-f", "lavfi", "-i"])
-                    .arg(format!("color=c=0x808080:s={w}x{h}:r={FPS}:d=4"))
-                    .args(["-i"])
-                    .arg(&layer)
-                    .args(["-filter_complex", &graph])
-                    .args(extra)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                out
-            };
-            let out = ffmpeg(
-                format!(
-                    "[0:v]format=yuv420p,split[a][b];[a]{sub}[s];\
-                     [b][1:v]overlay=x=0:y={top}:eof_action=repeat:format=yuv420[o];[s][o]ssim"
-                ),
-                &["-f", "null", "-"],
-            );
-            let log = String::from_utf8_lossy(&out.stderr);
-            let ssim: f64 = log
-                .split("All:")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no SSIM in {log}"));
-            assert!(ssim > 0.999, "{w}x{h}: SSIM {ssim}");
-            // libass's own drawing, on a transparent frame: nothing above the band.
-            let out = ffmpeg(
-                format!("[0:v]format=rgba,colorchannelmixer=aa=0,{sub}:alpha=1,alphaextract,crop={w}:{top}:0:0"),
-                &["-f", "rawvideo", "-pix_fmt", "gray", "-"],
-            );
-            assert_eq!(out.stdout.len(), (w * top * 4 * FPS) as usize);
-            assert!(out.stdout.iter().all(|&a| a == 0), "{w}x{h}: a caption reaches above row {top}");
-            eprintln!("{w}x{h}: SSIM {ssim}, band from row {top}");
-        }
     }
 
     #[test]
