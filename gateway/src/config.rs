@@ -87,6 +87,12 @@ pub struct GatewayConfig {
     pub embedded_s3: Option<EmbeddedS3Config>,
 }
 
+/// A comma-separated list of web origins in `name` (none when unset).
+fn origins(name: &str) -> Result<Vec<axum::http::HeaderValue>, EnvError> {
+    let raw = env::var(name).unwrap_or_default();
+    crate::cors::parse_origins(&raw).map_err(|reason| EnvError { name: name.into(), value: raw, reason })
+}
+
 impl GatewayConfig {
     /// The bounds of the gateway's own HTTP server (`behind_proxies`: its
     /// peers are proxies, so no per-client bound) or the embedded S3's.
@@ -117,22 +123,8 @@ impl GatewayConfig {
             lifecycle_file: env::parse("TAYORI_LIFECYCLE_FILE", PathBuf::from("lifecycle.json"))?,
             tmp_dir: env::parse("TAYORI_TMP_DIR", std::env::temp_dir())?,
             max_upload_bytes: env::parse("TAYORI_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)?,
-            cors_origins: {
-                let raw = env::var("TAYORI_CORS_ORIGINS").unwrap_or_default();
-                crate::cors::parse_origins(&raw).map_err(|reason| shared::env::EnvError {
-                    name: "TAYORI_CORS_ORIGINS".into(),
-                    value: raw.clone(),
-                    reason,
-                })?
-            },
-            s3_cors_origins: {
-                let raw = env::var("TAYORI_S3_CORS_ORIGINS").unwrap_or_default();
-                crate::cors::parse_origins(&raw).map_err(|reason| shared::env::EnvError {
-                    name: "TAYORI_S3_CORS_ORIGINS".into(),
-                    value: raw.clone(),
-                    reason,
-                })?
-            },
+            cors_origins: origins("TAYORI_CORS_ORIGINS")?,
+            s3_cors_origins: origins("TAYORI_S3_CORS_ORIGINS")?,
             max_image_pixels: env::parse("TAYORI_MAX_IMAGE_PIXELS", 40_000_000)?,
             presign_ttl: env::secs("TAYORI_PRESIGN_TTL_SECS", 3600)?,
             backup_interval: env::secs("TAYORI_BACKUP_INTERVAL_SECS", 86_400)?,

@@ -334,8 +334,9 @@ impl Endpoint {
 
     /// A client for the server to talk to now: the one server, or the
     /// master the sentinels name (checked to be a master). A cluster has no
-    /// one server: [`Endpoint::cluster_connection`].
-    pub async fn client(&self) -> RedisResult<redis::Client> {
+    /// one server: its connections are made in [`Endpoint::managed`] and
+    /// [`Endpoint::dedicated`].
+    async fn client(&self) -> RedisResult<redis::Client> {
         match &*self.0 {
             EndpointKind::Direct(c) => Ok(c.clone()),
             EndpointKind::Cluster { .. } => Err(invalid("a cluster has no single server", String::new())),

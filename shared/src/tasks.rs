@@ -132,10 +132,6 @@ impl TaskStoreError {
     }
 }
 
-/// GET of each key, sent together (one round trip on the multiplexed
-/// connection). Neither MGET nor a pipeline: the keys of different tasks
-/// lie in different hash slots of a Redis Cluster, which refuses both
-/// across slots.
 /// Task state operations over a shared Redis connection.
 #[derive(Clone)]
 pub struct TaskStore {

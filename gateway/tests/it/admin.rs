@@ -11,7 +11,7 @@ pub fn admin_stack_options(workers: usize) -> Options {
     Options { workers, env: vec![("TAYORI_ADMIN_TOKEN".into(), TOKEN.into())], ..Default::default() }
 }
 
-async fn get_admin(stack: &Stack, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+pub async fn get_admin(stack: &Stack, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
     let mut r = reqwest::Client::new().get(format!("{}{path}", stack.http));
     if let Some(t) = token {
         r = r.bearer_auth(t);
@@ -20,7 +20,7 @@ async fn get_admin(stack: &Stack, path: &str, token: Option<&str>) -> (u16, serd
     (r.status().as_u16(), r.json().await.unwrap_or_default())
 }
 
-async fn retry(stack: &Stack, task_id: &str) -> (u16, serde_json::Value) {
+pub async fn retry(stack: &Stack, task_id: &str) -> (u16, serde_json::Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/admin/api/failed/{task_id}/retry", stack.http))
         .bearer_auth(TOKEN)

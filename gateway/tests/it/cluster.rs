@@ -32,9 +32,9 @@ async fn submit_keyed(stack: &Stack, key: &str) -> (u16, serde_json::Value) {
 }
 
 async fn admin(stack: &Stack, path: &str) -> serde_json::Value {
-    let r = reqwest::Client::new().get(format!("{}{path}", stack.http)).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
+    let (status, body) = crate::admin::get_admin(stack, path, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
 }
 
 /// `INFO` field `name` of the node on `port`.
@@ -134,14 +134,7 @@ async fn the_whole_job_path_runs_on_a_three_master_cluster() {
     stack.storage().put_bytes(image_key, person, "image/png").await.unwrap();
     let t = Instant::now();
     let (status, body) = loop {
-        let r = reqwest::Client::new()
-            .post(format!("{}/admin/api/failed/{no_person}/retry", stack.http))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        let (status, body) = crate::admin::retry(&stack, &no_person).await;
         // Put off while a stage of the failed attempt is still stopping.
         if status != 409 || t.elapsed() > Duration::from_secs(20) {
             break (status, body);

@@ -18,10 +18,15 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
 }
 
+/// Where the scripts keep what they fetch and build (`TAYORI_CACHE_DIR`,
+/// default `.cache`).
+fn cache_dir() -> PathBuf {
+    std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
+}
+
 /// A test photo fetched by scripts/assets.sh (astronaut.png, coffee.png).
 pub fn fixture(name: &str) -> PathBuf {
-    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
-    let p = cache.join("fixtures").join(name);
+    let p = cache_dir().join("fixtures").join(name);
     assert!(p.is_file(), "{} is missing: run scripts/assets.sh first", p.display());
     p
 }
@@ -102,8 +107,7 @@ pub fn garage_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TAYORI_GARAGE_BIN") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"));
-    let p = cache.join(format!("garage-{GARAGE_VERSION}/bin/garage"));
+    let p = cache_dir().join(format!("garage-{GARAGE_VERSION}/bin/garage"));
     assert!(p.is_file(), "{} is missing: run scripts/garage.sh first", p.display());
     p
 }

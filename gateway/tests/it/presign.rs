@@ -97,7 +97,7 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
 
     // The gateway's page may fetch links and POST uploads cross-origin
     // (CORS preflight); a page elsewhere may not.
-    let preflight = |origin: &'static str, method: &'static str, url: String| async move {
+    let preflight = |origin: String, method: &'static str, url: String| async move {
         let r = reqwest::Client::new()
             .request(reqwest::Method::OPTIONS, &url)
             .header("Origin", origin)
@@ -107,15 +107,15 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
             .unwrap();
         (r.status(), r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned()))
     };
-    let page: &'static str = stack.http.clone().leak();
+    let page = stack.http.as_str();
     let bucket_url = url.split("/videos/").next().unwrap().to_owned();
     for (method, url) in [("GET", url.clone()), ("POST", bucket_url)] {
-        let (status, allowed) = preflight(page, method, url.clone()).await;
+        let (status, allowed) = preflight(page.to_owned(), method, url.clone()).await;
         assert!(status.is_success(), "{method} from the page: {status}");
         assert!(allowed.as_deref() == Some(page) || allowed.as_deref() == Some("*"), "{method}: {allowed:?}");
         // Refused: a preflight that fails (Garage: 403, with a generic
         // `*` that browsers ignore on a failed preflight) or allows nothing.
-        let (status, allowed) = preflight("https://evil.example", method, url).await;
+        let (status, allowed) = preflight("https://evil.example".into(), method, url).await;
         assert!(!status.is_success() || allowed.is_none(), "{method} from another site: {status} {allowed:?}");
     }
 
