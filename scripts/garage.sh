@@ -18,6 +18,13 @@ root="$cache/garage-$version"
 if [[ ! -x "$root/bin/garage" || "$(cat "$root/.sha256" 2>/dev/null)" != "$sha256" ]]; then
   rm -rf "$root"
   printf '[garage] building garage %s into %s\n' "$version" "$root" >&2
+  # Its bundled libsodium is built with configure and make (and the C
+  # compiler Rust links with).
+  if ! command -v make >/dev/null 2>&1; then
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends make >/dev/null
+  fi
   # Fetch the crate first and check it before anything of it is built.
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT

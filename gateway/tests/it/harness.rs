@@ -54,13 +54,14 @@ fn spawn_gateway(bin: &Path, dir: &Path, env: &[(String, String)]) -> Proc {
 
 /// Start redis-server on `port` with its files in `dir`; returns once it answers.
 pub fn spawn_redis(port: u16, dir: &Path, aof: bool) -> Proc {
-    spawn_redis_with(port, dir, aof, &[])
+    spawn_redis_with(port, dir, aof, &[]).expect("redis-server exited at start")
 }
 
-/// [`spawn_redis`] with more arguments.
-fn spawn_redis_with(port: u16, dir: &Path, aof: bool, extra: &[String]) -> Proc {
+/// [`spawn_redis`] with more arguments; `None` if it exited before it
+/// answered (a port taken meanwhile by another test).
+fn spawn_redis_with(port: u16, dir: &Path, aof: bool, extra: &[String]) -> Option<Proc> {
     let aof = if aof { "yes" } else { "no" };
-    let redis = Proc(
+    let mut redis = Proc(
         Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", aof])
             .arg("--dir")
@@ -74,10 +75,13 @@ fn spawn_redis_with(port: u16, dir: &Path, aof: bool, extra: &[String]) -> Proc 
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/0")).unwrap();
     let t0 = Instant::now();
     while client.get_connection().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
+        if redis.0.try_wait().unwrap().is_some() {
+            return None;
+        }
         assert!(t0.elapsed() < Duration::from_secs(10), "redis-server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    redis
+    Some(redis)
 }
 
 /// A log line without its terminal colours.
@@ -178,10 +182,19 @@ fn spawn_garage(dir: &Path, bucket: &str) -> (Proc, String, String, String) {
 /// three masters (`redis-cli --cluster create`); returns the processes and
 /// their ports once every node says the cluster is ok.
 fn spawn_cluster(dir: &Path) -> (Vec<Proc>, Vec<u16>) {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes: Vec<Proc> = ports
-        .iter()
-        .map(|&port| {
+    let (mut nodes, mut ports, mut taken) = (Vec::new(), Vec::new(), std::collections::HashSet::new());
+    let mut fresh = || loop {
+        let p = free_port();
+        if taken.insert(p) {
+            return p;
+        }
+    };
+    for _ in 0..3 {
+        // A port free when chosen may be taken before redis-server binds
+        // it (tests run side by side): a node that exits at start is
+        // started again on other ports.
+        let node = (0..5).find_map(|_| {
+            let (port, bus) = (fresh(), fresh());
             let dir = dir.join(format!("cluster-{port}"));
             std::fs::create_dir_all(&dir).unwrap();
             // The bus port is named: port + 10000 may not exist.
@@ -189,16 +202,19 @@ fn spawn_cluster(dir: &Path) -> (Vec<Proc>, Vec<u16>) {
                 "--cluster-enabled",
                 "yes",
                 "--cluster-port",
-                &free_port().to_string(),
+                &bus.to_string(),
                 "--cluster-node-timeout",
                 "2000",
                 "--cluster-config-file",
                 "nodes.conf",
             ]
             .map(str::to_owned);
-            spawn_redis_with(port, &dir, false, &extra)
-        })
-        .collect();
+            spawn_redis_with(port, &dir, false, &extra).map(|p| (p, port))
+        });
+        let (proc, port) = node.expect("a cluster node did not start in 5 tries");
+        nodes.push(proc);
+        ports.push(port);
+    }
     let out = Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
