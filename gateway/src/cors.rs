@@ -83,7 +83,14 @@ mod tests {
     fn origins_are_exact() {
         let ok = parse_origins(" https://app.example.com, http://localhost:3000 ,").unwrap();
         assert_eq!(ok.len(), 2);
-        for bad in ["*", "https://*.example.com", "https://app.example.com/", "app.example.com", "https://", "https://bücher.example"] {
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://app.example.com/",
+            "app.example.com",
+            "https://",
+            "https://bücher.example",
+        ] {
             assert!(parse_origins(bad).is_err(), "{bad}");
         }
         assert!(parse_origins("").unwrap().is_empty());

@@ -134,9 +134,11 @@ impl FailedStore {
 
     /// Forget a failure (its job was queued again).
     pub async fn remove(&self, task_id: &str) -> redis::RedisResult<()> {
-        let _: Vec<()> =
-            each(&self.conn, [redis::Cmd::del(keys::failed_job(task_id)), redis::Cmd::zrem(keys::failed_index(), task_id)])
-                .await?;
+        let _: Vec<()> = each(
+            &self.conn,
+            [redis::Cmd::del(keys::failed_job(task_id)), redis::Cmd::zrem(keys::failed_index(), task_id)],
+        )
+        .await?;
         Ok(())
     }
 }

@@ -361,9 +361,8 @@ impl Endpoint {
     /// `response` bounds each reply, so it must exceed the longest block.
     pub async fn dedicated(&self, connect: Duration, response: Duration) -> RedisResult<Dedicated> {
         if let EndpointKind::Cluster { client, .. } = &*self.0 {
-            let cfg = redis::cluster::ClusterConfig::new()
-                .set_connection_timeout(connect)
-                .set_response_timeout(response);
+            let cfg =
+                redis::cluster::ClusterConfig::new().set_connection_timeout(connect).set_response_timeout(response);
             return Ok(Dedicated::Cluster(client.get_async_connection_with_config(cfg).await?));
         }
         let cfg = redis::AsyncConnectionConfig::new()
@@ -384,7 +383,9 @@ impl Endpoint {
             match tokio::time::timeout(*timeout, node.get_async_pubsub()).await {
                 Ok(Ok(p)) => return Ok(p),
                 Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(RedisError::from((redis::ErrorKind::Io, "a cluster node did not answer in time"))),
+                Err(_) => {
+                    last = Some(RedisError::from((redis::ErrorKind::Io, "a cluster node did not answer in time")))
+                }
             }
         }
         Err(last.unwrap_or_else(|| invalid("the URL names no cluster node", String::new())))
@@ -721,7 +722,8 @@ mod tests {
     fn no_password_is_shown() {
         // An unencoded `/` in the password: the URL does not parse, and
         // neither the error nor the configuration shows the password.
-        for url in ["redis+cluster://app:s3cret/x@n1:7000", "redis+sentinel://:s3cret/x@s1/m", "redis://:s3cret@h:1/0"] {
+        for url in ["redis+cluster://app:s3cret/x@n1:7000", "redis+sentinel://:s3cret/x@s1/m", "redis://:s3cret@h:1/0"]
+        {
             let cfg = RedisConfig::new(url);
             assert!(!format!("{cfg:?}").contains("s3cret"), "{cfg:?}");
             if let Err(e) = cfg.endpoint() {

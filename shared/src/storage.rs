@@ -265,9 +265,15 @@ impl Storage {
         for o in origins {
             rule = rule.allowed_origins(o);
         }
-        let invalid =
-            |e: aws_sdk_s3::error::BuildError| StorageError::Service { op: "PutBucketCors", message: e.to_string(), transient: false };
-        let cors = aws_sdk_s3::types::CorsConfiguration::builder().cors_rules(rule.build().map_err(invalid)?).build().map_err(invalid)?;
+        let invalid = |e: aws_sdk_s3::error::BuildError| StorageError::Service {
+            op: "PutBucketCors",
+            message: e.to_string(),
+            transient: false,
+        };
+        let cors = aws_sdk_s3::types::CorsConfiguration::builder()
+            .cors_rules(rule.build().map_err(invalid)?)
+            .build()
+            .map_err(invalid)?;
         self.client
             .put_bucket_cors()
             .bucket(&self.cfg.bucket)

@@ -181,7 +181,8 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Vec<Option<String>> = each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::progress(id)))).await?;
+        let raw: Vec<Option<String>> =
+            each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::progress(id)))).await?;
         Ok(raw.into_iter().map(|r| r.map(|s| serde_json::from_str(&s)).transpose()).collect::<Result<_, _>>()?)
     }
 
@@ -206,7 +207,8 @@ impl TaskStore {
         if task_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let raw: Vec<Option<String>> = each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::task_meta(id)))).await?;
+        let raw: Vec<Option<String>> =
+            each(&self.conn, task_ids.iter().map(|id| redis::Cmd::get(keys::task_meta(id)))).await?;
         raw.into_iter().map(|r| Ok(r.map(|s| serde_json::from_str(&s)).transpose()?)).collect()
     }
 

@@ -37,14 +37,26 @@ fn main() {
         let t = Instant::now();
         let seg = segment::segmenter(&data, model).expect("model");
         let load = ms(t);
-        let times: Vec<f64> = (0..6)
-            .map(|_| {
-                let t = Instant::now();
-                seg.mask(&crop).expect("mask");
-                ms(t)
-            })
-            .collect();
-        println!("{model:?} on a {}x{} crop: load {load:.0} ms, runs {}", crop.width(), crop.height(), list(&times));
+        let mut sides = vec![u32::MAX];
+        if model.side_for(segment::REDUCED_SIDE) != model.side_for(u32::MAX) {
+            sides.push(segment::REDUCED_SIDE);
+        }
+        for shown in sides {
+            let times: Vec<f64> = (0..6)
+                .map(|_| {
+                    let t = Instant::now();
+                    seg.mask_shown(&crop, shown).expect("mask");
+                    ms(t)
+                })
+                .collect();
+            let side = model.side_for(shown);
+            println!(
+                "{model:?} at {side} on a {}x{} crop: load {load:.0} ms, runs {}",
+                crop.width(),
+                crop.height(),
+                list(&times)
+            );
+        }
     }
     // The render's slow zoom: 390 frames (13 s) at 1080x1920, resampled only.
     let frame = image::RgbImage::from_fn(1080, 1920, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));

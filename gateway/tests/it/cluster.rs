@@ -17,7 +17,8 @@ const JOB: &[(&str, &str)] =
 
 async fn submit_keyed(stack: &Stack, key: &str) -> (u16, serde_json::Value) {
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
-    let mut form = reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(photo).file_name("a.png"));
+    let mut form =
+        reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(photo).file_name("a.png"));
     for (k, v) in JOB {
         form = form.text(k.to_string(), v.to_string());
     }

@@ -154,7 +154,10 @@ fn spawn_garage(dir: &Path, bucket: &str) -> (Proc, String, String, String) {
     );
     let garage = |args: &[&str]| {
         let out = Command::new(&bin).arg("-c").arg(&conf).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let t0 = Instant::now();
     while !garage(&["status"]).0 {
@@ -171,7 +174,8 @@ fn spawn_garage(dir: &Path, bucket: &str) -> (Proc, String, String, String) {
     must(&["layout", "assign", &id.trim()[..64], "-z", "dc1", "-c", "1G"]);
     must(&["layout", "apply", "--version", "1"]);
     must(&["bucket", "create", bucket]);
-    let key: serde_json::Value = serde_json::from_str(&must(&["json-api", "CreateKey", r#"{"name":"tayori"}"#])).unwrap();
+    let key: serde_json::Value =
+        serde_json::from_str(&must(&["json-api", "CreateKey", r#"{"name":"tayori"}"#])).unwrap();
     let (key_id, key_secret) =
         (key["accessKeyId"].as_str().unwrap().to_owned(), key["secretAccessKey"].as_str().unwrap().to_owned());
     must(&["bucket", "allow", "--read", "--write", "--owner", bucket, "--key", &key_id]);

@@ -93,7 +93,11 @@ pub(crate) async fn the_storage_rules_hold(stack: &Stack) {
     );
     let wrong_type = post(vec![1, 2, 3], "text/plain").await.unwrap();
     assert!(wrong_type.is_client_error(), "a content type the policy does not allow: {wrong_type}");
-    assert_eq!(storage.head("images/uploads/p/original.jpg").await.unwrap(), Some(4), "the refused upload stored nothing");
+    assert_eq!(
+        storage.head("images/uploads/p/original.jpg").await.unwrap(),
+        Some(4),
+        "the refused upload stored nothing"
+    );
 
     // The gateway's page may fetch links and POST uploads cross-origin
     // (CORS preflight); a page elsewhere may not.

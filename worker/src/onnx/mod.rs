@@ -3,6 +3,8 @@
 //! there by scripts/assets.sh), and sessions built the same way for every
 //! model (Piper voices, segmentation).
 
+pub mod any_side;
+mod proto;
 pub mod widen;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,23 @@ fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, OnnxErr
 /// resident 1.90 GB -> 0.96 GB, and a run 1.46 s -> 1.30 s. Without the arena
 /// too it fell to 0.87 GB but a run took 2.8 s (fresh pages every run).
 pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<Session, OnnxError> {
+    session_as(lib, model, threads, lean, None)
+}
+
+/// [`session`] for a model whose one input is `native` pixels square and
+/// whose upsampling sizes are constants (IS-Net): rewritten so that it runs
+/// at any side ([`any_side`]).
+pub fn session_any_side(
+    lib: &Path,
+    model: &Path,
+    threads: usize,
+    lean: bool,
+    native: u64,
+) -> Result<Session, OnnxError> {
+    session_as(lib, model, threads, lean, Some(native))
+}
+
+fn session_as(lib: &Path, model: &Path, threads: usize, lean: bool, side: Option<u64>) -> Result<Session, OnnxError> {
     let env = runtime(lib)?;
     let fail = |reason: String| OnnxError::Model { path: model.display().to_string(), reason };
     let bad = |e: ort::Error| fail(e.to_string());
@@ -56,12 +75,21 @@ pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<S
         .map_err(bad)?;
     // An fp16 model runs widened to fp32 (see widen.rs: less memory and CPU
     // on x86). Any other is left for ONNX Runtime to read itself, so that a
-    // large one (Kokoro) is not held twice while it loads.
-    let bytes = std::fs::read(model).map_err(|e| fail(e.to_string()))?;
+    // large one (Kokoro) is not held twice while it loads. Each form is
+    // dropped as soon as the next is made (IS-Net: 88 MB stored, 176 MB
+    // widened).
+    let mut bytes = std::fs::read(model).map_err(|e| fail(e.to_string()))?;
+    let mut changed = false;
     if widen::has_fp16(&bytes).map_err(|e| fail(e.to_string()))? {
-        let widened = widen::widen(&bytes).map_err(|e| fail(e.to_string()))?;
-        drop(bytes);
-        builder.commit_from_memory(&widened).map_err(bad)
+        bytes = widen::widen(&bytes).map_err(|e| fail(e.to_string()))?;
+        changed = true;
+    }
+    if let Some(native) = side {
+        bytes = any_side::any_side(&bytes, native).map_err(|e| fail(e.to_string()))?;
+        changed = true;
+    }
+    if changed {
+        builder.commit_from_memory(&bytes).map_err(bad)
     } else {
         drop(bytes);
         builder.commit_from_file(model).map_err(bad)
@@ -133,5 +161,33 @@ mod tests {
         let spread = a.iter().fold(0f32, |m, &v| m.max(v)) - a.iter().fold(1f32, |m, &v| m.min(v));
         assert!(spread > 0.5, "the output varies ({spread}), so the comparison means something");
         assert!(worst < 1.0 / 255.0, "largest difference {worst}");
+    }
+
+    /// IS-Net rewritten to take any side: at 1024 it computes what the
+    /// model as stored (widened) does, and it runs at 896 too, where the
+    /// stored model refuses the input.
+    #[test]
+    fn isnet_any_side_runs_at_1024_as_before_and_at_896() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let model = data.join("models/isnet_fp16.onnx");
+        let lib = runtime_path(&data);
+        let run = |s: &mut Session, side: usize| -> ort::Result<Vec<f32>> {
+            let input: Vec<f32> = (0..3 * side * side).map(|i| ((i * 7919 % 256) as f32 - 128.0) / 256.0).collect();
+            let t = ort::value::Tensor::from_array(([1usize, 3, side, side], input))?;
+            let out = s.run(ort::inputs! {"input" => t})?;
+            Ok(out["output"].try_extract_tensor::<f32>()?.1.to_vec())
+        };
+        let mut fixed = session(&lib, &model, default_threads(), true).unwrap();
+        let mut any = session_any_side(&lib, &model, default_threads(), true, 1024).unwrap();
+        let (a, b) = (run(&mut fixed, 1024).unwrap(), run(&mut any, 1024).unwrap());
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "largest difference at 1024: {worst}");
+        assert!(run(&mut fixed, 896).is_err(), "the stored model takes 1024 only");
+        let small = run(&mut any, 896).unwrap();
+        assert_eq!(small.len(), 896 * 896);
+        // Probabilities (what they are worth on a real photo is
+        // vision::tests::isnet_at_896_cuts_out_what_1024_does).
+        assert!(small.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 }

@@ -9,19 +9,14 @@
 //! with outputs within 7e-5 of the fp16 model's. The weights are the same
 //! numbers: every fp16 value is exact in fp32.
 //!
-//! Written here rather than with a protobuf crate: the rewrite touches four
-//! fields of a stable format (a tensor's type and data, a value's declared
-//! type, a Cast's target), and a generated ONNX schema would bring a code
-//! generator or a large dependency for it. Every other byte is copied as
-//! it is.
+//! The rewrite touches four fields (a tensor's type and data, a value's
+//! declared type, a Cast's target), with the wire format of [`super::proto`].
+
+use super::proto::{Field, Fields, ModelError, Value, put_bytes_field, put_message, put_varint_field, varint};
 
 /// ONNX's `TensorProto.DataType` values used here.
 const FLOAT: u64 = 1;
 const FLOAT16: u64 = 10;
-
-#[derive(Debug, thiserror::Error)]
-#[error("not a valid ONNX model: {0}")]
-pub struct WidenError(&'static str);
 
 /// The messages on the paths to what is rewritten.
 #[derive(Clone, Copy, PartialEq)]
@@ -60,8 +55,8 @@ impl Kind {
 
 /// Whether `model` (the bytes of an .onnx file) declares any fp16 tensor.
 /// A cheap check before [`widen`]: false for an fp32 or quantized model.
-pub fn has_fp16(model: &[u8]) -> Result<bool, WidenError> {
-    fn walk(msg: &[u8], kind: Kind) -> Result<bool, WidenError> {
+pub fn has_fp16(model: &[u8]) -> Result<bool, ModelError> {
+    fn walk(msg: &[u8], kind: Kind) -> Result<bool, ModelError> {
         for f in Fields(msg) {
             let f = f?;
             match (kind, f.number, f.value) {
@@ -84,13 +79,13 @@ pub fn has_fp16(model: &[u8]) -> Result<bool, WidenError> {
 /// `model` with every fp16 tensor (weights, constants, attributes) stored
 /// as fp32, every value declared fp16 declared fp32, and every Cast to fp16
 /// made a Cast to fp32 (which ONNX Runtime then drops as a no-op).
-pub fn widen(model: &[u8]) -> Result<Vec<u8>, WidenError> {
+pub fn widen(model: &[u8]) -> Result<Vec<u8>, ModelError> {
     let mut out = Vec::with_capacity(model.len() * 2);
     rewrite(model, Kind::Model, &mut out)?;
     Ok(out)
 }
 
-fn rewrite(msg: &[u8], kind: Kind, out: &mut Vec<u8>) -> Result<(), WidenError> {
+fn rewrite(msg: &[u8], kind: Kind, out: &mut Vec<u8>) -> Result<(), ModelError> {
     match kind {
         Kind::Tensor => return tensor(msg, out),
         Kind::Node => return node(msg, out),
@@ -112,7 +107,7 @@ fn rewrite(msg: &[u8], kind: Kind, out: &mut Vec<u8>) -> Result<(), WidenError> 
 
 /// A NodeProto: its attributes rewritten, and a Cast's `to` = FLOAT16
 /// made FLOAT.
-fn node(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
+fn node(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
     let mut is_cast = false;
     for f in Fields(msg) {
         if let Field { number: 4, value: Value::Bytes(b"Cast"), .. } = f? {
@@ -140,7 +135,7 @@ fn node(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
 }
 
 /// Whether the AttributeProto `msg` is named `name` with integer `i`.
-fn attribute_is(msg: &[u8], name: &[u8], i: u64) -> Result<bool, WidenError> {
+fn attribute_is(msg: &[u8], name: &[u8], i: u64) -> Result<bool, ModelError> {
     let (mut named, mut valued) = (false, false);
     for f in Fields(msg) {
         let f = f?;
@@ -155,7 +150,7 @@ fn attribute_is(msg: &[u8], name: &[u8], i: u64) -> Result<bool, WidenError> {
 
 /// A TensorProto: fp16 data (raw little-endian, or one value per int32)
 /// written as fp32 `raw_data`.
-fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
+fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
     let mut fp16 = false;
     for f in Fields(msg) {
         if let Field { number: 2, value: Value::Varint(FLOAT16), .. } = f? {
@@ -175,7 +170,7 @@ fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
             (2, _) => put_varint_field(out, 2, FLOAT),
             (9, Value::Bytes(b)) => {
                 if b.len() % 2 != 0 {
-                    return Err(WidenError("odd fp16 raw data"));
+                    return Err(ModelError("odd fp16 raw data"));
                 }
                 b.chunks_exact(2).for_each(|c| push(u16::from_le_bytes([c[0], c[1]])));
             }
@@ -183,14 +178,14 @@ fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), WidenError> {
             (5, Value::Bytes(b)) => {
                 let mut rest = b;
                 while !rest.is_empty() {
-                    let (v, n) = varint(rest).ok_or(WidenError("bad fp16 int32 data"))?;
+                    let (v, n) = varint(rest).ok_or(ModelError("bad fp16 int32 data"))?;
                     push(v as u16);
                     rest = &rest[n..];
                 }
             }
             // int32_data, one per field
             (5, Value::Varint(v)) => push(v as u16),
-            (13 | 14, _) => return Err(WidenError("fp16 tensor with external data")),
+            (13 | 14, _) => return Err(ModelError("fp16 tensor with external data")),
             _ => out.extend_from_slice(f.raw),
         }
     }
@@ -215,117 +210,6 @@ pub fn f16_to_f32(h: u16) -> f32 {
         _ => sign | ((exp + 112) << 23) | (frac << 13),
     };
     f32::from_bits(bits)
-}
-
-// ---- protobuf wire format ----
-
-#[derive(Clone, Copy)]
-enum Value<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed,
-}
-
-#[derive(Clone, Copy)]
-struct Field<'a> {
-    number: u64,
-    value: Value<'a>,
-    /// The whole field as encoded (key included), for copying.
-    raw: &'a [u8],
-}
-
-/// The fields of one message, in order.
-struct Fields<'a>(&'a [u8]);
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Result<Field<'a>, WidenError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let all = self.0;
-        let parsed = (|| {
-            let (key, mut at) = varint(all)?;
-            let value = match key & 7 {
-                0 => {
-                    let (v, n) = varint(&all[at..])?;
-                    at += n;
-                    Value::Varint(v)
-                }
-                1 => {
-                    at = at.checked_add(8).filter(|&e| e <= all.len())?;
-                    Value::Fixed
-                }
-                2 => {
-                    let (len, n) = varint(&all[at..])?;
-                    let start = at + n;
-                    let end = start.checked_add(usize::try_from(len).ok()?).filter(|&e| e <= all.len())?;
-                    at = end;
-                    Value::Bytes(&all[start..end])
-                }
-                5 => {
-                    at = at.checked_add(4).filter(|&e| e <= all.len())?;
-                    Value::Fixed
-                }
-                _ => return None,
-            };
-            Some((Field { number: key >> 3, value, raw: &all[..at] }, at))
-        })();
-        match parsed {
-            Some((field, at)) => {
-                self.0 = &all[at..];
-                Some(Ok(field))
-            }
-            None => {
-                self.0 = &[];
-                Some(Err(WidenError("bad protobuf field")))
-            }
-        }
-    }
-}
-
-/// A varint and its length in bytes.
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &byte) in b.iter().enumerate().take(10) {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_varint_field(out: &mut Vec<u8>, number: u64, v: u64) {
-    put_varint(out, number << 3);
-    put_varint(out, v);
-}
-
-fn put_bytes_field(out: &mut Vec<u8>, number: u64, b: &[u8]) {
-    put_varint(out, number << 3 | 2);
-    put_varint(out, b.len() as u64);
-    out.extend_from_slice(b);
-}
-
-/// A length-delimited field whose body `body` writes.
-fn put_message(
-    out: &mut Vec<u8>,
-    number: u64,
-    body: impl FnOnce(&mut Vec<u8>) -> Result<(), WidenError>,
-) -> Result<(), WidenError> {
-    let mut inner = Vec::new();
-    body(&mut inner)?;
-    put_bytes_field(out, number, &inner);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -71,13 +71,25 @@ pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaIma
     let data = j.catalog.data_dir().to_owned();
     let model = j.cfg.segmentation;
     let crop = found.crop.clone();
+    // The largest the person is shown: in the 512x910 frame made for every
+    // job, or at the job's own size.
+    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
+    let shown = [(512, 910), (w, h)]
+        .iter()
+        .map(|&(w, h)| {
+            let (_, _, pw, ph) = compose::placement(crop.width(), crop.height(), w, h);
+            pw.max(ph)
+        })
+        .max()
+        .unwrap_or(u32::MAX);
     let out = j.path(&format!("person_{}_bg_removed.png", found.n));
     let path = out.clone();
     let cutout = blocking(move || {
         let seg = segment::segmenter(&data, model)?;
         let t = std::time::Instant::now();
-        let mask = seg.mask(&crop)?;
-        tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmented");
+        let mask = seg.mask_shown(&crop, shown)?;
+        let side = model.side_for(shown);
+        tracing::info!(?model, side, ms = t.elapsed().as_millis() as u64, "segmented");
         let cutout = segment::cut_out(&crop, &mask);
         vision::save_png(&cutout, &path)?;
         Ok(cutout)

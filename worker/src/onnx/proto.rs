@@ -1,0 +1,121 @@
+//! The protobuf wire format, as much of it as the ONNX rewrites need
+//! (`widen`, `any_side`): a message read field by field, fields copied as
+//! they were encoded or written anew.
+//!
+//! Written here rather than with a protobuf crate: the rewrites touch a few
+//! fields of a stable format, and a generated ONNX schema would bring a code
+//! generator or a large dependency for it. Every byte not rewritten is
+//! copied as it is.
+
+#[derive(Debug, thiserror::Error)]
+#[error("ONNX model: {0}")]
+pub struct ModelError(pub &'static str);
+
+#[derive(Clone, Copy)]
+pub(super) enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Fixed,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Field<'a> {
+    pub number: u64,
+    pub value: Value<'a>,
+    /// The whole field as encoded (key included), for copying.
+    pub raw: &'a [u8],
+}
+
+/// The fields of one message, in order.
+pub(super) struct Fields<'a>(pub &'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<Field<'a>, ModelError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let all = self.0;
+        let parsed = (|| {
+            let (key, mut at) = varint(all)?;
+            let value = match key & 7 {
+                0 => {
+                    let (v, n) = varint(&all[at..])?;
+                    at += n;
+                    Value::Varint(v)
+                }
+                1 => {
+                    at = at.checked_add(8).filter(|&e| e <= all.len())?;
+                    Value::Fixed
+                }
+                2 => {
+                    let (len, n) = varint(&all[at..])?;
+                    let start = at + n;
+                    let end = start.checked_add(usize::try_from(len).ok()?).filter(|&e| e <= all.len())?;
+                    at = end;
+                    Value::Bytes(&all[start..end])
+                }
+                5 => {
+                    at = at.checked_add(4).filter(|&e| e <= all.len())?;
+                    Value::Fixed
+                }
+                _ => return None,
+            };
+            Some((Field { number: key >> 3, value, raw: &all[..at] }, at))
+        })();
+        match parsed {
+            Some((field, at)) => {
+                self.0 = &all[at..];
+                Some(Ok(field))
+            }
+            None => {
+                self.0 = &[];
+                Some(Err(ModelError("bad protobuf field")))
+            }
+        }
+    }
+}
+
+/// A varint and its length in bytes.
+pub(super) fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+pub(super) fn put_varint_field(out: &mut Vec<u8>, number: u64, v: u64) {
+    put_varint(out, number << 3);
+    put_varint(out, v);
+}
+
+pub(super) fn put_bytes_field(out: &mut Vec<u8>, number: u64, b: &[u8]) {
+    put_varint(out, number << 3 | 2);
+    put_varint(out, b.len() as u64);
+    out.extend_from_slice(b);
+}
+
+/// A length-delimited field whose body `body` writes.
+pub(super) fn put_message(
+    out: &mut Vec<u8>,
+    number: u64,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), ModelError>,
+) -> Result<(), ModelError> {
+    let mut inner = Vec::new();
+    body(&mut inner)?;
+    put_bytes_field(out, number, &inner);
+    Ok(())
+}
