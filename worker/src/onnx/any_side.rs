@@ -94,8 +94,8 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
             if let Some([h, w]) = constant_pair(constant.raw)?
                 && h > 0
                 && w > 0
-                && native % h == 0
-                && native % w == 0
+                && native.is_multiple_of(h)
+                && native.is_multiple_of(w)
             {
                 divisors.insert(part, [native / h, native / w]);
             }
@@ -109,10 +109,12 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     // a division of it, the declared shapes freed.
     let (shape, hw) = (format!("{PREFIX}_shape"), format!("{PREFIX}_hw"));
     let (starts, ends) = (format!("{PREFIX}_2"), format!("{PREFIX}_4"));
-    put_message(out, 1, |o| Ok(put_node(o, "Shape", &[input], &[shape.as_bytes()])))?;
-    put_message(out, 1, |o| {
-        Ok(put_node(o, "Slice", &[shape.as_bytes(), starts.as_bytes(), ends.as_bytes()], &[hw.as_bytes()]))
-    })?;
+    put_bytes_field(out, 1, &node_body("Shape", &[input], &[shape.as_bytes()]));
+    put_bytes_field(
+        out,
+        1,
+        &node_body("Slice", &[shape.as_bytes(), starts.as_bytes(), ends.as_bytes()], &[hw.as_bytes()]),
+    );
     let mut divisor_names: BTreeMap<[u64; 2], String> = BTreeMap::new();
     let mut inputs_seen = 0;
     for f in Fields(msg) {
@@ -125,7 +127,7 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
                         let divisor =
                             divisor_names.entry(d).or_insert_with(|| format!("{PREFIX}_div_{}_{}", d[0], d[1]));
                         let ins = [hw.as_bytes(), divisor.as_bytes()];
-                        put_message(out, 1, |o| Ok(put_node(o, "Div", &ins, &[node.outputs[0]])))?;
+                        put_bytes_field(out, 1, &node_body("Div", &ins, &[node.outputs[0]]));
                     }
                     None => out.extend_from_slice(f.raw),
                 }
@@ -217,7 +219,7 @@ fn packed(mut b: &[u8]) -> Result<Vec<u64>, ModelError> {
 /// named instead of fixed; they must have been `native`.
 fn free_input(vi: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     let mut freed = 0;
-    map_shape(vi, out, &mut |shape, o| {
+    map_shape(vi, out, |shape, o| {
         let fields: Vec<Field> = Fields(shape).collect::<Result<_, _>>()?;
         let n = fields.iter().filter(|d| d.number == 1).count();
         let mut k = 0;
@@ -251,16 +253,15 @@ fn free_input(vi: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelErro
 
 /// A ValueInfoProto without its declared shape (its element type kept).
 fn drop_shape(vi: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
-    map_shape(vi, out, &mut |_, _| Ok(()))
+    map_shape(vi, out, |_, _| Ok(()))
 }
 
 /// A ValueInfoProto copied, the TensorShapeProto of its tensor type
 /// replaced by what `shape` writes (nothing: no shape).
-fn map_shape(
-    vi: &[u8],
-    out: &mut Vec<u8>,
-    shape: &mut dyn FnMut(&[u8], &mut Vec<u8>) -> Result<(), ModelError>,
-) -> Result<(), ModelError> {
+fn map_shape<F>(vi: &[u8], out: &mut Vec<u8>, mut shape: F) -> Result<(), ModelError>
+where
+    F: FnMut(&[u8], &mut Vec<u8>) -> Result<(), ModelError>,
+{
     for f in Fields(vi) {
         let f = f?;
         match (f.number, f.value) {
@@ -297,15 +298,17 @@ fn map_shape(
 }
 
 /// A NodeProto body.
-fn put_node(out: &mut Vec<u8>, op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) {
+fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
     for i in inputs {
-        put_bytes_field(out, 1, i);
+        put_bytes_field(&mut out, 1, i);
     }
     for o in outputs {
-        put_bytes_field(out, 2, o);
+        put_bytes_field(&mut out, 2, o);
     }
-    put_bytes_field(out, 3, format!("{PREFIX}_{op}_{}", String::from_utf8_lossy(outputs[0])).as_bytes());
-    put_bytes_field(out, 4, op.as_bytes());
+    put_bytes_field(&mut out, 3, format!("{PREFIX}_{op}_{}", String::from_utf8_lossy(outputs[0])).as_bytes());
+    put_bytes_field(&mut out, 4, op.as_bytes());
+    out
 }
 
 /// A TensorProto body: a one-dimensional int64 tensor.
@@ -331,9 +334,7 @@ mod tests {
     }
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str], attr: Option<&[u8]>) -> Vec<u8> {
-        let mut n = Vec::new();
-        put_node(
-            &mut n,
+        let mut n = node_body(
             op,
             &inputs.iter().map(|s| s.as_bytes()).collect::<Vec<_>>(),
             &outputs.iter().map(|s| s.as_bytes()).collect::<Vec<_>>(),
