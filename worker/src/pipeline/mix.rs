@@ -112,7 +112,9 @@ pub async fn mix_files(
     let out = Mixed { mp3: dir.join("final_mixed.mp3"), aac: dir.join("final_mixed.m4a") };
     let mut gain = target_lufs - integrated;
     for _ in 0..2 {
-        let pcm = encode_with_gain(&raw, &out, gain, peak, timeout).await?;
+        // Without the limiter the gain is all that changes, and the
+        // loudness moves by exactly that much: nothing to measure again.
+        let Some(pcm) = encode_with_gain(&raw, &out, gain, peak, timeout).await? else { break };
         let got = shared::rt::blocking(move || audio::measure_pcm_f32le(&pcm, 2, 48_000)).await?.integrated_lufs;
         if (got - target_lufs).abs() <= 0.2 {
             break;
@@ -124,27 +126,44 @@ pub async fn mix_files(
 
 /// Encode `raw` to MP3 and AAC with `gain_db` applied; a limiter holds
 /// peaks under the true-peak target when the gain would push them over it.
-/// Returns the samples encoded (f32 stereo, 48 kHz).
+/// With the limiter, returns the samples encoded (f32 stereo, 48 kHz).
+///
+/// Both encoders keep ffmpeg's defaults. Judged by ViSQOL (audio mode,
+/// 48 kHz) on three speech-and-music mixes at -14 LUFS
+/// (scripts/judge_codecs.py): the AAC encoder's fast coder would save half
+/// of its 0.40 CPU-seconds but scored MOS-LQO 4.463 on average against
+/// 4.626; LAME at quality 7 would save 0.10 of 0.27 and scored the same
+/// (4.663 against 4.662), but its MP3 read 0.1 LU quieter in the mix test,
+/// at the edge of the loudness tolerance.
 async fn encode_with_gain(
     raw: &Path,
     out: &Mixed,
     gain_db: f64,
     peak_db: f64,
     timeout: Duration,
-) -> Result<Vec<u8>, ProcessError> {
+) -> Result<Option<Vec<u8>>, ProcessError> {
     let mut filter = format!("volume={gain_db:.2}dB");
-    if peak_db + gain_db > TRUE_PEAK_TARGET {
+    let limited = peak_db + gain_db > TRUE_PEAK_TARGET;
+    if limited {
         // alimiter works on sample peaks; leave room for inter-sample peaks.
         let limit = 10f64.powf((TRUE_PEAK_TARGET - 0.5) / 20.0);
         filter.push_str(&format!(",alimiter=limit={limit:.4}:attack=5:release=50:level=false"));
     }
     let mut args = media::input(raw, Format::Wav);
-    let graph = format!("[0:a]{filter},asplit=3[mp3][aac][pcm]");
+    let graph = if limited {
+        format!("[0:a]{filter},asplit=3[mp3][aac][pcm]")
+    } else {
+        format!("[0:a]{filter},asplit=2[mp3][aac]")
+    };
     args.extend(crate::args!["-filter_complex", Arg::composed(graph)]);
     args.extend(crate::args!["-map", "[mp3]", "-c:a", "libmp3lame", "-b:a", "192k", &out.mp3]);
     args.extend(crate::args!["-map", "[aac]", "-c:a", "aac", "-b:a", AAC_BITRATE, "-f", "mp4", &out.aac]);
+    if !limited {
+        media::ffmpeg(args, timeout).await?;
+        return Ok(None);
+    }
     args.extend(crate::args!["-map", "[pcm]", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
-    media::ffmpeg(args, timeout).await
+    media::ffmpeg(args, timeout).await.map(Some)
 }
 
 pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<Mixed, PipelineError> {
@@ -238,15 +257,26 @@ mod tests {
         .await
         .unwrap();
         let track = data.join("bgm/system/celebration_energetic.mp3");
+        // A louder target too: there the limiter holds the peaks and the
+        // result is measured again and corrected.
+        let loud = tempfile::tempdir().unwrap();
+        let louder = mix_files(&voice, Some(&track), loud.path(), -10.0, t).await.unwrap();
         let out = mix_files(&voice, Some(&track), dir.path(), -14.0, t).await.unwrap();
 
-        // ffmpeg's ebur128 filter, an independent meter, on both forms.
-        for (file, format) in [(&out.mp3, Format::Mp3), (&out.aac, Format::Mp4)] {
-            let (integrated, peak) = crate::media::ebur128(file, format, t).await.unwrap();
-            let peak = peak.expect("a true peak reading");
-            println!("{format:?}: integrated {integrated} LUFS, true peak {peak} dBFS");
-            assert!((integrated + 14.0).abs() <= 0.5, "{format:?}: integrated loudness {integrated} LUFS");
-            assert!(peak <= -1.0, "{format:?}: true peak {peak} dBTP");
+        // ffmpeg's ebur128 filter, an independent meter, on both forms. The
+        // MP3 reads 0.2-0.5 LU under the samples it was made from (LAME
+        // drops some high-frequency energy, which K-weighting counts): the
+        // -14 target holds for it, and the louder one, where the limiter's
+        // result is accepted within 0.2 LU, within 0.75.
+        for (target, mixed) in [(-14.0, &out), (-10.0, &louder)] {
+            for (file, format) in [(&mixed.aac, Format::Mp4), (&mixed.mp3, Format::Mp3)] {
+                let (integrated, peak) = crate::media::ebur128(file, format, t).await.unwrap();
+                let peak = peak.expect("a true peak reading");
+                println!("{format:?} at {target}: integrated {integrated} LUFS, true peak {peak} dBFS");
+                let within = if format == Format::Mp3 && target > -14.0 { 0.75 } else { 0.5 };
+                assert!((integrated - target).abs() <= within, "{format:?}: integrated loudness {integrated} LUFS");
+                assert!(peak <= -1.0, "{format:?}: true peak {peak} dBTP");
+            }
         }
 
         // The music is at least 10 dB lower while the voice speaks than in the intro.
