@@ -51,7 +51,8 @@ pypi_file pyopenjtalk-plus 0.4.1.post10 \
 # Demo background music (MIT), Ogg Opus, 30 tracks by mood.
 pypi_file immich-memories-music 0.1.0 immich_memories_music-0.1.0-py3-none-any.whl \
   1b702f617250ed8ffe3dc2bba4d2105f842b6d5da08e8ff9a10110f54b7bd06a
-# Test photos (astronaut.png: NASA, public domain; coffee.png: CC0) from scikit-image.
+# Test photos (astronaut.png: NASA, public domain; coffee.png: CC0; camera.png,
+# the cameraman: CC0 by its photographer) from scikit-image.
 pypi_file scikit-image 0.25.2 scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl \
   24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641 "${wheel_for_linux[@]}"
 
@@ -245,7 +246,7 @@ if [[ ! -f "$embedder" ]] || ! verify "$embedder" c4d17ba220a33d7f27866c78f57337
 fi
 
 # Test photos.
-for f in astronaut.png coffee.png; do
+for f in astronaut.png coffee.png camera.png; do
   [[ -f "$cache/fixtures/$f" ]] || unzip -p "$dl/scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl" "skimage/data/$f" > "$cache/fixtures/$f"
 done
 log "assets ready in $data (cache: $cache)"

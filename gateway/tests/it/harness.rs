@@ -24,7 +24,8 @@ fn cache_dir() -> PathBuf {
     std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
 }
 
-/// A test photo fetched by scripts/assets.sh (astronaut.png, coffee.png).
+/// A test photo fetched by scripts/assets.sh (astronaut.png, coffee.png,
+/// camera.png).
 pub fn fixture(name: &str) -> PathBuf {
     let p = cache_dir().join("fixtures").join(name);
     assert!(p.is_file(), "{} is missing: run scripts/assets.sh first", p.display());

@@ -158,11 +158,16 @@ pub(crate) mod tests {
     }
 
     /// IS-Net at [`segment::REDUCED_SIDE`] against 1024, as a 512x910 video
-    /// shows the cut-out: both masks scaled to the person's size in that
-    /// frame agree on at least 99 % of it (IoU of alpha > 0.5; seen 99.4-
-    /// 99.7 %) and differ by little on average. Two crops: the one the
-    /// worker makes of the photo, and the top of the photo upscaled three
-    /// times (a phone photo's size), the case where the two differed most.
+    /// shows the cut-out (both masks scaled to the person's size in that
+    /// frame).
+    /// - The astronaut: the crop the worker makes, and the top of the photo
+    ///   upscaled three times (a phone photo's size; the case where they
+    ///   differed most): the masks agree on at least 99 % (IoU of alpha >
+    ///   0.5; seen 99.4-99.9 %).
+    /// - The cameraman, a harder photo: they agree on 93 %. The difference
+    ///   is the camera he holds to his eye: at 1024 the mask leaves a hole
+    ///   there, at 896 it keeps the camera, half transparent. Both keep his
+    ///   face and coat and drop the sky and the grass.
     #[test]
     fn isnet_at_896_cuts_out_what_1024_does() {
         let data = data_dir();
@@ -171,17 +176,18 @@ pub(crate) mod tests {
         let crop = detect::crop(&photo, people[0].body);
         let big = image::imageops::resize(&photo, 1536, 1536, image::imageops::FilterType::Lanczos3);
         let top = image::imageops::crop_imm(&big, 200, 0, 1100, 1536).to_image();
+        let camera = load_upright(&fixture("camera.png")).unwrap();
         let seg = segment::segmenter(&data, segment::Model::IsNet).unwrap();
-        for (name, img) in [("crop", crop), ("3x top", top)] {
+        for (name, img, least_iou) in [("crop", &crop, 0.99), ("3x top", &top, 0.99), ("cameraman", &camera, 0.9)] {
             let (_, _, pw, ph) = compose::placement(img.width(), img.height(), 512, 910);
             assert!(pw.max(ph) <= segment::REDUCED_SIDE);
             assert_eq!(segment::Model::IsNet.side_for(pw.max(ph)), segment::REDUCED_SIDE);
             let shown =
                 |m: &image::GrayImage| image::imageops::resize(m, pw, ph, image::imageops::FilterType::Triangle);
-            let full = shown(&seg.mask(&img).unwrap());
-            let reduced = shown(&seg.mask_shown(&img, pw.max(ph)).unwrap());
+            let (full, reduced) = (seg.mask(img).unwrap(), seg.mask_shown(img, pw.max(ph)).unwrap());
+            let (shown_full, shown_reduced) = (shown(&full), shown(&reduced));
             let (mut both, mut either, mut diff) = (0u64, 0u64, 0u64);
-            for (a, b) in full.pixels().zip(reduced.pixels()) {
+            for (a, b) in shown_full.pixels().zip(shown_reduced.pixels()) {
                 let (a, b) = (a[0], b[0]);
                 both += u64::from(a > 127 && b > 127);
                 either += u64::from(a > 127 || b > 127);
@@ -191,8 +197,18 @@ pub(crate) mod tests {
             let mean = diff as f64 / f64::from(pw * ph);
             println!("{name}: shown {pw}x{ph}, IoU {iou:.4}, mean difference {mean:.2} of 255");
             assert!(either > u64::from(pw * ph) / 5, "{name}: a person was found ({either} px)");
-            assert!(iou >= 0.99, "{name}: IoU {iou}");
-            assert!(mean < 5.0, "{name}: mean difference {mean}");
+            assert!(iou >= least_iou, "{name}: IoU {iou}");
+            assert!(mean < 8.0, "{name}: mean difference {mean}");
+            if name == "cameraman" {
+                for (side, m) in [(1024, &full), (segment::REDUCED_SIDE, &reduced)] {
+                    let face = mean_alpha(m, 200, 70, 40, 50);
+                    let coat = mean_alpha(m, 20, 150, 60, 250);
+                    let (sky, grass) = (mean_alpha(m, 400, 0, 112, 60), mean_alpha(m, 420, 420, 92, 92));
+                    println!("cameraman at {side}: face {face:.3}, coat {coat:.3}, sky {sky:.3}, grass {grass:.3}");
+                    assert!(face > 0.9 && coat > 0.8, "at {side}: face {face}, coat {coat}");
+                    assert!(sky < 0.05 && grass < 0.05, "at {side}: sky {sky}, grass {grass}");
+                }
+            }
         }
     }
 
