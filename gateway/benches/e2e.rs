@@ -145,9 +145,6 @@ async fn main() {
         let (peak, now) = stack.worker_memory_kb(i);
         println!("worker {i} resident memory: peak {} MB, now {} MB", peak / 1024, now / 1024);
     }
-    if std::env::var_os("HACK_LOG").is_some() {
-        let _ = std::fs::copy(stack.dir.path().join("worker-0.log"), "/tmp/worker-0.log");
-    }
 }
 
 /// `n` jobs at `resolution` submitted at once: videos per minute and the
