@@ -5,7 +5,7 @@ benchmarks only (never the product).
     venv/bin/python scripts/judge_codecs.py DATA_DIR
 
 (the venv from scripts/judge-deps.sh). Speaks a message with Open JTalk (Mei),
-mixes it under three system tracks as the worker does (ducked, -14 LUFS), and
+mixes it under three system tracks much as the worker does (ducked, -14 LUFS), and
 encodes each mix with every candidate setting. Prints, per mix and setting,
 the encoder's CPU seconds and ViSQOL's MOS-LQO of the decoded file against the
 mix itself, then the means.
@@ -56,8 +56,11 @@ def main():
     cpu = {name: [] for name in CANDIDATES}
     for track in TRACKS:
         ref = os.path.join(work, f"ref_{track}.wav")
-        # The worker's graph (worker/src/pipeline/mix.rs), then loudness
-        # normalization to -14 LUFS (a limiter-free two-pass loudnorm).
+        # Close to the worker's graph (worker/src/pipeline/mix.rs: the voice
+        # delayed and padded, the music ducked under it; without the fade-out
+        # and the cut to length), then one loudnorm pass to -14 LUFS (dynamic
+        # mode, true peaks under -1.5 dBTP) instead of the worker's measured
+        # gain.
         graph = (
             "[0:a]aformat=sample_rates=48000:channel_layouts=stereo,adelay=1000|1000,apad=pad_dur=1.5,asplit=2[v][sc];"
             "[1:a]aformat=sample_rates=48000:channel_layouts=stereo,volume=0.5,afade=t=in:st=0:d=0.5[m0];"

@@ -367,8 +367,13 @@ fn preload(cfg: &WorkerConfig) {
     let (data, model) = (cfg.data_dir.clone(), cfg.segmentation);
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
-        let warmed = vision::segment::segmenter(&data, model)
-            .and_then(|s| s.mask(&image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]))));
+        // At each input side the model runs at (a first run at a new side
+        // is slower).
+        let grey = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+        let warmed = vision::segment::segmenter(&data, model).and_then(|s| {
+            s.mask(&grey)?;
+            s.mask_shown(&grey, vision::segment::REDUCED_SIDE)
+        });
         match warmed {
             Ok(_) => tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmentation model ready"),
             Err(e) => tracing::error!(?model, error = %e, "segmentation model could not be loaded"),

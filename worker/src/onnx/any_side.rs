@@ -59,7 +59,10 @@ pub fn any_side(model: &[u8], native: u64) -> Result<Vec<u8>, ModelError> {
             // ModelProto.graph
             (7, Value::Bytes(g)) => {
                 graphs += 1;
-                put_message(&mut out, 7, |o| graph(g, native, o))?;
+                // Sized up front: IS-Net's graph is 176 MB widened.
+                let mut body = Vec::with_capacity(g.len() + 4096);
+                graph(g, native, &mut body)?;
+                put_bytes_field(&mut out, 7, &body);
             }
             _ => out.extend_from_slice(f.raw),
         }
@@ -84,21 +87,39 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     }
     let input = input.ok_or(ModelError("the graph has no input"))?;
     let producer: HashMap<&[u8], &Node> = nodes.iter().flat_map(|n| n.outputs.iter().map(move |&o| (o, n))).collect();
+    let mut users: HashMap<&[u8], usize> = HashMap::new();
+    for i in nodes.iter().flat_map(|n| &n.inputs) {
+        *users.entry(i).or_default() += 1;
+    }
+    if nodes.iter().flat_map(|n| &n.outputs).any(|o| o.starts_with(PREFIX.as_bytes())) {
+        return Err(ModelError("the model already names values as this rewrite does"));
+    }
+    // Each Resize whose sizes are `Concat(<from the input>, Constant [h, w])`,
+    // the constant used by that Concat alone; any other Resize with a
+    // constant in its sizes is refused rather than left fixed.
     let mut divisors: HashMap<&[u8], [u64; 2]> = HashMap::new();
     for resize in nodes.iter().filter(|n| n.op == b"Resize" && n.inputs.len() >= 4) {
         let Some(concat) = producer.get(resize.inputs[3]).filter(|n| n.op == b"Concat") else {
             continue;
         };
-        for part in &concat.inputs {
-            let Some(constant) = producer.get(part).filter(|n| n.op == b"Constant") else { continue };
-            if let Some([h, w]) = constant_pair(constant.raw)?
-                && h > 0
-                && w > 0
-                && native.is_multiple_of(h)
-                && native.is_multiple_of(w)
-            {
-                divisors.insert(part, [native / h, native / w]);
+        let constant = |name: &[u8]| producer.get(name).filter(|n| n.op == b"Constant").copied();
+        if !concat.inputs.iter().any(|i| constant(i).is_some()) {
+            continue;
+        }
+        let fits = match concat.inputs.as_slice() {
+            [first, last] if constant(first).is_none() && users.get(last) == Some(&1) => {
+                match constant(last).map(|c| constant_pair(c.raw)).transpose()?.flatten() {
+                    Some([h, w]) if h > 0 && w > 0 && native.is_multiple_of(h) && native.is_multiple_of(w) => {
+                        divisors.insert(last, [native / h, native / w]);
+                        true
+                    }
+                    _ => false,
+                }
             }
+            _ => false,
+        };
+        if !fits {
+            return Err(ModelError("a Resize's constant size is not one this rewrite knows"));
         }
     }
     if divisors.is_empty() {
@@ -359,12 +380,12 @@ mod tests {
         msg(&[(1, name.as_bytes()), (2, &msg(&[(1, &tensor)]))])
     }
 
-    /// x (1x3xSxS) → Conv → y; `Concat(Shape(y)[0:2], Constant [S/2, S/2])`
-    /// sizes a Resize of y to z.
-    fn model(side: u64) -> Vec<u8> {
-        let size = int64_tensor("c", &[side / 2, side / 2]);
+    /// x (1x3xSxS) → Conv → y; `Concat(Shape(y), Constant size)` sizes a
+    /// Resize of y to z. With `shared`, the constant feeds another node too.
+    fn model_with(side: u64, size: [u64; 2], shared: bool) -> Vec<u8> {
+        let size = int64_tensor("c", &size);
         let attr = msg(&[(1, b"value"), (5, &size)]);
-        let graph = msg(&[
+        let mut graph = msg(&[
             (1, &node("Conv", &["x", "w"], &["y"], None)),
             (1, &node("Shape", &["y"], &["s"], None)),
             (1, &node("Constant", &[], &["half"], Some(&attr))),
@@ -373,10 +394,17 @@ mod tests {
             (11, &value("x", &[1, 3, side, side])),
             (12, &value("z", &[1, 3, side / 2, side / 2])),
         ]);
+        if shared {
+            put_bytes_field(&mut graph, 1, &node("Identity", &["half"], &["other"], None));
+        }
         let mut m = Vec::new();
         put_varint_field(&mut m, 1, 8);
         put_bytes_field(&mut m, 7, &graph);
         m
+    }
+
+    fn model(side: u64) -> Vec<u8> {
+        model_with(side, [side / 2, side / 2], false)
     }
 
     fn fields(m: &[u8], number: u64) -> Vec<&[u8]> {
@@ -399,10 +427,21 @@ mod tests {
         let div = &nodes[4];
         assert_eq!(div.outputs, [b"half"], "same output name: its consumers are unchanged");
         assert_eq!(div.inputs[0], nodes[1].outputs[0]);
-        // The divisor: 64 / 32 on each axis, an int64 initializer.
-        let inits: HashMap<&[u8], Option<[u64; 2]>> =
-            fields(graph, 5).into_iter().map(|t| (fields(t, 8)[0], int64_pair(t).unwrap())).collect();
-        assert_eq!(inits[div.inputs[1]], Some([2, 2]));
+        // The divisor, 64 / 32 on each axis, and the Slice's bounds (dims 2
+        // to 4 of the shape): int64 initializers.
+        let inits: HashMap<&[u8], Vec<u64>> = fields(graph, 5)
+            .into_iter()
+            .map(|t| {
+                (
+                    fields(t, 8)[0],
+                    fields(t, 9)[0].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(inits[div.inputs[1]], [2, 2]);
+        let slice = &nodes[1];
+        assert_eq!(slice.inputs[0], nodes[0].outputs[0]);
+        assert_eq!((&inits[slice.inputs[1]][..], &inits[slice.inputs[2]][..]), (&[2][..], &[4][..]));
         // The input's height and width named, the output's shape dropped.
         let input = fields(graph, 11)[0];
         let dims = fields(fields(fields(fields(input, 2)[0], 1)[0], 2)[0], 1);
@@ -415,11 +454,27 @@ mod tests {
 
     #[test]
     fn models_it_does_not_fit_are_refused() {
-        // The input is not the side given.
-        assert!(any_side(&model(64), 128).is_err());
-        // A constant that the side does not divide is not a size it knows:
-        // nothing left to rewrite.
-        assert!(any_side(&model(64), 96).is_err());
+        let refused = |m: &[u8], native: u64| any_side(m, native).err().map(|e| e.0).unwrap_or("accepted");
+        assert_eq!(refused(&model(64), 128), "the input is not the side it was said to be");
+        // A size the side does not divide, and a size constant another node
+        // reads too: refused, not left fixed or changed under that node.
+        assert_eq!(
+            refused(&model_with(64, [24, 24], false), 64),
+            "a Resize's constant size is not one this rewrite knows"
+        );
+        assert_eq!(
+            refused(&model_with(64, [32, 32], true), 64),
+            "a Resize's constant size is not one this rewrite knows"
+        );
+        assert_eq!(refused(&model_with(64, [32, 32], false), 64), "accepted");
+        // No Resize at all.
+        let mut plain = Vec::new();
+        put_bytes_field(
+            &mut plain,
+            7,
+            &msg(&[(1, &node("Relu", &["x"], &["y"], None)), (11, &value("x", &[1, 3, 64, 64]))]),
+        );
+        assert_eq!(refused(&plain, 64), "no Resize takes a constant size");
         // Truncated.
         let m = model(64);
         for cut in [1, m.len() / 2, m.len() - 1] {

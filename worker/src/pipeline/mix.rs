@@ -101,10 +101,10 @@ pub async fn mix_files(
 
     // Loudness normalization: measure the mix (EBU R128 integrated loudness
     // and true peak, ebur128 crate on the 48 kHz samples), then one ffmpeg
-    // run applies the gain to the target, with a limiter keeping true peaks
-    // under the ceiling, and writes both the MP3 and the same samples to
-    // stdout, measured here again; if the limiter took more than 0.2 LU,
-    // the gain is corrected once. (Before: the MP3 decoded again by another
+    // run applies the gain to the target and writes the MP3 and the AAC.
+    // When a limiter must keep true peaks under the ceiling, that run also
+    // writes the samples to stdout, measured here again, and if the limiter
+    // took more than 0.2 LU the gain is corrected once. (Before: the MP3 decoded again by another
     // run to be measured, five ffmpeg runs for the step instead of two or
     // three; one costs 0.13 CPU-seconds just to start.)
     let measured = shared::rt::blocking(move || audio::measure_pcm_f32le(&pcm, 2, 48_000)).await?;
@@ -257,24 +257,27 @@ mod tests {
         .await
         .unwrap();
         let track = data.join("bgm/system/celebration_energetic.mp3");
-        // A louder target too: there the limiter holds the peaks and the
-        // result is measured again and corrected.
-        let loud = tempfile::tempdir().unwrap();
-        let louder = mix_files(&voice, Some(&track), loud.path(), -10.0, t).await.unwrap();
+        // A quieter target too. At -14 LUFS this mix needs the limiter (the
+        // result is measured again and corrected), at -20 it does not (the
+        // gain alone is exact): checked below.
+        let quiet = tempfile::tempdir().unwrap();
+        let quieter = mix_files(&voice, Some(&track), quiet.path(), -20.0, t).await.unwrap();
         let out = mix_files(&voice, Some(&track), dir.path(), -14.0, t).await.unwrap();
 
-        // ffmpeg's ebur128 filter, an independent meter, on both forms. The
-        // MP3 reads 0.2-0.5 LU under the samples it was made from (LAME
-        // drops some high-frequency energy, which K-weighting counts): the
-        // -14 target holds for it, and the louder one, where the limiter's
-        // result is accepted within 0.2 LU, within 0.75.
-        for (target, mixed) in [(-14.0, &out), (-10.0, &louder)] {
+        let mut raw_args = media::input(&dir.path().join("mix_raw.wav"), Format::Wav);
+        raw_args.extend(crate::args!["-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
+        let raw = crate::audio::measure_pcm_f32le(&media::ffmpeg(raw_args, t).await.unwrap(), 2, 48_000);
+        let peak_at = |target: f64| raw.true_peak_dbtp + target - raw.integrated_lufs;
+        assert!(peak_at(-14.0) > TRUE_PEAK_TARGET, "-14 LUFS needs the limiter here ({})", peak_at(-14.0));
+        assert!(peak_at(-20.0) <= TRUE_PEAK_TARGET, "-20 LUFS needs no limiter here ({})", peak_at(-20.0));
+
+        // ffmpeg's ebur128 filter, an independent meter, on both forms.
+        for (target, mixed) in [(-14.0, &out), (-20.0, &quieter)] {
             for (file, format) in [(&mixed.aac, Format::Mp4), (&mixed.mp3, Format::Mp3)] {
                 let (integrated, peak) = crate::media::ebur128(file, format, t).await.unwrap();
                 let peak = peak.expect("a true peak reading");
                 println!("{format:?} at {target}: integrated {integrated} LUFS, true peak {peak} dBFS");
-                let within = if format == Format::Mp3 && target > -14.0 { 0.75 } else { 0.5 };
-                assert!((integrated - target).abs() <= within, "{format:?}: integrated loudness {integrated} LUFS");
+                assert!((integrated - target).abs() <= 0.5, "{format:?}: integrated loudness {integrated} LUFS");
                 assert!(peak <= -1.0, "{format:?}: true peak {peak} dBTP");
             }
         }
