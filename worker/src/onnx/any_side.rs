@@ -467,6 +467,13 @@ mod tests {
             "a Resize's constant size is not one this rewrite knows"
         );
         assert_eq!(refused(&model_with(64, [32, 32], false), 64), "accepted");
+        // A model that already names a value as the rewrite would.
+        let m = model(64);
+        let mut graph = fields(&m, 7)[0].to_vec();
+        put_bytes_field(&mut graph, 1, &node("Relu", &["x"], &[&format!("{PREFIX}_hw")], None));
+        let mut clash = Vec::new();
+        put_bytes_field(&mut clash, 7, &graph);
+        assert_eq!(refused(&clash, 64), "the model already names values as this rewrite does");
         // No Resize at all.
         let mut plain = Vec::new();
         put_bytes_field(
@@ -476,7 +483,6 @@ mod tests {
         );
         assert_eq!(refused(&plain, 64), "no Resize takes a constant size");
         // Truncated.
-        let m = model(64);
         for cut in [1, m.len() / 2, m.len() - 1] {
             assert!(any_side(&m[..cut], 64).is_err(), "cut at {cut}");
         }
