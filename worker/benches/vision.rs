@@ -37,19 +37,14 @@ fn main() {
         let t = Instant::now();
         let seg = segment::segmenter(&data, model).expect("model");
         let load = ms(t);
-        let mut sides = vec![u32::MAX];
-        if model.side_for(segment::REDUCED_SIDE) != model.side_for(u32::MAX) {
-            sides.push(segment::REDUCED_SIDE);
-        }
-        for shown in sides {
+        for &side in model.sides() {
             let times: Vec<f64> = (0..6)
                 .map(|_| {
                     let t = Instant::now();
-                    seg.mask_shown(&crop, shown).expect("mask");
+                    seg.mask_shown(&crop, side).expect("mask");
                     ms(t)
                 })
                 .collect();
-            let side = model.side_for(shown);
             println!(
                 "{model:?} at {side} on a {}x{} crop: load {load:.0} ms, runs {}",
                 crop.width(),

@@ -370,10 +370,8 @@ fn preload(cfg: &WorkerConfig) {
         // At each input side the model runs at (a first run at a new side
         // is slower).
         let grey = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
-        let warmed = vision::segment::segmenter(&data, model).and_then(|s| {
-            s.mask(&grey)?;
-            s.mask_shown(&grey, vision::segment::REDUCED_SIDE)
-        });
+        let warmed = vision::segment::segmenter(&data, model)
+            .and_then(|s| model.sides().iter().try_for_each(|&side| s.mask_shown(&grey, side).map(drop)));
         match warmed {
             Ok(_) => tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmentation model ready"),
             Err(e) => tracing::error!(?model, error = %e, "segmentation model could not be loaded"),

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::proto::{Field, Fields, ModelError, Value, put_bytes_field, put_message, put_varint_field, varint};
+use super::proto::{Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field};
 
 /// `TensorProto.DataType` INT64.
 const INT64: u64 = 7;
@@ -226,16 +226,6 @@ fn int64_pair(t: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
     })
 }
 
-fn packed(mut b: &[u8]) -> Result<Vec<u64>, ModelError> {
-    let mut v = Vec::new();
-    while !b.is_empty() {
-        let (x, n) = varint(b).ok_or(ModelError("bad packed integers"))?;
-        v.push(x);
-        b = &b[n..];
-    }
-    Ok(v)
-}
-
 /// The input's ValueInfoProto with its last two dimensions (height, width)
 /// named instead of fixed; they must have been `native`.
 fn free_input(vi: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
@@ -345,6 +335,7 @@ fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::proto::bytes_fields;
 
     fn msg(fields: &[(u64, &[u8])]) -> Vec<u8> {
         let mut m = Vec::new();
@@ -407,20 +398,11 @@ mod tests {
         model_with(side, [side / 2, side / 2], false)
     }
 
-    fn fields(m: &[u8], number: u64) -> Vec<&[u8]> {
-        Fields(m)
-            .filter_map(|f| match f.unwrap() {
-                Field { number: n, value: Value::Bytes(b), .. } if n == number => Some(b),
-                _ => None,
-            })
-            .collect()
-    }
-
     #[test]
     fn the_size_constant_becomes_a_division_of_the_input_side() {
         let out = any_side(&model(64), 64).unwrap();
-        let graph = fields(&out, 7)[0];
-        let nodes: Vec<Node> = fields(graph, 1).into_iter().map(|b| Node::parse(b).unwrap()).collect();
+        let graph = bytes_fields(&out, 7)[0];
+        let nodes: Vec<Node> = bytes_fields(graph, 1).into_iter().map(|b| Node::parse(b).unwrap()).collect();
         let ops: Vec<&[u8]> = nodes.iter().map(|n| n.op).collect();
         assert_eq!(ops, [&b"Shape"[..], b"Slice", b"Conv", b"Shape", b"Div", b"Concat", b"Resize"]);
         assert_eq!(nodes[0].inputs, [b"x"]);
@@ -429,12 +411,12 @@ mod tests {
         assert_eq!(div.inputs[0], nodes[1].outputs[0]);
         // The divisor, 64 / 32 on each axis, and the Slice's bounds (dims 2
         // to 4 of the shape): int64 initializers.
-        let inits: HashMap<&[u8], Vec<u64>> = fields(graph, 5)
+        let inits: HashMap<&[u8], Vec<u64>> = bytes_fields(graph, 5)
             .into_iter()
             .map(|t| {
                 (
-                    fields(t, 8)[0],
-                    fields(t, 9)[0].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    bytes_fields(t, 8)[0],
+                    bytes_fields(t, 9)[0].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
                 )
             })
             .collect();
@@ -443,13 +425,13 @@ mod tests {
         assert_eq!(slice.inputs[0], nodes[0].outputs[0]);
         assert_eq!((&inits[slice.inputs[1]][..], &inits[slice.inputs[2]][..]), (&[2][..], &[4][..]));
         // The input's height and width named, the output's shape dropped.
-        let input = fields(graph, 11)[0];
-        let dims = fields(fields(fields(fields(input, 2)[0], 1)[0], 2)[0], 1);
+        let input = bytes_fields(graph, 11)[0];
+        let dims = bytes_fields(bytes_fields(bytes_fields(bytes_fields(input, 2)[0], 1)[0], 2)[0], 1);
         assert_eq!(dims.len(), 4);
-        assert_eq!(fields(dims[2], 2), [b"height"]);
-        assert_eq!(fields(dims[3], 2), [b"width"]);
-        let output = fields(graph, 12)[0];
-        assert!(fields(fields(fields(output, 2)[0], 1)[0], 2).is_empty());
+        assert_eq!(bytes_fields(dims[2], 2), [b"height"]);
+        assert_eq!(bytes_fields(dims[3], 2), [b"width"]);
+        let output = bytes_fields(graph, 12)[0];
+        assert!(bytes_fields(bytes_fields(bytes_fields(output, 2)[0], 1)[0], 2).is_empty());
     }
 
     #[test]
@@ -469,7 +451,7 @@ mod tests {
         assert_eq!(refused(&model_with(64, [32, 32], false), 64), "accepted");
         // A model that already names a value as the rewrite would.
         let m = model(64);
-        let mut graph = fields(&m, 7)[0].to_vec();
+        let mut graph = bytes_fields(&m, 7)[0].to_vec();
         put_bytes_field(&mut graph, 1, &node("Relu", &["x"], &[&format!("{PREFIX}_hw")], None));
         let mut clash = Vec::new();
         put_bytes_field(&mut clash, 7, &graph);

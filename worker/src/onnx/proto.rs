@@ -78,7 +78,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// A varint and its length in bytes.
-pub(super) fn varint(b: &[u8]) -> Option<(u64, usize)> {
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, &byte) in b.iter().enumerate().take(10) {
         v |= u64::from(byte & 0x7f) << (7 * i);
@@ -118,4 +118,27 @@ pub(super) fn put_message(
     body(&mut inner)?;
     put_bytes_field(out, number, &inner);
     Ok(())
+}
+
+/// The integers of a packed repeated field.
+pub(super) fn packed(mut b: &[u8]) -> Result<Vec<u64>, ModelError> {
+    let mut v = Vec::new();
+    while !b.is_empty() {
+        let (x, n) = varint(b).ok_or(ModelError("bad packed integers"))?;
+        v.push(x);
+        b = &b[n..];
+    }
+    Ok(v)
+}
+
+/// The bodies of every length-delimited field `number` of `msg` (tests read
+/// rewritten models with it).
+#[cfg(test)]
+pub(super) fn bytes_fields(msg: &[u8], number: u64) -> Vec<&[u8]> {
+    Fields(msg)
+        .filter_map(|f| match f.expect("a valid message") {
+            Field { number: n, value: Value::Bytes(b), .. } if n == number => Some(b),
+            _ => None,
+        })
+        .collect()
 }

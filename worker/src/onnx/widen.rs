@@ -12,7 +12,7 @@
 //! The rewrite touches four fields (a tensor's type and data, a value's
 //! declared type, a Cast's target), with the wire format of [`super::proto`].
 
-use super::proto::{Field, Fields, ModelError, Value, put_bytes_field, put_message, put_varint_field, varint};
+use super::proto::{Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field};
 
 /// ONNX's `TensorProto.DataType` values used here.
 const FLOAT: u64 = 1;
@@ -175,14 +175,7 @@ fn tensor(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
                 b.chunks_exact(2).for_each(|c| push(u16::from_le_bytes([c[0], c[1]])));
             }
             // int32_data, packed
-            (5, Value::Bytes(b)) => {
-                let mut rest = b;
-                while !rest.is_empty() {
-                    let (v, n) = varint(rest).ok_or(ModelError("bad fp16 int32 data"))?;
-                    push(v as u16);
-                    rest = &rest[n..];
-                }
-            }
+            (5, Value::Bytes(b)) => packed(b)?.into_iter().for_each(|v| push(v as u16)),
             // int32_data, one per field
             (5, Value::Varint(v)) => push(v as u16),
             (13 | 14, _) => return Err(ModelError("fp16 tensor with external data")),
@@ -215,6 +208,7 @@ pub fn f16_to_f32(h: u16) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::proto::bytes_fields;
 
     #[test]
     fn halves_widen_exactly() {
@@ -280,15 +274,6 @@ mod tests {
         m
     }
 
-    fn only(msg: &[u8], number: u64) -> Vec<&[u8]> {
-        Fields(msg)
-            .filter_map(|f| match f.unwrap() {
-                Field { number: n, value: Value::Bytes(b), .. } if n == number => Some(b),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn varints(msg: &[u8], number: u64) -> Vec<u64> {
         Fields(msg)
             .filter_map(|f| match f.unwrap() {
@@ -305,20 +290,24 @@ mod tests {
         let w = widen(&m).unwrap();
         assert!(!has_fp16(&w).unwrap());
         assert_eq!(varints(&w, 1), [8], "other fields kept");
-        let graph = only(&w, 7)[0];
-        let nodes = only(graph, 1);
-        let to = |n: &[u8]| varints(only(n, 5)[0], 3)[0];
+        let graph = bytes_fields(&w, 7)[0];
+        let nodes = bytes_fields(graph, 1);
+        let to = |n: &[u8]| varints(bytes_fields(n, 5)[0], 3)[0];
         assert_eq!(to(nodes[0]), FLOAT, "Cast to fp16 becomes a Cast to fp32");
         assert_eq!(to(nodes[1]), FLOAT16, "a `to` on another op is left alone");
-        assert_eq!(only(nodes[0], 4)[0], b"Cast");
-        let t = only(graph, 5)[0];
+        assert_eq!(bytes_fields(nodes[0], 4)[0], b"Cast");
+        let t = bytes_fields(graph, 5)[0];
         assert_eq!(varints(t, 2), [FLOAT]);
         assert_eq!(varints(t, 1), [2], "dims kept");
-        assert_eq!(only(t, 8)[0], b"w", "name kept");
-        let raw = only(t, 9)[0];
+        assert_eq!(bytes_fields(t, 8)[0], b"w", "name kept");
+        let raw = bytes_fields(t, 9)[0];
         let floats: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(floats, [1.0, -2.0]);
-        assert_eq!(varints(only(only(only(graph, 12)[0], 2)[0], 1)[0], 1), [FLOAT], "declared fp32");
+        assert_eq!(
+            varints(bytes_fields(bytes_fields(bytes_fields(graph, 12)[0], 2)[0], 1)[0], 1),
+            [FLOAT],
+            "declared fp32"
+        );
         // Idempotent: an fp32 model comes back byte for byte.
         assert_eq!(widen(&w).unwrap(), w);
     }

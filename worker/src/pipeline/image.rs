@@ -71,17 +71,15 @@ pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaIma
     let data = j.catalog.data_dir().to_owned();
     let model = j.cfg.segmentation;
     let crop = found.crop.clone();
-    // The largest the person is shown: in the 512x910 frame made for every
-    // job, or at the job's own size.
-    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
-    let shown = [(512, 910), (w, h)]
+    // The largest the person is shown, over the frames `prepare` makes.
+    let shown = frame_sizes(j)
         .iter()
         .map(|&(w, h)| {
             let (_, _, pw, ph) = compose::placement(crop.width(), crop.height(), w, h);
             pw.max(ph)
         })
         .max()
-        .unwrap_or(u32::MAX);
+        .expect("at least one frame");
     let out = j.path(&format!("person_{}_bg_removed.png", found.n));
     let path = out.clone();
     let cutout = blocking(move || {
@@ -99,14 +97,22 @@ pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaIma
     Ok(Arc::new(cutout))
 }
 
+/// The sizes of the portrait frames: 512x910 always, and the render size
+/// when that differs (last).
+fn frame_sizes(j: &Job<'_>) -> Vec<(u32, u32)> {
+    let small = shared::job::Resolution::Small;
+    let mut sizes = vec![(small.width(), small.height())];
+    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
+    if (w, h) != sizes[0] {
+        sizes.push((w, h));
+    }
+    sizes
+}
+
 /// The portrait frames: `optimized_512x910.png` always, and one at the
 /// render size when that differs. Returns the render-size frame.
 pub async fn prepare(j: &Job<'_>, found: &Found, cutout: &Arc<RgbaImage>) -> Result<PathBuf, PipelineError> {
-    let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
-    let mut sizes = vec![(512, 910)];
-    if (w, h) != (512, 910) {
-        sizes.push((w, h));
-    }
+    let sizes = frame_sizes(j);
     let (photo, cutout, bg) = (found.photo.clone(), cutout.clone(), j.job.background.clone());
     let paths: Vec<(u32, u32, PathBuf)> =
         sizes.iter().map(|&(w, h)| (w, h, j.path(&format!("optimized_{w}x{h}.png")))).collect();

@@ -53,6 +53,15 @@ impl Model {
             m => m.native(),
         }
     }
+
+    /// Every input side the model runs at, largest first (each is its own
+    /// `shown` for [`Segmenter::mask_shown`]).
+    pub fn sides(self) -> &'static [u32] {
+        match self {
+            Model::IsNet => &[1024, REDUCED_SIDE],
+            Model::U2netp => &[320],
+        }
+    }
 }
 
 /// IS-Net's input side for cut-outs shown at most this many pixels tall or
