@@ -17,6 +17,7 @@
 //! - `BENCH_RUNS` (5): runs per size.
 //! - `BENCH_VOICE` (ja_mei_female): the voice.
 //! - `BENCH_PYTHON=0`: without the Python pipeline.
+//! - `BENCH_SIZES` (1080x1920,512x910): the sizes timed, in that order.
 //! - `BENCH_SPLIT=1`: one worker per stage, so each process's CPU is one
 //!   stage's.
 //! - `BENCH_BACKLOG=N`: after the timed runs, N jobs at 512x910 submitted at
@@ -58,7 +59,8 @@ async fn main() {
     let http = reqwest::Client::new();
     let python = Python::find(runs);
     println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
-    for resolution in ["1080x1920", "512x910"].into_iter().filter(|_| runs > 0) {
+    let sizes = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "1080x1920,512x910".into());
+    for resolution in sizes.split(',').map(str::trim).filter(|s| !s.is_empty() && runs > 0) {
         let mut totals = Vec::new();
         let mut cpu_totals = Vec::new();
         let mut python_totals = Vec::new();

@@ -351,7 +351,7 @@ async fn encode_planes(
         "-preset",
         "veryfast",
         "-x264-params",
-        x264_params(planes.w * planes.h),
+        X264_PARAMS,
         "-fps_mode",
         "vfr",
         "-pix_fmt",
@@ -363,20 +363,22 @@ async fn encode_planes(
     Ok(())
 }
 
-/// x264 options beyond `veryfast`, by frame size, measured on the 137 zoom
-/// pictures of 13.7 s (astronaut), options compared in the same run:
-/// - From a million pixels up, sub-pixel refinement 1 instead of 2: at
-///   1080x1920 x264 took 2.0-2.1 CPU-seconds instead of 3.2-3.6, for SSIM
-///   0.98857 against 0.98863, PSNR 45.70 against 45.74 dB, a file 6 %
-///   larger. At 512x910 it saved only 0.05-0.15 s for a file 17 % larger,
-///   so small frames keep the preset's.
+/// x264 options beyond `veryfast`, the same at every size, measured on the
+/// zoom pictures of 13.7 s (astronaut), options compared in the same run:
+/// - Sub-pixel refinement 1 instead of 2. At 1080x1920 x264 took 2.0-2.1
+///   CPU-seconds instead of 3.2-3.6, for SSIM 0.98857 against 0.98863,
+///   PSNR 45.70 against 45.74 dB, a file 6 % larger. At 512x910, with the
+///   captions and frame selection of the render: 0.69 against 0.86-1.00
+///   CPU-seconds for the whole ffmpeg run (0.47 against 0.55-0.68 s), SSIM
+///   0.98412 against 0.98425, a file 3.6 % larger.
 /// - No inter sub-partitions (`partitions=i8x8,i4x4`: a slow zoom moves
 ///   whole blocks alike): 12-18 % less x264 CPU at both sizes, SSIM 0.00014-
 ///   0.00017 and PSNR 0.04-0.05 dB lower, files 6 % smaller at 1080x1920
 ///   and 0.5 % larger at 512x910.
-fn x264_params(pixels: usize) -> &'static str {
-    if pixels >= 1_000_000 { "subme=1:partitions=i8x8,i4x4" } else { "partitions=i8x8,i4x4" }
-}
+/// - Not taken: `rc-lookahead=5` (a fifth smaller but SSIM 0.0036 lower),
+///   no B-frames (0.1 s less, a file 40 % larger), `me=dia`, `weightp=0`,
+///   `b-adapt=0`, `psy=0` (no CPU saved).
+const X264_PARAMS: &str = "subme=1:partitions=i8x8,i4x4";
 
 /// A path quoted for an ffmpeg filter argument.
 fn filter_path(p: &Path) -> String {
