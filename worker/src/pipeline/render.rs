@@ -306,10 +306,10 @@ async fn encode(
         let img = if img.dimensions() == (w, h) {
             img
         } else {
-            image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+            vision::resize::rgb(&img, w, h, vision::resize::Filter::Triangle)
         };
         let th = (h * THUMBNAIL_WIDTH / w).next_multiple_of(2);
-        let small = image::imageops::resize(&img, THUMBNAIL_WIDTH, th, image::imageops::FilterType::Triangle);
+        let small = vision::resize::rgb(&img, THUMBNAIL_WIDTH, th, vision::resize::Filter::Triangle);
         vision::save_jpeg(&small, &thumb, 88)?;
         Ok::<_, vision::VisionError>(vision::zoom::Planes::from_rgb(&img))
     })

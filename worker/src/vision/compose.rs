@@ -1,9 +1,10 @@
 //! The portrait frame: a background (colour, soft gradient or the photo
 //! blurred) with the cut-out person fitted in, standing on the bottom edge.
 
-use image::imageops::FilterType;
 use image::{Rgb, RgbImage, RgbaImage};
 use shared::job::{Background, parse_hex_color};
+
+use super::resize::Filter;
 
 /// Share of the frame's height the person may take (room above for air).
 const PERSON_HEIGHT: f64 = 0.82;
@@ -35,10 +36,10 @@ pub fn background(bg: &Background, photo: &RgbImage, w: u32, h: u32) -> RgbImage
             let scale = (sw as f64 / photo.width() as f64).max(sh as f64 / photo.height() as f64);
             let cw = ((photo.width() as f64 * scale).ceil() as u32).max(sw);
             let ch = ((photo.height() as f64 * scale).ceil() as u32).max(sh);
-            let covered = image::imageops::resize(photo, cw, ch, FilterType::Triangle);
+            let covered = super::resize::rgb(photo, cw, ch, Filter::Triangle);
             let small = image::imageops::crop_imm(&covered, (cw - sw) / 2, (ch - sh) / 2, sw, sh).to_image();
             let blurred = image::imageops::fast_blur(&small, 3.0);
-            image::imageops::resize(&blurred, w, h, FilterType::Triangle)
+            super::resize::rgb(&blurred, w, h, Filter::Triangle)
         }
     }
 }
@@ -56,7 +57,7 @@ pub fn placement(cut_w: u32, cut_h: u32, w: u32, h: u32) -> (u32, u32, u32, u32)
 pub fn frame(bg: &Background, photo: &RgbImage, cutout: &RgbaImage, w: u32, h: u32) -> RgbImage {
     let mut out = background(bg, photo, w, h);
     let (x0, y0, pw, ph) = placement(cutout.width(), cutout.height(), w, h);
-    let person = image::imageops::resize(cutout, pw, ph, FilterType::CatmullRom);
+    let person = super::resize::rgba(cutout, pw, ph, Filter::CatmullRom);
     for (x, y, p) in person.enumerate_pixels() {
         let a = u16::from(p[3]);
         if a == 0 {

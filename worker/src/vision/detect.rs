@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use image::RgbImage;
-use image::imageops::FilterType;
 
 use super::VisionError;
+use super::resize::Filter;
 
 /// A box in photo pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub fn people(model_file: &Path, photo: &RgbImage) -> Result<Vec<Person>, Vision
     let gray = image::imageops::grayscale(photo);
     let gray = if scale < 1.0 {
         let (sw, sh) = (((w as f64) * scale).round() as u32, ((h as f64) * scale).round() as u32);
-        image::imageops::resize(&gray, sw.max(1), sh.max(1), FilterType::Triangle)
+        super::resize::gray(&gray, sw.max(1), sh.max(1), Filter::Triangle)
     } else {
         gray
     };
@@ -128,7 +128,7 @@ pub fn crop(photo: &RgbImage, r: Rect) -> RgbImage {
 pub fn preview(crop: &RgbImage) -> RgbImage {
     let pw = 256.min(crop.width());
     let ph = ((crop.height() as u64 * pw as u64) / crop.width().max(1) as u64).max(1) as u32;
-    image::imageops::resize(crop, pw, ph, image::imageops::FilterType::Triangle)
+    super::resize::rgb(crop, pw, ph, Filter::Triangle)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod compose;
 pub mod detect;
+pub mod resize;
 pub mod segment;
 pub mod zoom;
 

@@ -17,12 +17,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use image::imageops::FilterType;
 use image::{GrayImage, RgbImage, RgbaImage};
 use ort::session::Session;
 use ort::value::Tensor;
 
 use super::VisionError;
+use super::resize::Filter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Model {
@@ -147,7 +147,7 @@ impl Segmenter {
     /// pixels tall or wide ([`Model::side_for`]). Blocking.
     pub fn mask_shown(&self, img: &RgbImage, shown: u32) -> Result<GrayImage, VisionError> {
         let side = self.model.side_for(shown);
-        let small = image::imageops::resize(img, side, side, FilterType::Triangle);
+        let small = super::resize::rgb(img, side, side, Filter::Triangle);
         let n = (side * side) as usize;
         let mut input = vec![0f32; 3 * n];
         for (i, px) in small.pixels().enumerate() {
@@ -183,7 +183,7 @@ impl Segmenter {
         let span = (hi - lo).max(1e-6);
         let bytes: Vec<u8> = raw.iter().map(|&v| (((v - lo) / span).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
         let small_mask = GrayImage::from_raw(side, side, bytes).expect("side*side bytes");
-        Ok(image::imageops::resize(&small_mask, img.width(), img.height(), FilterType::Triangle))
+        Ok(super::resize::gray(&small_mask, img.width(), img.height(), Filter::Triangle))
     }
 }
 
