@@ -23,6 +23,7 @@ use ort::value::Tensor;
 
 use super::VisionError;
 use super::resize::Filter;
+use crate::onnx::Rewrite;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Model {
@@ -123,8 +124,17 @@ pub fn segmenter(data_dir: &Path, model: Model) -> Result<Arc<Segmenter>, Vision
     }
     let (lib, threads) = (crate::onnx::runtime_path(data_dir), crate::onnx::default_threads());
     let session = match model {
-        Model::IsNet => crate::onnx::session_any_side(&lib, &file, threads, true, model.native().into())?,
-        Model::U2netp => crate::onnx::session(&lib, &file, threads, true)?,
+        Model::IsNet => {
+            let rewrite = Rewrite { any_side: Some(model.native().into()), first_output_only: true };
+            crate::onnx::session_rewritten(&lib, &file, threads, true, rewrite)?
+        }
+        Model::U2netp => crate::onnx::session_rewritten(
+            &lib,
+            &file,
+            threads,
+            true,
+            Rewrite { first_output_only: true, ..Default::default() },
+        )?,
     };
     let s = Arc::new(Segmenter { model, session: Mutex::new(session) });
     map.insert(key, s.clone());
