@@ -123,6 +123,11 @@ async fn main() {
             totals.push(total);
             cpu_totals.push(cpu);
         }
+        // Each run's ratio to the Python run just before it: both saw the
+        // machine at the same speed, so their median drifts less than the
+        // ratio of the two medians when the machine slows down mid-run.
+        let mut ratios: Vec<f64> = python_totals.iter().zip(&totals).map(|(py, t)| py / t).collect();
+        ratios.sort_by(f64::total_cmp);
         totals.sort_by(f64::total_cmp);
         cpu_totals.sort_by(f64::total_cmp);
         let median = totals[totals.len() / 2];
@@ -136,6 +141,12 @@ async fn main() {
             println!(
                 "{resolution:<10}  python pipeline median {py:.2}s (runs taken in turn with these): tayori is {:.2}x as fast",
                 py / median
+            );
+            let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+            println!(
+                "{resolution:<10}  run by run, python / tayori: {} (median {:.2}x)",
+                shown.join(" "),
+                ratios[ratios.len() / 2]
             );
         }
     }

@@ -137,7 +137,7 @@ async fn overview(_: Admin, State(state): State<AppState>) -> AppResult<impl Int
     by_code.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let (recent, kept) = state.failed.list(RECENT_FAILURES).await?;
     let steps: std::collections::HashMap<String, u64> = conn.hgetall(shared::metrics::STEPS_KEY).await?;
-    let per_minute = shared::metrics::videos_per_minute(&mut conn, 10).await?;
+    let per_minute = shared::metrics::videos_per_minute(&conn, 10).await?;
     let whole = &per_minute[..per_minute.len() - 1];
     Ok(Json(json!({
         "at": chrono::Utc::now(),
