@@ -181,9 +181,11 @@ mod tests {
     /// IS-Net as the worker runs it (any side, first output only): one
     /// output, the stored model's mask (within 1e-3, under one step of the
     /// 8-bit mask: the optimizer fuses more once the intermediate values are
-    /// no longer outputs), and less CPU than with every output.
+    /// no longer outputs). The CPU of a run with and without the other
+    /// outputs is printed, not asserted (this process's other tests share
+    /// the count).
     #[test]
-    fn isnet_cut_to_its_mask_computes_the_same_mask_for_less() {
+    fn isnet_cut_to_its_mask_computes_the_same_mask() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
         let model = data.join("models/isnet_fp16.onnx");
         let lib = runtime_path(&data);
@@ -205,6 +207,7 @@ mod tests {
         assert_eq!(first.outputs()[0].name(), "output");
         let (a, _) = run(&mut every);
         let (b, _) = run(&mut first);
+        assert_eq!((a.len(), b.len()), (side * side, side * side));
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-3, "largest difference {worst}");
         // CPU, best of three each, taken in turn.
@@ -218,10 +221,11 @@ mod tests {
 
     /// This process's CPU time (user + system), in seconds.
     fn cpu_seconds() -> f64 {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-        // SAFETY: getrusage fills the struct it is given.
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: the struct is valid zeroed (plain integers) and getrusage
+        // fills it.
         let usage = unsafe {
-            libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
             usage.assume_init()
         };
         let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;

@@ -25,8 +25,7 @@ fn resize<P: Pixel<Subpixel = u8>>(
     filter: Filter,
     pixel: PixelType,
 ) -> ImageBuffer<P, Vec<u8>> {
-    let (w, h) = (w.max(1), h.max(1));
-    if img.width() == 0 || img.height() == 0 {
+    if w == 0 || h == 0 || img.width() == 0 || img.height() == 0 {
         return ImageBuffer::new(w, h);
     }
     let src = ImageRef::new(img.width(), img.height(), img.as_raw(), pixel).expect("a buffer of its own size");
@@ -59,9 +58,11 @@ pub fn gray(img: &GrayImage, w: u32, h: u32, filter: Filter) -> GrayImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::imageops::FilterType::Triangle;
 
-    /// The same result as the `image` crate's resize, within rounding, and
-    /// faster.
+    /// The same result as the `image` crate's resize, within rounding (grey
+    /// and RGB, Triangle and Catmull-Rom; an opaque RGBA image too, where
+    /// weighting by alpha changes nothing).
     #[test]
     fn resizes_like_the_image_crate() {
         // A smooth picture with one hard edge.
@@ -74,6 +75,35 @@ mod tests {
             let theirs = image::imageops::resize(&src, w, h, image::imageops::FilterType::Triangle);
             let worst = ours.as_raw().iter().zip(theirs.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
             assert!(worst <= 3, "{w}x{h}: largest difference {worst}");
+        }
+        let grey = image::imageops::grayscale(&src);
+        let (ours, theirs) =
+            (gray(&grey, 300, 200, Filter::Triangle), image::imageops::resize(&grey, 300, 200, Triangle));
+        assert!(ours.as_raw().iter().zip(theirs.as_raw()).all(|(a, b)| a.abs_diff(*b) <= 3));
+        let opaque = RgbaImage::from_fn(400, 500, |x, y| {
+            let p = src.get_pixel(x, y);
+            image::Rgba([p[0], p[1], p[2], 255])
+        });
+        let ours = rgba(&opaque, 787, 1574, Filter::CatmullRom);
+        let theirs = image::imageops::resize(&opaque, 787, 1574, image::imageops::FilterType::CatmullRom);
+        let worst = ours.as_raw().iter().zip(theirs.as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(worst <= 3, "Catmull-Rom RGBA: largest difference {worst}");
+        assert_eq!(rgb(&src, 0, 10, Filter::Triangle).dimensions(), (0, 10), "an empty size stays empty");
+    }
+
+    /// A transparent pixel's colour does not bleed into its opaque
+    /// neighbours (colours are weighted by alpha).
+    #[test]
+    fn transparent_colour_does_not_bleed() {
+        let img =
+            RgbaImage::from_fn(
+                8,
+                8,
+                |x, _| if x < 4 { image::Rgba([0, 255, 0, 0]) } else { image::Rgba([255, 0, 0, 255]) },
+            );
+        let big = rgba(&img, 32, 32, Filter::CatmullRom);
+        for p in big.pixels().filter(|p| p[3] > 0) {
+            assert!(p[1] <= 2, "green from the transparent half shows in {p:?}");
         }
     }
 }
