@@ -16,6 +16,17 @@ export TAYORI_INTEROP_PYTHON
 TAYORI_GARAGE_BIN="$(bash scripts/garage.sh)"
 export TAYORI_GARAGE_BIN
 python3 scripts/check_compose.py docker-compose.yml
+# A target directory kept between runs (CI's cache) may hold this workspace's
+# own crates built from a checkout elsewhere: cargo can take them as fresh,
+# and their tests would then look for data files under that other path
+# (env!("CARGO_MANIFEST_DIR")). Rebuild the workspace's crates (not their
+# dependencies) when the checkout moved.
+target="${CARGO_TARGET_DIR:-$here/target}"
+if [[ -d "$target" && "$(cat "$target/.tayori-checkout" 2>/dev/null)" != "$here" ]]; then
+  cargo clean --release -p tayori-shared -p gateway -p worker
+fi
+mkdir -p "$target"
+echo "$here" > "$target/.tayori-checkout"
 # The integration tests start the gateway and worker binaries.
 cargo build --release --locked --bins
 if cargo nextest --version >/dev/null 2>&1; then
