@@ -17,7 +17,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::proto::{Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field};
+use super::proto::{
+    Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field, rewrite_graph,
+};
 
 /// `TensorProto.DataType` INT64.
 const INT64: u64 = 7;
@@ -51,26 +53,7 @@ impl<'a> Node<'a> {
 /// square) rewritten to take any side. Fails on a model without constant
 /// Resize sizes, or whose input is not `native` square.
 pub fn any_side(model: &[u8], native: u64) -> Result<Vec<u8>, ModelError> {
-    let mut out = Vec::with_capacity(model.len() + 4096);
-    let mut graphs = 0;
-    for f in Fields(model) {
-        let f = f?;
-        match (f.number, f.value) {
-            // ModelProto.graph
-            (7, Value::Bytes(g)) => {
-                graphs += 1;
-                // Sized up front: IS-Net's graph is 176 MB widened.
-                let mut body = Vec::with_capacity(g.len() + 4096);
-                graph(g, native, &mut body)?;
-                put_bytes_field(&mut out, 7, &body);
-            }
-            _ => out.extend_from_slice(f.raw),
-        }
-    }
-    if graphs != 1 {
-        return Err(ModelError("expected one graph"));
-    }
-    Ok(out)
+    rewrite_graph(model, 4096, |g, out| graph(g, native, out))
 }
 
 fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {

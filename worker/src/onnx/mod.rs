@@ -46,7 +46,7 @@ fn runtime(lib: &Path) -> Result<&'static ort::environment::Environment, OnnxErr
 /// resident 1.90 GB -> 0.96 GB, and a run 1.46 s -> 1.30 s. Without the arena
 /// too it fell to 0.87 GB but a run took 2.8 s (fresh pages every run).
 pub fn session(lib: &Path, model: &Path, threads: usize, lean: bool) -> Result<Session, OnnxError> {
-    session_as(lib, model, threads, lean, Rewrite::default())
+    session_rewritten(lib, model, threads, lean, Rewrite::default())
 }
 
 /// How a model is rewritten before ONNX Runtime reads it (beyond widening
@@ -69,10 +69,6 @@ pub fn session_rewritten(
     lean: bool,
     rewrite: Rewrite,
 ) -> Result<Session, OnnxError> {
-    session_as(lib, model, threads, lean, rewrite)
-}
-
-fn session_as(lib: &Path, model: &Path, threads: usize, lean: bool, rewrite: Rewrite) -> Result<Session, OnnxError> {
     let env = runtime(lib)?;
     let fail = |reason: String| OnnxError::Model { path: model.display().to_string(), reason };
     let bad = |e: ort::Error| fail(e.to_string());

@@ -120,6 +120,36 @@ pub(super) fn put_message(
     Ok(())
 }
 
+/// `model` (the bytes of an .onnx file) with its one graph
+/// (`ModelProto.graph`) replaced by what `graph` writes from it, every other
+/// field copied; `extra` bytes of room are kept for what the rewrite adds
+/// (a graph of a widened model is some 176 MB: sized up front). Fails on a
+/// model without exactly one graph.
+pub(super) fn rewrite_graph(
+    model: &[u8],
+    extra: usize,
+    mut graph: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), ModelError>,
+) -> Result<Vec<u8>, ModelError> {
+    let mut out = Vec::with_capacity(model.len() + extra);
+    let mut graphs = 0;
+    for f in Fields(model) {
+        let f = f?;
+        match (f.number, f.value) {
+            (7, Value::Bytes(g)) => {
+                graphs += 1;
+                let mut body = Vec::with_capacity(g.len() + extra);
+                graph(g, &mut body)?;
+                put_bytes_field(&mut out, 7, &body);
+            }
+            _ => out.extend_from_slice(f.raw),
+        }
+    }
+    if graphs != 1 {
+        return Err(ModelError("expected one graph"));
+    }
+    Ok(out)
+}
+
 /// The integers of a packed repeated field.
 pub(super) fn packed(mut b: &[u8]) -> Result<Vec<u64>, ModelError> {
     let mut v = Vec::new();

@@ -22,29 +22,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::proto::{Field, Fields, ModelError, Value, put_bytes_field};
+use super::proto::{Field, Fields, ModelError, Value, rewrite_graph};
 
 /// `model` (the bytes of an .onnx file) with only its first output.
 pub fn first_output_only(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    let mut out = Vec::with_capacity(model.len());
-    let mut graphs = 0;
-    for f in Fields(model) {
-        let f = f?;
-        match (f.number, f.value) {
-            // ModelProto.graph
-            (7, Value::Bytes(g)) => {
-                graphs += 1;
-                let mut body = Vec::with_capacity(g.len());
-                graph(g, &mut body)?;
-                put_bytes_field(&mut out, 7, &body);
-            }
-            _ => out.extend_from_slice(f.raw),
-        }
-    }
-    if graphs != 1 {
-        return Err(ModelError("expected one graph"));
-    }
-    Ok(out)
+    rewrite_graph(model, 0, graph)
 }
 
 /// The parts of a NodeProto this reads.
@@ -160,7 +142,7 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::bytes_fields;
+    use super::super::proto::{bytes_fields, put_bytes_field};
     use super::*;
 
     fn node_msg(op: &str, inputs: &[&str], outputs: &[&str], attr: Option<&[u8]>) -> Vec<u8> {
