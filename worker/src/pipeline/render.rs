@@ -255,13 +255,16 @@ impl Audio {
     }
 }
 
-/// The sound as it stands when the render starts.
-pub enum Sound<F> {
-    /// The voice stage is done: the mix goes into the one encoding run.
-    Ready(Audio),
-    /// Still being mixed: the picture is encoded alone meanwhile, then
-    /// put with the sound this gives ([`mux`]).
-    Later(F),
+/// The video's sound, asked for once the picture is ready to be encoded
+/// (frame decoded, thumbnail made), so that a mix finished meanwhile still
+/// goes into the one encoding run.
+pub struct Sound<N, L> {
+    /// The mix if the voice stage is done by then, else `None`.
+    pub now: N,
+    /// The mix once the voice stage is done (awaited only after `now` gave
+    /// `None`): the picture is encoded alone meanwhile, then put with it
+    /// ([`mux`]).
+    pub later: L,
 }
 
 /// Put the encoded picture (`video`, no sound) and `audio` together in
@@ -287,18 +290,10 @@ pub async fn mux(
 /// Width of the JPEG thumbnail (its height keeps the frame's shape).
 const THUMBNAIL_WIDTH: u32 = 360;
 
-/// Encode the picture (no sound): raw zoom frames on stdin, captions drawn
-/// by libass (so they stay still); and the thumbnail, made here from the
-/// decoded frame (an ffmpeg run costs 0.13 CPU-seconds just to start).
-async fn encode(
-    j: &Job<'_>,
-    frame: &Path,
-    ass: (&Path, &str),
-    audio: Option<&Audio>,
-    duration: f64,
-    video: &Path,
-    thumbnail: &Path,
-) -> Result<(), PipelineError> {
+/// The render's picture from the composed frame: its planes for the zoom,
+/// and the thumbnail, made here from the decoded frame (an ffmpeg run
+/// costs 0.13 CPU-seconds just to start).
+async fn picture(j: &Job<'_>, frame: &Path, thumbnail: &Path) -> Result<vision::zoom::Planes, PipelineError> {
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let (path, thumb) = (frame.to_owned(), thumbnail.to_owned());
     let planes = tokio::task::spawn_blocking(move || {
@@ -315,7 +310,7 @@ async fn encode(
     })
     .await
     .map_err(|e| PipelineError::Vision(vision::VisionError::Inference(e.to_string())))??;
-    encode_planes(planes, ass, audio, duration, video, j.cfg.tool_timeout).await
+    Ok(planes)
 }
 
 /// Encode the slow zoom over `planes` for `duration` seconds with the
@@ -400,16 +395,21 @@ pub async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTim
     }
 }
 
-/// Render the video and its thumbnail and upload both. The picture is
-/// encoded first; `audio` (the mix, which may still be being made) is
+/// Render the video and its thumbnail and upload both. The sound is asked
+/// for once the picture is ready to be encoded: the mix if it is done by
+/// then (one encoding run), else the picture is encoded first and the mix
 /// awaited only to be put with it.
-pub async fn render_and_upload(
+pub async fn render_and_upload<N, L>(
     j: &Job<'_>,
     frame: &Path,
     speech: &Path,
     timing: Option<&shared::text::SpeechTiming>,
-    sound: Sound<impl std::future::Future<Output = Result<Audio, PipelineError>>>,
-) -> Result<VideoResult, PipelineError> {
+    sound: Sound<N, L>,
+) -> Result<VideoResult, PipelineError>
+where
+    N: std::future::Future<Output = Result<Option<Audio>, PipelineError>>,
+    L: std::future::Future<Output = Result<Audio, PipelineError>>,
+{
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
@@ -422,19 +422,21 @@ pub async fn render_and_upload(
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
     let put_thumbnail = async { Ok(j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg").await?) };
+    let planes = picture(j, frame, &thumb).await?;
+    let timeout = j.cfg.tool_timeout;
     // Nothing is stored until the mix has come (a job whose voice stage
     // fails meanwhile leaves no part of a result). Thumbnail before the
     // video: the video's presence is what marks the result complete.
-    let thumbnail_bytes = match sound {
-        Sound::Ready(audio) => {
-            encode(j, frame, (&ass, &captions), Some(&audio), duration, &video, &thumb).await?;
+    let thumbnail_bytes = match sound.now.await? {
+        Some(audio) => {
+            encode_planes(planes, (&ass, &captions), Some(&audio), duration, &video, timeout).await?;
             put_thumbnail.await?
         }
-        Sound::Later(audio) => {
+        None => {
             let picture = j.path("picture.mp4");
-            encode(j, frame, (&ass, &captions), None, duration, &picture, &thumb).await?;
-            let audio = audio.await?;
-            let muxed = mux(&picture, &audio, duration, &video, j.cfg.tool_timeout);
+            encode_planes(planes, (&ass, &captions), None, duration, &picture, timeout).await?;
+            let audio = sound.later.await?;
+            let muxed = mux(&picture, &audio, duration, &video, timeout);
             tokio::try_join!(muxed, put_thumbnail)?.1
         }
     };
