@@ -35,6 +35,9 @@ pub struct WorkerConfig {
     /// `TAYORI_PRELOAD_MODELS`, default true: load the segmentation model
     /// and run it once at start, so the first job does not pay for it.
     pub preload_models: bool,
+    /// `TAYORI_CAPTION_FONT`, default Debian's Noto Sans CJK Bold
+    /// collection (`fonts-noto-cjk`): the font the captions are drawn in.
+    pub caption_font: PathBuf,
     pub redis: RedisConfig,
     pub queue: QueueConfig,
     pub ttls: Ttls,
@@ -72,6 +75,7 @@ impl WorkerConfig {
             },
             segmentation: env::parse("TAYORI_SEGMENTATION_MODEL", crate::vision::segment::Model::IsNet)?,
             preload_models: env::parse("TAYORI_PRELOAD_MODELS", true)?,
+            caption_font: env::parse("TAYORI_CAPTION_FONT", PathBuf::from(crate::vision::caption::DEFAULT_FONT))?,
             redis: RedisConfig::from_env()?,
             queue: QueueConfig::from_env()?,
             ttls: Ttls::from_env()?,

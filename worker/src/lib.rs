@@ -347,7 +347,8 @@ async fn redis_unreachable_for(redis: &shared::redis_conn::ConnectionManager, gr
 /// Load the segmentation model and run it once on a blank image in the
 /// background: the first run of a session is about 1 s slower than later ones.
 /// A worker of the voice stage loads Kokoro the same way (its first call
-/// also pays the model's loading and warm-up).
+/// also pays the model's loading and warm-up), one of the render stage
+/// the caption font.
 fn preload(cfg: &WorkerConfig) {
     if cfg.stages.contains(&shared::job::Stage::Voice) && kokoro::dir(&cfg.data_dir).join("model.onnx").is_file() {
         let data = cfg.data_dir.clone();
@@ -362,6 +363,13 @@ fn preload(cfg: &WorkerConfig) {
                 Ok(_) => tracing::info!(ms = t.elapsed().as_millis() as u64, "Kokoro ready"),
                 Err(e) => tracing::error!(error = %e, "Kokoro could not be loaded"),
             }
+        });
+    }
+    if cfg.stages.contains(&shared::job::Stage::Render) {
+        let font = cfg.caption_font.clone();
+        tokio::task::spawn_blocking(move || match vision::caption::CaptionFont::shared(&font) {
+            Ok(_) => tracing::info!("caption font ready"),
+            Err(e) => tracing::error!(error = %e, "the caption font could not be loaded"),
         });
     }
     let (data, model) = (cfg.data_dir.clone(), cfg.segmentation);

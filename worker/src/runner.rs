@@ -463,7 +463,11 @@ impl Runner {
             .prefix(&format!("tayori-{}-{}-", job.task_id, stage.name()))
             .tempdir_in(&self.cfg.work_dir)
             .map_err(|e| (PipelineError::Io(e), None, Vec::new()))?;
-        let step_cfg = StepConfig { tool_timeout: self.cfg.tool_timeout, segmentation: self.cfg.segmentation };
+        let step_cfg = StepConfig {
+            tool_timeout: self.cfg.tool_timeout,
+            segmentation: self.cfg.segmentation,
+            caption_font: self.cfg.caption_font.clone(),
+        };
         let hooks = Hooks { runner: self, job };
         let j = pipeline::Job::new(job, dir.path(), &self.storage, &self.catalog, &step_cfg, &self.tasks, &hooks);
         match pipeline::run_stage(&j, stage).await {

@@ -160,6 +160,8 @@ pub struct StepConfig {
     pub tool_timeout: Duration,
     /// The background-removal model.
     pub segmentation: crate::vision::segment::Model,
+    /// The captions' font file (Noto Sans CJK JP is taken from it).
+    pub caption_font: PathBuf,
 }
 
 /// How a stage tells the job's other stages where it stands, and waits

@@ -68,40 +68,34 @@ pub fn wrap(text: &str, max_em: f64) -> Vec<String> {
     lines
 }
 
-fn ass_time(t: f64) -> String {
-    let cs = (t.max(0.0) * 100.0).round() as u64;
-    format!("{}:{:02}:{:02}.{:02}", cs / 360_000, (cs / 6000) % 60, (cs / 100) % 60, cs % 100)
-}
-
 /// Lines shown at once.
 const LINES_PER_CAPTION: usize = 2;
 
-/// The captions as an ASS subtitle file: each sentence from the moment it
-/// is spoken (`timing`, measured by the speech step; without it, a share of
-/// the speech by length) until the next one starts, at most two lines at a
-/// time (a longer sentence is shown in parts, timed by their length);
-/// Noto Sans CJK JP, bold, white with a dark outline, in the band below
-/// the face (bottom centre), large enough for a phone (a 22nd of the
-/// height).
-pub fn captions_ass(
+/// One caption: its lines, and when it shows (seconds of the video).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caption {
+    pub lines: Vec<String>,
+    pub from: f64,
+    pub to: f64,
+}
+
+/// The captions: each sentence from the moment it is spoken (`timing`,
+/// measured by the speech step; without it, a share of the speech by
+/// length) until the next one starts, at most two lines at a time (a longer
+/// sentence is shown in parts, timed by their length), lines broken to fit
+/// a `w` wide frame with side margins of a 14th of it, at the size
+/// [`vision::caption::Style::for_frame`] gives.
+pub fn captions(
     message: &str,
     timing: Option<&shared::text::SpeechTiming>,
     start: f64,
     speech: f64,
     w: u32,
     h: u32,
-) -> String {
-    let font_size = h / 22;
+) -> Vec<Caption> {
+    let style = vision::caption::Style::for_frame(w, h);
     let margin = w / 14;
-    let max_em = f64::from(w - 2 * margin) / f64::from(font_size);
-    let mut out = format!(
-        "[Script Info]\nScriptType: v4.00+\nPlayResX: {w}\nPlayResY: {h}\nWrapStyle: 2\n\n\
-         [V4+ Styles]\nFormat: Name, Fontname, Fontsize, PrimaryColour, SecondaryColour, OutlineColour, BackColour, Bold, Italic, Underline, StrikeOut, ScaleX, ScaleY, Spacing, Angle, BorderStyle, Outline, Shadow, Alignment, MarginL, MarginR, MarginV, Encoding\n\
-         Style: Caption,Noto Sans CJK JP,{font_size},&H00FFFFFF,&H00FFFFFF,&H00202020,&H80000000,1,0,0,0,100,100,0,0,1,{outline},1,2,{margin},{margin},{margin_v},1\n\n\
-         [Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text\n",
-        outline = (font_size / 10).max(3),
-        margin_v = h / 12,
-    );
+    let max_em = f64::from(w - 2 * margin) / f64::from(style.size);
     let spans: Vec<(String, f64, f64)> = match timing {
         Some(t) => t.sentences.iter().map(|s| (s.text.clone(), s.start, s.end)).collect(),
         None => {
@@ -118,21 +112,17 @@ pub fn captions_ass(
                 .collect()
         }
     };
+    let mut out = Vec::new();
     for (k, (text, from, to)) in spans.iter().enumerate() {
         // Shown until the next sentence starts (no blank flicker between).
         let until = spans.get(k + 1).map_or(speech.max(*to), |n| n.1);
-        let lines = wrap(&text.replace(['{', '}'], "").replace('\\', "＼"), max_em);
+        let lines = wrap(text, max_em);
         let parts: Vec<&[String]> = lines.chunks(LINES_PER_CAPTION).collect();
         let total: f64 = parts.iter().map(|p| width(&p.concat())).sum::<f64>().max(1.0);
         let mut t = *from;
         for (i, part) in parts.iter().enumerate() {
             let end = if i + 1 == parts.len() { until } else { t + (to - from) * width(&part.concat()) / total };
-            out.push_str(&format!(
-                "Dialogue: 0,{},{},Caption,,0,0,0,,{}\n",
-                ass_time(start + t),
-                ass_time(start + end),
-                part.join("\\N")
-            ));
+            out.push(Caption { lines: part.to_vec(), from: start + t, to: start + end });
             t = end;
         }
     }
@@ -164,16 +154,54 @@ fn zoom_shift(frames: u32) -> u32 {
     (ZOOM_EVERY - frames.saturating_sub(1) % ZOOM_EVERY) % ZOOM_EVERY
 }
 
-/// The distinct pictures of the slow zoom over `frames` frames, one per
-/// tick ([`zoom_ticks`]), made on the blocking pool and sent one by one
-/// (the channel holds a few, so memory stays flat).
-fn zoom_frames(planes: vision::zoom::Planes, frames: u32) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+/// The first frame (at [`FPS`]) at or past `t` seconds.
+fn frame_at(t: f64) -> u32 {
+    (t * f64::from(FPS) - 1e-6).ceil().max(0.0) as u32
+}
+
+/// The frames where the picture changes, in order, each with the caption
+/// it shows (an index into `captions`): the zoom's ([`zoom_ticks`]) and
+/// those where a caption appears or goes. Every other frame repeats the one
+/// before it, so only these are encoded, each at its own time: a variable
+/// frame rate stream that plays exactly like the 30 fps one, with a third
+/// of the frames to encode (x264 spent as long on a repeated frame as on
+/// half a new one: 10.5 against 5.1 CPU-seconds for 13.7 s at 1080x1920).
+fn picture_frames(frames: u32, captions: &[Caption]) -> Vec<(u32, Option<usize>)> {
+    let spans: Vec<(u32, u32)> = captions.iter().map(|c| (frame_at(c.from), frame_at(c.to))).collect();
+    let mut at: Vec<u32> = zoom_ticks(frames).chain(spans.iter().flat_map(|&(a, b)| [a, b])).collect();
+    at.retain(|&n| n < frames.max(1));
+    at.sort_unstable();
+    at.dedup();
+    at.into_iter().map(|n| (n, spans.iter().rposition(|&(a, b)| a <= n && n < b))).collect()
+}
+
+/// The pictures of [`picture_frames`]: the slow zoom (moving at each tick,
+/// held in between) with the captions blended in, made on the blocking
+/// pool and sent one by one (the channel holds a few, so memory stays
+/// flat). Each caption is drawn once, before the first frame.
+fn zoom_frames(
+    planes: vision::zoom::Planes,
+    frames: u32,
+    font: std::sync::Arc<vision::caption::CaptionFont>,
+    captions: Vec<Caption>,
+) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        for n in zoom_ticks(frames) {
-            let z = 1.0 + ZOOM * f64::from(n) / f64::from(frames.max(2) - 1);
+        let (w, h) = (planes.w, planes.h);
+        let style = vision::caption::Style::for_frame(w as u32, h as u32);
+        let overlays: Vec<vision::caption::Overlay> =
+            captions.iter().map(|c| vision::caption::Overlay::draw(&font, &c.lines, w, h, style)).collect();
+        let shift = zoom_shift(frames);
+        for (n, caption) in picture_frames(frames, &captions) {
+            // The zoom as of the last tick at or before this frame.
+            let k = (n + shift) / ZOOM_EVERY;
+            let tick = if k == 0 { 0 } else { ZOOM_EVERY * k - shift };
+            let z = 1.0 + ZOOM * f64::from(tick) / f64::from(frames.max(2) - 1);
             let mut next = Vec::with_capacity(planes.frame_len());
             planes.zoomed(z, FOCUS.0, FOCUS.1, &mut next);
+            if let Some(o) = caption.map(|i| &overlays[i]) {
+                o.blend(&mut next, w, h);
+            }
             if tx.blocking_send(next).is_err() {
                 return; // ffmpeg is gone (failed or cancelled).
             }
@@ -182,51 +210,18 @@ fn zoom_frames(planes: vision::zoom::Planes, frames: u32) -> tokio::sync::mpsc::
     rx
 }
 
-/// The frames (at [`FPS`]) where a caption appears or goes, from the
-/// events of an ASS file: the first frame whose time (as the subtitles
-/// filter truncates it to milliseconds) is at or past the event's edge, and
-/// the one after it in case rounding put that frame's time a hair before.
-fn caption_frames(ass: &str) -> Vec<u32> {
-    let cs = |t: &str| -> Option<u32> {
-        let (hms, frac) = t.split_once('.')?;
-        let mut it = hms.split(':').map(|v| v.parse::<u32>().ok());
-        let (h, m, sec) = (it.next()??, it.next()??, it.next()??);
-        Some(((h * 60 + m) * 60 + sec) * 100 + frac.parse::<u32>().ok()?)
-    };
-    let mut frames: Vec<u32> = ass
-        .lines()
-        .filter_map(|l| l.strip_prefix("Dialogue: "))
-        .flat_map(|l| l.split(',').skip(1).take(2).filter_map(cs).collect::<Vec<_>>())
-        .flat_map(|c| {
-            let n = (c * FPS).div_ceil(100);
-            [n, n + 1]
-        })
-        .collect();
-    frames.sort_unstable();
-    frames.dedup();
-    frames
-}
-
-/// The video filter: each of the zoom's pictures put at its frame
-/// ([`zoom_ticks`]) and held on the 30 fps grid until the next, then only
-/// the frames where the picture changes kept (the zoom's, and those where a
-/// caption appears or goes), each with its own time, and the captions drawn
-/// on them by libass: a variable frame rate stream that plays exactly like
-/// the 30 fps one (a caption changes within a 30th of a second of its
-/// time), with a third of the frames to encode (x264 spent as long on a
-/// repeated frame as on half a new one: 10.5 against 5.1 CPU-seconds for
-/// 13.7 s at 1080x1920).
-fn video_graph(ass_path: &Path, ass: &str, frames: u32) -> String {
-    let shift = zoom_shift(frames);
-    let mut keep = format!("eq(n,0)+not(mod(n+{shift},{ZOOM_EVERY}))");
-    for n in caption_frames(ass) {
-        keep.push_str(&format!("+eq(n,{n})"));
+/// The video filter: each picture of [`picture_frames`] at its frame's
+/// time, `3 * N` plus a step for each gap between two pictures that is not
+/// the zoom's three frames.
+fn video_graph(times: &[u32]) -> String {
+    let mut pts = format!("{ZOOM_EVERY}*N");
+    for (i, gap) in times.windows(2).map(|p| p[1] - p[0]).enumerate() {
+        let step = i64::from(gap) - i64::from(ZOOM_EVERY);
+        if step != 0 {
+            pts.push_str(&format!("{}gte(N,{})*{}", if step < 0 { '-' } else { '+' }, i + 1, step.abs()));
+        }
     }
-    format!(
-        "[0:v]settb=1/{FPS},setpts='if(eq(N,0),0,{ZOOM_EVERY}*N-{shift})',fps={FPS},select='{keep}',\
-         subtitles=filename={}[v]",
-        filter_path(ass_path)
-    )
+    format!("[0:v]settb=1/{FPS},setpts='{pts}'[v]")
 }
 
 /// The video's sound, as the mix step made it.
@@ -313,14 +308,14 @@ async fn picture(j: &Job<'_>, frame: &Path, thumbnail: &Path) -> Result<vision::
     Ok(planes)
 }
 
-/// Encode the slow zoom over `planes` for `duration` seconds with the
-/// captions of `ass` (the file libass reads, and its text) into `video`
-/// (H.264 in MP4), with `audio` as its sound, or none (see [`mux`]). Not
-/// cut to `duration`: the last picture (at the last frame's time, just
-/// under `duration`) would end past it and be dropped.
+/// Encode the slow zoom over `planes` for `duration` seconds with
+/// `captions` drawn in `font` into `video` (H.264 in MP4), with `audio` as
+/// its sound, or none (see [`mux`]). Not cut to `duration`: the last
+/// picture (at the last frame's time, just under `duration`) would end past
+/// it and be dropped.
 async fn encode_planes(
     planes: vision::zoom::Planes,
-    ass: (&Path, &str),
+    (font, captions): (std::sync::Arc<vision::caption::CaptionFont>, &[Caption]),
     audio: Option<&Audio>,
     duration: f64,
     video: &Path,
@@ -328,17 +323,17 @@ async fn encode_planes(
 ) -> Result<(), PipelineError> {
     let frames = (duration * f64::from(FPS)).ceil() as u32;
     let size = format!("{}x{}", planes.w, planes.h);
-    let graph = video_graph(ass.0, ass.1, frames);
+    let times: Vec<u32> = picture_frames(frames, captions).into_iter().map(|(n, _)| n).collect();
     let mut args = media::input_with(
         Path::new("-"),
         media::Format::RawVideoStdin,
-        crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS / ZOOM_EVERY)],
+        crate::args!["-pix_fmt", "yuv420p", "-s", Arg::composed(size), "-framerate", Arg::num(FPS)],
     );
     let (audio_in, audio_out) = audio.map_or_else(|| (Vec::new(), crate::args!["-an"]), Audio::args);
     args.extend(audio_in);
     args.extend(crate::args![
         "-filter_complex",
-        Arg::composed(graph),
+        Arg::composed(video_graph(&times)),
         "-map",
         "[v]",
         "-c:v",
@@ -354,7 +349,7 @@ async fn encode_planes(
     ]);
     args.extend(audio_out);
     args.extend(crate::args!["-f", "mp4", video]);
-    media::ffmpeg_fed(args, zoom_frames(planes, frames), timeout).await?;
+    media::ffmpeg_fed(args, zoom_frames(planes, frames, font, captions.to_vec()), timeout).await?;
     Ok(())
 }
 
@@ -374,12 +369,6 @@ async fn encode_planes(
 ///   no B-frames (0.1 s less, a file 40 % larger), `me=dia`, `weightp=0`,
 ///   `b-adapt=0`, `psy=0` (no CPU saved).
 const X264_PARAMS: &str = "subme=1:partitions=i8x8,i4x4";
-
-/// A path quoted for an ffmpeg filter argument.
-fn filter_path(p: &Path) -> String {
-    let s = p.display().to_string();
-    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'").replace(':', "\\:"))
-}
 
 /// The sentence times the speech step stored (`None` for a job whose
 /// speech was made by a worker from before they were stored).
@@ -413,9 +402,9 @@ where
     let (w, h) = (j.job.resolution.width(), j.job.resolution.height());
     let video = j.path("final_video.mp4");
     let speech_secs = media::speech_seconds(speech, j.cfg.tool_timeout).await?;
-    let ass = j.path("captions.ass");
-    let captions = captions_ass(&j.job.message, timing, super::mix::INTRO, speech_secs, w, h);
-    tokio::fs::write(&ass, &captions).await?;
+    let captions = captions(&j.job.message, timing, super::mix::INTRO, speech_secs, w, h);
+    let font_path = j.cfg.caption_font.clone();
+    let font = shared::rt::blocking(move || vision::caption::CaptionFont::shared(&font_path)).await??;
     // The mix is cut to exactly this long (see mix::mix_filter).
     let duration = super::mix::INTRO + speech_secs + super::mix::OUTRO;
     let thumb = j.path("thumbnail.jpg");
@@ -429,12 +418,12 @@ where
     // video: the video's presence is what marks the result complete.
     let thumbnail_bytes = match sound.now.await? {
         Some(audio) => {
-            encode_planes(planes, (&ass, &captions), Some(&audio), duration, &video, timeout).await?;
+            encode_planes(planes, (font, &captions), Some(&audio), duration, &video, timeout).await?;
             put_thumbnail.await?
         }
         None => {
             let picture = j.path("picture.mp4");
-            encode_planes(planes, (&ass, &captions), None, duration, &picture, timeout).await?;
+            encode_planes(planes, (font, &captions), None, duration, &picture, timeout).await?;
             let audio = sound.later.await?;
             let muxed = mux(&picture, &audio, duration, &video, timeout);
             tokio::try_join!(muxed, put_thumbnail)?.1
@@ -492,14 +481,19 @@ mod tests {
                 SentenceTime { text: "こんにちは。".into(), start: 1.6, end: 3.0 },
             ],
         };
-        let ass = captions_ass("", Some(&timing), 1.0, 3.0, 1080, 1920);
-        assert!(ass.contains("Noto Sans CJK JP"));
-        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:02.60,Caption,,0,0,0,,おはよう。"), "{ass}");
-        assert!(ass.contains("Dialogue: 0,0:00:02.60,0:00:04.00,Caption,,0,0,0,,こんにちは。"), "{ass}");
+        let caption = |text: &str, from: f64, to: f64| Caption { lines: vec![text.into()], from, to };
+        let shown = captions("", Some(&timing), 1.0, 3.0, 1080, 1920);
+        assert_eq!(shown, [caption("おはよう。", 1.0, 2.6), caption("こんにちは。", 2.6, 4.0)]);
         // Without times: a share of the speech by length, same sentences.
-        let ass = captions_ass("おはよう。こんにちは。", None, 1.0, 4.4, 1080, 1920);
-        assert!(ass.contains("Dialogue: 0,0:00:01.00,0:00:03.00,Caption,,0,0,0,,おはよう。"), "{ass}");
-        assert_eq!(ass_time(3725.5), "1:02:05.50");
+        let shown = captions("おはよう。こんにちは。", None, 1.0, 4.4, 1080, 1920);
+        assert_eq!(shown[0], caption("おはよう。", 1.0, 3.0));
+        // A sentence longer than two lines is shown in parts, in order.
+        let long = "きょうはとってもたのしかったね、ありがとう。またあそぼうね、こんどはうみにいこうね、やくそくだよ。";
+        let parts = captions(long, None, 1.0, 6.0, 512, 910);
+        assert!(parts.len() >= 2 && parts.iter().all(|c| c.lines.len() <= LINES_PER_CAPTION), "{parts:?}");
+        assert!(parts.windows(2).all(|p| (p[0].to - p[1].from).abs() < 1e-9 && p[0].from < p[1].from), "{parts:?}");
+        // Text is drawn as it is (no markup to escape).
+        assert_eq!(captions("{\\b1}あ。", None, 0.0, 1.0, 512, 910)[0].lines.concat(), "{\\b1}あ。");
     }
 
     /// The zoom reaches the video: a dark band 40 px wide at the left edge
@@ -523,24 +517,32 @@ mod tests {
         let timing = shared::text::SpeechTiming {
             sentences: vec![shared::text::SentenceTime { text: "はい。".into(), start: 0.53, end: 0.9 }],
         };
-        let ass = dir.path().join("c.ass");
-        let captions = captions_ass("", Some(&timing), 0.5, 0.9, 512, 910);
-        std::fs::write(&ass, &captions).unwrap();
+        let captions = captions("", Some(&timing), 0.5, 0.9, 512, 910);
+        let font = || vision::caption::CaptionFont::shared(Path::new(vision::caption::DEFAULT_FONT)).unwrap();
         // One run, the mix ready (its AAC copied in).
         let planes = || vision::zoom::Planes::from_rgb(&img);
-        encode_planes(planes(), (&ass, &captions), Some(&Audio::Aac(audio.clone())), 2.0, &video, t).await.unwrap();
-        let band = |seek: &str| -> usize {
+        encode_planes(planes(), (font(), &captions), Some(&Audio::Aac(audio.clone())), 2.0, &video, t).await.unwrap();
+        // One frame's part (`crop`), as grey levels (ffmpeg, the judge).
+        let grey = |seek: &str, crop: &str| -> Vec<u8> {
             let out = std::process::Command::new("ffmpeg")
                 .args(["-nostdin", "-loglevel", "error", "-ss", seek, "-i"])
                 .arg(&video)
-                .args(["-frames:v", "1", "-vf", "format=gray,crop=512:1:0:455", "-f", "rawvideo", "-"])
+                .args(["-frames:v", "1", "-vf", &format!("format=gray,crop={crop}"), "-f", "rawvideo", "-"])
                 .output()
                 .unwrap();
-            out.stdout.iter().take_while(|&&v| v < 100).count()
+            out.stdout
         };
+        let band = |seek: &str| grey(seek, "512:1:0:455").iter().take_while(|&&v| v < 100).count();
         let (first, last) = (band("0"), band("1.94"));
         assert!((39..=41).contains(&first), "first frame: band {first} px");
         assert!((25..=29).contains(&last), "last frame: band {last} px");
+        // The caption is in the picture while it is shown, and only then:
+        // white pixels (the still is light grey, 230 as grey) in the band at
+        // the bottom.
+        let white = |seek: &str| grey(seek, "512:228:0:682").iter().filter(|&&v| v >= 245).count();
+        let (before, during, after) = (white("0.9"), white("1.2"), white("1.6"));
+        println!("white caption pixels: {before}, {during}, {after}");
+        assert!(before < 20 && after < 20 && during > 150, "white caption pixels: {before}, {during}, {after}");
         // The video's picture times, in order (ffprobe, the test's judge).
         let picture_times = |video: &Path| -> Vec<f64> {
             let out = std::process::Command::new("ffprobe")
@@ -556,10 +558,9 @@ mod tests {
         let times = picture_times(&video);
         // 21 zoom pictures in 2 s (the first frame, then every third
         // counted back from the last, 1.967 s), plus the frames where the
-        // caption appears (1.033 s; the one after it is a zoom frame) and
-        // goes (1.4 s, and 1.433 s in case of rounding): 24 of 60.
-        assert_eq!(times.len(), 24, "{times:?}");
-        assert!((times[23] - 59.0 / 30.0).abs() < 0.002, "{times:?}");
+        // caption appears (1.033 s) and goes (1.4 s): 23 of 60.
+        assert_eq!(times.len(), 23, "{times:?}");
+        assert!((times[22] - 59.0 / 30.0).abs() < 0.002, "{times:?}");
         for (what, at) in [("appears", 1.0333), ("goes", 1.4)] {
             assert!(times.iter().any(|&t| (t - at).abs() < 0.002), "no frame where the caption {what}: {times:?}");
         }
@@ -574,7 +575,7 @@ mod tests {
         // The picture alone, then the sound put with it: copied, or from a
         // worker that made only the MP3, encoded to AAC by the mux.
         let picture = dir.path().join("p.mp4");
-        encode_planes(planes(), (&ass, &captions), None, 2.0, &picture, t).await.unwrap();
+        encode_planes(planes(), (font(), &captions), None, 2.0, &picture, t).await.unwrap();
         assert_eq!(media::probe(&picture, media::Format::Mp4Video, t).await.unwrap().audio, None);
         for (n, sound) in [Audio::Aac(audio), Audio::Mp3(mp3.clone())].iter().enumerate() {
             let muxed = dir.path().join(format!("m{n}.mp4"));
@@ -591,7 +592,7 @@ mod tests {
         // A length off the frame grid (2.01 s: 61 frames, the last at 2.0 s,
         // ending after 2.01 s) keeps its last picture.
         let (picture, video) = (dir.path().join("p2.mp4"), dir.path().join("z2.mp4"));
-        encode_planes(planes(), (&ass, &captions), None, 2.01, &picture, t).await.unwrap();
+        encode_planes(planes(), (font(), &captions), None, 2.01, &picture, t).await.unwrap();
         mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
         let last = picture_times(&video).last().copied().unwrap_or_default();
         assert!((last - 2.0).abs() < 0.002, "last picture at {last} s");
@@ -613,13 +614,35 @@ mod tests {
             sentences: vec![shared::text::SentenceTime { text: "はい。".into(), start: 0.0, end: 0.9 }],
         };
         // Shown from 1.00 s to 1.90 s: frames 30 and 57 are the first at or past them.
-        let ass = captions_ass("", Some(&timing), 1.0, 0.9, 512, 910);
-        assert_eq!(caption_frames(&ass), vec![30, 31, 57, 58]);
-        assert!(caption_frames("[Events]\nDialogue: broken").is_empty());
+        let shown = captions("", Some(&timing), 1.0, 0.9, 512, 910);
+        let frames = picture_frames(90, &shown);
+        let ticks: Vec<u32> = zoom_ticks(90).collect();
+        let extra: Vec<(u32, Option<usize>)> = frames.iter().copied().filter(|(n, _)| !ticks.contains(n)).collect();
+        assert_eq!(extra, [(30, Some(0)), (57, None)]);
+        assert_eq!(frames.len(), ticks.len() + 2);
+        let caption_of = |n: u32| frames.iter().find(|f| f.0 == n).unwrap().1;
+        assert_eq!((caption_of(29), caption_of(32), caption_of(56), caption_of(59)), (None, Some(0), Some(0), None));
+        // The filter puts each picture at its frame's time.
+        let times: Vec<u32> = frames.iter().map(|f| f.0).collect();
+        let graph = video_graph(&times);
+        let expr = graph.split('\'').nth(1).unwrap();
+        for (n, &at) in times.iter().enumerate() {
+            assert_eq!(eval_pts(expr, n as i64), i64::from(at), "picture {n} in {expr}");
+        }
     }
 
-    #[test]
-    fn filter_paths_are_quoted() {
-        assert_eq!(filter_path(Path::new("/tmp/a:b/c'd.ass")), r"'/tmp/a\:b/c\'d.ass'");
+    /// The `setpts` expression of [`video_graph`] at picture `n`: `3*N`
+    /// followed by `±gte(N,i)*k` terms.
+    fn eval_pts(expr: &str, n: i64) -> i64 {
+        let rest = expr.strip_prefix("3*N").unwrap();
+        let mut total = 3 * n;
+        for term in rest.replace('-', " -").replace('+', " +").split_whitespace() {
+            let sign = if term.starts_with('-') { -1 } else { 1 };
+            let (i, k) = term[1..].strip_prefix("gte(N,").unwrap().split_once(")*").unwrap();
+            if n >= i.parse::<i64>().unwrap() {
+                total += sign * k.parse::<i64>().unwrap();
+            }
+        }
+        total
     }
 }

@@ -3,6 +3,7 @@
 //! segmentation model (`segment`), and composing the portrait frame
 //! (`compose`). All of it is CPU work: call it from the blocking pool.
 
+pub mod caption;
 pub mod compose;
 pub mod detect;
 pub mod resize;
@@ -32,6 +33,8 @@ pub enum VisionError {
     Inference(String),
     #[error("image could not be written: {0}")]
     Encode(String),
+    #[error("caption font {path} is missing or unreadable: {reason}")]
+    FontFile { path: String, reason: String },
 }
 
 /// Largest photo decoded (pixels): the gateway refuses bigger ones before
