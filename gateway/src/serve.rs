@@ -126,6 +126,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Answers go out as soon as they are written: with Nagle's algorithm
+        // a response body sent after its head waited for the client's
+        // delayed ACK, 40 ms on Linux (seen on the worker's S3 GETs of the
+        // embedded endpoint: 47 ms for four small objects, 7 ms without).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
         let Some(slot) = admit(&table, &limits, peer) else {
             // Closed at once: a client holding its share, or a full server.
             tracing::debug!(%peer, "connection refused: too many open");
