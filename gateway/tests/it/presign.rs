@@ -20,7 +20,8 @@ async fn the_embedded_s3_checks_signatures_expiry_and_post_policies() {
 /// client's delayed ACK: with Nagle's algorithm on its sockets, a body
 /// written after its head waited 40 ms for it, and the render's four small
 /// fetches took 47 ms instead of 7. Forty GETs of a small object one after
-/// the other: 24 ms each on average with the stall, under 1 ms without.
+/// the other: 24 ms each on average with the stall (about half of them 40 ms
+/// or more), under 1 ms without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_objects_come_back_without_a_delayed_ack_stall() {
     let stack = Stack::start(Options { workers: 0, ..Default::default() }).await;
@@ -30,13 +31,18 @@ async fn small_objects_come_back_without_a_delayed_ack_stall() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.json");
     storage.get_to_file(key, &path).await.unwrap();
-    let t0 = std::time::Instant::now();
+    // The stall's mark is a GET of 40 ms or more; a busy machine may slow
+    // one or two for other reasons.
+    let mut slow = 0;
     for _ in 0..40 {
+        let t0 = std::time::Instant::now();
         storage.get_to_file(key, &path).await.unwrap();
+        if t0.elapsed() >= Duration::from_millis(35) {
+            slow += 1;
+        }
     }
-    let each = t0.elapsed() / 40;
-    println!("a small GET of the embedded endpoint: {each:?}");
-    assert!(each < Duration::from_millis(10), "{each:?} a GET: the 40 ms delayed-ACK stall is back");
+    println!("small GETs of the embedded endpoint taking 35 ms or more: {slow} of 40");
+    assert!(slow <= 3, "{slow} of 40 GETs took 35 ms or more: the delayed-ACK stall is back");
 }
 
 /// What tayori needs of its S3, checked with the attacks themselves:

@@ -26,9 +26,10 @@ fn no_line_end(c: char) -> bool {
     "「『（【〈《(".contains(c)
 }
 
-/// Width of text in ems (Latin letters about half an em).
+/// Width of text in ems (Latin letters about half an em; joiners,
+/// variation selectors and other invisible characters none).
 fn width(s: &str) -> f64 {
-    s.chars().map(|c| if is_wide(c) { 1.0 } else { 0.55 }).sum()
+    s.chars().filter(|&c| !vision::caption::is_invisible(c)).map(|c| if is_wide(c) { 1.0 } else { 0.55 }).sum()
 }
 
 /// One caption's text broken into lines of at most `max_em` ems: Latin
@@ -178,28 +179,41 @@ fn picture_frames(frames: u32, captions: &[Caption]) -> Vec<(u32, Option<usize>)
 /// The pictures of [`picture_frames`]: the slow zoom (moving at each tick,
 /// held in between) with the captions blended in, made on the blocking
 /// pool and sent one by one (the channel holds a few, so memory stays
-/// flat). Each caption is drawn once, before the first frame.
+/// flat). Each caption is drawn when it first shows. The task's handle
+/// tells whether every picture was made (a panic there would otherwise
+/// look to ffmpeg like the end of its input).
 fn zoom_frames(
     planes: vision::zoom::Planes,
     frames: u32,
     font: std::sync::Arc<vision::caption::CaptionFont>,
     captions: Vec<Caption>,
-) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+) -> (tokio::sync::mpsc::Receiver<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
+    let made = tokio::task::spawn_blocking(move || {
         let (w, h) = (planes.w, planes.h);
         let style = vision::caption::Style::for_frame(w as u32, h as u32);
-        let overlays: Vec<vision::caption::Overlay> =
-            captions.iter().map(|c| vision::caption::Overlay::draw(&font, &c.lines, w, h, style)).collect();
+        let mut overlays: Vec<Option<vision::caption::Overlay>> = vec![None; captions.len()];
         let shift = zoom_shift(frames);
+        // The zoom's last picture, reused by a caption's frame between ticks.
+        let mut held: Option<(u32, Vec<u8>)> = None;
         for (n, caption) in picture_frames(frames, &captions) {
             // The zoom as of the last tick at or before this frame.
             let k = (n + shift) / ZOOM_EVERY;
             let tick = if k == 0 { 0 } else { ZOOM_EVERY * k - shift };
-            let z = 1.0 + ZOOM * f64::from(tick) / f64::from(frames.max(2) - 1);
-            let mut next = Vec::with_capacity(planes.frame_len());
-            planes.zoomed(z, FOCUS.0, FOCUS.1, &mut next);
-            if let Some(o) = caption.map(|i| &overlays[i]) {
+            let picture = match &held {
+                Some((t, p)) if *t == tick => p.clone(),
+                _ => {
+                    let z = 1.0 + ZOOM * f64::from(tick) / f64::from(frames.max(2) - 1);
+                    let mut p = Vec::with_capacity(planes.frame_len());
+                    planes.zoomed(z, FOCUS.0, FOCUS.1, &mut p);
+                    held = Some((tick, p.clone()));
+                    p
+                }
+            };
+            let mut next = picture;
+            if let Some(i) = caption {
+                let o = overlays[i]
+                    .get_or_insert_with(|| vision::caption::Overlay::draw(&font, &captions[i].lines, w, h, style));
                 o.blend(&mut next, w, h);
             }
             if tx.blocking_send(next).is_err() {
@@ -207,7 +221,7 @@ fn zoom_frames(
             }
         }
     });
-    rx
+    (rx, made)
 }
 
 /// The video filter: each picture of [`picture_frames`] at its frame's
@@ -349,7 +363,10 @@ async fn encode_planes(
     ]);
     args.extend(audio_out);
     args.extend(crate::args!["-f", "mp4", video]);
-    media::ffmpeg_fed(args, zoom_frames(planes, frames, font, captions.to_vec()), timeout).await?;
+    let (pictures, made) = zoom_frames(planes, frames, font, captions.to_vec());
+    let encoded = media::ffmpeg_fed(args, pictures, timeout).await;
+    made.await.map_err(|e| shared::rt::Panicked(e.to_string()))?;
+    encoded?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //! come from `ab_glyph`, the rest (outline, shadow, blending) is here.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use ab_glyph::{Font, FontVec, PxScale, ScaleFont, point};
 
@@ -48,18 +48,30 @@ impl CaptionFont {
     }
 
     /// The font at `path` for this process: loaded on first use, then kept
-    /// (every render uses the same file).
+    /// (every render uses the same file). A failed load is not kept: the
+    /// next render tries again (a font installed meanwhile is found).
     pub fn shared(path: &Path) -> Result<Arc<CaptionFont>, VisionError> {
-        static FONT: OnceLock<(PathBuf, Result<Arc<CaptionFont>, String>)> = OnceLock::new();
-        let (loaded, font) = FONT.get_or_init(|| {
-            (path.to_owned(), CaptionFont::load(path, FAMILY).map(Arc::new).map_err(|e| e.to_string()))
-        });
-        match font {
-            Ok(f) if loaded == path => Ok(f.clone()),
-            Ok(_) => CaptionFont::load(path, FAMILY).map(Arc::new),
-            Err(reason) => Err(VisionError::FontFile { path: path.display().to_string(), reason: reason.clone() }),
+        static FONT: Mutex<Option<(PathBuf, Arc<CaptionFont>)>> = Mutex::new(None);
+        let mut kept = FONT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((loaded, font)) = kept.as_ref()
+            && loaded == path
+        {
+            return Ok(font.clone());
         }
+        let font = Arc::new(CaptionFont::load(path, FAMILY)?);
+        *kept = Some((path.to_owned(), font.clone()));
+        Ok(font)
     }
+}
+
+/// Characters drawn as nothing: joiners, variation selectors (the one after
+/// an emoji), zero-width spaces, the byte order mark, and any other control
+/// or format character. (A character the font lacks is skipped too, not
+/// drawn as a box: Noto Sans CJK has no emoji.)
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}')
+        || ('\u{E0100}'..='\u{E01EF}').contains(&c)
 }
 
 /// How a caption looks, in pixels of the frame.
@@ -110,6 +122,8 @@ impl Overlay {
     /// `lines` (already broken to fit) centred at the bottom of a
     /// `frame_w` x `frame_h` frame. Nothing to draw gives an empty overlay.
     pub fn draw(font: &CaptionFont, lines: &[String], frame_w: usize, frame_h: usize, style: Style) -> Overlay {
+        // Whole chroma samples only (the render's frames are even anyway).
+        let (frame_w, frame_h) = (frame_w & !1, frame_h & !1);
         let scaled = font.font.as_scaled(PxScale::from(style.size));
         let line_h = scaled.height();
         // Each line's glyphs at their pen positions, and its width.
@@ -117,9 +131,11 @@ impl Overlay {
             .iter()
             .map(|line| {
                 let (mut pen, mut prev, mut glyphs) = (0.0f32, None, Vec::new());
-                // Control characters (a tab, a stray line break) take no room.
-                for c in line.chars().filter(|c| !c.is_control()) {
+                for c in line.chars().filter(|&c| !is_invisible(c)) {
                     let id = scaled.glyph_id(c);
+                    if id.0 == 0 {
+                        continue; // Not in the font: nothing rather than a box.
+                    }
                     if let Some(p) = prev {
                         pen += scaled.kern(p, id);
                     }
@@ -140,12 +156,14 @@ impl Overlay {
         let block_h = (line_h * lines.len() as f32).ceil() as usize;
         let top = frame_h.saturating_sub(style.margin_bottom + block_h + pad) & !1;
         let left = (frame_w.saturating_sub(block_w) / 2).saturating_sub(pad) & !1;
-        let w = ((block_w + 2 * pad).min(frame_w - left) + 1) & !1;
-        let h = ((block_h + 2 * pad).min(frame_h - top) + 1) & !1;
-        let (w, h) = (w.min(frame_w - left), h.min(frame_h - top));
+        let w = (((block_w + 2 * pad + 1) & !1).min(frame_w - left)) & !1;
+        let h = (((block_h + 2 * pad + 1) & !1).min(frame_h - top)) & !1;
+        if w == 0 || h == 0 {
+            return Overlay::default();
+        }
         // Glyph coverage in canvas coordinates.
         let mut fill = vec![0f32; w * h];
-        let block_top = (frame_h - style.margin_bottom) as f32 - line_h * lines.len() as f32;
+        let block_top = frame_h.saturating_sub(style.margin_bottom) as f32 - line_h * lines.len() as f32;
         for (k, (glyphs, line_w)) in laid.iter().enumerate() {
             let x0 = (frame_w as f32 - line_w) / 2.0 - left as f32;
             let baseline = block_top + line_h * k as f32 + scaled.ascent() - top as f32;
@@ -157,7 +175,11 @@ impl Overlay {
                     let (x, y) = (b.min.x as i64 + i64::from(gx), b.min.y as i64 + i64::from(gy));
                     if (0..w as i64).contains(&x) && (0..h as i64).contains(&y) {
                         let at = y as usize * w + x as usize;
-                        fill[at] = (fill[at] + c).min(1.0);
+                        // The rasterizer's running sums leave a glyph's
+                        // inside a hair under 1: snapped, so that the
+                        // outline is spread from edge pixels only.
+                        let v = fill[at] + c;
+                        fill[at] = if v > 0.996 { 1.0 } else { v };
                     }
                 });
             }
@@ -226,7 +248,7 @@ impl Overlay {
     /// Blend into one yuv420p frame of `frame_w` x `frame_h` (even sizes,
     /// the size the overlay was drawn for).
     pub fn blend(&self, frame: &mut [u8], frame_w: usize, frame_h: usize) {
-        if self.is_empty() || frame.len() < frame_w * frame_h * 3 / 2 {
+        if self.w < 2 || self.h < 2 || frame.len() < frame_w * frame_h * 3 / 2 {
             return;
         }
         let (luma, chroma) = frame.split_at_mut(frame_w * frame_h);
@@ -384,6 +406,11 @@ mod tests {
         let (_, empty) = drawn(&[], 512, 910);
         assert!(empty.is_empty());
         assert_eq!(width(&["あり\tがとう\u{7}"], 512, 910), one, "control characters take no room");
+        // Emoji (not in the font) and the invisible characters around them
+        // add nothing: no box.
+        assert_eq!(width(&["ありがとう\u{1F382}\u{2764}\u{FE0F}\u{200D}"], 512, 910), one, "emoji take no room");
+        let (frame, o) = drawn(&["\u{1F600}\u{FE0F}"], 512, 910);
+        assert!(frame[..512 * 910].iter().all(|&p| p == 128), "an emoji alone draws nothing: {o:?}");
         // A line wider than the frame is clipped to it, not a panic.
         let (frame, o) = drawn(&["Supercalifragilisticexpialidocious-and-then-some-more-letters"], 512, 910);
         assert!(o.w <= 512 && frame.len() == 512 * 910 * 3 / 2);
