@@ -94,7 +94,7 @@ pub fn captions(
     w: u32,
     h: u32,
 ) -> Vec<Caption> {
-    let style = vision::caption::Style::for_frame(w, h);
+    let style = vision::caption::Style::for_frame(h);
     let margin = w / 14;
     let max_em = f64::from(w - 2 * margin) / f64::from(style.size);
     let spans: Vec<(String, f64, f64)> = match timing {
@@ -191,26 +191,18 @@ fn zoom_frames(
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let made = tokio::task::spawn_blocking(move || {
         let (w, h) = (planes.w, planes.h);
-        let style = vision::caption::Style::for_frame(w as u32, h as u32);
+        let style = vision::caption::Style::for_frame(h as u32);
         let mut overlays: Vec<Option<vision::caption::Overlay>> = vec![None; captions.len()];
         let shift = zoom_shift(frames);
-        // The zoom's last picture, reused by a caption's frame between ticks.
-        let mut held: Option<(u32, Vec<u8>)> = None;
         for (n, caption) in picture_frames(frames, &captions) {
-            // The zoom as of the last tick at or before this frame.
+            // The zoom as of the last tick at or before this frame (a
+            // caption's frame between ticks is zoomed again: cheaper than
+            // keeping a copy of every tick's picture).
             let k = (n + shift) / ZOOM_EVERY;
             let tick = if k == 0 { 0 } else { ZOOM_EVERY * k - shift };
-            let picture = match &held {
-                Some((t, p)) if *t == tick => p.clone(),
-                _ => {
-                    let z = 1.0 + ZOOM * f64::from(tick) / f64::from(frames.max(2) - 1);
-                    let mut p = Vec::with_capacity(planes.frame_len());
-                    planes.zoomed(z, FOCUS.0, FOCUS.1, &mut p);
-                    held = Some((tick, p.clone()));
-                    p
-                }
-            };
-            let mut next = picture;
+            let z = 1.0 + ZOOM * f64::from(tick) / f64::from(frames.max(2) - 1);
+            let mut next = Vec::with_capacity(planes.frame_len());
+            planes.zoomed(z, FOCUS.0, FOCUS.1, &mut next);
             if let Some(i) = caption {
                 let o = overlays[i]
                     .get_or_insert_with(|| vision::caption::Overlay::draw(&font, &captions[i].lines, w, h, style));

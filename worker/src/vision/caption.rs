@@ -91,7 +91,7 @@ impl Style {
     /// The look for a `w` x `h` frame: a 22nd of the height (large enough
     /// for a phone), an outline a tenth of that (3 px at least), the lines
     /// centred in the band below the face, a 12th of the height up.
-    pub fn for_frame(_w: u32, h: u32) -> Style {
+    pub fn for_frame(h: u32) -> Style {
         let size = h / 22;
         Style { size: size as f32, outline: (size / 10).max(3) as f32, shadow: 1, margin_bottom: (h / 12) as usize }
     }
@@ -217,7 +217,7 @@ impl Overlay {
         let straight = |c: [f32; 3], a: f32| if a > 0.0 { c.map(|v| v / a) } else { [0.0; 3] };
         for i in 0..w * h {
             let [r, g, b] = straight(rgb[i], alpha[i]);
-            o.luma[i] = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
+            o.luma[i] = super::zoom::luma(r, g, b);
             o.luma_alpha[i] = (alpha[i] * 255.0).round() as u8;
         }
         for cy in 0..h / 2 {
@@ -232,8 +232,7 @@ impl Overlay {
                 }
                 let [r, g, b] = straight(c, a);
                 let at = cy * (w / 2) + cx;
-                o.u[at] = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
-                o.v[at] = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
+                (o.u[at], o.v[at]) = super::zoom::chroma(r, g, b);
                 o.chroma_alpha[at] = (a / 4.0 * 255.0).round() as u8;
             }
         }
@@ -344,7 +343,7 @@ mod tests {
     /// Luma of a grey frame with `lines` blended in, and the overlay.
     fn drawn(lines: &[&str], w: usize, h: usize) -> (Vec<u8>, Overlay) {
         let lines: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
-        let o = Overlay::draw(&font(), &lines, w, h, Style::for_frame(w as u32, h as u32));
+        let o = Overlay::draw(&font(), &lines, w, h, Style::for_frame(h as u32));
         let mut frame = vec![128u8; w * h * 3 / 2];
         o.blend(&mut frame, w, h);
         (frame, o)
@@ -374,7 +373,7 @@ mod tests {
         assert!(dark > white.len() / 3, "outline: {dark} dark px for {} white", white.len());
         let (min_y, max_y) = (white.iter().map(|p| p.1).min().unwrap(), white.iter().map(|p| p.1).max().unwrap());
         let (min_x, max_x) = (white.iter().map(|p| p.0).min().unwrap(), white.iter().map(|p| p.0).max().unwrap());
-        let style = Style::for_frame(w as u32, h as u32);
+        let style = Style::for_frame(h as u32);
         assert!(max_y < h - style.margin_bottom && max_y > h - style.margin_bottom - style.size as usize, "{max_y}");
         assert!(min_y > h * 3 / 4, "two lines in the bottom quarter: from {min_y}");
         let centre = (min_x + max_x) / 2;

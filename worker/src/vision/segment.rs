@@ -123,19 +123,10 @@ pub fn segmenter(data_dir: &Path, model: Model) -> Result<Arc<Segmenter>, Vision
         });
     }
     let (lib, threads) = (crate::onnx::runtime_path(data_dir), crate::onnx::default_threads());
-    let session = match model {
-        Model::IsNet => {
-            let rewrite = Rewrite { any_side: Some(model.native().into()), first_output_only: true };
-            crate::onnx::session_rewritten(&lib, &file, threads, true, rewrite)?
-        }
-        Model::U2netp => crate::onnx::session_rewritten(
-            &lib,
-            &file,
-            threads,
-            true,
-            Rewrite { first_output_only: true, ..Default::default() },
-        )?,
-    };
+    // Only the mask (the first output) is read; IS-Net runs at the side the
+    // cut-out is shown at.
+    let rewrite = Rewrite { any_side: (model == Model::IsNet).then(|| model.native().into()), first_output_only: true };
+    let session = crate::onnx::session_rewritten(&lib, &file, threads, true, rewrite)?;
     let s = Arc::new(Segmenter { model, session: Mutex::new(session) });
     map.insert(key, s.clone());
     Ok(s)

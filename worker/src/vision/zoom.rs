@@ -10,6 +10,19 @@
 
 use image::RgbImage;
 
+/// BT.601 limited-range luma of an RGB colour (0-255 each), as ffmpeg's
+/// rgb24 -> yuv420p conversion computes it.
+pub fn luma(r: f32, g: f32, b: f32) -> u8 {
+    (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8
+}
+
+/// BT.601 limited-range chroma (U, V) of an RGB colour.
+pub fn chroma(r: f32, g: f32, b: f32) -> (u8, u8) {
+    let u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0;
+    let v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0;
+    (u.round().clamp(0.0, 255.0) as u8, v.round().clamp(0.0, 255.0) as u8)
+}
+
 /// The still as BT.601 limited-range yuv420p planes (what ffmpeg's
 /// rgb24 -> yuv420p conversion produces by default).
 pub struct Planes {
@@ -28,7 +41,7 @@ impl Planes {
         let mut y = vec![0u8; w * h];
         for (i, px) in raw.chunks_exact(3).enumerate() {
             let (r, g, b) = (f32::from(px[0]), f32::from(px[1]), f32::from(px[2]));
-            y[i] = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
+            y[i] = luma(r, g, b);
         }
         let (cw, ch) = (w / 2, h / 2);
         let (mut u, mut v) = (vec![0u8; cw * ch], vec![0u8; cw * ch]);
@@ -42,10 +55,7 @@ impl Planes {
                     b += f32::from(raw[i + 2]);
                 }
                 let (r, g, b) = (r / 4.0, g / 4.0, b / 4.0);
-                u[cy * cw + cx] =
-                    (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
-                v[cy * cw + cx] =
-                    (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round().clamp(0.0, 255.0) as u8;
+                (u[cy * cw + cx], v[cy * cw + cx]) = chroma(r, g, b);
             }
         }
         Planes { w, h, y, u, v }
