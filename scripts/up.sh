@@ -65,10 +65,13 @@ for _ in $(seq 50); do [[ -s "$home/redis/redis.pid" ]] && break; sleep 0.1; don
 redis_pid=$(cat "$home/redis/redis.pid" 2>/dev/null || true)
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-./target/release/gateway > "$home/logs/gateway.log" 2>&1 & pids+=($!)
+# Where cargo put the binaries (CARGO_TARGET_DIR when it is set: running
+# ./target's would start whatever an older build left there).
+bin="${CARGO_TARGET_DIR:-$here/target}/release"
+"$bin/gateway" > "$home/logs/gateway.log" 2>&1 & pids+=($!)
 for i in $(seq 1 "$workers"); do
   TAYORI_WORKER_NAME="worker-$(hostname)-$i" TAYORI_S3_ENDPOINT="http://127.0.0.1:$s3_port" \
-    ./target/release/worker > "$home/logs/worker-$i.log" 2>&1 & pids+=($!)
+    "$bin/worker" > "$home/logs/worker-$i.log" 2>&1 & pids+=($!)
 done
 for _ in $(seq 100); do
   curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -81,7 +84,7 @@ if ! curl -fsS "http://127.0.0.1:$port/health" >/dev/null; then
 fi
 echo
 echo "  tayori is running: open http://127.0.0.1:$port/"
-echo "  command line: target/release/tayori --server http://127.0.0.1:$port --help"
+echo "  command line: $bin/tayori --server http://127.0.0.1:$port --help"
 echo "  logs: $home/logs   stop: Ctrl-C"
 echo
 wait -n "${pids[@]}" || true
