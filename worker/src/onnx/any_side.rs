@@ -4,16 +4,26 @@
 //! IS-Net's export fixes its input at 1024x1024, and each of its Resize nodes
 //! gets its target size as `Concat(Shape(x)[0:2], Constant [h, w])`, the
 //! `[h, w]` worked out for 1024. The rewrite declares the input's height and
-//! width free and computes every such `[h, w]` from the input instead:
-//! `Shape(input)[2:4] / [1024 / h, 1024 / w]`. The model then runs at any side
-//! its pooling divides exactly (a multiple of 64 for IS-Net, whose deepest
-//! feature map is 1/64 of the side). The declared shapes of outputs and
-//! intermediate values, which name the 1024 sizes, are dropped: ONNX Runtime
-//! infers them.
+//! width free and gives each such Resize a constant scale instead of the
+//! size: `[1, 1, h / ih, w / iw]`, `ih` and `iw` being the height and width
+//! the model declares for the Resize's input (every Resize of IS-Net doubles
+//! its input, or scales a side output up to the input's size). The model then
+//! runs at any side its pooling divides exactly (a multiple of 64 for IS-Net,
+//! whose deepest feature map is 1/64 of the side), where the doubled maps
+//! are exactly the sizes the model asked for. The declared shapes of outputs
+//! and intermediate values, which name the 1024 sizes, are dropped: ONNX
+//! Runtime infers them. The size computations left unused cost nothing
+//! measurable (and `prune` removes them).
 //!
-//! Measured on IS-Net fp16 widened (onnxruntime 1.31.1, 2 threads): at 1024
-//! the outputs are the stored model's (within 4e-5) and a run costs the same
-//! (2.46-2.69 CPU-s against 2.53-2.66); at 896 a run costs 1.87-1.91 CPU-s.
+//! A constant scale, unlike a size computed from the input, lets ONNX
+//! Runtime keep the upsampling in its blocked (NCHWc) layout, between the
+//! convolutions that use it, instead of converting to and from that layout
+//! around every Resize. Measured on IS-Net fp16 widened and cut to its mask
+//! (onnxruntime 1.31.1, 2 threads, its profile of one run at 896): with sizes
+//! computed from the input, Resize took 51-59 ms a run and the conversions
+//! around it 52 ms, of 1.0-1.2 s; with constant scales, the blocked Upsample
+//! took 18 ms and the one conversion left 3 ms. The outputs agree within
+//! 3e-7, and at 1024 they are the stored model's (within 4e-5).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -21,7 +31,8 @@ use super::proto::{
     Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field, rewrite_graph,
 };
 
-/// `TensorProto.DataType` INT64.
+/// `TensorProto.DataType` FLOAT and INT64.
+const FLOAT: u64 = 1;
 const INT64: u64 = 7;
 /// Names of what the rewrite adds.
 const PREFIX: &str = "tayori_any_side";
@@ -51,24 +62,33 @@ impl<'a> Node<'a> {
 
 /// `model` (the bytes of an .onnx file whose one input is `native` pixels
 /// square) rewritten to take any side. Fails on a model without constant
-/// Resize sizes, or whose input is not `native` square.
+/// Resize sizes, one whose Resize does not scale its declared input by a
+/// whole factor, or whose input is not `native` square.
 pub fn any_side(model: &[u8], native: u64) -> Result<Vec<u8>, ModelError> {
     rewrite_graph(model, 4096, |g, out| graph(g, native, out))
 }
 
 fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
-    // Pass 1: the nodes, the input, and which constants are Resize sizes
-    // (with the divisors that make them from the input's side).
+    // Pass 1: the nodes, the input, the declared sizes of values, and which
+    // Resize nodes take a constant size (with the scales that replace it).
     let mut nodes = Vec::new();
-    let mut input = None;
+    let mut has_input = false;
+    let mut declared: HashMap<&[u8], [u64; 2]> = HashMap::new();
     for f in Fields(msg) {
         match f? {
             Field { number: 1, value: Value::Bytes(b), .. } => nodes.push(Node::parse(b)?),
-            Field { number: 11, value: Value::Bytes(b), .. } if input.is_none() => input = Some(name(b)?),
+            Field { number: n @ (11 | 13), value: Value::Bytes(b), .. } => {
+                has_input |= n == 11;
+                if let Some(hw) = spatial(b)? {
+                    declared.insert(name(b)?, hw);
+                }
+            }
             _ => {}
         }
     }
-    let input = input.ok_or(ModelError("the graph has no input"))?;
+    if !has_input {
+        return Err(ModelError("the graph has no input"));
+    }
     let producer: HashMap<&[u8], &Node> = nodes.iter().flat_map(|n| n.outputs.iter().map(move |&o| (o, n))).collect();
     let mut users: HashMap<&[u8], usize> = HashMap::new();
     for i in nodes.iter().flat_map(|n| &n.inputs) {
@@ -78,9 +98,10 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
         return Err(ModelError("the model already names values as this rewrite does"));
     }
     // Each Resize whose sizes are `Concat(<from the input>, Constant [h, w])`,
-    // the constant used by that Concat alone; any other Resize with a
+    // the constant used by that Concat alone, and whose input is declared
+    // `[.., h / a, w / b]` for whole `a` and `b`; any other Resize with a
     // constant in its sizes is refused rather than left fixed.
-    let mut divisors: HashMap<&[u8], [u64; 2]> = HashMap::new();
+    let mut scales: HashMap<&[u8], [u64; 2]> = HashMap::new();
     for resize in nodes.iter().filter(|n| n.op == b"Resize" && n.inputs.len() >= 4) {
         let Some(concat) = producer.get(resize.inputs[3]).filter(|n| n.op == b"Concat") else {
             continue;
@@ -89,49 +110,44 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
         if !concat.inputs.iter().any(|i| constant(i).is_some()) {
             continue;
         }
-        let fits = match concat.inputs.as_slice() {
+        let size = match concat.inputs.as_slice() {
             [first, last] if constant(first).is_none() && users.get(last) == Some(&1) => {
-                match constant(last).map(|c| constant_pair(c.raw)).transpose()?.flatten() {
-                    Some([h, w]) if h > 0 && w > 0 && native.is_multiple_of(h) && native.is_multiple_of(w) => {
-                        divisors.insert(last, [native / h, native / w]);
-                        true
-                    }
-                    _ => false,
-                }
+                constant(last).map(|c| constant_pair(c.raw)).transpose()?.flatten()
             }
-            _ => false,
+            _ => None,
         };
-        if !fits {
-            return Err(ModelError("a Resize's constant size is not one this rewrite knows"));
-        }
+        let scale = match (size, declared.get(resize.inputs[0])) {
+            (Some([h, w]), Some(&[ih, iw]))
+                if ih > 0
+                    && iw > 0
+                    && h.is_multiple_of(ih)
+                    && w.is_multiple_of(iw)
+                    && native.is_multiple_of(h)
+                    && native.is_multiple_of(w) =>
+            {
+                [h / ih, w / iw]
+            }
+            _ => return Err(ModelError("a Resize's constant size is not one this rewrite knows")),
+        };
+        scales.insert(resize.outputs.first().ok_or(ModelError("a Resize has no output"))?, scale);
     }
-    if divisors.is_empty() {
+    if scales.is_empty() {
         return Err(ModelError("no Resize takes a constant size"));
     }
 
-    // Pass 2: the side read from the input first, each size constant made
-    // a division of it, the declared shapes freed.
-    let (shape, hw) = (format!("{PREFIX}_shape"), format!("{PREFIX}_hw"));
-    let (starts, ends) = (format!("{PREFIX}_2"), format!("{PREFIX}_4"));
-    put_bytes_field(out, 1, &node_body("Shape", &[input], &[shape.as_bytes()]));
-    put_bytes_field(
-        out,
-        1,
-        &node_body("Slice", &[shape.as_bytes(), starts.as_bytes(), ends.as_bytes()], &[hw.as_bytes()]),
-    );
-    let mut divisor_names: BTreeMap<[u64; 2], String> = BTreeMap::new();
+    // Pass 2: each of those Resize nodes given its scales instead of the
+    // size, the input's height and width freed, the declared shapes dropped.
+    let mut scale_names: BTreeMap<[u64; 2], String> = BTreeMap::new();
     let mut inputs_seen = 0;
     for f in Fields(msg) {
         let f = f?;
         match (f.number, f.value) {
             (1, Value::Bytes(b)) => {
                 let node = Node::parse(b)?;
-                match node.outputs.first().and_then(|o| divisors.get(o)) {
-                    Some(&d) => {
-                        let divisor =
-                            divisor_names.entry(d).or_insert_with(|| format!("{PREFIX}_div_{}_{}", d[0], d[1]));
-                        let ins = [hw.as_bytes(), divisor.as_bytes()];
-                        put_bytes_field(out, 1, &node_body("Div", &ins, &[node.outputs[0]]));
+                match node.outputs.first().and_then(|o| scales.get(o)).filter(|_| node.op == b"Resize") {
+                    Some(&k) => {
+                        let name = scale_names.entry(k).or_insert_with(|| format!("{PREFIX}_scales_{}_{}", k[0], k[1]));
+                        put_bytes_field(out, 1, &with_scales(b, node.inputs[0], node.inputs[1], name.as_bytes())?);
                     }
                     None => out.extend_from_slice(f.raw),
                 }
@@ -148,12 +164,65 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
             _ => out.extend_from_slice(f.raw),
         }
     }
-    put_bytes_field(out, 5, &int64_tensor(&starts, &[2]));
-    put_bytes_field(out, 5, &int64_tensor(&ends, &[4]));
-    for (d, name) in &divisor_names {
-        put_bytes_field(out, 5, &int64_tensor(name, d));
+    for (k, name) in &scale_names {
+        put_bytes_field(out, 5, &float_tensor(name, &[1.0, 1.0, k[0] as f32, k[1] as f32]));
     }
     Ok(())
+}
+
+/// The body of the first length-delimited field `number` of `msg`.
+fn first(msg: &[u8], number: u64) -> Result<Option<&[u8]>, ModelError> {
+    for f in Fields(msg) {
+        if let Field { number: n, value: Value::Bytes(b), .. } = f?
+            && n == number
+        {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
+/// A Resize NodeProto with its inputs made `[x, roi, scales]` (no sizes),
+/// everything else (name, attributes, domain) kept.
+fn with_scales(node: &[u8], x: &[u8], roi: &[u8], scales: &[u8]) -> Result<Vec<u8>, ModelError> {
+    let mut out = Vec::new();
+    for i in [x, roi, scales] {
+        put_bytes_field(&mut out, 1, i);
+    }
+    for f in Fields(node) {
+        let f = f?;
+        if f.number != 1 {
+            out.extend_from_slice(f.raw);
+        }
+    }
+    Ok(out)
+}
+
+/// The last two dimensions (height, width) a ValueInfoProto declares, when
+/// both are numbers.
+fn spatial(vi: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
+    // ValueInfoProto.type → TypeProto.tensor_type → .shape → .dim
+    let Some(shape) =
+        first(vi, 2)?.map(|t| first(t, 1)).transpose()?.flatten().map(|t| first(t, 2)).transpose()?.flatten()
+    else {
+        return Ok(None);
+    };
+    let mut dims = Vec::new();
+    for f in Fields(shape) {
+        if let Field { number: 1, value: Value::Bytes(dim), .. } = f? {
+            let mut v = None;
+            for d in Fields(dim) {
+                if let Field { number: 1, value: Value::Varint(n), .. } = d? {
+                    v = Some(n);
+                }
+            }
+            dims.push(v);
+        }
+    }
+    Ok(match dims.as_slice() {
+        [.., Some(h), Some(w)] => Some([*h, *w]),
+        _ => None,
+    })
 }
 
 /// A ValueInfoProto's name.
@@ -163,7 +232,7 @@ fn name(vi: &[u8]) -> Result<&[u8], ModelError> {
             return Ok(b);
         }
     }
-    Err(ModelError("a graph input has no name"))
+    Err(ModelError("a declared value has no name"))
 }
 
 /// The `[a, b]` of a Constant node whose value is a two-element int64
@@ -292,6 +361,7 @@ where
 }
 
 /// A NodeProto body.
+#[cfg(test)]
 fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
     for i in inputs {
@@ -306,10 +376,21 @@ fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
 }
 
 /// A TensorProto body: a one-dimensional int64 tensor.
+#[cfg(test)]
 fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
     let mut t = Vec::new();
     put_varint_field(&mut t, 1, values.len() as u64);
     put_varint_field(&mut t, 2, INT64);
+    put_bytes_field(&mut t, 8, name.as_bytes());
+    put_bytes_field(&mut t, 9, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    t
+}
+
+/// A TensorProto body: a one-dimensional float tensor.
+fn float_tensor(name: &str, values: &[f32]) -> Vec<u8> {
+    let mut t = Vec::new();
+    put_varint_field(&mut t, 1, values.len() as u64);
+    put_varint_field(&mut t, 2, FLOAT);
     put_bytes_field(&mut t, 8, name.as_bytes());
     put_bytes_field(&mut t, 9, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
     t
@@ -354,22 +435,29 @@ mod tests {
         msg(&[(1, name.as_bytes()), (2, &msg(&[(1, &tensor)]))])
     }
 
-    /// x (1x3xSxS) → Conv → y; `Concat(Shape(y), Constant size)` sizes a
-    /// Resize of y to z. With `shared`, the constant feeds another node too.
-    fn model_with(side: u64, size: [u64; 2], shared: bool) -> Vec<u8> {
+    /// x (1x3xSxS) → Conv → y (declared `y_side` square, or not declared);
+    /// `Concat(Shape(y), Constant size)` sizes a Resize of y to z. With
+    /// `shared`, the constant feeds another node too.
+    fn model_with(side: u64, y_side: Option<u64>, size: [u64; 2], shared: bool) -> Vec<u8> {
         let size = int64_tensor("c", &size);
         let attr = msg(&[(1, b"value"), (5, &size)]);
+        let mode = msg(&[(1, b"mode"), (4, b"linear")]);
+        let mut resize = node("Resize", &["y", "", "", "sizes"], &["z"], Some(&mode));
+        put_bytes_field(&mut resize, 7, b"");
         let mut graph = msg(&[
             (1, &node("Conv", &["x", "w"], &["y"], None)),
             (1, &node("Shape", &["y"], &["s"], None)),
-            (1, &node("Constant", &[], &["half"], Some(&attr))),
-            (1, &node("Concat", &["s", "half"], &["sizes"], None)),
-            (1, &node("Resize", &["y", "", "", "sizes"], &["z"], None)),
+            (1, &node("Constant", &[], &["double"], Some(&attr))),
+            (1, &node("Concat", &["s", "double"], &["sizes"], None)),
+            (1, &resize),
             (11, &value("x", &[1, 3, side, side])),
-            (12, &value("z", &[1, 3, side / 2, side / 2])),
+            (12, &value("z", &[1, 3, side, side])),
         ]);
+        if let Some(y) = y_side {
+            put_bytes_field(&mut graph, 13, &value("y", &[1, 3, y, y]));
+        }
         if shared {
-            put_bytes_field(&mut graph, 1, &node("Identity", &["half"], &["other"], None));
+            put_bytes_field(&mut graph, 1, &node("Identity", &["double"], &["other"], None));
         }
         let mut m = Vec::new();
         put_varint_field(&mut m, 1, 8);
@@ -378,64 +466,59 @@ mod tests {
     }
 
     fn model(side: u64) -> Vec<u8> {
-        model_with(side, [side / 2, side / 2], false)
+        model_with(side, Some(side / 2), [side, side], false)
     }
 
     #[test]
-    fn the_size_constant_becomes_a_division_of_the_input_side() {
+    fn the_size_becomes_a_constant_scale() {
         let out = any_side(&model(64), 64).unwrap();
         let graph = bytes_fields(&out, 7)[0];
         let nodes: Vec<Node> = bytes_fields(graph, 1).into_iter().map(|b| Node::parse(b).unwrap()).collect();
         let ops: Vec<&[u8]> = nodes.iter().map(|n| n.op).collect();
-        assert_eq!(ops, [&b"Shape"[..], b"Slice", b"Conv", b"Shape", b"Div", b"Concat", b"Resize"]);
-        assert_eq!(nodes[0].inputs, [b"x"]);
-        let div = &nodes[4];
-        assert_eq!(div.outputs, [b"half"], "same output name: its consumers are unchanged");
-        assert_eq!(div.inputs[0], nodes[1].outputs[0]);
-        // The divisor, 64 / 32 on each axis, and the Slice's bounds (dims 2
-        // to 4 of the shape): int64 initializers.
-        let inits: HashMap<&[u8], Vec<u64>> = bytes_fields(graph, 5)
-            .into_iter()
-            .map(|t| {
-                (
-                    bytes_fields(t, 8)[0],
-                    bytes_fields(t, 9)[0].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
-                )
-            })
-            .collect();
-        assert_eq!(inits[div.inputs[1]], [2, 2]);
-        let slice = &nodes[1];
-        assert_eq!(slice.inputs[0], nodes[0].outputs[0]);
-        assert_eq!((&inits[slice.inputs[1]][..], &inits[slice.inputs[2]][..]), (&[2][..], &[4][..]));
-        // The input's height and width named, the output's shape dropped.
+        assert_eq!(ops, [&b"Conv"[..], b"Shape", b"Constant", b"Concat", b"Resize"], "no node added");
+        let resize = &nodes[4];
+        assert_eq!(resize.outputs, [b"z"]);
+        assert_eq!(resize.inputs.len(), 3, "x, roi, scales: no sizes");
+        assert_eq!((resize.inputs[0], resize.inputs[1]), (&b"y"[..], &b""[..]));
+        // Its attributes and domain kept.
+        assert_eq!(bytes_fields(bytes_fields(resize.raw, 5)[0], 4), [b"linear"]);
+        assert_eq!(bytes_fields(resize.raw, 7), [b""]);
+        // The scales, [1, 1, 2, 2]: a float initializer.
+        let init = bytes_fields(graph, 5);
+        assert_eq!(init.len(), 1);
+        assert_eq!(bytes_fields(init[0], 8), [resize.inputs[2]]);
+        let values: Vec<f32> =
+            bytes_fields(init[0], 9)[0].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(values, [1.0, 1.0, 2.0, 2.0]);
+        // The input's height and width named, the other shapes dropped.
         let input = bytes_fields(graph, 11)[0];
         let dims = bytes_fields(bytes_fields(bytes_fields(bytes_fields(input, 2)[0], 1)[0], 2)[0], 1);
         assert_eq!(dims.len(), 4);
         assert_eq!(bytes_fields(dims[2], 2), [b"height"]);
         assert_eq!(bytes_fields(dims[3], 2), [b"width"]);
-        let output = bytes_fields(graph, 12)[0];
-        assert!(bytes_fields(bytes_fields(bytes_fields(output, 2)[0], 1)[0], 2).is_empty());
+        for declared in [bytes_fields(graph, 12)[0], bytes_fields(graph, 13)[0]] {
+            assert!(bytes_fields(bytes_fields(bytes_fields(declared, 2)[0], 1)[0], 2).is_empty());
+        }
     }
 
     #[test]
     fn models_it_does_not_fit_are_refused() {
         let refused = |m: &[u8], native: u64| any_side(m, native).err().map(|e| e.0).unwrap_or("accepted");
         assert_eq!(refused(&model(64), 128), "the input is not the side it was said to be");
-        // A size the side does not divide, and a size constant another node
-        // reads too: refused, not left fixed or changed under that node.
-        assert_eq!(
-            refused(&model_with(64, [24, 24], false), 64),
-            "a Resize's constant size is not one this rewrite knows"
-        );
-        assert_eq!(
-            refused(&model_with(64, [32, 32], true), 64),
-            "a Resize's constant size is not one this rewrite knows"
-        );
-        assert_eq!(refused(&model_with(64, [32, 32], false), 64), "accepted");
+        // A size that is not a whole multiple of the Resize's input, one the
+        // side does not divide, an input of no declared size, and a size
+        // constant another node reads too: refused, not left fixed or
+        // changed under that node.
+        let unknown = "a Resize's constant size is not one this rewrite knows";
+        assert_eq!(refused(&model_with(64, Some(32), [48, 48], false), 64), unknown);
+        assert_eq!(refused(&model_with(64, Some(12), [24, 24], false), 64), unknown);
+        assert_eq!(refused(&model_with(64, None, [64, 64], false), 64), unknown);
+        assert_eq!(refused(&model_with(64, Some(32), [64, 64], true), 64), unknown);
+        assert_eq!(refused(&model_with(64, Some(16), [64, 64], false), 64), "accepted");
         // A model that already names a value as the rewrite would.
         let m = model(64);
         let mut graph = bytes_fields(&m, 7)[0].to_vec();
-        put_bytes_field(&mut graph, 1, &node("Relu", &["x"], &[&format!("{PREFIX}_hw")], None));
+        put_bytes_field(&mut graph, 1, &node("Relu", &["x"], &[&format!("{PREFIX}_scales")], None));
         let mut clash = Vec::new();
         put_bytes_field(&mut clash, 7, &graph);
         assert_eq!(refused(&clash, 64), "the model already names values as this rewrite does");
