@@ -311,29 +311,29 @@ async fn render_from_storage(j: &Job<'_>) -> Result<VideoResult, PipelineError> 
     let speech = j.path("prosody_adjusted.wav");
     let id = j.task_id();
     let keys = (objects::optimized(id, w, h), objects::prosody_adjusted(id));
-    // With the mix already made (a fast voice), it is fetched with the rest;
-    // else the voice stage is asked again once the picture is ready (the
-    // mix often ends while the frame is decoded), and only if it is still
-    // mixing is the picture encoded alone meanwhile.
+    // With the mix already made (a fast voice), it is fetched with the rest
+    // and the encoder starts at once; else the voice stage is asked again
+    // once the picture is ready (the mix often ends while the frame is
+    // decoded), and only if it is still mixing is the picture encoded alone
+    // meanwhile.
     let mixed = j.handoff.voice_is_done().await?;
-    let (_, _, timing, early) = tokio::try_join!(
+    let (_, _, timing, ready) = tokio::try_join!(
         async { Ok::<_, PipelineError>(j.storage.get_to_file(&keys.0, &frame).await?) },
         async { Ok(j.storage.get_to_file(&keys.1, &speech).await?) },
         render::speech_timing(j),
         async { if mixed { mixed_audio(j).await.map(Some) } else { Ok(None) } },
     )?;
     let now = async {
-        match early {
-            Some(audio) => Ok(Some(audio)),
-            None if j.handoff.voice_is_done().await? => mixed_audio(j).await.map(Some),
-            None => Ok(None),
+        match j.handoff.voice_is_done().await? {
+            true => mixed_audio(j).await.map(Some),
+            false => Ok(None),
         }
     };
     let later = async {
         j.handoff.voice_done().await?;
         mixed_audio(j).await
     };
-    let sound = render::Sound { now, later };
+    let sound = render::Sound { ready, now, later };
     render::render_and_upload(j, &frame, &speech, timing.as_ref(), sound).await
 }
 

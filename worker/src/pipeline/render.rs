@@ -183,14 +183,17 @@ fn picture_frames(frames: u32, captions: &[Caption]) -> Vec<(u32, Option<usize>)
 /// tells whether every picture was made (a panic there would otherwise
 /// look to ffmpeg like the end of its input).
 fn zoom_frames(
-    planes: vision::zoom::Planes,
+    planes: tokio::sync::oneshot::Receiver<vision::zoom::Planes>,
+    (w, h): (u32, u32),
     frames: u32,
     font: std::sync::Arc<vision::caption::CaptionFont>,
     captions: Vec<Caption>,
 ) -> (tokio::sync::mpsc::Receiver<Vec<u8>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let made = tokio::task::spawn_blocking(move || {
-        let (w, h) = (planes.w, planes.h);
+        // No planes: they could not be made (the caller reports why).
+        let Ok(planes) = planes.blocking_recv() else { return };
+        let (w, h) = (w as usize, h as usize);
         let style = vision::caption::Style::for_frame(h as u32);
         let mut overlays: Vec<Option<vision::caption::Overlay>> = vec![None; captions.len()];
         let shift = zoom_shift(frames);
@@ -256,11 +259,15 @@ impl Audio {
     }
 }
 
-/// The video's sound, asked for once the picture is ready to be encoded
-/// (frame decoded, thumbnail made), so that a mix finished meanwhile still
-/// goes into the one encoding run.
+/// The video's sound: the mix if it was done when the render started
+/// (the encoder is then started at once, with it), else asked for again
+/// once the picture is ready to be encoded (frame decoded, thumbnail made),
+/// so that a mix finished meanwhile still goes into the one encoding run.
 pub struct Sound<N, L> {
-    /// The mix if the voice stage is done by then, else `None`.
+    /// The mix, if the voice stage was done when the render started.
+    pub ready: Option<Audio>,
+    /// The mix if the voice stage is done once the picture is ready, else
+    /// `None` (awaited only when `ready` is `None`).
     pub now: N,
     /// The mix once the voice stage is done (awaited only after `now` gave
     /// `None`): the picture is encoded alone meanwhile, then put with it
@@ -319,8 +326,14 @@ async fn picture(j: &Job<'_>, frame: &Path, thumbnail: &Path) -> Result<vision::
 /// its sound, or none (see [`mux`]). Not cut to `duration`: the last
 /// picture (at the last frame's time, just under `duration`) would end past
 /// it and be dropped.
+///
+/// ffmpeg is started before the planes are awaited: loading its 200-odd
+/// shared libraries takes it about 0.06 CPU-seconds, done on the other core
+/// while the frame is decoded. An error making the planes is the one
+/// returned (ffmpeg then sees its input end with no picture).
 async fn encode_planes(
-    planes: vision::zoom::Planes,
+    planes: impl std::future::Future<Output = Result<vision::zoom::Planes, PipelineError>>,
+    (w, h): (u32, u32),
     (font, captions): (std::sync::Arc<vision::caption::CaptionFont>, &[Caption]),
     audio: Option<&Audio>,
     duration: f64,
@@ -328,7 +341,7 @@ async fn encode_planes(
     timeout: std::time::Duration,
 ) -> Result<(), PipelineError> {
     let frames = (duration * f64::from(FPS)).ceil() as u32;
-    let size = format!("{}x{}", planes.w, planes.h);
+    let size = format!("{w}x{h}");
     let times: Vec<u32> = picture_frames(frames, captions).into_iter().map(|(n, _)| n).collect();
     let mut args = media::input_with(
         Path::new("-"),
@@ -355,8 +368,19 @@ async fn encode_planes(
     ]);
     args.extend(audio_out);
     args.extend(crate::args!["-f", "mp4", video]);
-    let (pictures, made) = zoom_frames(planes, frames, font, captions.to_vec());
-    let encoded = media::ffmpeg_fed(args, pictures, timeout).await;
+    let (planes_tx, planes_rx) = tokio::sync::oneshot::channel();
+    let (pictures, made) = zoom_frames(planes_rx, (w, h), frames, font, captions.to_vec());
+    let given = async {
+        let p = planes.await?;
+        if (p.w, p.h) != (w as usize, h as usize) {
+            return Err(PipelineError::BadOutput(format!("a {}x{} picture for a {w}x{h} video", p.w, p.h)));
+        }
+        // The producer is waiting for them unless ffmpeg already failed.
+        let _ = planes_tx.send(p);
+        Ok(())
+    };
+    let (given, encoded) = tokio::join!(given, media::ffmpeg_fed(args, pictures, timeout));
+    given?;
     made.await.map_err(|e| shared::rt::Panicked(e.to_string()))?;
     encoded?;
     Ok(())
@@ -420,22 +444,34 @@ where
     let video_key = objects::final_video(j.task_id());
     let thumbnail_key = objects::thumbnail(j.task_id());
     let put_thumbnail = async { Ok(j.storage.put_file(&thumbnail_key, &thumb, "image/jpeg").await?) };
-    let planes = picture(j, frame, &thumb).await?;
+    let picture = picture(j, frame, &thumb);
     let timeout = j.cfg.tool_timeout;
+    let text = (font, captions.as_slice());
     // Nothing is stored until the mix has come (a job whose voice stage
     // fails meanwhile leaves no part of a result). Thumbnail before the
     // video: the video's presence is what marks the result complete.
-    let thumbnail_bytes = match sound.now.await? {
+    let thumbnail_bytes = match sound.ready {
         Some(audio) => {
-            encode_planes(planes, (font, &captions), Some(&audio), duration, &video, timeout).await?;
+            encode_planes(picture, (w, h), text, Some(&audio), duration, &video, timeout).await?;
             put_thumbnail.await?
         }
         None => {
-            let picture = j.path("picture.mp4");
-            encode_planes(planes, (font, &captions), None, duration, &picture, timeout).await?;
-            let audio = sound.later.await?;
-            let muxed = mux(&picture, &audio, duration, &video, timeout);
-            tokio::try_join!(muxed, put_thumbnail)?.1
+            let planes = picture.await?;
+            match sound.now.await? {
+                Some(audio) => {
+                    let planes = std::future::ready(Ok(planes));
+                    encode_planes(planes, (w, h), text, Some(&audio), duration, &video, timeout).await?;
+                    put_thumbnail.await?
+                }
+                None => {
+                    let picture = j.path("picture.mp4");
+                    let planes = std::future::ready(Ok(planes));
+                    encode_planes(planes, (w, h), text, None, duration, &picture, timeout).await?;
+                    let audio = sound.later.await?;
+                    let muxed = mux(&picture, &audio, duration, &video, timeout);
+                    tokio::try_join!(muxed, put_thumbnail)?.1
+                }
+            }
         }
     };
     // The duration from the MP4's own header (an ffprobe run costs a
@@ -529,8 +565,11 @@ mod tests {
         let captions = captions("", Some(&timing), 0.5, 0.9, 512, 910);
         let font = || vision::caption::CaptionFont::shared(Path::new(vision::caption::DEFAULT_FONT)).unwrap();
         // One run, the mix ready (its AAC copied in).
-        let planes = || vision::zoom::Planes::from_rgb(&img);
-        encode_planes(planes(), (font(), &captions), Some(&Audio::Aac(audio.clone())), 2.0, &video, t).await.unwrap();
+        let planes = || std::future::ready(Ok(vision::zoom::Planes::from_rgb(&img)));
+        let size = (512, 910);
+        encode_planes(planes(), size, (font(), &captions), Some(&Audio::Aac(audio.clone())), 2.0, &video, t)
+            .await
+            .unwrap();
         // One frame's part (`crop`), as grey levels (ffmpeg, the judge).
         let grey = |seek: &str, crop: &str| -> Vec<u8> {
             let out = std::process::Command::new("ffmpeg")
@@ -584,7 +623,7 @@ mod tests {
         // The picture alone, then the sound put with it: copied, or from a
         // worker that made only the MP3, encoded to AAC by the mux.
         let picture = dir.path().join("p.mp4");
-        encode_planes(planes(), (font(), &captions), None, 2.0, &picture, t).await.unwrap();
+        encode_planes(planes(), size, (font(), &captions), None, 2.0, &picture, t).await.unwrap();
         assert_eq!(media::probe(&picture, media::Format::Mp4Video, t).await.unwrap().audio, None);
         for (n, sound) in [Audio::Aac(audio), Audio::Mp3(mp3.clone())].iter().enumerate() {
             let muxed = dir.path().join(format!("m{n}.mp4"));
@@ -601,10 +640,35 @@ mod tests {
         // A length off the frame grid (2.01 s: 61 frames, the last at 2.0 s,
         // ending after 2.01 s) keeps its last picture.
         let (picture, video) = (dir.path().join("p2.mp4"), dir.path().join("z2.mp4"));
-        encode_planes(planes(), (font(), &captions), None, 2.01, &picture, t).await.unwrap();
+        encode_planes(planes(), size, (font(), &captions), None, 2.01, &picture, t).await.unwrap();
         mux(&picture, &Audio::Mp3(mp3), 2.01, &video, t).await.unwrap();
         let last = picture_times(&video).last().copied().unwrap_or_default();
         assert!((last - 2.0).abs() < 0.002, "last picture at {last} s");
+    }
+
+    /// The encoder starts before the picture is made: a picture that could
+    /// not be made (or is not the video's size) is the error reported, ffmpeg
+    /// ends with its input, and no video is left.
+    #[tokio::test]
+    async fn a_picture_that_fails_while_ffmpeg_waits_is_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = std::time::Duration::from_secs(60);
+        let font = vision::caption::CaptionFont::shared(Path::new(vision::caption::DEFAULT_FONT)).unwrap();
+        let video = dir.path().join("v.mp4");
+        let failing = async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            Err(PipelineError::BadOutput("no picture".into()))
+        };
+        let started = std::time::Instant::now();
+        let err = encode_planes(failing, (512, 910), (font.clone(), &[]), None, 2.0, &video, t).await.unwrap_err();
+        assert!(matches!(&err, PipelineError::BadOutput(m) if m == "no picture"), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "ffmpeg ended with its input");
+        let small = vision::zoom::Planes::from_rgb(&image::RgbImage::new(64, 64));
+        let err = encode_planes(std::future::ready(Ok(small)), (512, 910), (font, &[]), None, 2.0, &video, t)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, PipelineError::BadOutput(m) if m.contains("64x64")), "{err:?}");
+        assert!(!video.exists() || std::fs::metadata(&video).unwrap().len() < 1000, "no video made");
     }
 
     #[test]
