@@ -62,8 +62,8 @@ impl<'a> Node<'a> {
 
 /// `model` (the bytes of an .onnx file whose one input is `native` pixels
 /// square) rewritten to take any side. Fails on a model without constant
-/// Resize sizes, one whose Resize does not scale its declared input by a
-/// whole factor, or whose input is not `native` square.
+/// Resize sizes, one with a Resize whose input has no declared 4-D shape or
+/// is not scaled by a whole factor, or whose input is not `native` square.
 pub fn any_side(model: &[u8], native: u64) -> Result<Vec<u8>, ModelError> {
     rewrite_graph(model, 4096, |g, out| graph(g, native, out))
 }
@@ -77,7 +77,7 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     for f in Fields(msg) {
         match f? {
             Field { number: 1, value: Value::Bytes(b), .. } => nodes.push(Node::parse(b)?),
-            Field { number: n @ (11 | 13), value: Value::Bytes(b), .. } => {
+            Field { number: n @ (11..=13), value: Value::Bytes(b), .. } => {
                 has_input |= n == 11;
                 if let Some(hw) = spatial(b)? {
                     declared.insert(name(b)?, hw);
@@ -90,16 +90,16 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
         return Err(ModelError("the graph has no input"));
     }
     let producer: HashMap<&[u8], &Node> = nodes.iter().flat_map(|n| n.outputs.iter().map(move |&o| (o, n))).collect();
-    let mut users: HashMap<&[u8], usize> = HashMap::new();
-    for i in nodes.iter().flat_map(|n| &n.inputs) {
-        *users.entry(i).or_default() += 1;
-    }
-    if nodes.iter().flat_map(|n| &n.outputs).any(|o| o.starts_with(PREFIX.as_bytes())) {
+    let initializers = bytes_named(msg, 5, 8)?;
+    if nodes.iter().flat_map(|n| &n.outputs).chain(&initializers).any(|o| o.starts_with(PREFIX.as_bytes())) {
         return Err(ModelError("the model already names values as this rewrite does"));
     }
-    // Each Resize whose sizes are `Concat(<from the input>, Constant [h, w])`,
-    // the constant used by that Concat alone, and whose input is declared
-    // `[.., h / a, w / b]` for whole `a` and `b`; any other Resize with a
+    // Each Resize whose sizes are `Concat(<from the input>, Constant [h, w])`
+    // and whose input is declared `[n, c, h / a, w / b]` for whole `a` and
+    // `b`, that input being a map that scales with the model's input (of more
+    // than one pixel a side, and dividing `native`: the feature maps of a
+    // U-Net like IS-Net's; a map of a fixed size, such as a global pool's,
+    // would be scaled wrong at other sides); any other Resize with a
     // constant in its sizes is refused rather than left fixed.
     let mut scales: HashMap<&[u8], [u64; 2]> = HashMap::new();
     for resize in nodes.iter().filter(|n| n.op == b"Resize" && n.inputs.len() >= 4) {
@@ -111,15 +111,17 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
             continue;
         }
         let size = match concat.inputs.as_slice() {
-            [first, last] if constant(first).is_none() && users.get(last) == Some(&1) => {
+            [first, last] if constant(first).is_none() => {
                 constant(last).map(|c| constant_pair(c.raw)).transpose()?.flatten()
             }
             _ => None,
         };
         let scale = match (size, declared.get(resize.inputs[0])) {
             (Some([h, w]), Some(&[ih, iw]))
-                if ih > 0
-                    && iw > 0
+                if ih > 1
+                    && iw > 1
+                    && native.is_multiple_of(ih)
+                    && native.is_multiple_of(iw)
                     && h.is_multiple_of(ih)
                     && w.is_multiple_of(iw)
                     && native.is_multiple_of(h)
@@ -170,6 +172,21 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// The names (field `name` of each) of the messages in field `number` of
+/// `msg`.
+fn bytes_named(msg: &[u8], number: u64, name: u64) -> Result<Vec<&[u8]>, ModelError> {
+    let mut out = Vec::new();
+    for f in Fields(msg) {
+        if let Field { number: n, value: Value::Bytes(b), .. } = f?
+            && n == number
+            && let Some(named) = first(b, name)?
+        {
+            out.push(named);
+        }
+    }
+    Ok(out)
+}
+
 /// The body of the first length-delimited field `number` of `msg`.
 fn first(msg: &[u8], number: u64) -> Result<Option<&[u8]>, ModelError> {
     for f in Fields(msg) {
@@ -198,7 +215,7 @@ fn with_scales(node: &[u8], x: &[u8], roi: &[u8], scales: &[u8]) -> Result<Vec<u
     Ok(out)
 }
 
-/// The last two dimensions (height, width) a ValueInfoProto declares, when
+/// The height and width a ValueInfoProto declares for a 4-D value, when
 /// both are numbers.
 fn spatial(vi: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
     // ValueInfoProto.type → TypeProto.tensor_type → .shape → .dim
@@ -220,7 +237,7 @@ fn spatial(vi: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
         }
     }
     Ok(match dims.as_slice() {
-        [.., Some(h), Some(w)] => Some([*h, *w]),
+        [_, _, Some(h), Some(w)] => Some([*h, *w]),
         _ => None,
     })
 }
@@ -505,20 +522,27 @@ mod tests {
     fn models_it_does_not_fit_are_refused() {
         let refused = |m: &[u8], native: u64| any_side(m, native).err().map(|e| e.0).unwrap_or("accepted");
         assert_eq!(refused(&model(64), 128), "the input is not the side it was said to be");
-        // A size that is not a whole multiple of the Resize's input, one the
-        // side does not divide, an input of no declared size, and a size
-        // constant another node reads too: refused, not left fixed or
-        // changed under that node.
+        // A size that is not a whole multiple of the Resize's input (a
+        // downscale), one the side does not divide, an input of no declared
+        // size or of a fixed one pixel: refused, not left fixed or scaled
+        // wrong at other sides.
         let unknown = "a Resize's constant size is not one this rewrite knows";
-        assert_eq!(refused(&model_with(64, Some(32), [48, 48], false), 64), unknown);
+        assert_eq!(refused(&model_with(64, Some(32), [16, 16], false), 64), unknown);
         assert_eq!(refused(&model_with(64, Some(12), [24, 24], false), 64), unknown);
         assert_eq!(refused(&model_with(64, None, [64, 64], false), 64), unknown);
-        assert_eq!(refused(&model_with(64, Some(32), [64, 64], true), 64), unknown);
+        assert_eq!(refused(&model_with(64, Some(1), [64, 64], false), 64), unknown);
+        // A size constant another node reads too is left as it is for it.
+        assert_eq!(refused(&model_with(64, Some(32), [64, 64], true), 64), "accepted");
         assert_eq!(refused(&model_with(64, Some(16), [64, 64], false), 64), "accepted");
         // A model that already names a value as the rewrite would.
         let m = model(64);
         let mut graph = bytes_fields(&m, 7)[0].to_vec();
         put_bytes_field(&mut graph, 1, &node("Relu", &["x"], &[&format!("{PREFIX}_scales")], None));
+        let mut clash = Vec::new();
+        put_bytes_field(&mut clash, 7, &graph);
+        assert_eq!(refused(&clash, 64), "the model already names values as this rewrite does");
+        let mut graph = bytes_fields(&m, 7)[0].to_vec();
+        put_bytes_field(&mut graph, 5, &int64_tensor(&format!("{PREFIX}_scales_2_2"), &[1]));
         let mut clash = Vec::new();
         put_bytes_field(&mut clash, 7, &graph);
         assert_eq!(refused(&clash, 64), "the model already names values as this rewrite does");

@@ -178,10 +178,11 @@ fn picture_frames(frames: u32, captions: &[Caption]) -> Vec<(u32, Option<usize>)
 
 /// The pictures of [`picture_frames`]: the slow zoom (moving at each tick,
 /// held in between) with the captions blended in, made on the blocking
-/// pool and sent one by one (the channel holds a few, so memory stays
-/// flat). Each caption is drawn when it first shows. The task's handle
-/// tells whether every picture was made (a panic there would otherwise
-/// look to ffmpeg like the end of its input).
+/// pool, once `planes` come, and sent one by one (the channel holds a few,
+/// so memory stays flat). Each caption is drawn when it first shows. The
+/// task's handle tells whether it ended without a panic (a panic there would
+/// otherwise look to ffmpeg like the end of its input); it also ends, making
+/// nothing, when the planes never come (the caller has that error).
 fn zoom_frames(
     planes: tokio::sync::oneshot::Receiver<vision::zoom::Planes>,
     (w, h): (u32, u32),
@@ -417,10 +418,11 @@ pub async fn speech_timing(j: &Job<'_>) -> Result<Option<shared::text::SpeechTim
     }
 }
 
-/// Render the video and its thumbnail and upload both. The sound is asked
-/// for once the picture is ready to be encoded: the mix if it is done by
-/// then (one encoding run), else the picture is encoded first and the mix
-/// awaited only to be put with it.
+/// Render the video and its thumbnail and upload both. With the mix made
+/// before the render started, ffmpeg starts with it at once; else the sound
+/// is asked for once the picture is ready to be encoded: the mix if it is
+/// done by then (one encoding run), else the picture is encoded first and
+/// the mix awaited only to be put with it.
 pub async fn render_and_upload<N, L>(
     j: &Job<'_>,
     frame: &Path,
