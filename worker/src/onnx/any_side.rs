@@ -28,7 +28,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::proto::{
-    Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field, rewrite_graph,
+    Field, Fields, ModelError, Value, first_bytes, packed, put_bytes_field, put_message, put_varint_field,
+    rewrite_graph,
 };
 
 /// `TensorProto.DataType` FLOAT and INT64.
@@ -179,24 +180,12 @@ fn bytes_named(msg: &[u8], number: u64, name: u64) -> Result<Vec<&[u8]>, ModelEr
     for f in Fields(msg) {
         if let Field { number: n, value: Value::Bytes(b), .. } = f?
             && n == number
-            && let Some(named) = first(b, name)?
+            && let Some(named) = first_bytes(b, name)?
         {
             out.push(named);
         }
     }
     Ok(out)
-}
-
-/// The body of the first length-delimited field `number` of `msg`.
-fn first(msg: &[u8], number: u64) -> Result<Option<&[u8]>, ModelError> {
-    for f in Fields(msg) {
-        if let Field { number: n, value: Value::Bytes(b), .. } = f?
-            && n == number
-        {
-            return Ok(Some(b));
-        }
-    }
-    Ok(None)
 }
 
 /// A Resize NodeProto with its inputs made `[x, roi, scales]` (no sizes),
@@ -219,8 +208,13 @@ fn with_scales(node: &[u8], x: &[u8], roi: &[u8], scales: &[u8]) -> Result<Vec<u
 /// both are numbers.
 fn spatial(vi: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
     // ValueInfoProto.type → TypeProto.tensor_type → .shape → .dim
-    let Some(shape) =
-        first(vi, 2)?.map(|t| first(t, 1)).transpose()?.flatten().map(|t| first(t, 2)).transpose()?.flatten()
+    let Some(shape) = first_bytes(vi, 2)?
+        .map(|t| first_bytes(t, 1))
+        .transpose()?
+        .flatten()
+        .map(|t| first_bytes(t, 2))
+        .transpose()?
+        .flatten()
     else {
         return Ok(None);
     };
@@ -244,12 +238,7 @@ fn spatial(vi: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
 
 /// A ValueInfoProto's name.
 fn name(vi: &[u8]) -> Result<&[u8], ModelError> {
-    for f in Fields(vi) {
-        if let Field { number: 1, value: Value::Bytes(b), .. } = f? {
-            return Ok(b);
-        }
-    }
-    Err(ModelError("a declared value has no name"))
+    first_bytes(vi, 1)?.ok_or(ModelError("a declared value has no name"))
 }
 
 /// The `[a, b]` of a Constant node whose value is a two-element int64
@@ -395,21 +384,23 @@ fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
 /// A TensorProto body: a one-dimensional int64 tensor.
 #[cfg(test)]
 fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
-    let mut t = Vec::new();
-    put_varint_field(&mut t, 1, values.len() as u64);
-    put_varint_field(&mut t, 2, INT64);
-    put_bytes_field(&mut t, 8, name.as_bytes());
-    put_bytes_field(&mut t, 9, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
-    t
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_1d(name, INT64, values.len(), &raw)
 }
 
 /// A TensorProto body: a one-dimensional float tensor.
 fn float_tensor(name: &str, values: &[f32]) -> Vec<u8> {
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    tensor_1d(name, FLOAT, values.len(), &raw)
+}
+
+/// A TensorProto body: `len` values of `data_type`, little-endian in `raw`.
+fn tensor_1d(name: &str, data_type: u64, len: usize, raw: &[u8]) -> Vec<u8> {
     let mut t = Vec::new();
-    put_varint_field(&mut t, 1, values.len() as u64);
-    put_varint_field(&mut t, 2, FLOAT);
+    put_varint_field(&mut t, 1, len as u64);
+    put_varint_field(&mut t, 2, data_type);
     put_bytes_field(&mut t, 8, name.as_bytes());
-    put_bytes_field(&mut t, 9, &values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    put_bytes_field(&mut t, 9, raw);
     t
 }
 

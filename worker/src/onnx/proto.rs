@@ -150,6 +150,18 @@ pub(super) fn rewrite_graph(
     Ok(out)
 }
 
+/// The body of the first length-delimited field `number` of `msg`, if any.
+pub(super) fn first_bytes(msg: &[u8], number: u64) -> Result<Option<&[u8]>, ModelError> {
+    for f in Fields(msg) {
+        if let Field { number: n, value: Value::Bytes(b), .. } = f?
+            && n == number
+        {
+            return Ok(Some(b));
+        }
+    }
+    Ok(None)
+}
+
 /// The integers of a packed repeated field.
 pub(super) fn packed(mut b: &[u8]) -> Result<Vec<u64>, ModelError> {
     let mut v = Vec::new();

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::proto::{Field, Fields, ModelError, Value, rewrite_graph};
+use super::proto::{Field, Fields, ModelError, Value, first_bytes, rewrite_graph};
 
 /// `model` (the bytes of an .onnx file) with only its first output.
 pub fn first_output_only(model: &[u8]) -> Result<Vec<u8>, ModelError> {
@@ -57,14 +57,7 @@ fn node(raw: &[u8]) -> Result<Node<'_>, ModelError> {
 
 /// The name field (`number`) of a message: ValueInfoProto 1, TensorProto 8.
 fn name_of(msg: &[u8], number: u64) -> Result<&[u8], ModelError> {
-    for f in Fields(msg) {
-        if let Field { number: n, value: Value::Bytes(b), .. } = f?
-            && n == number
-        {
-            return Ok(b);
-        }
-    }
-    Err(ModelError("a graph value has no name"))
+    first_bytes(msg, number)?.ok_or(ModelError("a graph value has no name"))
 }
 
 fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
