@@ -185,7 +185,6 @@ fn picture_frames(frames: u32, captions: &[Caption]) -> Vec<(u32, Option<usize>)
 /// nothing, when the planes never come (the caller has that error).
 fn zoom_frames(
     planes: tokio::sync::oneshot::Receiver<vision::zoom::Planes>,
-    (w, h): (u32, u32),
     frames: u32,
     font: std::sync::Arc<vision::caption::CaptionFont>,
     captions: Vec<Caption>,
@@ -194,7 +193,7 @@ fn zoom_frames(
     let made = tokio::task::spawn_blocking(move || {
         // No planes: they could not be made (the caller reports why).
         let Ok(planes) = planes.blocking_recv() else { return };
-        let (w, h) = (w as usize, h as usize);
+        let (w, h) = (planes.w, planes.h);
         let style = vision::caption::Style::for_frame(h as u32);
         let mut overlays: Vec<Option<vision::caption::Overlay>> = vec![None; captions.len()];
         let shift = zoom_shift(frames);
@@ -370,7 +369,7 @@ async fn encode_planes(
     args.extend(audio_out);
     args.extend(crate::args!["-f", "mp4", video]);
     let (planes_tx, planes_rx) = tokio::sync::oneshot::channel();
-    let (pictures, made) = zoom_frames(planes_rx, (w, h), frames, font, captions.to_vec());
+    let (pictures, made) = zoom_frames(planes_rx, frames, font, captions.to_vec());
     let given = async {
         let p = planes.await?;
         if (p.w, p.h) != (w as usize, h as usize) {
