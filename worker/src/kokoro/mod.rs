@@ -198,8 +198,9 @@ impl Kokoro {
             let n = parallel();
             let threads = (crate::onnx::default_threads() / n).max(1);
             let model = dir.join("model.onnx");
+            let rewrite = crate::onnx::Rewrite { int8_convs: true, ..Default::default() };
             let sessions = (0..n)
-                .map(|_| crate::onnx::session(lib, &model, threads, false).map(Mutex::new))
+                .map(|_| crate::onnx::session_rewritten(lib, &model, threads, false, rewrite).map(Mutex::new))
                 .collect::<Result<Vec<_>, _>>()?;
             let vocab = Vocab::load(&dir.join("vocab.json"))?;
             let words = dir.join("ja_words.txt");

@@ -28,8 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::proto::{
-    Field, Fields, ModelError, Value, first_bytes, packed, put_bytes_field, put_message, put_varint_field,
-    rewrite_graph,
+    Field, Fields, ModelError, Value, first_bytes, packed, put_bytes_field, put_message, rewrite_graph, tensor,
 };
 
 /// `TensorProto.DataType` FLOAT and INT64.
@@ -385,29 +384,19 @@ fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
     let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensor_1d(name, INT64, values.len(), &raw)
+    tensor(name, INT64, &[values.len() as u64], &raw)
 }
 
 /// A TensorProto body: a one-dimensional float tensor.
 fn float_tensor(name: &str, values: &[f32]) -> Vec<u8> {
     let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensor_1d(name, FLOAT, values.len(), &raw)
-}
-
-/// A TensorProto body: `len` values of `data_type`, little-endian in `raw`.
-fn tensor_1d(name: &str, data_type: u64, len: usize, raw: &[u8]) -> Vec<u8> {
-    let mut t = Vec::new();
-    put_varint_field(&mut t, 1, len as u64);
-    put_varint_field(&mut t, 2, data_type);
-    put_bytes_field(&mut t, 8, name.as_bytes());
-    put_bytes_field(&mut t, 9, raw);
-    t
+    tensor(name, FLOAT, &[values.len() as u64], &raw)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::proto::bytes_fields;
+    use crate::onnx::proto::{bytes_fields, put_varint_field};
 
     fn msg(fields: &[(u64, &[u8])]) -> Vec<u8> {
         let mut m = Vec::new();

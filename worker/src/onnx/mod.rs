@@ -4,6 +4,7 @@
 //! model (Piper voices, segmentation).
 
 pub mod any_side;
+pub mod int8_conv;
 mod proto;
 pub mod prune;
 pub mod widen;
@@ -59,6 +60,10 @@ pub struct Rewrite {
     /// Only the first output is read: the rest of the graph is removed
     /// ([`prune`]).
     pub first_output_only: bool,
+    /// Integer convolutions with uint8 weights run as integer matrix
+    /// products with int8 weights, exactly, in less time (Kokoro:
+    /// [`int8_conv`]).
+    pub int8_convs: bool,
 }
 
 /// [`session`] for a model rewritten as `rewrite` says.
@@ -81,8 +86,8 @@ pub fn session_rewritten(
         .and_then(|b| if lean { Ok(b.with_memory_pattern(false)?) } else { Ok(b) })
         .map_err(bad)?;
     // An fp16 model runs widened to fp32 (see widen.rs: less memory and CPU
-    // on x86). Any other is left for ONNX Runtime to read itself, so that a
-    // large one (Kokoro) is not held twice while it loads. Each form is
+    // on x86). A model not rewritten is left for ONNX Runtime to read
+    // itself, so that it is not held twice while it loads. Each form is
     // dropped as soon as the next is made (IS-Net: 88 MB stored, 176 MB
     // widened).
     let mut bytes = std::fs::read(model).map_err(|e| fail(e.to_string()))?;
@@ -97,6 +102,10 @@ pub fn session_rewritten(
     }
     if rewrite.first_output_only {
         bytes = prune::first_output_only(&bytes).map_err(|e| fail(e.to_string()))?;
+        changed = true;
+    }
+    if rewrite.int8_convs {
+        bytes = int8_conv::convs_as_matmuls(&bytes).map_err(|e| fail(e.to_string()))?;
         changed = true;
     }
     if changed {
@@ -194,7 +203,7 @@ mod tests {
             let mask = out["output"].try_extract_tensor::<f32>().unwrap().1.to_vec();
             (mask, cpu_seconds() - cpu)
         };
-        let all = Rewrite { any_side: Some(1024), first_output_only: false };
+        let all = Rewrite { any_side: Some(1024), ..Rewrite::default() };
         let cut = Rewrite { first_output_only: true, ..all };
         let mut every = session_rewritten(&lib, &model, default_threads(), true, all).unwrap();
         let mut first = session_rewritten(&lib, &model, default_threads(), true, cut).unwrap();
@@ -213,6 +222,37 @@ mod tests {
             t_first = t_first.min(run(&mut first).1);
         }
         println!("IS-Net at {side}: {t_every:.2} CPU-s with every output, {t_first:.2} with the mask alone");
+    }
+
+    /// Kokoro with its integer convolutions run as matrix products
+    /// ([`int8_conv`]): the very samples the stored model makes, for a
+    /// sentence's worth of tokens. The CPU of a run of each is printed, not
+    /// asserted.
+    #[test]
+    fn kokoro_with_its_convolutions_as_products_speaks_the_same_samples() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let model = data.join("voices/system/kokoro/model.onnx");
+        let lib = runtime_path(&data);
+        let tokens: Vec<i64> =
+            std::iter::once(0).chain((0..80).map(|i| [43, 16, 56, 135, 51, 158, 47, 3][i % 8])).chain([0]).collect();
+        let style: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 400.0).collect();
+        let run = |s: &mut Session| -> (Vec<f32>, f64) {
+            let t = ort::value::Tensor::from_array(([1usize, tokens.len()], tokens.clone())).unwrap();
+            let st = ort::value::Tensor::from_array(([1usize, 256], style.clone())).unwrap();
+            let sp = ort::value::Tensor::from_array(([1usize], vec![1f32])).unwrap();
+            let cpu = cpu_seconds();
+            let out = s.run(ort::inputs! {"tokens" => t, "style" => st, "speed" => sp}).unwrap();
+            let audio = out["audio"].try_extract_tensor::<f32>().unwrap().1.to_vec();
+            (audio, cpu_seconds() - cpu)
+        };
+        let rewrite = Rewrite { int8_convs: true, ..Rewrite::default() };
+        let mut stored = session(&lib, &model, default_threads(), false).unwrap();
+        let mut products = session_rewritten(&lib, &model, default_threads(), false, rewrite).unwrap();
+        let ((a, t_stored), (b, t_products)) = (run(&mut stored), run(&mut products));
+        assert!(a.len() > 24_000, "{} samples", a.len());
+        assert!(a.iter().any(|v| v.abs() > 0.05), "audible");
+        assert!(a == b, "largest difference {}", a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max));
+        println!("Kokoro, {} s of speech: {t_stored:.2} CPU-s as stored, {t_products:.2} rewritten", a.len() / 24_000);
     }
 
     /// This process's CPU time (user + system), in seconds.
@@ -243,7 +283,7 @@ mod tests {
             Ok(out["output"].try_extract_tensor::<f32>()?.1.to_vec())
         };
         let mut fixed = session(&lib, &model, default_threads(), true).unwrap();
-        let any_side = Rewrite { any_side: Some(1024), first_output_only: false };
+        let any_side = Rewrite { any_side: Some(1024), ..Rewrite::default() };
         let mut any = session_rewritten(&lib, &model, default_threads(), true, any_side).unwrap();
         let (a, b) = (run(&mut fixed, 1024).unwrap(), run(&mut any, 1024).unwrap());
         assert_eq!(a.len(), b.len());

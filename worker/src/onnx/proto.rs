@@ -108,6 +108,58 @@ pub(super) fn put_bytes_field(out: &mut Vec<u8>, number: u64, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// A TensorProto body: `dims` (none for a scalar), values of `data_type`
+/// little-endian in `raw`.
+pub(super) fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(raw.len() + name.len() + 32);
+    for &d in dims {
+        put_varint_field(&mut t, 1, d);
+    }
+    put_varint_field(&mut t, 2, data_type);
+    put_bytes_field(&mut t, 8, name.as_bytes());
+    put_bytes_field(&mut t, 9, raw);
+    t
+}
+
+/// An attribute of a node written by a rewrite.
+pub(super) enum Attr<'a> {
+    Int(&'a str, i64),
+    Ints(&'a str, &'a [i64]),
+}
+
+/// A NodeProto (in the default domain) as graph field 1.
+pub(super) fn put_node(out: &mut Vec<u8>, op: &str, name: &str, inputs: &[&[u8]], outputs: &[&[u8]], attrs: &[Attr]) {
+    let mut n = Vec::new();
+    for i in inputs {
+        put_bytes_field(&mut n, 1, i);
+    }
+    for o in outputs {
+        put_bytes_field(&mut n, 2, o);
+    }
+    put_bytes_field(&mut n, 3, name.as_bytes());
+    put_bytes_field(&mut n, 4, op.as_bytes());
+    for a in attrs {
+        // AttributeProto: name 1, i 3, ints 8, type 20 (INT 2, INTS 7).
+        let mut b = Vec::new();
+        match a {
+            Attr::Int(name, v) => {
+                put_bytes_field(&mut b, 1, name.as_bytes());
+                put_varint_field(&mut b, 3, *v as u64);
+                put_varint_field(&mut b, 20, 2);
+            }
+            Attr::Ints(name, vs) => {
+                put_bytes_field(&mut b, 1, name.as_bytes());
+                for &v in *vs {
+                    put_varint_field(&mut b, 8, v as u64);
+                }
+                put_varint_field(&mut b, 20, 7);
+            }
+        }
+        put_bytes_field(&mut n, 5, &b);
+    }
+    put_bytes_field(out, 1, &n);
+}
+
 /// A length-delimited field whose body `body` writes.
 pub(super) fn put_message(
     out: &mut Vec<u8>,

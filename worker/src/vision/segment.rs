@@ -125,7 +125,11 @@ pub fn segmenter(data_dir: &Path, model: Model) -> Result<Arc<Segmenter>, Vision
     let (lib, threads) = (crate::onnx::runtime_path(data_dir), crate::onnx::default_threads());
     // Only the mask (the first output) is read; IS-Net runs at the side the
     // cut-out is shown at.
-    let rewrite = Rewrite { any_side: (model == Model::IsNet).then(|| model.native().into()), first_output_only: true };
+    let rewrite = Rewrite {
+        any_side: (model == Model::IsNet).then(|| model.native().into()),
+        first_output_only: true,
+        ..Rewrite::default()
+    };
     let session = crate::onnx::session_rewritten(&lib, &file, threads, true, rewrite)?;
     let s = Arc::new(Segmenter { model, session: Mutex::new(session) });
     map.insert(key, s.clone());
