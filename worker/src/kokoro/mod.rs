@@ -2,7 +2,9 @@
 //!
 //! Per sentence: Open JTalk's text analysis (its trace, `-ot`: readings
 //! after its own number and date rules) → [`frontend`] phonemes → token ids
-//! → the model, with the voice's style row for that many tokens; the
+//! → the model (its integer convolutions run as matrix products:
+//! [`crate::onnx::int8_conv`], a third less time, the same samples), with
+//! the voice's style row for that many tokens; the
 //! silence at each end is trimmed. Sentences run in parallel, one model
 //! session each (ONNX Runtime runs one call per session at a time); the
 //! model, vocabulary and word list are loaded once per worker.
@@ -182,8 +184,9 @@ static MODEL: crate::onnx::LoadOnce<Kokoro> = crate::onnx::LoadOnce::new();
 /// synthesized at the same time, the cores shared between them. Each more
 /// costs about 220 MB resident (its own activation arena; sharing the
 /// prepacked weights saved nothing measurable) for about 5 % less time on
-/// 2 cores (benches/voices.rs: 13.7 s of speech in 4.68 s with one session
-/// of two threads, 4.42 s with two of one), so one is the default: a
+/// 2 cores (benches/voices.rs, before the convolutions were rewritten as
+/// products: 13.7 s of speech in 4.68 s with one session of two threads,
+/// 4.42 s with two of one; with them, 3.7-4.1 s with one), so one is the default: a
 /// worker with IS-Net, Kokoro and Piper loaded stays under 1.5 GB. The
 /// next sentences' readings (Open JTalk) are made while a sentence is
 /// being synthesized either way.
