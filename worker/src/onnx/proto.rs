@@ -1,5 +1,5 @@
 //! The protobuf wire format, as much of it as the ONNX rewrites need
-//! (`widen`, `any_side`, `prune`): a message read field by field, fields copied as
+//! (`widen`, `any_side`, `prune`, `int8_conv`): a message read field by field, fields copied as
 //! they were encoded or written anew.
 //!
 //! Written here rather than with a protobuf crate: the rewrites touch a few
