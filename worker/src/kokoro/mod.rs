@@ -201,9 +201,10 @@ impl Kokoro {
             let n = parallel();
             let threads = (crate::onnx::default_threads() / n).max(1);
             let model = dir.join("model.onnx");
-            // Its convolutions as integer products, where that is exact (and fast).
-            let rewrite =
-                crate::onnx::Rewrite { int8_convs: crate::onnx::int8_conv::exact_here(), ..Default::default() };
+            // Its convolutions as integer products, where that is exact (and
+            // fast); its Snake activations as one operator each.
+            let int8_convs = crate::onnx::int8_conv::exact_here();
+            let rewrite = crate::onnx::Rewrite { int8_convs, snake: true, ..Default::default() };
             let sessions = (0..n)
                 .map(|_| crate::onnx::session_rewritten(lib, &model, threads, false, rewrite).map(Mutex::new))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -48,7 +48,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::proto::{
-    Attr, Field, Fields, ModelError, Value, first_bytes, packed, put_bytes_field, put_node, rewrite_graph, tensor,
+    Attr, Field, Fields, ModelError, Node, Tensor, Value, first_bytes, packed, put_bytes_field, put_node,
+    rewrite_graph, tensor,
 };
 
 /// `TensorProto.DataType` UINT8, INT8 and INT64.
@@ -107,77 +108,15 @@ fn default_opset(model: &[u8]) -> Result<Option<u64>, ModelError> {
     Ok(version)
 }
 
-/// The parts of a NodeProto the rewrite reads.
-struct Node<'a> {
-    op: &'a [u8],
-    domain: &'a [u8],
-    inputs: Vec<&'a [u8]>,
-    outputs: Vec<&'a [u8]>,
-    attrs: Vec<&'a [u8]>,
-    subgraph: bool,
-}
-
-impl<'a> Node<'a> {
-    fn parse(raw: &'a [u8]) -> Result<Node<'a>, ModelError> {
-        let mut n = Node { op: b"", domain: b"", inputs: vec![], outputs: vec![], attrs: vec![], subgraph: false };
-        for f in Fields(raw) {
-            match f? {
-                Field { number: 1, value: Value::Bytes(b), .. } => n.inputs.push(b),
-                Field { number: 2, value: Value::Bytes(b), .. } => n.outputs.push(b),
-                Field { number: 4, value: Value::Bytes(b), .. } => n.op = b,
-                Field { number: 7, value: Value::Bytes(b), .. } => n.domain = b,
-                Field { number: 5, value: Value::Bytes(a), .. } => {
-                    // AttributeProto.g (6) and .graphs (11).
-                    for f in Fields(a) {
-                        n.subgraph |= matches!(f?, Field { number: 6 | 11, .. });
-                    }
-                    n.attrs.push(a);
-                }
-                _ => {}
-            }
-        }
-        Ok(n)
+/// The one value of a uint8 scalar (or one-element) tensor.
+fn uint8_scalar(t: &Tensor) -> Option<u8> {
+    if t.data_type != UINT8 || t.external || t.dims.iter().any(|&d| d != 1) {
+        return None;
     }
-}
-
-/// The parts of a TensorProto the rewrite reads.
-struct Tensor<'a> {
-    dims: Vec<u64>,
-    data_type: u64,
-    raw: Option<&'a [u8]>,
-    int32: Vec<u64>,
-    external: bool,
-}
-
-impl<'a> Tensor<'a> {
-    fn parse(b: &'a [u8]) -> Result<Tensor<'a>, ModelError> {
-        let mut t = Tensor { dims: vec![], data_type: 0, raw: None, int32: vec![], external: false };
-        for f in Fields(b) {
-            match f? {
-                Field { number: 1, value: Value::Varint(d), .. } => t.dims.push(d),
-                Field { number: 1, value: Value::Bytes(b), .. } => t.dims.extend(packed(b)?),
-                Field { number: 2, value: Value::Varint(v), .. } => t.data_type = v,
-                Field { number: 5, value: Value::Varint(v), .. } => t.int32.push(v),
-                Field { number: 5, value: Value::Bytes(b), .. } => t.int32.extend(packed(b)?),
-                Field { number: 9, value: Value::Bytes(b), .. } => t.raw = Some(b),
-                // data_location EXTERNAL, or external_data entries.
-                Field { number: 14, value: Value::Varint(1), .. } | Field { number: 13, .. } => t.external = true,
-                _ => {}
-            }
-        }
-        Ok(t)
-    }
-
-    /// The one value of a uint8 scalar (or one-element) tensor.
-    fn uint8_scalar(&self) -> Option<u8> {
-        if self.data_type != UINT8 || self.external || self.dims.iter().any(|&d| d != 1) {
-            return None;
-        }
-        match (self.raw, self.int32.as_slice()) {
-            (Some(&[v]), _) => Some(v),
-            (None, &[v]) => u8::try_from(v).ok(),
-            _ => None,
-        }
+    match (t.raw, t.int32.as_slice()) {
+        (Some(&[v]), _) => Some(v),
+        (None, &[v]) => u8::try_from(v).ok(),
+        _ => None,
     }
 }
 
@@ -207,7 +146,7 @@ fn plan<'a>(
         return Ok(None);
     }
     let (Some(w), Some(wz)) = (initializers.get(w), initializers.get(wz)) else { return Ok(None) };
-    let (w, Some(zero)) = (Tensor::parse(w)?, Tensor::parse(wz)?.uint8_scalar()) else { return Ok(None) };
+    let (w, Some(zero)) = (Tensor::parse(w)?, uint8_scalar(&Tensor::parse(wz)?)) else { return Ok(None) };
     let (&[m, c, k], Some(raw), UINT8, false) = (w.dims.as_slice(), w.raw, w.data_type, w.external) else {
         return Ok(None);
     };

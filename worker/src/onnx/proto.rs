@@ -77,6 +77,76 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// The parts of a NodeProto the rewrites read.
+pub(super) struct Node<'a> {
+    pub(super) op: &'a [u8],
+    pub(super) domain: &'a [u8],
+    pub(super) inputs: Vec<&'a [u8]>,
+    pub(super) outputs: Vec<&'a [u8]>,
+    pub(super) attrs: Vec<&'a [u8]>,
+    pub(super) subgraph: bool,
+}
+
+impl<'a> Node<'a> {
+    pub(super) fn parse(raw: &'a [u8]) -> Result<Node<'a>, ModelError> {
+        let mut n = Node { op: b"", domain: b"", inputs: vec![], outputs: vec![], attrs: vec![], subgraph: false };
+        for f in Fields(raw) {
+            match f? {
+                Field { number: 1, value: Value::Bytes(b), .. } => n.inputs.push(b),
+                Field { number: 2, value: Value::Bytes(b), .. } => n.outputs.push(b),
+                Field { number: 4, value: Value::Bytes(b), .. } => n.op = b,
+                Field { number: 7, value: Value::Bytes(b), .. } => n.domain = b,
+                Field { number: 5, value: Value::Bytes(a), .. } => {
+                    // AttributeProto.g (6) and .graphs (11).
+                    for f in Fields(a) {
+                        n.subgraph |= matches!(f?, Field { number: 6 | 11, .. });
+                    }
+                    n.attrs.push(a);
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The parts of a TensorProto the rewrites read.
+pub(super) struct Tensor<'a> {
+    pub(super) dims: Vec<u64>,
+    pub(super) data_type: u64,
+    pub(super) raw: Option<&'a [u8]>,
+    pub(super) int32: Vec<u64>,
+    /// float_data, packed or not.
+    pub(super) floats: Vec<f32>,
+    pub(super) external: bool,
+}
+
+impl<'a> Tensor<'a> {
+    pub(super) fn parse(b: &'a [u8]) -> Result<Tensor<'a>, ModelError> {
+        let mut t = Tensor { dims: vec![], data_type: 0, raw: None, int32: vec![], floats: vec![], external: false };
+        for f in Fields(b) {
+            match f? {
+                Field { number: 1, value: Value::Varint(d), .. } => t.dims.push(d),
+                Field { number: 1, value: Value::Bytes(b), .. } => t.dims.extend(packed(b)?),
+                Field { number: 2, value: Value::Varint(v), .. } => t.data_type = v,
+                Field { number: 5, value: Value::Varint(v), .. } => t.int32.push(v),
+                Field { number: 5, value: Value::Bytes(b), .. } => t.int32.extend(packed(b)?),
+                Field { number: 4, value: Value::Bytes(b), .. } => {
+                    t.floats.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                }
+                Field { number: 4, value: Value::Fixed, raw } if raw.len() >= 4 => {
+                    t.floats.push(f32::from_le_bytes(raw[raw.len() - 4..].try_into().expect("4 bytes")))
+                }
+                Field { number: 9, value: Value::Bytes(b), .. } => t.raw = Some(b),
+                // data_location EXTERNAL, or external_data entries.
+                Field { number: 14, value: Value::Varint(1), .. } | Field { number: 13, .. } => t.external = true,
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+}
+
 /// A varint and its length in bytes.
 fn varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
