@@ -16,7 +16,15 @@
 //! in f64 (reduced by pi, an odd polynomial of degree 13, error under 1e-9)
 //! and its square rounded once to f32, where ONNX Runtime rounds the sine
 //! and its square to f32 each; the two differ by about one unit in the last
-//! place of the square.
+//! place (the chain against the operator: 1.9e-6 at most for |x| up to 25).
+//! Through Kokoro's quantized layers such roundings move the waveform (21
+//! dB under the signal) but not the sound: the loudness of each 20 ms of a
+//! sentence within 0.09 dB on average, and the judges of benches/voices.rs
+//! on the five Japanese messages of `ja_alpha_female` give the same scores
+//! (DNSMOS P.808 4.03 both, P.835 OVRL 3.19 against 3.20, Whisper's
+//! character error rate 0.007 both; mixed with music P.808 3.05 against
+//! 3.02). Kokoro a run: 2.71 -> 2.31 CPU-seconds for 7 s of speech; the
+//! voices bench's long message (13.7 s of speech) 3.88 -> 3.55 s.
 
 use std::collections::{HashMap, HashSet};
 
@@ -380,5 +388,73 @@ mod tests {
         let worst = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
         println!("largest difference {worst}");
         assert!(worst < 1e-5, "largest difference {worst}");
+    }
+
+    /// A chain that is not quite Snake is left as it is: an intermediate
+    /// value read elsewhere or a graph output, another exponent, constants
+    /// not one a channel, a different x in the Add. Truncated models are
+    /// refused.
+    #[test]
+    fn chains_it_does_not_fit_are_left() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let stored = model(2, &[1.0, 2.0], &[1.0, 0.5]);
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut g = bytes_fields(&stored, 7)[0].to_vec();
+            f(&mut g);
+            let mut m = Vec::new();
+            put_message(&mut m, 8, |o| {
+                put_varint_field(o, 2, 17);
+                Ok(())
+            })
+            .unwrap();
+            put_bytes_field(&mut m, 7, &g);
+            m
+        };
+        let left = |m: &[u8]| {
+            let out = fuse(m).unwrap();
+            let ops: Vec<Vec<u8>> = bytes_fields(bytes_fields(&out, 7)[0], 1)
+                .into_iter()
+                .map(|n| first_bytes(n, 4).unwrap().unwrap().to_vec())
+                .collect();
+            assert!(ops.contains(&b"Sin".to_vec()) && !ops.contains(&b"Snake".to_vec()), "{ops:?}");
+        };
+        left(&edit(&|g| put_node(g, "Relu", "r", &[b"sin"], &[b"other"], &[])));
+        left(&edit(&|g| put_bytes_field(g, 12, &value("sq"))));
+        left(&edit(&|g| put_bytes_field(g, 5, &tensor("two", FLOAT, &[], &f32s(&[3.0])))));
+        // a given as [c] (not [1, c, 1]).
+        let flat = {
+            let mut g = Vec::new();
+            for n in bytes_fields(bytes_fields(&stored, 7)[0], 1) {
+                put_bytes_field(&mut g, 1, n);
+            }
+            put_bytes_field(&mut g, 5, &tensor("a", FLOAT, &[2], &f32s(&[1.0, 2.0])));
+            put_bytes_field(&mut g, 5, &tensor("b", FLOAT, &[1, 2, 1], &f32s(&[1.0, 0.5])));
+            put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &f32s(&[2.0])));
+            let mut m = Vec::new();
+            put_bytes_field(&mut m, 7, &g);
+            m
+        };
+        left(&flat);
+        // The Add of another value than the one scaled.
+        let other_x = {
+            let mut g = Vec::new();
+            for n in bytes_fields(bytes_fields(&stored, 7)[0], 1) {
+                if first_bytes(n, 4).unwrap() == Some(b"Add") {
+                    put_node(&mut g, "Add", "add", &[b"z", b"scaled"], &[b"y"], &[]);
+                } else {
+                    put_bytes_field(&mut g, 1, n);
+                }
+            }
+            for t in bytes_fields(bytes_fields(&stored, 7)[0], 5) {
+                put_bytes_field(&mut g, 5, t);
+            }
+            let mut m = Vec::new();
+            put_bytes_field(&mut m, 7, &g);
+            m
+        };
+        left(&other_x);
+        for cut in [1, stored.len() / 2, stored.len() - 1] {
+            assert!(fuse(&stored[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }
