@@ -1,5 +1,5 @@
 //! The protobuf wire format, as much of it as the ONNX rewrites need
-//! (`widen`, `any_side`, `prune`, `int8_conv`): a message read field by field, fields copied as
+//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`): a message read field by field, fields copied as
 //! they were encoded or written anew.
 //!
 //! Written here rather than with a protobuf crate: the rewrites touch a few
@@ -134,8 +134,9 @@ impl<'a> Tensor<'a> {
                 Field { number: 4, value: Value::Bytes(b), .. } => {
                     t.floats.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 }
-                Field { number: 4, value: Value::Fixed, raw } if raw.len() >= 4 => {
-                    t.floats.push(f32::from_le_bytes(raw[raw.len() - 4..].try_into().expect("4 bytes")))
+                // Unpacked: key 0x25 (field 4, 32-bit), then the float.
+                Field { number: 4, value: Value::Fixed, raw: &[0x25, p, q, r, s] } => {
+                    t.floats.push(f32::from_le_bytes([p, q, r, s]))
                 }
                 Field { number: 9, value: Value::Bytes(b), .. } => t.raw = Some(b),
                 // data_location EXTERNAL, or external_data entries.
