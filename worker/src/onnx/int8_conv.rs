@@ -48,8 +48,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::proto::{
-    Attr, Field, Fields, ModelError, Node, Tensor, Value, first_bytes, packed, put_bytes_field, put_node,
-    rewrite_graph, tensor,
+    Attr, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain, first_bytes, packed, put_bytes_field,
+    put_node, rewrite_graph, tensor,
 };
 
 /// `TensorProto.DataType` UINT8, INT8 and INT64.
@@ -100,7 +100,7 @@ fn default_opset(model: &[u8]) -> Result<Option<u64>, ModelError> {
                     _ => {}
                 }
             }
-            if domain.is_empty() || domain == b"ai.onnx" {
+            if default_domain(domain) {
                 version = v;
             }
         }
@@ -138,7 +138,7 @@ fn plan<'a>(
     initializers: &HashMap<&[u8], &'a [u8]>,
     kept: &HashSet<&[u8]>,
 ) -> Result<Option<Plan<'a>>, ModelError> {
-    if node.op != b"ConvInteger" || !(node.domain.is_empty() || node.domain == b"ai.onnx") {
+    if node.op != b"ConvInteger" || !default_domain(node.domain) {
         return Ok(None);
     }
     let ([_, w, _, wz], [y]) = (node.inputs.as_slice(), node.outputs.as_slice()) else { return Ok(None) };
@@ -205,32 +205,14 @@ fn plan<'a>(
 
 fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
     // Pass 1: the nodes, the initializers, who reads what; the plans.
-    let mut nodes = Vec::new();
-    let mut initializers: HashMap<&[u8], &[u8]> = HashMap::new();
-    let mut kept: HashSet<&[u8]> = HashSet::new();
-    let mut described: Vec<&[u8]> = Vec::new();
-    for f in Fields(msg) {
-        match f? {
-            Field { number: 1, value: Value::Bytes(b), .. } => nodes.push(Node::parse(b)?),
-            Field { number: 5, value: Value::Bytes(b), .. } => {
-                initializers.insert(first_bytes(b, 8)?.ok_or(ModelError("an initializer has no name"))?, b);
-            }
-            // A graph input (which a caller may replace) or output naming an
-            // initializer keeps it; described values are named too.
-            Field { number: n @ 11..=13, value: Value::Bytes(b), .. } => {
-                let name = first_bytes(b, 1)?.unwrap_or_default();
-                if n != 13 {
-                    kept.insert(name);
-                }
-                described.push(name);
-            }
-            _ => {}
-        }
-    }
-    let names = nodes.iter().flat_map(|n| &n.outputs).chain(initializers.keys()).chain(&described);
-    if names.into_iter().any(|n| n.starts_with(PREFIX.as_bytes())) {
+    let g = Graph::parse(msg)?;
+    if g.names_start_with(PREFIX) {
         return Err(ModelError("the model already names values as this rewrite does"));
     }
+    let Graph { nodes, initializers, inputs, outputs, .. } = g;
+    // A graph input (which a caller may replace) or output naming an
+    // initializer keeps it.
+    let kept: HashSet<&[u8]> = inputs.union(&outputs).copied().collect();
     let mut plans: Vec<Option<Plan>> = Vec::with_capacity(nodes.len());
     for n in &nodes {
         plans.push(plan(n, &initializers, &kept)?);

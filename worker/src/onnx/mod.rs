@@ -245,25 +245,13 @@ mod tests {
         let tokens: Vec<i64> =
             std::iter::once(0).chain((0..80).map(|i| [43, 16, 56, 135, 51, 158, 47, 3][i % 8])).chain([0]).collect();
         let style: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 400.0).collect();
-        let run = |s: &mut Session| -> (Vec<f32>, f64) {
-            let t = ort::value::Tensor::from_array(([1usize, tokens.len()], tokens.clone())).unwrap();
-            let st = ort::value::Tensor::from_array(([1usize, 256], style.clone())).unwrap();
-            let sp = ort::value::Tensor::from_array(([1usize], vec![1f32])).unwrap();
-            let cpu = cpu_seconds();
-            let out = s.run(ort::inputs! {"tokens" => t, "style" => st, "speed" => sp}).unwrap();
-            let audio = out["audio"].try_extract_tensor::<f32>().unwrap().1.to_vec();
-            (audio, cpu_seconds() - cpu)
-        };
+        let run = |s: &mut Session| speak(s, &tokens, &style);
         // 84 of its 87 convolutions are rewritten (two are strided, one
         // 2-D).
         let bytes = std::fs::read(&model).unwrap();
-        let count = |m: &[u8], op: &[u8]| {
-            let graph = proto::bytes_fields(m, 7)[0];
-            proto::bytes_fields(graph, 1).into_iter().filter(|n| proto::first_bytes(n, 4).unwrap() == Some(op)).count()
-        };
         let rewritten = int8_conv::convs_as_matmuls(&bytes).unwrap();
-        assert_eq!((count(&bytes, b"ConvInteger"), count(&rewritten, b"ConvInteger")), (87, 3));
-        assert_eq!(count(&rewritten, b"MatMulInteger") - count(&bytes, b"MatMulInteger"), 84);
+        assert_eq!((count_ops(&bytes, b"ConvInteger"), count_ops(&rewritten, b"ConvInteger")), (87, 3));
+        assert_eq!(count_ops(&rewritten, b"MatMulInteger") - count_ops(&bytes, b"MatMulInteger"), 84);
         drop((bytes, rewritten));
         if !int8_conv::exact_here() {
             println!("no 8-bit dot products on this CPU: the worker does not rewrite Kokoro here");
@@ -291,13 +279,9 @@ mod tests {
         let model = data.join("voices/system/kokoro/model.onnx");
         let lib = runtime_path(&data);
         let bytes = std::fs::read(&model).unwrap();
-        let count = |m: &[u8], op: &[u8]| {
-            let graph = proto::bytes_fields(m, 7)[0];
-            proto::bytes_fields(graph, 1).into_iter().filter(|n| proto::first_bytes(n, 4).unwrap() == Some(op)).count()
-        };
         let fused = snake::fuse(&bytes).unwrap();
-        assert_eq!(count(&fused, b"Snake"), 48);
-        assert_eq!(count(&bytes, b"Sin") - count(&fused, b"Sin"), 48);
+        assert_eq!(count_ops(&fused, b"Snake"), 48);
+        assert_eq!(count_ops(&bytes, b"Sin") - count_ops(&fused, b"Sin"), 48);
         drop((bytes, fused));
         // Real speech: a sentence's phonemes, the default voice's style.
         let kokoro = crate::kokoro::dir(&data);
@@ -305,15 +289,7 @@ mod tests {
         let said = vocab.tokens("otaɲʥoːbʲi omedetoː ɡoʣaimasɨ. itsɨmo jasaɕikɯ mimamotte kɯɾete, hontoːni aɾiɡatoː.");
         let tokens: Vec<i64> = std::iter::once(0).chain(said.iter().copied()).chain([0]).collect();
         let style = crate::kokoro::Style::load(&kokoro.join("jf_alpha.npy")).unwrap().row(said.len()).to_vec();
-        let run = |s: &mut Session| -> (Vec<f32>, f64) {
-            let t = ort::value::Tensor::from_array(([1usize, tokens.len()], tokens.clone())).unwrap();
-            let st = ort::value::Tensor::from_array(([1usize, 256], style.clone())).unwrap();
-            let sp = ort::value::Tensor::from_array(([1usize], vec![1f32])).unwrap();
-            let cpu = cpu_seconds();
-            let out = s.run(ort::inputs! {"tokens" => t, "style" => st, "speed" => sp}).unwrap();
-            let audio = out["audio"].try_extract_tensor::<f32>().unwrap().1.to_vec();
-            (audio, cpu_seconds() - cpu)
-        };
+        let run = |s: &mut Session| speak(s, &tokens, &style);
         let int8_convs = int8_conv::exact_here();
         let plain = Rewrite { int8_convs, ..Rewrite::default() };
         let with_snake = Rewrite { snake: true, ..plain };
@@ -353,6 +329,24 @@ mod tests {
             heard.len()
         );
         assert!(heard.len() > 100 && mean < 0.3 && worst_db < 3.0, "{mean} dB on average, {worst_db} dB at most");
+    }
+
+    /// Kokoro's audio for `tokens` with `style`, and the CPU seconds of the
+    /// run.
+    fn speak(s: &mut Session, tokens: &[i64], style: &[f32]) -> (Vec<f32>, f64) {
+        let t = ort::value::Tensor::from_array(([1usize, tokens.len()], tokens.to_vec())).unwrap();
+        let st = ort::value::Tensor::from_array(([1usize, 256], style.to_vec())).unwrap();
+        let sp = ort::value::Tensor::from_array(([1usize], vec![1f32])).unwrap();
+        let cpu = cpu_seconds();
+        let out = s.run(ort::inputs! {"tokens" => t, "style" => st, "speed" => sp}).unwrap();
+        let audio = out["audio"].try_extract_tensor::<f32>().unwrap().1.to_vec();
+        (audio, cpu_seconds() - cpu)
+    }
+
+    /// How many nodes of `model`'s graph are `op`.
+    fn count_ops(model: &[u8], op: &[u8]) -> usize {
+        let graph = proto::bytes_fields(model, 7)[0];
+        proto::bytes_fields(graph, 1).into_iter().filter(|n| proto::first_bytes(n, 4).unwrap() == Some(op)).count()
     }
 
     /// This process's CPU time (user + system), in seconds.

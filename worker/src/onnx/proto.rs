@@ -7,6 +7,8 @@
 //! generator or a large dependency for it. Every byte not rewritten is
 //! copied as it is.
 
+use std::collections::{HashMap, HashSet};
+
 #[derive(Debug, thiserror::Error)]
 #[error("ONNX model: {0}")]
 pub struct ModelError(pub &'static str);
@@ -145,6 +147,71 @@ impl<'a> Tensor<'a> {
             }
         }
         Ok(t)
+    }
+
+    /// Its values as f32, from raw_data or float_data.
+    pub(super) fn f32_values(&self) -> Vec<f32> {
+        match self.raw {
+            Some(raw) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            None => self.floats.clone(),
+        }
+    }
+}
+
+/// Whether an op domain is ONNX's own (`""` or `ai.onnx`).
+pub(super) fn default_domain(domain: &[u8]) -> bool {
+    domain.is_empty() || domain == b"ai.onnx"
+}
+
+/// The parts of a GraphProto the rewrites read: its nodes, its
+/// initializers by name, and the names of its inputs, its outputs and the
+/// values it describes (`value_info`).
+pub(super) struct Graph<'a> {
+    pub(super) nodes: Vec<Node<'a>>,
+    pub(super) initializers: HashMap<&'a [u8], &'a [u8]>,
+    pub(super) inputs: HashSet<&'a [u8]>,
+    pub(super) outputs: HashSet<&'a [u8]>,
+    pub(super) described: Vec<&'a [u8]>,
+}
+
+impl<'a> Graph<'a> {
+    pub(super) fn parse(msg: &'a [u8]) -> Result<Graph<'a>, ModelError> {
+        let mut g = Graph {
+            nodes: Vec::new(),
+            initializers: HashMap::new(),
+            inputs: HashSet::new(),
+            outputs: HashSet::new(),
+            described: Vec::new(),
+        };
+        for f in Fields(msg) {
+            match f? {
+                Field { number: 1, value: Value::Bytes(b), .. } => g.nodes.push(Node::parse(b)?),
+                Field { number: 5, value: Value::Bytes(b), .. } => {
+                    g.initializers.insert(first_bytes(b, 8)?.ok_or(ModelError("an initializer has no name"))?, b);
+                }
+                Field { number: n @ 11..=13, value: Value::Bytes(b), .. } => {
+                    let name = first_bytes(b, 1)?.unwrap_or_default();
+                    match n {
+                        11 => g.inputs.insert(name),
+                        12 => g.outputs.insert(name),
+                        _ => {
+                            g.described.push(name);
+                            false
+                        }
+                    };
+                }
+                _ => {}
+            }
+        }
+        Ok(g)
+    }
+
+    /// Whether any value (a node's output, an initializer, an input, an
+    /// output or a described value) has a name starting with `prefix`.
+    pub(super) fn names_start_with(&self, prefix: &str) -> bool {
+        let p = prefix.as_bytes();
+        self.nodes.iter().flat_map(|n| &n.outputs).chain(self.initializers.keys()).any(|n| n.starts_with(p))
+            || self.inputs.iter().chain(&self.outputs).chain(&self.described).any(|n| n.starts_with(p))
     }
 }
 

@@ -38,7 +38,7 @@ use ort::operator::{
 use ort::value::TensorElementType;
 
 use super::proto::{
-    Field, Fields, ModelError, Node, Tensor, Value, first_bytes, put_bytes_field, put_message, put_varint_field,
+    Fields, Graph, ModelError, Node, Tensor, Value, default_domain, put_bytes_field, put_message, put_varint_field,
     rewrite_graph,
 };
 
@@ -75,50 +75,25 @@ fn per_channel(t: &[u8]) -> Result<Option<Vec<f32>>, ModelError> {
     if t.data_type != FLOAT || t.external || t.dims.len() != 3 || t.dims[0] != 1 || t.dims[2] != 1 {
         return Ok(None);
     }
-    let values: Vec<f32> = match t.raw {
-        Some(raw) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        None => t.floats,
-    };
+    let values = t.f32_values();
     Ok((values.len() as u64 == t.dims[1] && !values.is_empty()).then_some(values))
 }
 
 /// Whether `t` is the float constant 2.
 fn is_two(t: &[u8]) -> Result<bool, ModelError> {
     let t = Tensor::parse(t)?;
-    let values: Vec<f32> = match t.raw {
-        Some(raw) => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        None => t.floats.clone(),
-    };
+    let values = t.f32_values();
     // Of rank 3 at most: a larger one would broadcast x up to it.
     Ok(t.data_type == FLOAT && !t.external && t.dims.len() <= 3 && t.dims.iter().all(|&d| d == 1) && values == [2.0])
 }
 
 /// The graph with each chain fused; returns how many.
 fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
-    let mut nodes = Vec::new();
-    let mut initializers: HashMap<&[u8], &[u8]> = HashMap::new();
-    let mut outputs: HashSet<&[u8]> = HashSet::new();
     // Graph inputs: an initializer a caller may replace is no constant.
-    let mut inputs: HashSet<&[u8]> = HashSet::new();
-    for f in Fields(msg) {
-        match f? {
-            Field { number: 1, value: Value::Bytes(b), .. } => nodes.push(Node::parse(b)?),
-            Field { number: 5, value: Value::Bytes(b), .. } => {
-                initializers.insert(first_bytes(b, 8)?.ok_or(ModelError("an initializer has no name"))?, b);
-            }
-            Field { number: 12, value: Value::Bytes(b), .. } => {
-                outputs.extend(first_bytes(b, 1)?);
-            }
-            Field { number: 11, value: Value::Bytes(b), .. } => {
-                inputs.extend(first_bytes(b, 1)?);
-            }
-            _ => {}
-        }
-    }
+    let Graph { nodes, initializers, inputs, outputs, .. } = Graph::parse(msg)?;
     if nodes.iter().any(|n| n.subgraph) {
         return Ok(0);
     }
-    let default = |n: &Node| n.domain.is_empty() || n.domain == b"ai.onnx";
     let producer: HashMap<&[u8], usize> =
         nodes.iter().enumerate().flat_map(|(k, n)| n.outputs.iter().map(move |&o| (o, k))).collect();
     let mut readers: HashMap<&[u8], usize> = HashMap::new();
@@ -136,7 +111,7 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
     let mut fused: HashMap<usize, [&[u8]; 3]> = HashMap::new();
     let mut folded: HashSet<usize> = HashSet::new();
     for (k, add) in nodes.iter().enumerate() {
-        if add.op != b"Add" || !default(add) || add.inputs.len() != 2 || add.outputs.len() != 1 {
+        if add.op != b"Add" || !default_domain(add.domain) || add.inputs.len() != 2 || add.outputs.len() != 1 {
             continue;
         }
         let mut chain = None;
@@ -144,10 +119,9 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             // The one-output node of `op` that makes `v` for this chain
             // alone.
             let step = |v: &[u8], op: &[u8]| {
-                producer
-                    .get(v)
-                    .copied()
-                    .filter(|&p| private(v) && nodes[p].op == op && default(&nodes[p]) && nodes[p].outputs.len() == 1)
+                producer.get(v).copied().filter(|&p| {
+                    private(v) && nodes[p].op == op && default_domain(nodes[p].domain) && nodes[p].outputs.len() == 1
+                })
             };
             let Some(m2) = step(scaled, b"Mul") else { continue };
             let Some((b, pow_out)) = with_constant(&nodes[m2], &constant) else { continue };
@@ -347,7 +321,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::onnx::proto::{bytes_fields, put_node, tensor};
+    use crate::onnx::proto::{bytes_fields, first_bytes, put_node, tensor};
 
     fn value(name: &str) -> Vec<u8> {
         let mut tensor = Vec::new();
