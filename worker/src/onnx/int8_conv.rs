@@ -48,8 +48,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::proto::{
-    Attr, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain, first_bytes, packed, put_bytes_field,
-    put_node, rewrite_graph, tensor,
+    Attr, Attribute, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain, first_bytes,
+    put_bytes_field, put_node, rewrite_graph, tensor,
 };
 
 /// `TensorProto.DataType` UINT8, INT8 and INT64.
@@ -156,19 +156,7 @@ fn plan<'a>(
     }
     let (mut dilation, mut pads) = (1i64, [0i64; 2]);
     for a in &node.attrs {
-        let (mut name, mut i, mut ints, mut s) = (&b""[..], None, Vec::new(), &b""[..]);
-        for f in Fields(a) {
-            match f? {
-                Field { number: 1, value: Value::Bytes(b), .. } => name = b,
-                Field { number: 3, value: Value::Varint(v), .. } => i = Some(v as i64),
-                Field { number: 4, value: Value::Bytes(b), .. } => s = b,
-                Field { number: 8, value: Value::Varint(v), .. } => ints.push(v as i64),
-                Field { number: 8, value: Value::Bytes(b), .. } => {
-                    ints.extend(packed(b)?.into_iter().map(|v| v as i64))
-                }
-                _ => {}
-            }
-        }
+        let Attribute { name, int: i, ints, string: s } = Attribute::parse(a)?;
         let fits = match name {
             b"auto_pad" => s.is_empty() || s == b"NOTSET",
             b"group" => i == Some(1),

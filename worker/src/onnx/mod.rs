@@ -4,6 +4,7 @@
 //! model (Piper voices, segmentation).
 
 pub mod any_side;
+pub mod dequant;
 pub mod int8_conv;
 mod proto;
 pub mod prune;
@@ -68,6 +69,19 @@ pub struct Rewrite {
     /// Snake activations (Kokoro's vocoder) computed by one operator of
     /// tayori's own instead of five ([`snake`]).
     pub snake: bool,
+    /// The float output of integer products (after `int8_convs`) made by
+    /// one operator of tayori's own instead of four, exactly ([`dequant`]).
+    pub dequant: bool,
+}
+
+/// The operator domain of tayori's own operators, which [`snake`] and
+/// [`dequant`] write into models.
+pub const DOMAIN: &str = "tayori";
+
+/// Tayori's operators, for a session of a model [`snake`] or [`dequant`]
+/// rewrote.
+pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
+    ort::operator::OperatorDomain::new(DOMAIN)?.add(snake::SnakeOp)?.add(dequant::TransposeDequantizeOp)
 }
 
 /// [`session`] for a model rewritten as `rewrite` says.
@@ -114,8 +128,14 @@ pub fn session_rewritten(
     }
     if rewrite.snake {
         bytes = snake::fuse(&bytes).map_err(|e| fail(e.to_string()))?;
-        builder = builder.with_operators(snake::operators().map_err(bad)?).map_err(|e| fail(e.to_string()))?;
         changed = true;
+    }
+    if rewrite.dequant {
+        bytes = dequant::fuse(&bytes).map_err(|e| fail(e.to_string()))?;
+        changed = true;
+    }
+    if rewrite.snake || rewrite.dequant {
+        builder = builder.with_operators(operators().map_err(bad)?).map_err(|e| fail(e.to_string()))?;
     }
     if changed {
         builder.commit_from_memory(&bytes).map_err(bad)
@@ -234,7 +254,8 @@ mod tests {
     }
 
     /// Kokoro with its integer convolutions run as matrix products
-    /// ([`int8_conv`]): the very samples the stored model makes, for a
+    /// ([`int8_conv`]), and their float outputs made in one pass
+    /// ([`dequant`]): the very samples the stored model makes, for a
     /// sentence's worth of tokens. The CPU of a run of each is printed, not
     /// asserted.
     #[test]
@@ -258,13 +279,41 @@ mod tests {
             return;
         }
         let rewrite = Rewrite { int8_convs: true, ..Rewrite::default() };
+        let with_dequant = Rewrite { dequant: true, ..rewrite };
         let mut stored = session(&lib, &model, default_threads(), false).unwrap();
         let mut products = session_rewritten(&lib, &model, default_threads(), false, rewrite).unwrap();
-        let ((a, t_stored), (b, t_products)) = (run(&mut stored), run(&mut products));
+        let mut dequantized = session_rewritten(&lib, &model, default_threads(), false, with_dequant).unwrap();
+        let ((a, _), (b, _), (c, _)) = (run(&mut stored), run(&mut products), run(&mut dequantized));
+        // Timed on a second run each (the first fills the arena).
+        let ((_, t_stored), (_, t_products)) = (run(&mut stored), run(&mut products));
+        let (_, t_dequantized) = run(&mut dequantized);
         assert!(a.len() > 24_000, "{} samples", a.len());
         assert!(a.iter().any(|v| v.abs() > 0.05), "audible");
-        assert!(a == b, "largest difference {}", a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max));
-        println!("Kokoro, {} s of speech: {t_stored:.2} CPU-s as stored, {t_products:.2} rewritten", a.len() / 24_000);
+        let worst = |b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(a == b, "largest difference {}", worst(&b));
+        assert!(a == c, "with the products dequantized in one pass: largest difference {}", worst(&c));
+        println!(
+            "Kokoro, {} s of speech: {t_stored:.2} CPU-s as stored, {t_products:.2} rewritten, {t_dequantized:.2} dequantized in one pass",
+            a.len() / 24_000
+        );
+    }
+
+    /// Kokoro's integer products made float by tayori's one operator
+    /// ([`dequant`]): every rewritten convolution that has a bias (that its
+    /// samples are unchanged is the test above).
+    #[test]
+    fn kokoro_dequantizes_each_product_with_a_bias_in_one_pass() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let bytes = std::fs::read(data.join("voices/system/kokoro/model.onnx")).unwrap();
+        let products = int8_conv::convs_as_matmuls(&bytes).unwrap();
+        drop(bytes);
+        let fused = dequant::fuse(&products).unwrap();
+        let n = count_ops(&fused, b"TransposeDequantize");
+        assert_eq!(count_ops(&products, b"Transpose") - count_ops(&fused, b"Transpose"), n);
+        assert_eq!(count_ops(&products, b"Cast") - count_ops(&fused, b"Cast"), n);
+        // 77 of the 84 products: 7 convolutions have no bias (their
+        // output is cast and scaled with no sum before).
+        assert_eq!(n, 77);
     }
 
     /// Kokoro with its Snake activations as tayori's one operator

@@ -1,5 +1,5 @@
 //! The protobuf wire format, as much of it as the ONNX rewrites need
-//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`): a message read field by field, fields copied as
+//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`, `dequant`): a message read field by field, fields copied as
 //! they were encoded or written anew.
 //!
 //! Written here rather than with a protobuf crate: the rewrites touch a few
@@ -109,6 +109,34 @@ impl<'a> Node<'a> {
             }
         }
         Ok(n)
+    }
+}
+
+/// The parts of an AttributeProto the rewrites read: its name, its one
+/// integer (`i`), its integers (`ints`, packed or not) and its string.
+pub(super) struct Attribute<'a> {
+    pub(super) name: &'a [u8],
+    pub(super) int: Option<i64>,
+    pub(super) ints: Vec<i64>,
+    pub(super) string: &'a [u8],
+}
+
+impl<'a> Attribute<'a> {
+    pub(super) fn parse(raw: &'a [u8]) -> Result<Attribute<'a>, ModelError> {
+        let mut a = Attribute { name: b"", int: None, ints: Vec::new(), string: b"" };
+        for f in Fields(raw) {
+            match f? {
+                Field { number: 1, value: Value::Bytes(b), .. } => a.name = b,
+                Field { number: 3, value: Value::Varint(v), .. } => a.int = Some(v as i64),
+                Field { number: 4, value: Value::Bytes(b), .. } => a.string = b,
+                Field { number: 8, value: Value::Varint(v), .. } => a.ints.push(v as i64),
+                Field { number: 8, value: Value::Bytes(b), .. } => {
+                    a.ints.extend(packed(b)?.into_iter().map(|v| v as i64))
+                }
+                _ => {}
+            }
+        }
+        Ok(a)
     }
 }
 
@@ -338,6 +366,26 @@ pub(super) fn rewrite_graph(
         return Err(ModelError("expected one graph"));
     }
     Ok(out)
+}
+
+/// `model` importing operator domain `domain` (version 1), added if it
+/// does not already.
+pub(super) fn import_domain(mut model: Vec<u8>, domain: &str) -> Result<Vec<u8>, ModelError> {
+    let mut imported = false;
+    for f in Fields(&model) {
+        // ModelProto.opset_import: OperatorSetIdProto { domain 1, version 2 }.
+        if let Field { number: 8, value: Value::Bytes(b), .. } = f? {
+            imported |= first_bytes(b, 1)?.unwrap_or_default() == domain.as_bytes();
+        }
+    }
+    if !imported {
+        put_message(&mut model, 8, |o| {
+            put_bytes_field(o, 1, domain.as_bytes());
+            put_varint_field(o, 2, 1);
+            Ok(())
+        })?;
+    }
+    Ok(model)
 }
 
 /// The body of the first length-delimited field `number` of `msg`, if any.

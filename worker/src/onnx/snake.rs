@@ -32,19 +32,16 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ort::operator::{
-    BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
-};
+use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
 use super::proto::{
-    Fields, Graph, ModelError, Node, Tensor, Value, default_domain, put_bytes_field, put_message, put_varint_field,
-    rewrite_graph,
+    Fields, Graph, ModelError, Node, Tensor, Value, default_domain, import_domain, put_bytes_field, rewrite_graph,
 };
 
-/// The operator's domain and name.
-pub const DOMAIN: &str = "tayori";
+/// The operator's name (in the [`super::DOMAIN`] domain).
 const NAME: &str = "Snake";
+use super::DOMAIN;
 /// `TensorProto.DataType` FLOAT.
 const FLOAT: u64 = 1;
 
@@ -53,20 +50,14 @@ const FLOAT: u64 = 1;
 /// is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
     let mut found = 0;
-    let mut out = rewrite_graph(model, 0, |g, out| {
+    let out = rewrite_graph(model, 0, |g, out| {
         found = graph(g, out)?;
         Ok(())
     })?;
     if found == 0 {
         return Ok(model.to_vec());
     }
-    // ModelProto.opset_import: OperatorSetIdProto { domain 1, version 2 }.
-    put_message(&mut out, 8, |o| {
-        put_bytes_field(o, 1, DOMAIN.as_bytes());
-        put_varint_field(o, 2, 1);
-        Ok(())
-    })?;
-    Ok(out)
+    import_domain(out, DOMAIN)
 }
 
 /// A `[1, c, 1]` float constant's values.
@@ -197,12 +188,8 @@ fn with_constant<'a>(n: &Node<'a>, constant: &impl Fn(&[u8]) -> Option<&'a [u8]>
     }
 }
 
-/// The `tayori` operator domain, for a session of a model [`fuse`]d.
-pub fn operators() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(SnakeOp)
-}
-
-struct SnakeOp;
+/// `tayori.Snake(x, a, b)`: see [`snake`].
+pub struct SnakeOp;
 
 impl Operator for SnakeOp {
     type Kernel<'attr> = BoxedKernel<'attr>;
@@ -321,7 +308,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::onnx::proto::{bytes_fields, first_bytes, put_node, tensor};
+    use crate::onnx::proto::{bytes_fields, first_bytes, put_message, put_node, put_varint_field, tensor};
 
     fn value(name: &str) -> Vec<u8> {
         let mut tensor = Vec::new();
@@ -393,7 +380,7 @@ mod tests {
             let run = |m: &[u8], ops: bool| -> Vec<f32> {
                 let mut builder = ort::session::Session::builder(env).unwrap();
                 if ops {
-                    builder = builder.with_operators(operators().unwrap()).unwrap();
+                    builder = builder.with_operators(crate::onnx::operators().unwrap()).unwrap();
                 }
                 let mut s = builder.commit_from_memory(m).unwrap();
                 let t = ort::value::Tensor::from_array(([n, c, l], x.clone())).unwrap();
