@@ -205,9 +205,16 @@ impl Kokoro {
             let model = dir.join("model.onnx");
             // Its convolutions as integer products, where that is exact (and
             // fast), their float outputs made in one pass; its Snake
-            // activations as one operator each.
+            // activations and adaptive instance normalizations as one
+            // operator each.
             let int8_convs = crate::onnx::int8_conv::exact_here();
-            let rewrite = crate::onnx::Rewrite { int8_convs, dequant: int8_convs, snake: true, ..Default::default() };
+            let rewrite = crate::onnx::Rewrite {
+                int8_convs,
+                dequant: int8_convs,
+                snake: true,
+                adain: true,
+                ..Default::default()
+            };
             let sessions = (0..n)
                 .map(|_| crate::onnx::session_rewritten(lib, &model, threads, false, rewrite).map(Mutex::new))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -27,9 +27,8 @@ use std::collections::{HashMap, HashSet};
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::proto::{
-    Attribute, Fields, Graph, ModelError, Node, Value, default_domain, import_domain, put_bytes_field, rewrite_graph,
-};
+use super::broadcast::Operand;
+use super::proto::{Attribute, Graph, ModelError, Wiring, default_domain, import_domain, put_fused, rewrite_graph};
 
 /// The operator's name (in the `tayori` domain).
 const NAME: &str = "TransposeDequantize";
@@ -52,47 +51,18 @@ pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
     import_domain(out, super::DOMAIN)
 }
 
-/// Whether every attribute of `n` is one `allowed` accepts.
-fn attrs_are(n: &Node, allowed: impl Fn(&Attribute) -> bool) -> Result<bool, ModelError> {
-    for a in &n.attrs {
-        if !allowed(&Attribute::parse(a)?) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// The graph with each chain fused; returns how many.
 fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
-    let Graph { nodes, outputs, .. } = Graph::parse(msg)?;
-    if nodes.iter().any(|n| n.subgraph) {
+    let g = Graph::parse(msg)?;
+    if g.nodes.iter().any(|n| n.subgraph) {
         return Ok(0);
     }
-    let producer: HashMap<&[u8], usize> =
-        nodes.iter().enumerate().flat_map(|(k, n)| n.outputs.iter().map(move |&o| (o, k))).collect();
-    let mut readers: HashMap<&[u8], usize> = HashMap::new();
-    for n in &nodes {
-        for &i in &n.inputs {
-            *readers.entry(i).or_default() += 1;
-        }
-    }
-    // The one-input-or-two, one-output node of `op` (default domain) that
-    // makes `v` for one reader alone, `v` not a graph output.
-    let step = |v: &[u8], op: &[u8], inputs: usize| {
-        producer.get(v).copied().filter(|&p| {
-            let n = &nodes[p];
-            readers.get(v) == Some(&1)
-                && !outputs.contains(v)
-                && n.op == op
-                && default_domain(n.domain)
-                && n.inputs.len() == inputs
-                && n.outputs.len() == 1
-                && n.inputs.iter().all(|i| !i.is_empty())
-        })
-    };
+    let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
+    // The node of `op` that makes `v` for this chain alone.
+    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, op, inputs);
     // Per chain, keyed by the Mul's index: (y, bias, scale), and the three
     // nodes folded into it.
-    let mut fused: HashMap<usize, [&[u8]; 3]> = HashMap::new();
+    let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
     let mut folded: HashSet<usize> = HashSet::new();
     for (k, mul) in nodes.iter().enumerate() {
         if mul.op != b"Mul" || !default_domain(mul.domain) || mul.inputs.len() != 2 || mul.outputs.len() != 1 {
@@ -107,7 +77,7 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
                 b"saturate" => true,
                 _ => false,
             };
-            if !attrs_are(&nodes[cast], to_float)? || nodes[cast].attrs.is_empty() {
+            if nodes[cast].attrs.is_empty() || !nodes[cast].attrs_are(to_float)? {
                 continue;
             }
             let Some(add) = step(nodes[cast].inputs[0], b"Add", 2) else { continue };
@@ -115,19 +85,19 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             for (t_out, bias) in [(p, q), (q, p)] {
                 let Some(t) = step(t_out, b"Transpose", 1) else { continue };
                 let perm = |a: &Attribute| a.name == b"perm" && a.ints == [0, 2, 1];
-                if nodes[t].attrs.len() != 1 || !attrs_are(&nodes[t], perm)? {
+                if nodes[t].attrs.len() != 1 || !nodes[t].attrs_are(perm)? {
                     continue;
                 }
                 // The int32 result of an integer product.
                 let y = nodes[t].inputs[0];
-                let int32 = producer.get(y).is_some_and(|&p| {
+                let int32 = wiring.producer(y).is_some_and(|p| {
                     let n = &nodes[p];
                     default_domain(n.domain) && (n.op == b"MatMulInteger" || n.op == b"ConvInteger")
                 });
                 if !int32 {
                     continue;
                 }
-                chain = Some(([y, bias, scale], [t, add, cast]));
+                chain = Some((vec![y, bias, scale], [t, add, cast]));
                 break 'orders;
             }
         }
@@ -136,36 +106,9 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             folded.extend(parts);
         }
     }
-    // Pass 2: each Mul of a chain becomes the fused node, the rest of the
-    // chain goes, everything else is copied.
-    let mut k = 0;
-    for f in Fields(msg) {
-        let f = f?;
-        match (f.number, f.value) {
-            (1, Value::Bytes(_)) => {
-                let at = k;
-                k += 1;
-                if folded.contains(&at) {
-                    continue;
-                }
-                match fused.get(&at) {
-                    Some(io) => {
-                        let mut n = Vec::new();
-                        for i in io {
-                            put_bytes_field(&mut n, 1, i);
-                        }
-                        put_bytes_field(&mut n, 2, nodes[at].outputs[0]);
-                        put_bytes_field(&mut n, 3, format!("tayori_dequant_{at}").as_bytes());
-                        put_bytes_field(&mut n, 4, NAME.as_bytes());
-                        put_bytes_field(&mut n, 7, super::DOMAIN.as_bytes());
-                        put_bytes_field(out, 1, &n);
-                    }
-                    None => out.extend_from_slice(f.raw),
-                }
-            }
-            _ => out.extend_from_slice(f.raw),
-        }
-    }
+    // Each Mul of a chain becomes the fused node, the rest of the chain
+    // goes, everything else is copied.
+    put_fused(msg, out, nodes, &fused, &folded, (super::DOMAIN, NAME, "tayori_dequant"))?;
     Ok(fused.len())
 }
 
@@ -213,46 +156,6 @@ impl Operator for TransposeDequantizeOp {
             transpose_dequantize(y, (n, l, m), bias, scale, out);
             Ok(())
         }))
-    }
-}
-
-/// A tensor broadcast against `[n, m, l]`: its values and the step of each
-/// of the three axes (0 where it has one element on that axis).
-#[derive(Clone, Copy)]
-pub struct Operand<'a, T> {
-    values: &'a [T],
-    steps: [usize; 3],
-}
-
-impl<'a, T: Copy> Operand<'a, T> {
-    /// `values` of `shape` against `to`; `None` unless it broadcasts to
-    /// exactly `to` (of rank 3 at most, each axis 1 or `to`'s).
-    pub fn new(values: &'a [T], shape: &[i64], to: [usize; 3]) -> Option<Self> {
-        let rank = shape.len();
-        if rank > 3 {
-            return None;
-        }
-        let mut dims = [1usize; 3];
-        for (d, &s) in dims[3 - rank..].iter_mut().zip(shape) {
-            *d = usize::try_from(s).ok()?;
-        }
-        let mut steps = [0usize; 3];
-        let mut step = 1usize;
-        for axis in (0..3).rev() {
-            if dims[axis] != 1 && dims[axis] != to[axis] {
-                return None;
-            }
-            if dims[axis] != 1 {
-                steps[axis] = step;
-            }
-            step = step.checked_mul(dims[axis])?;
-        }
-        (step == values.len()).then_some(Operand { values, steps })
-    }
-
-    #[inline(always)]
-    fn at(&self, i: usize, c: usize, t: usize) -> T {
-        self.values[i * self.steps[0] + c * self.steps[1] + t * self.steps[2]]
     }
 }
 
@@ -439,7 +342,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::onnx::proto::{Attr, bytes_fields, first_bytes, put_message, put_node, put_varint_field, tensor};
+    use crate::onnx::proto::{
+        Attr, bytes_fields, first_bytes, put_bytes_field, put_message, put_node, put_varint_field, tensor,
+    };
 
     /// `TensorProto.DataType` UINT8, INT8, INT32.
     const UINT8: u64 = 2;

@@ -243,6 +243,116 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Which node makes each value of a graph, and how many times nodes read
+/// it (a node reading it twice counts twice).
+pub(super) struct Wiring<'a> {
+    producer: HashMap<&'a [u8], usize>,
+    readers: HashMap<&'a [u8], usize>,
+}
+
+impl<'a> Wiring<'a> {
+    pub(super) fn new(nodes: &[Node<'a>]) -> Wiring<'a> {
+        let producer = nodes.iter().enumerate().flat_map(|(k, n)| n.outputs.iter().map(move |&o| (o, k))).collect();
+        let mut readers: HashMap<&[u8], usize> = HashMap::new();
+        for n in nodes {
+            for &i in &n.inputs {
+                *readers.entry(i).or_default() += 1;
+            }
+        }
+        Wiring { producer, readers }
+    }
+
+    /// The index of the node that makes `v`.
+    pub(super) fn producer(&self, v: &[u8]) -> Option<usize> {
+        self.producer.get(v).copied()
+    }
+
+    /// How many times nodes read `v`.
+    pub(super) fn reads(&self, v: &[u8]) -> usize {
+        self.readers.get(v).copied().unwrap_or(0)
+    }
+}
+
+impl<'a> Graph<'a> {
+    /// The initializer `v`, unless a graph input names it too (a caller may
+    /// replace it: no constant).
+    pub(super) fn constant(&self, v: &[u8]) -> Option<&'a [u8]> {
+        self.initializers.get(v).copied().filter(|_| !self.inputs.contains(v))
+    }
+
+    /// The node that makes `v` when a fusion may fold it into `v`'s one
+    /// reader: `v` read once and no graph output, the node `op` of ONNX's
+    /// own domain with one output and `inputs` inputs, none of them empty.
+    pub(super) fn private_producer(&self, w: &Wiring, v: &[u8], op: &[u8], inputs: usize) -> Option<usize> {
+        w.producer(v).filter(|&p| {
+            let n = &self.nodes[p];
+            w.reads(v) == 1
+                && !self.outputs.contains(v)
+                && n.op == op
+                && default_domain(n.domain)
+                && n.outputs.len() == 1
+                && n.inputs.len() == inputs
+                && n.inputs.iter().all(|i| !i.is_empty())
+        })
+    }
+}
+
+impl<'a> Node<'a> {
+    /// Whether every attribute of the node is one `allowed` accepts.
+    pub(super) fn attrs_are(&self, allowed: impl Fn(&Attribute) -> bool) -> Result<bool, ModelError> {
+        for a in &self.attrs {
+            if !allowed(&Attribute::parse(a)?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The graph `msg` (its nodes `nodes`) written to `out` with each chain of
+/// nodes fused into one: the node at each index of `fused` becomes `op` of
+/// `domain`, reading the values listed and making that node's first output
+/// (named `{prefix}_{index}`); the nodes of `folded` go; every other field
+/// is copied as it was.
+pub(super) fn put_fused(
+    msg: &[u8],
+    out: &mut Vec<u8>,
+    nodes: &[Node],
+    fused: &HashMap<usize, Vec<&[u8]>>,
+    folded: &HashSet<usize>,
+    (domain, op, prefix): (&str, &str, &str),
+) -> Result<(), ModelError> {
+    let mut k = 0;
+    for f in Fields(msg) {
+        let f = f?;
+        match (f.number, f.value) {
+            (1, Value::Bytes(_)) => {
+                let at = k;
+                k += 1;
+                if folded.contains(&at) {
+                    continue;
+                }
+                match fused.get(&at) {
+                    Some(inputs) => {
+                        let mut n = Vec::new();
+                        for i in inputs {
+                            put_bytes_field(&mut n, 1, i);
+                        }
+                        put_bytes_field(&mut n, 2, nodes[at].outputs[0]);
+                        put_bytes_field(&mut n, 3, format!("{prefix}_{at}").as_bytes());
+                        put_bytes_field(&mut n, 4, op.as_bytes());
+                        put_bytes_field(&mut n, 7, domain.as_bytes());
+                        put_bytes_field(out, 1, &n);
+                    }
+                    None => out.extend_from_slice(f.raw),
+                }
+            }
+            _ => out.extend_from_slice(f.raw),
+        }
+    }
+    Ok(())
+}
+
 /// A varint and its length in bytes.
 fn varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;

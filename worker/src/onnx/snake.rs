@@ -35,9 +35,7 @@ use std::collections::{HashMap, HashSet};
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::proto::{
-    Fields, Graph, ModelError, Node, Tensor, Value, default_domain, import_domain, put_bytes_field, rewrite_graph,
-};
+use super::proto::{Graph, ModelError, Node, Tensor, Wiring, default_domain, import_domain, put_fused, rewrite_graph};
 
 /// The operator's name (in the [`super::DOMAIN`] domain).
 const NAME: &str = "Snake";
@@ -81,25 +79,15 @@ fn is_two(t: &[u8]) -> Result<bool, ModelError> {
 /// The graph with each chain fused; returns how many.
 fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
     // Graph inputs: an initializer a caller may replace is no constant.
-    let Graph { nodes, initializers, inputs, outputs, .. } = Graph::parse(msg)?;
-    if nodes.iter().any(|n| n.subgraph) {
+    let g = Graph::parse(msg)?;
+    if g.nodes.iter().any(|n| n.subgraph) {
         return Ok(0);
     }
-    let producer: HashMap<&[u8], usize> =
-        nodes.iter().enumerate().flat_map(|(k, n)| n.outputs.iter().map(move |&o| (o, k))).collect();
-    let mut readers: HashMap<&[u8], usize> = HashMap::new();
-    for n in &nodes {
-        for &i in &n.inputs {
-            *readers.entry(i).or_default() += 1;
-        }
-    }
-    // A value read by one node only, and not a graph output: its producer
-    // may be folded into that reader.
-    let private = |v: &[u8]| readers.get(v) == Some(&1) && !outputs.contains(v);
-    let constant = |v: &[u8]| initializers.get(v).copied().filter(|_| !inputs.contains(v));
+    let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
+    let constant = |v: &[u8]| g.constant(v);
     // Per chain, keyed by the Add's index: (x, a, b) and the four nodes
     // folded into it.
-    let mut fused: HashMap<usize, [&[u8]; 3]> = HashMap::new();
+    let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
     let mut folded: HashSet<usize> = HashSet::new();
     for (k, add) in nodes.iter().enumerate() {
         if add.op != b"Add" || !default_domain(add.domain) || add.inputs.len() != 2 || add.outputs.len() != 1 {
@@ -107,23 +95,17 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
         }
         let mut chain = None;
         for (x, scaled) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
-            // The one-output node of `op` that makes `v` for this chain
-            // alone.
-            let step = |v: &[u8], op: &[u8]| {
-                producer.get(v).copied().filter(|&p| {
-                    private(v) && nodes[p].op == op && default_domain(nodes[p].domain) && nodes[p].outputs.len() == 1
-                })
-            };
-            let Some(m2) = step(scaled, b"Mul") else { continue };
+            // The node of `op` that makes `v` for this chain alone.
+            let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, op, inputs);
+            let Some(m2) = step(scaled, b"Mul", 2) else { continue };
             let Some((b, pow_out)) = with_constant(&nodes[m2], &constant) else { continue };
-            let Some(pow) = step(pow_out, b"Pow") else { continue };
+            let Some(pow) = step(pow_out, b"Pow", 2) else { continue };
             let [sin_out, two] = nodes[pow].inputs[..] else { continue };
             if !constant(two).map(is_two).transpose()?.unwrap_or(false) {
                 continue;
             }
-            let Some(sin) = step(sin_out, b"Sin") else { continue };
-            let [sin_in] = nodes[sin].inputs[..] else { continue };
-            let Some(m1) = step(sin_in, b"Mul") else { continue };
+            let Some(sin) = step(sin_out, b"Sin", 1) else { continue };
+            let Some(m1) = step(nodes[sin].inputs[0], b"Mul", 2) else { continue };
             let Some((a, x1)) = with_constant(&nodes[m1], &constant) else { continue };
             if x1 != x {
                 continue;
@@ -137,7 +119,7 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             if av.len() != bv.len() {
                 continue;
             }
-            chain = Some(([x, a, b], [m1, sin, pow, m2]));
+            chain = Some((vec![x, a, b], [m1, sin, pow, m2]));
             break;
         }
         if let Some((io, parts)) = chain {
@@ -145,36 +127,9 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             folded.extend(parts);
         }
     }
-    // Pass 2: each Add of a chain becomes the Snake node, the rest of the
-    // chain goes, everything else is copied.
-    let mut k = 0;
-    for f in Fields(msg) {
-        let f = f?;
-        match (f.number, f.value) {
-            (1, Value::Bytes(_)) => {
-                let at = k;
-                k += 1;
-                if folded.contains(&at) {
-                    continue;
-                }
-                match fused.get(&at) {
-                    Some(io) => {
-                        let mut n = Vec::new();
-                        for i in io {
-                            put_bytes_field(&mut n, 1, i);
-                        }
-                        put_bytes_field(&mut n, 2, nodes[at].outputs[0]);
-                        put_bytes_field(&mut n, 3, format!("tayori_snake_{at}").as_bytes());
-                        put_bytes_field(&mut n, 4, NAME.as_bytes());
-                        put_bytes_field(&mut n, 7, DOMAIN.as_bytes());
-                        put_bytes_field(out, 1, &n);
-                    }
-                    None => out.extend_from_slice(f.raw),
-                }
-            }
-            _ => out.extend_from_slice(f.raw),
-        }
-    }
+    // Each Add of a chain becomes the Snake node, the rest of the chain
+    // goes, everything else is copied.
+    put_fused(msg, out, nodes, &fused, &folded, (DOMAIN, NAME, "tayori_snake"))?;
     Ok(fused.len())
 }
 
@@ -308,7 +263,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::onnx::proto::{bytes_fields, first_bytes, put_message, put_node, put_varint_field, tensor};
+    use crate::onnx::proto::{
+        Fields, Value, bytes_fields, first_bytes, put_bytes_field, put_message, put_node, put_varint_field, tensor,
+    };
 
     fn value(name: &str) -> Vec<u8> {
         let mut tensor = Vec::new();
