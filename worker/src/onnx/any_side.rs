@@ -28,12 +28,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::proto::{
-    Field, Fields, ModelError, Value, first_bytes, packed, put_bytes_field, put_message, rewrite_graph, tensor,
+    Field, Fields, ModelError, Value,
+    dtype::{FLOAT, INT64},
+    first_bytes, packed, put_bytes_field, put_message, rewrite_graph, tensor,
 };
 
-/// `TensorProto.DataType` FLOAT and INT64.
-const FLOAT: u64 = 1;
-const INT64: u64 = 7;
 /// Names of what the rewrite adds.
 const PREFIX: &str = "tayori_any_side";
 

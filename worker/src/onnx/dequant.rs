@@ -10,14 +10,17 @@
 //! the bias `Add` 28, the `Mul` 24: 13 % of the run). [`fuse`] rewrites each
 //! such chain as one `tayori.TransposeDequantize(y, bias, scale)` node and
 //! [`TransposeDequantizeOp`] computes it: `out[i, c, t] = float(y[i, t, c] +
-//! bias) * scale`, in blocks of 8 x 8 so that both sides are read and
-//! written in whole cache lines, the channels split between two threads.
+//! bias) * scale`, in blocks of 8 x 8 (8 contiguous values read from each
+//! of 8 rows of `y`, 8 written to each of 8 rows of the output: one AVX2
+//! register each), the channels in parts on the session's own threads
+//! ([`super::kernel::by_rows`]).
 //!
 //! The same arithmetic as the nodes it replaces, in the same order (a
 //! wrapping int32 sum, one rounding to f32, one f32 product): the output is
 //! identical to the last bit. `bias` and `scale` broadcast as ONNX does
-//! against `[n, m, l]`; of a higher rank (the nodes' output would be too),
-//! the operator fails the run rather than guess.
+//! against `[n, m, l]`; one that would make the output larger (of a higher
+//! rank, or longer on an axis of one), as the nodes' output would be, fails
+//! the run rather than guess.
 //!
 //! Written here because ONNX Runtime fuses none of these nodes and no crate
 //! has it.
@@ -27,28 +30,18 @@ use std::collections::{HashMap, HashSet};
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::broadcast::Operand;
-use super::proto::{Attribute, Graph, ModelError, Wiring, default_domain, import_domain, put_fused, rewrite_graph};
+use super::kernel::{Operand, Par, by_rows, session_threads};
+use super::proto::{Attribute, Graph, ModelError, Wiring, default_domain, dtype::FLOAT, fuse_chains, put_fused};
 
 /// The operator's name (in the `tayori` domain).
 const NAME: &str = "TransposeDequantize";
-/// `TensorProto.DataType` FLOAT.
-const FLOAT: i64 = 1;
 
 /// `model` (the bytes of an .onnx file) with every `Transpose` → `Add` →
 /// `Cast` → `Mul` chain after an integer product as one
 /// `tayori.TransposeDequantize` node, and the `tayori` domain imported. A
 /// model with none is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    let mut found = 0;
-    let out = rewrite_graph(model, 0, |g, out| {
-        found = graph(g, out)?;
-        Ok(())
-    })?;
-    if found == 0 {
-        return Ok(model.to_vec());
-    }
-    import_domain(out, super::DOMAIN)
+    fuse_chains(model, super::DOMAIN, graph)
 }
 
 /// The graph with each chain fused; returns how many.
@@ -59,13 +52,14 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
     }
     let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
     // The node of `op` that makes `v` for this chain alone.
-    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, op, inputs);
+    // (Cast and Transpose have attributes, checked below.)
+    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, (op, inputs, op != b"Add"));
     // Per chain, keyed by the Mul's index: (y, bias, scale), and the three
     // nodes folded into it.
     let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
     let mut folded: HashSet<usize> = HashSet::new();
     for (k, mul) in nodes.iter().enumerate() {
-        if mul.op != b"Mul" || !default_domain(mul.domain) || mul.inputs.len() != 2 || mul.outputs.len() != 1 {
+        if mul.op != b"Mul" || !mul.is_plain(2, false) {
             continue;
         }
         let mut chain = None;
@@ -73,11 +67,12 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
             let Some(cast) = step(cast_out, b"Cast", 1) else { continue };
             // To float; `saturate` matters only for float8.
             let to_float = |a: &Attribute| match a.name {
-                b"to" => a.int == Some(FLOAT),
+                b"to" => a.int == Some(FLOAT as i64),
                 b"saturate" => true,
                 _ => false,
             };
-            if nodes[cast].attrs.is_empty() || !nodes[cast].attrs_are(to_float)? {
+            let has_to = nodes[cast].attrs.iter().any(|a| Attribute::parse(a).is_ok_and(|a| a.name == b"to"));
+            if !has_to || !nodes[cast].attrs_are(to_float)? {
                 continue;
             }
             let Some(add) = step(nodes[cast].inputs[0], b"Add", 2) else { continue };
@@ -153,107 +148,93 @@ impl Operator for TransposeDequantizeOp {
                 .output(0, vec![n as i64, m as i64, l as i64])?
                 .ok_or_else(|| ort::Error::new("TransposeDequantize: no output"))?;
             let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-            transpose_dequantize(y, (n, l, m), bias, scale, out);
-            Ok(())
+            transpose_dequantize(y, (n, l, m), bias, scale, out, &session_threads(ctx))
         }))
     }
 }
 
 /// Side of the square blocks the transpose moves: 8 int32 or f32 are 32
-/// bytes, half a cache line, one AVX2 register.
+/// bytes, one AVX2 register. Parts of the work are whole blocks of rows.
 const BLOCK: usize = 8;
 
 /// `out[i, c, t] = float(y[i, t, c] + bias) * scale` for `y` of `[n, l,
-/// m]`; the channels split between two threads when there are many.
+/// m]`; the rows of the output (item and channel) in parts run by `par`.
 pub fn transpose_dequantize(
     y: &[i32],
     (n, l, m): (usize, usize, usize),
     bias: Operand<i32>,
     scale: Operand<f32>,
     out: &mut [f32],
-) {
+    par: Par,
+) -> ort::Result<()> {
     if n * m * l == 0 {
-        return;
+        return Ok(());
     }
-    // Rows of the output (i, c), from `first`: one batch at a time.
-    let work = |first: usize, out: &mut [f32]| {
+    let tile = tile_fn();
+    // Rows of the output (i, c) from `first`, one item at a time.
+    by_rows(out, l, BLOCK, par, |first, out| {
         let rows = out.len() / l;
         let mut r = 0;
         while r < rows {
             let (i, c0) = ((first + r) / m, (first + r) % m);
             let count = (m - c0).min(rows - r);
-            block_rows(
-                &y[i * l * m..(i + 1) * l * m],
-                (l, m),
-                i,
-                c0,
-                count,
-                bias,
-                scale,
-                &mut out[r * l..][..count * l],
-            );
+            let item = Item { y: &y[i * l * m..(i + 1) * l * m], l, m, i, bias, scale };
+            item.rows(c0, count, tile, &mut out[r * l..][..count * l]);
             r += count;
         }
-    };
-    let rows = n * m;
-    if rows * l < 1 << 16 || rows < 2 * BLOCK {
-        return work(0, out);
-    }
-    // Whole blocks of channels to each thread.
-    let half = (rows / 2).div_ceil(BLOCK) * BLOCK;
-    let (out0, out1) = out.split_at_mut(half * l);
-    std::thread::scope(|s| {
-        s.spawn(|| work(0, out0));
-        work(half, out1);
-    });
+    })
 }
 
-/// Channels `c0 .. c0 + count` of batch `i` (`y` that batch's `[l, m]`)
-/// into `out`, `count` rows of `l`.
-#[allow(clippy::too_many_arguments)]
-fn block_rows(
-    y: &[i32],
-    (l, m): (usize, usize),
+/// One item of the input (`y`, its `[l, m]`) and the operands.
+struct Item<'a> {
+    y: &'a [i32],
+    l: usize,
+    m: usize,
     i: usize,
-    c0: usize,
-    count: usize,
-    bias: Operand<i32>,
-    scale: Operand<f32>,
-    out: &mut [f32],
-) {
-    let value = |t: usize, c: usize| (y[t * m + c].wrapping_add(bias.at(i, c, t)) as f32) * scale.at(i, c, t);
-    let per_row = bias.steps[2] == 0 && scale.steps[2] == 0;
-    let mut cb = 0;
-    while cb < count {
-        let width = BLOCK.min(count - cb);
-        let mut t0 = 0;
-        if per_row && width == BLOCK {
-            let c = c0 + cb;
-            let b: [i32; BLOCK] = std::array::from_fn(|j| bias.at(i, c + j, 0));
-            let s: [f32; BLOCK] = std::array::from_fn(|j| scale.at(i, c + j, 0));
-            let tile = tile_fn();
-            while t0 + BLOCK <= l {
-                // 8 times 8 contiguous channels in, 8 channels of 8
-                // contiguous steps out.
-                let rows: [&[i32; BLOCK]; BLOCK] =
-                    std::array::from_fn(|dt| y[(t0 + dt) * m + c..][..BLOCK].try_into().expect("a block of channels"));
-                let mut done = [[0f32; BLOCK]; BLOCK];
-                tile(&rows, &b, &s, &mut done);
-                for (j, vals) in done.iter().enumerate() {
-                    out[(cb + j) * l + t0..][..BLOCK].copy_from_slice(vals);
+    bias: Operand<'a, i32>,
+    scale: Operand<'a, f32>,
+}
+
+impl Item<'_> {
+    /// Channels `c0 .. c0 + count` into `out`, `count` rows of `l`: 8 x 8
+    /// blocks by `tile` where the operands are one a row, the rest one
+    /// value at a time.
+    fn rows(&self, c0: usize, count: usize, tile: Tile, out: &mut [f32]) {
+        let Item { y, l, m, i, bias, scale } = *self;
+        let value = |t: usize, c: usize| (y[t * m + c].wrapping_add(bias.at(i, c, t)) as f32) * scale.at(i, c, t);
+        let per_row = bias.steps[2] == 0 && scale.steps[2] == 0;
+        let mut cb = 0;
+        while cb < count {
+            let width = BLOCK.min(count - cb);
+            let mut t0 = 0;
+            if per_row && width == BLOCK {
+                let c = c0 + cb;
+                let b: [i32; BLOCK] = std::array::from_fn(|j| bias.at(i, c + j, 0));
+                let s: [f32; BLOCK] = std::array::from_fn(|j| scale.at(i, c + j, 0));
+                while t0 + BLOCK <= l {
+                    // 8 times 8 contiguous channels in, 8 channels of 8
+                    // contiguous steps out.
+                    let rows: [&[i32; BLOCK]; BLOCK] = std::array::from_fn(|dt| {
+                        y[(t0 + dt) * m + c..][..BLOCK].try_into().expect("a block of channels")
+                    });
+                    let mut done = [[0f32; BLOCK]; BLOCK];
+                    tile(&rows, &b, &s, &mut done);
+                    for (j, vals) in done.iter().enumerate() {
+                        out[(cb + j) * l + t0..][..BLOCK].copy_from_slice(vals);
+                    }
+                    t0 += BLOCK;
                 }
-                t0 += BLOCK;
             }
-        }
-        // What whole blocks do not cover: the last steps, a narrower block
-        // of channels, or operands that vary along l.
-        for j in 0..width {
-            let c = c0 + cb + j;
-            for (t, o) in out[(cb + j) * l..][..l].iter_mut().enumerate().skip(t0) {
-                *o = value(t, c);
+            // What whole blocks do not cover: the last steps, a narrower
+            // block of channels, or operands that vary along l.
+            for j in 0..width {
+                let c = c0 + cb + j;
+                for (t, o) in out[(cb + j) * l..][..l].iter_mut().enumerate().skip(t0) {
+                    *o = value(t, c);
+                }
             }
+            cb += width;
         }
-        cb += width;
     }
 }
 
@@ -262,7 +243,7 @@ fn block_rows(
 type Tile = fn(&[&[i32; BLOCK]; BLOCK], &[i32; BLOCK], &[f32; BLOCK], &mut [[f32; BLOCK]; BLOCK]);
 
 /// The block function for this CPU: AVX2 registers where it has them
-/// (checked once a call, not a block).
+/// (checked once an operator call, not a block).
 fn tile_fn() -> Tile {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -339,88 +320,44 @@ unsafe fn tile_avx2(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
+    use crate::onnx::kernel::in_order;
     use crate::onnx::proto::{
-        Attr, bytes_fields, first_bytes, put_bytes_field, put_message, put_node, put_varint_field, tensor,
+        Attr,
+        dtype::{INT8, INT32, UINT8},
+        put_bytes_field, put_node, tensor,
     };
-
-    /// `TensorProto.DataType` UINT8, INT8, INT32.
-    const UINT8: u64 = 2;
-    const INT8: u64 = 3;
-    const INT32: u64 = 6;
-
-    /// A value of element type `elem` (no shape).
-    fn value(name: &str, elem: u64) -> Vec<u8> {
-        let mut tensor = Vec::new();
-        put_varint_field(&mut tensor, 1, elem);
-        let mut ty = Vec::new();
-        put_bytes_field(&mut ty, 1, &tensor);
-        let mut v = Vec::new();
-        put_bytes_field(&mut v, 1, name.as_bytes());
-        put_bytes_field(&mut v, 2, &ty);
-        v
-    }
-
-    fn wrap(g: &[u8]) -> Vec<u8> {
-        let mut m = Vec::new();
-        put_varint_field(&mut m, 1, 8);
-        put_message(&mut m, 8, |o| {
-            put_varint_field(o, 2, 17);
-            Ok(())
-        })
-        .unwrap();
-        put_bytes_field(&mut m, 7, g);
-        m
-    }
+    use crate::onnx::testing::{model_of, ops, replace_node, session, value, with_graph};
 
     /// x (uint8 [n, l, k]) → MatMulInteger with int8 weights `[k, m]` →
     /// Transpose → Add(·, bias) → Cast → Mul(·, scale) → y; bias and scale
     /// are graph inputs (Kokoro computes them on the fly). With `swapped`,
-    /// each two-input node's operands the other way round. `extra` adds
-    /// nodes to the graph.
-    fn model(k: usize, m: usize, swapped: bool, extra: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    /// each two-input node's operands the other way round.
+    fn model(k: usize, m: usize, swapped: bool) -> Vec<u8> {
         let order = |p: &'static [u8], q: &'static [u8]| if swapped { [q, p] } else { [p, q] };
         let weights: Vec<u8> = (0..k * m).map(|i| (i * 7919 % 251) as u8).collect();
         let mut g = Vec::new();
         put_node(&mut g, "MatMulInteger", "mm", &[b"x", b"w", b"xz", b"wz"], &[b"yt"], &[]);
         put_node(&mut g, "Transpose", "t", &[b"yt"], &[b"y32"], &[Attr::Ints("perm", &[0, 2, 1])]);
         put_node(&mut g, "Add", "add", &order(b"y32", b"bias"), &[b"biased"], &[]);
-        put_node(&mut g, "Cast", "cast", &[b"biased"], &[b"f"], &[Attr::Int("to", 1)]);
+        put_node(&mut g, "Cast", "cast", &[b"biased"], &[b"f"], &[Attr::Int("to", FLOAT as i64)]);
         put_node(&mut g, "Mul", "mul", &order(b"f", b"scale"), &[b"y"], &[]);
-        extra(&mut g);
         put_bytes_field(&mut g, 5, &tensor("w", INT8, &[k as u64, m as u64], &weights));
         put_bytes_field(&mut g, 5, &tensor("xz", UINT8, &[], &[131]));
         put_bytes_field(&mut g, 5, &tensor("wz", INT8, &[], &[3]));
         put_bytes_field(&mut g, 11, &value("x", UINT8));
         put_bytes_field(&mut g, 11, &value("bias", INT32));
-        put_bytes_field(&mut g, 11, &value("scale", 1));
-        put_bytes_field(&mut g, 12, &value("y", 1));
-        wrap(&g)
+        put_bytes_field(&mut g, 11, &value("scale", FLOAT));
+        put_bytes_field(&mut g, 12, &value("y", FLOAT));
+        model_of(&g, 17)
     }
 
-    fn ops(model: &[u8]) -> Vec<String> {
-        bytes_fields(bytes_fields(model, 7)[0], 1)
-            .into_iter()
-            .map(|n| String::from_utf8_lossy(first_bytes(n, 4).unwrap().unwrap()).into_owned())
-            .collect()
-    }
+    type Operands<'a> = ((&'a [i64], Vec<i32>), (&'a [i64], Vec<f32>));
 
-    /// The model run by ONNX Runtime on `x` of `[n, l, k]`, bias and scale
-    /// of the shapes given; with tayori's operators registered.
-    fn run(
-        model: &[u8],
-        (n, l, k): (usize, usize, usize),
-        bias: (&[i64], Vec<i32>),
-        scale: (&[i64], Vec<f32>),
-    ) -> ort::Result<Vec<f32>> {
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
-        let env = crate::onnx::runtime(&crate::onnx::runtime_path(&data)).unwrap();
-        let mut s = ort::session::Session::builder(env)?
-            .with_intra_threads(2)?
-            .with_operators(crate::onnx::operators()?)?
-            .commit_from_memory(model)?;
+    /// The model run by ONNX Runtime (two threads, tayori's operators) on
+    /// `x` of `[n, l, k]`, bias and scale of the shapes given.
+    fn run(model: &[u8], (n, l, k): (usize, usize, usize), (bias, scale): Operands) -> ort::Result<Vec<f32>> {
+        let mut s = session(model)?;
         let x: Vec<u8> = (0..n * l * k).map(|i| (i * 31 % 253) as u8).collect();
         let x = ort::value::Tensor::from_array(([n, l, k], x))?;
         let b = ort::value::Tensor::from_array((bias.0.to_vec(), bias.1))?;
@@ -430,14 +367,18 @@ mod tests {
     }
 
     /// ONNX Runtime's four nodes and the fused operator give the same
-    /// floats to the last bit: two batches, whole blocks of channels and a
-    /// ragged last one, lengths that are not a multiple of 8, the bias per
-    /// channel, per step (along l) or one for all, the scale one or per
-    /// channel, a bias sum that wraps, either operand order.
+    /// floats to the last bit: two and three items, whole blocks of
+    /// channels and a ragged last one, lengths that are not a multiple of 8,
+    /// work in several parts (one starting inside an item, off a block of
+    /// 8), the bias per channel, per step (along l) or one for all, the
+    /// scale one or per channel, a bias sum that wraps, either operand
+    /// order.
     #[test]
     fn the_fused_operator_computes_the_chain_exactly() {
-        let (n, k) = (2usize, 24usize);
-        for (m, l) in [(128usize, 3001usize), (13, 77), (8, 8), (40, 1)] {
+        let k = 24usize;
+        // (items, channels, steps): 3 x 20 rows of 2600 are parts of 32
+        // rows, the second from item 1's channel 12.
+        for (n, m, l) in [(2usize, 128usize, 3001usize), (3, 20, 2600), (2, 13, 77), (2, 8, 8), (2, 40, 1)] {
             let per_channel: Vec<i32> = (0..m as i32).map(|c| c * 977 - 40_000).collect();
             let mut wrapping = per_channel.clone();
             wrapping[m - 1] = i32::MAX - 5;
@@ -445,7 +386,7 @@ mod tests {
             let (mi, li) = (m as i64, l as i64);
             let biases: [(&[i64], Vec<i32>); 5] = [
                 (&[1, mi, 1], per_channel.clone()),
-                (&[1, mi, 1], wrapping),
+                (&[1, mi, 1], wrapping.clone()),
                 (&[mi, 1], per_channel),
                 (&[1], vec![-7]),
                 (&[1, 1, li], per_step),
@@ -453,108 +394,119 @@ mod tests {
             let scales: [(&[i64], Vec<f32>); 2] =
                 [(&[], vec![0.0041867]), (&[1, mi, 1], (0..m).map(|c| 1e-3 * (c as f32 + 0.5)).collect())];
             for swapped in [false, true] {
-                let stored = model(k, m, swapped, |_| {});
+                let stored = model(k, m, swapped);
                 let fused = fuse(&stored).unwrap();
                 assert_eq!(ops(&fused), ["MatMulInteger", "TransposeDequantize"]);
                 for bias in &biases {
                     for scale in &scales {
-                        let want = run(&stored, (n, l, k), bias.clone(), scale.clone()).unwrap();
-                        let got = run(&fused, (n, l, k), bias.clone(), scale.clone()).unwrap();
+                        let operands = || (bias.clone(), scale.clone());
+                        let want = run(&stored, (n, l, k), operands()).unwrap();
+                        let got = run(&fused, (n, l, k), operands()).unwrap();
                         assert_eq!(want.len(), n * m * l);
                         assert!(want.iter().any(|&v| v != want[0]), "the output varies");
                         let same = want.iter().zip(&got).all(|(p, q)| p.to_bits() == q.to_bits());
-                        assert!(same, "m {m} l {l} bias {:?} scale {:?} swapped {swapped}", bias.0, scale.0);
+                        assert!(same, "n {n} m {m} l {l} bias {:?} scale {:?} swapped {swapped}", bias.0, scale.0);
                     }
                 }
             }
+            // The wrapping bias does wrap (given steps enough): channel m -
+            // 1's products are not all under 6, so some sums pass i32::MAX.
+            let products = run(&model(k, m, false), (n, l, k), ((&[1], vec![0]), (&[], vec![1.0]))).unwrap();
+            let wraps = products[(m - 1) * l..m * l].iter().any(|&v| v > 5.0);
+            assert!(wraps || l < 8, "a sum wraps (m {m} l {l})");
         }
+    }
+
+    /// The AVX2 block and the plain one give the same floats, sums that
+    /// wrap included.
+    #[test]
+    fn the_blocks_agree() {
+        let y: Vec<[i32; BLOCK]> =
+            (0..BLOCK).map(|t| std::array::from_fn(|c| (t * 7919 + c * 104_729) as i32 * 40_503)).collect();
+        let rows: [&[i32; BLOCK]; BLOCK] = std::array::from_fn(|t| &y[t]);
+        let b: [i32; BLOCK] = std::array::from_fn(|c| if c == 3 { i32::MAX } else { c as i32 * 1001 - 3000 });
+        let s: [f32; BLOCK] = std::array::from_fn(|c| 1e-3 * (c as f32 + 0.25));
+        let (mut plain, mut chosen) = ([[0f32; BLOCK]; BLOCK], [[0f32; BLOCK]; BLOCK]);
+        tile_plain(&rows, &b, &s, &mut plain);
+        tile_fn()(&rows, &b, &s, &mut chosen);
+        assert_eq!(plain[5][2], (y[2][5].wrapping_add(b[5]) as f32) * s[5]);
+        assert_eq!(plain.map(|r| r.map(f32::to_bits)), chosen.map(|r| r.map(f32::to_bits)));
     }
 
     /// A bias that would make the output of a higher rank fails the run
     /// with a plain message, rather than give something else.
     #[test]
     fn a_bias_it_cannot_broadcast_fails_the_run() {
-        let fused = fuse(&model(4, 8, false, |_| {})).unwrap();
-        let err = run(&fused, (1, 16, 4), (&[2, 1, 8, 1], vec![0; 16]), (&[], vec![1.0])).unwrap_err();
+        let fused = fuse(&model(4, 8, false)).unwrap();
+        let err = run(&fused, (1, 16, 4), ((&[2, 1, 8, 1], vec![0; 16]), (&[], vec![1.0]))).unwrap_err();
         assert!(err.to_string().contains("bias or scale does not broadcast"), "{err}");
     }
 
     /// Chains that are not quite this are left: an intermediate value read
     /// elsewhere or a graph output, another permutation, a cast to another
-    /// type, a transpose of something not an integer product. Truncated
-    /// models are refused.
+    /// type or without one, a node with an attribute it does not know, a
+    /// transpose of something not an integer product. Truncated models are
+    /// refused.
     #[test]
     fn chains_it_does_not_fit_are_left() {
+        let stored = model(4, 8, false);
         let left = |m: &[u8]| {
             let out = fuse(m).unwrap();
             assert_eq!(out, m, "{:?}", ops(&out));
         };
-        left(&model(4, 8, false, |g| put_node(g, "Relu", "r", &[b"f"], &[b"other"], &[])));
-        left(&model(4, 8, false, |g| put_node(g, "Neg", "r", &[b"y32"], &[b"other"], &[])));
-        left(&model(4, 8, false, |g| put_bytes_field(g, 12, &value("biased", INT32))));
-        let replaced = |op: &str, node: Vec<u8>| {
-            let stored = model(4, 8, false, |_| {});
-            let mut g = Vec::new();
-            for n in bytes_fields(bytes_fields(&stored, 7)[0], 1) {
-                if first_bytes(n, 4).unwrap() == Some(op.as_bytes()) {
-                    g.extend_from_slice(&node);
-                } else {
-                    put_bytes_field(&mut g, 1, n);
-                }
-            }
-            for t in bytes_fields(bytes_fields(&stored, 7)[0], 5) {
-                put_bytes_field(&mut g, 5, t);
-            }
-            wrap(&g)
+        left(&with_graph(&stored, 17, |g| put_node(g, "Relu", "r", &[b"f"], &[b"other"], &[])));
+        left(&with_graph(&stored, 17, |g| put_node(g, "Neg", "r", &[b"y32"], &[b"other"], &[])));
+        left(&with_graph(&stored, 17, |g| put_bytes_field(g, 12, &value("biased", INT32))));
+        let replaced = |name: &str, op: &str, inputs: &[&[u8]], output: &[u8], attrs: &[Attr]| {
+            replace_node(&stored, 17, name, |g| put_node(g, op, name, inputs, &[output], attrs))
         };
-        let node = |op: &str, inputs: &[&[u8]], outputs: &[&[u8]], attrs: &[Attr]| {
-            let mut g = Vec::new();
-            put_node(&mut g, op, "n", inputs, outputs, attrs);
-            g
-        };
-        left(&replaced("Transpose", node("Transpose", &[b"yt"], &[b"y32"], &[Attr::Ints("perm", &[1, 0, 2])])));
-        left(&replaced("Transpose", node("Transpose", &[b"yt"], &[b"y32"], &[])));
-        left(&replaced("Cast", node("Cast", &[b"biased"], &[b"f"], &[Attr::Int("to", 11)])));
-        left(&replaced("Cast", node("Cast", &[b"biased"], &[b"f"], &[])));
+        left(&replaced("t", "Transpose", &[b"yt"], b"y32", &[Attr::Ints("perm", &[1, 0, 2])]));
+        left(&replaced("t", "Transpose", &[b"yt"], b"y32", &[]));
+        left(&replaced("cast", "Cast", &[b"biased"], b"f", &[Attr::Int("to", 11)]));
+        left(&replaced("cast", "Cast", &[b"biased"], b"f", &[]));
+        left(&replaced("cast", "Cast", &[b"biased"], b"f", &[Attr::Int("saturate", 1)]));
+        left(&replaced("add", "Add", &[b"y32", b"bias"], b"biased", &[Attr::Int("broadcast", 1)]));
         // The Transpose of a value that is not an integer product's.
-        left(&replaced("MatMulInteger", node("Identity", &[b"x"], &[b"yt"], &[])));
-        let stored = model(4, 8, false, |_| {});
+        left(&replaced("mm", "Identity", &[b"x"], b"yt", &[]));
         for cut in [1, stored.len() / 2, stored.len() - 1] {
             assert!(fuse(&stored[..cut]).is_err(), "cut at {cut}");
         }
     }
 
     /// Speed of the operator against ONNX Runtime's four nodes, on one of
-    /// Kokoro's largest shapes (128 channels, 30000 steps), printed.
+    /// Kokoro's largest shapes (128 channels, 30000 steps), printed; the
+    /// operator alone on one thread gives what the session gave.
     #[test]
     fn the_fused_operator_time_is_printed() {
         let (k, m, l) = (8usize, 128usize, 30_000usize);
-        let stored = model(k, m, false, |_| {});
+        let stored = model(k, m, false);
         let fused = fuse(&stored).unwrap();
-        let bias: (&[i64], Vec<i32>) = (&[1, 128, 1], (0..128).collect());
-        let scale: (&[i64], Vec<f32>) = (&[], vec![0.004]);
+        let operands = || -> Operands { ((&[1, 128, 1], (0..128).collect()), (&[], vec![0.004])) };
         let time = |m: &[u8]| {
             let t = std::time::Instant::now();
+            let mut out = Vec::new();
             for _ in 0..5 {
-                run(m, (1, l, k), bias.clone(), scale.clone()).unwrap();
+                out = run(m, (1, l, k), operands()).unwrap();
             }
-            t.elapsed().as_secs_f64() / 5.0
+            (t.elapsed().as_secs_f64() / 5.0, out)
         };
-        let (a, b) = (time(&stored), time(&fused));
+        let ((a, want), (b, got)) = (time(&stored), time(&fused));
         println!(
             "128 x 30000 (with the product and a session): {:.1} ms as four nodes, {:.1} ms fused",
             a * 1e3,
             b * 1e3
         );
+        assert!(want.iter().zip(&got).all(|(p, q)| p.to_bits() == q.to_bits()));
         let y: Vec<i32> = (0..l * m).map(|i| (i as i32 % 5000) - 2500).collect();
-        let b = Operand::new(&bias.1, bias.0, [1, m, l]).unwrap();
-        let s = Operand::new(&scale.1, scale.0, [1, m, l]).unwrap();
+        let ((bias_shape, bias), (scale_shape, scale)) = operands();
+        let b = Operand::new(&bias, bias_shape, [1, m, l]).unwrap();
+        let s = Operand::new(&scale, scale_shape, [1, m, l]).unwrap();
         let mut out = vec![0f32; l * m];
         let t = std::time::Instant::now();
         for _ in 0..20 {
-            transpose_dequantize(&y, (1, l, m), b, s, &mut out);
+            transpose_dequantize(&y, (1, l, m), b, s, &mut out, &in_order).unwrap();
         }
-        println!("the operator alone: {:.2} ms", t.elapsed().as_secs_f64() / 20.0 * 1e3);
+        println!("the operator alone, one thread: {:.2} ms", t.elapsed().as_secs_f64() / 20.0 * 1e3);
         assert_eq!(out[l + 3], ((y[3 * m + 1] + 1) as f32) * 0.004);
     }
 }

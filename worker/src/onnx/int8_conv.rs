@@ -48,14 +48,11 @@
 use std::collections::{HashMap, HashSet};
 
 use super::proto::{
-    Attr, Attribute, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain, first_bytes,
-    put_bytes_field, put_node, rewrite_graph, tensor,
+    Attr, Attribute, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain,
+    dtype::{INT8, INT64, UINT8},
+    first_bytes, put_bytes_field, put_node, rewrite_graph, tensor,
 };
 
-/// `TensorProto.DataType` UINT8, INT8 and INT64.
-const UINT8: u64 = 2;
-const INT8: u64 = 3;
-const INT64: u64 = 7;
 /// Names of what the rewrite adds.
 const PREFIX: &str = "tayori_int8_conv";
 /// The default domain's opset this needs: `Shape` with `start` and `end`.
@@ -334,22 +331,13 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::onnx::proto::{bytes_fields, put_message, put_varint_field};
-
-    /// A value of element type `elem` (no shape).
-    fn value(name: &str, elem: u64) -> Vec<u8> {
-        let mut tensor = Vec::new();
-        put_varint_field(&mut tensor, 1, elem);
-        let mut ty = Vec::new();
-        put_bytes_field(&mut ty, 1, &tensor);
-        let mut v = Vec::new();
-        put_bytes_field(&mut v, 1, name.as_bytes());
-        put_bytes_field(&mut v, 2, &ty);
-        v
-    }
+    use crate::onnx::proto::{
+        bytes_fields,
+        dtype::{FLOAT, INT32},
+        put_varint_field,
+    };
+    use crate::onnx::testing::{model_of, ops, session, value, with_graph};
 
     /// x (float [1, c, l]) → DynamicQuantizeLinear → ConvInteger of `m`
     /// outputs, kernel `k` → y (int32); `attrs` are the convolution's, the
@@ -365,36 +353,13 @@ mod tests {
         put_varint_field(&mut wz, 5, zero.into());
         put_bytes_field(&mut wz, 8, b"wz");
         put_bytes_field(&mut g, 5, &wz);
-        put_bytes_field(&mut g, 11, &value("x", 1));
-        put_bytes_field(&mut g, 12, &value("y", 6));
-        let mut model = Vec::new();
-        put_varint_field(&mut model, 1, 8);
-        put_message(&mut model, 8, |o| {
-            put_varint_field(o, 2, opset);
-            Ok(())
-        })
-        .unwrap();
-        put_bytes_field(&mut model, 7, &g);
-        model
-    }
-
-    fn ops(model: &[u8]) -> Vec<String> {
-        let graph = bytes_fields(model, 7)[0];
-        bytes_fields(graph, 1)
-            .into_iter()
-            .map(|n| String::from_utf8_lossy(Node::parse(n).unwrap().op).into_owned())
-            .collect()
+        put_bytes_field(&mut g, 11, &value("x", FLOAT));
+        put_bytes_field(&mut g, 12, &value("y", INT32));
+        model_of(&g, opset)
     }
 
     fn run(model: &[u8], c: usize, l: usize) -> Vec<i32> {
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
-        let env = crate::onnx::runtime(&crate::onnx::runtime_path(&data)).unwrap();
-        let mut s = ort::session::Session::builder(env)
-            .unwrap()
-            .with_intra_threads(2)
-            .unwrap()
-            .commit_from_memory(model)
-            .unwrap();
+        let mut s = session(model).unwrap();
         let x: Vec<f32> = (0..c * l).map(|i| ((i * 31 % 97) as f32 - 40.0) / 17.0).collect();
         let x = ort::value::Tensor::from_array(([1usize, c, l], x)).unwrap();
         let out = s.run(ort::inputs! {"x" => x}).unwrap();
@@ -445,20 +410,6 @@ mod tests {
         }
     }
 
-    /// The same model with `f` applied to its graph's bytes.
-    fn with_graph(m: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-        let mut g = bytes_fields(m, 7)[0].to_vec();
-        f(&mut g);
-        let mut out = Vec::new();
-        put_message(&mut out, 8, |o| {
-            put_varint_field(o, 2, 17);
-            Ok(())
-        })
-        .unwrap();
-        put_bytes_field(&mut out, 7, &g);
-        out
-    }
-
     /// A convolution it does not fit is left as it was, with its weights;
     /// so is a model of an opset before `Shape`'s start and end. A model it
     /// cannot read is refused.
@@ -487,10 +438,10 @@ mod tests {
         let fits = model(5, 6, 3, 1, &[Attr::Ints("kernel_shape", &[3])], 17);
         left(&model(5, 6, 3, 1, &[k3], 14));
         // Weights a caller may replace (listed as a graph input).
-        left(&with_graph(&fits, |g| put_bytes_field(g, 11, &value("w", 2))));
+        left(&with_graph(&fits, 17, |g| put_bytes_field(g, 11, &value("w", UINT8))));
         // A convolution without an output is left (the other, rewritten,
         // keeps the weights they share).
-        let bad = with_graph(&fits, |g| put_node(g, "ConvInteger", "bad", &[b"xq", b"w", b"xz", b"wz"], &[], &[]));
+        let bad = with_graph(&fits, 17, |g| put_node(g, "ConvInteger", "bad", &[b"xq", b"w", b"xz", b"wz"], &[], &[]));
         let out = convs_as_matmuls(&bad).unwrap();
         assert_eq!(ops(&out).iter().filter(|o| *o == "ConvInteger").count(), 1, "{:?}", ops(&out));
         let inits = |m: &[u8]| -> Vec<Vec<u8>> {
@@ -500,7 +451,7 @@ mod tests {
         assert!(inits(&out).contains(&b"w".to_vec()));
         // Weights another node reads too are kept for it.
         let shared =
-            convs_as_matmuls(&with_graph(&fits, |g| put_node(g, "Cast", "c", &[b"w"], &[b"wf"], &[]))).unwrap();
+            convs_as_matmuls(&with_graph(&fits, 17, |g| put_node(g, "Cast", "c", &[b"w"], &[b"wf"], &[]))).unwrap();
         assert!(!ops(&shared).contains(&"ConvInteger".to_owned()));
         let names = inits(&shared);
         assert!(names.contains(&b"w".to_vec()) && !names.contains(&b"wz".to_vec()), "{names:?}");
@@ -511,9 +462,9 @@ mod tests {
         // node or by a value's description.
         let clash = "the model already names values as this rewrite does";
         let named = format!("{PREFIX}_0_xt");
-        let by_node = with_graph(&fits, |g| put_node(g, "Relu", "r", &[b"x"], &[named.as_bytes()], &[]));
+        let by_node = with_graph(&fits, 17, |g| put_node(g, "Relu", "r", &[b"x"], &[named.as_bytes()], &[]));
         assert_eq!(convs_as_matmuls(&by_node).unwrap_err().0, clash);
-        let by_value = with_graph(&fits, |g| put_bytes_field(g, 13, &value(&named, 2)));
+        let by_value = with_graph(&fits, 17, |g| put_bytes_field(g, 13, &value(&named, UINT8)));
         assert_eq!(convs_as_matmuls(&by_value).unwrap_err().0, clash);
     }
 }

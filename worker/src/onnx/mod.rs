@@ -5,12 +5,14 @@
 
 pub mod adain;
 pub mod any_side;
-pub mod broadcast;
 pub mod dequant;
 pub mod int8_conv;
+pub mod kernel;
 mod proto;
 pub mod prune;
 pub mod snake;
+#[cfg(test)]
+mod testing;
 pub mod widen;
 
 use std::path::{Path, PathBuf};

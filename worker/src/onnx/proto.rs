@@ -1,5 +1,5 @@
 //! The protobuf wire format, as much of it as the ONNX rewrites need
-//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`, `dequant`): a message read field by field, fields copied as
+//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`, `dequant`, `adain`): a message read field by field, fields copied as
 //! they were encoded or written anew.
 //!
 //! Written here rather than with a protobuf crate: the rewrites touch a few
@@ -12,6 +12,17 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, thiserror::Error)]
 #[error("ONNX model: {0}")]
 pub struct ModelError(pub &'static str);
+
+/// ONNX's `TensorProto.DataType` values the rewrites use.
+pub(super) mod dtype {
+    pub const FLOAT: u64 = 1;
+    pub const UINT8: u64 = 2;
+    pub const INT8: u64 = 3;
+    #[cfg(test)]
+    pub const INT32: u64 = 6;
+    pub const INT64: u64 = 7;
+    pub const FLOAT16: u64 = 10;
+}
 
 #[derive(Clone, Copy)]
 pub(super) enum Value<'a> {
@@ -146,6 +157,8 @@ pub(super) struct Tensor<'a> {
     pub(super) data_type: u64,
     pub(super) raw: Option<&'a [u8]>,
     pub(super) int32: Vec<u64>,
+    /// int64_data, packed or not.
+    pub(super) int64: Vec<u64>,
     /// float_data, packed or not.
     pub(super) floats: Vec<f32>,
     pub(super) external: bool,
@@ -153,7 +166,15 @@ pub(super) struct Tensor<'a> {
 
 impl<'a> Tensor<'a> {
     pub(super) fn parse(b: &'a [u8]) -> Result<Tensor<'a>, ModelError> {
-        let mut t = Tensor { dims: vec![], data_type: 0, raw: None, int32: vec![], floats: vec![], external: false };
+        let mut t = Tensor {
+            dims: vec![],
+            data_type: 0,
+            raw: None,
+            int32: vec![],
+            int64: vec![],
+            floats: vec![],
+            external: false,
+        };
         for f in Fields(b) {
             match f? {
                 Field { number: 1, value: Value::Varint(d), .. } => t.dims.push(d),
@@ -161,6 +182,8 @@ impl<'a> Tensor<'a> {
                 Field { number: 2, value: Value::Varint(v), .. } => t.data_type = v,
                 Field { number: 5, value: Value::Varint(v), .. } => t.int32.push(v),
                 Field { number: 5, value: Value::Bytes(b), .. } => t.int32.extend(packed(b)?),
+                Field { number: 7, value: Value::Varint(v), .. } => t.int64.push(v),
+                Field { number: 7, value: Value::Bytes(b), .. } => t.int64.extend(packed(b)?),
                 Field { number: 4, value: Value::Bytes(b), .. } => {
                     t.floats.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
                 }
@@ -175,6 +198,18 @@ impl<'a> Tensor<'a> {
             }
         }
         Ok(t)
+    }
+
+    /// Its values as i64, from raw_data or int64_data (of an int64 tensor:
+    /// `None` for another type).
+    pub(super) fn i64_values(&self) -> Option<Vec<i64>> {
+        if self.data_type != dtype::INT64 || self.external {
+            return None;
+        }
+        Some(match self.raw {
+            Some(raw) => raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            None => self.int64.iter().map(|&v| v as i64).collect(),
+        })
     }
 
     /// Its values as f32, from raw_data or float_data.
@@ -282,22 +317,32 @@ impl<'a> Graph<'a> {
 
     /// The node that makes `v` when a fusion may fold it into `v`'s one
     /// reader: `v` read once and no graph output, the node `op` of ONNX's
-    /// own domain with one output and `inputs` inputs, none of them empty.
-    pub(super) fn private_producer(&self, w: &Wiring, v: &[u8], op: &[u8], inputs: usize) -> Option<usize> {
+    /// own domain with one output and `inputs` inputs, none of them empty,
+    /// and no attributes unless `attrs` (the caller checks them).
+    pub(super) fn private_producer(
+        &self,
+        w: &Wiring,
+        v: &[u8],
+        (op, inputs, attrs): (&[u8], usize, bool),
+    ) -> Option<usize> {
         w.producer(v).filter(|&p| {
             let n = &self.nodes[p];
-            w.reads(v) == 1
-                && !self.outputs.contains(v)
-                && n.op == op
-                && default_domain(n.domain)
-                && n.outputs.len() == 1
-                && n.inputs.len() == inputs
-                && n.inputs.iter().all(|i| !i.is_empty())
+            w.reads(v) == 1 && !self.outputs.contains(v) && n.op == op && n.is_plain(inputs, attrs)
         })
     }
 }
 
 impl<'a> Node<'a> {
+    /// Whether the node is of ONNX's own domain with one output and `inputs`
+    /// inputs, none of them empty, and no attributes unless `attrs`.
+    pub(super) fn is_plain(&self, inputs: usize, attrs: bool) -> bool {
+        default_domain(self.domain)
+            && self.outputs.len() == 1
+            && self.inputs.len() == inputs
+            && self.inputs.iter().all(|i| !i.is_empty())
+            && (attrs || self.attrs.is_empty())
+    }
+
     /// Whether every attribute of the node is one `allowed` accepts.
     pub(super) fn attrs_are(&self, allowed: impl Fn(&Attribute) -> bool) -> Result<bool, ModelError> {
         for a in &self.attrs {
@@ -307,6 +352,26 @@ impl<'a> Node<'a> {
         }
         Ok(true)
     }
+}
+
+/// `model` (the bytes of an .onnx file) with its graph rewritten by
+/// `graph`, which fuses chains of nodes into operators of `domain` and
+/// returns how many; `domain` imported if it fused any, the model returned
+/// as it was if none.
+pub(super) fn fuse_chains(
+    model: &[u8],
+    domain: &str,
+    mut graph: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, ModelError>,
+) -> Result<Vec<u8>, ModelError> {
+    let mut found = 0;
+    let out = rewrite_graph(model, 0, |g, out| {
+        found = graph(g, out)?;
+        Ok(())
+    })?;
+    if found == 0 {
+        return Ok(model.to_vec());
+    }
+    import_domain(out, domain)
 }
 
 /// The graph `msg` (its nodes `nodes`) written to `out` with each chain of
@@ -480,7 +545,7 @@ pub(super) fn rewrite_graph(
 
 /// `model` importing operator domain `domain` (version 1), added if it
 /// does not already.
-pub(super) fn import_domain(mut model: Vec<u8>, domain: &str) -> Result<Vec<u8>, ModelError> {
+fn import_domain(mut model: Vec<u8>, domain: &str) -> Result<Vec<u8>, ModelError> {
     let mut imported = false;
     for f in Fields(&model) {
         // ModelProto.opset_import: OperatorSetIdProto { domain 1, version 2 }.

@@ -8,9 +8,9 @@
 //! measure: 248 ms of a 1.52 s run, 125 million elements), and each of the
 //! other four is a pass of its own over tensors of up to 128 x 30000
 //! values. [`fuse`] rewrites each such chain as one `tayori.Snake(x, a, b)`
-//! node and [`operators`] computes it: one pass, the rows split between two
-//! threads (the worker's Kokoro session has two), `sin` by a polynomial the
-//! compiler vectorizes.
+//! node and [`SnakeOp`] computes it: one pass, the rows in parts on the
+//! session's own threads ([`super::kernel::by_rows`]), `sin` by a polynomial
+//! the compiler vectorizes.
 //!
 //! Written here because no ONNX Runtime operator fuses it and no crate has
 //! it. The result is not bit-for-bit ONNX Runtime's: the sine is computed
@@ -35,27 +35,18 @@ use std::collections::{HashMap, HashSet};
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::proto::{Graph, ModelError, Node, Tensor, Wiring, default_domain, import_domain, put_fused, rewrite_graph};
+use super::DOMAIN;
+use super::kernel::{Par, by_rows, session_threads};
+use super::proto::{Graph, ModelError, Node, Tensor, Wiring, dtype::FLOAT, fuse_chains, put_fused};
 
 /// The operator's name (in the [`super::DOMAIN`] domain).
 const NAME: &str = "Snake";
-use super::DOMAIN;
-/// `TensorProto.DataType` FLOAT.
-const FLOAT: u64 = 1;
 
 /// `model` (the bytes of an .onnx file) with every Snake chain as one
 /// `tayori.Snake` node, and the `tayori` domain imported. A model with none
 /// is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    let mut found = 0;
-    let out = rewrite_graph(model, 0, |g, out| {
-        found = graph(g, out)?;
-        Ok(())
-    })?;
-    if found == 0 {
-        return Ok(model.to_vec());
-    }
-    import_domain(out, DOMAIN)
+    fuse_chains(model, DOMAIN, graph)
 }
 
 /// A `[1, c, 1]` float constant's values.
@@ -90,13 +81,13 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
     let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
     let mut folded: HashSet<usize> = HashSet::new();
     for (k, add) in nodes.iter().enumerate() {
-        if add.op != b"Add" || !default_domain(add.domain) || add.inputs.len() != 2 || add.outputs.len() != 1 {
+        if add.op != b"Add" || !add.is_plain(2, false) {
             continue;
         }
         let mut chain = None;
         for (x, scaled) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
             // The node of `op` that makes `v` for this chain alone.
-            let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, op, inputs);
+            let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, (op, inputs, false));
             let Some(m2) = step(scaled, b"Mul", 2) else { continue };
             let Some((b, pow_out)) = with_constant(&nodes[m2], &constant) else { continue };
             let Some(pow) = step(pow_out, b"Pow", 2) else { continue };
@@ -179,36 +170,32 @@ impl Operator for SnakeOp {
             }
             let mut y = ctx.output(0, shape.clone())?.ok_or_else(|| ort::Error::new("Snake: no output"))?;
             let (_, y) = y.try_extract_tensor_mut::<f32>()?;
-            snake(x, a, b, (n, c, l), y);
-            Ok(())
+            snake(x, a, b, (n, c, l), y, &session_threads(ctx))
         }))
     }
 }
 
 /// `y = x + b sin²(a x)` over `[n, c, l]`, `a` and `b` per channel; the rows
-/// split between two threads when there are many.
-pub fn snake(x: &[f32], a: &[f32], b: &[f32], (n, c, l): (usize, usize, usize), y: &mut [f32]) {
-    let rows = n * c;
-    if l == 0 || rows == 0 {
-        return;
+/// in parts run by `par`.
+pub fn snake(
+    x: &[f32],
+    a: &[f32],
+    b: &[f32],
+    (n, c, l): (usize, usize, usize),
+    y: &mut [f32],
+    par: Par,
+) -> ort::Result<()> {
+    if l == 0 || n * c == 0 {
+        return Ok(());
     }
     let row = row_fn();
-    let work = |first: usize, x: &[f32], y: &mut [f32]| {
+    by_rows(y, l, 1, par, |first, y| {
+        let x = &x[first * l..][..y.len()];
         for (r, (x, y)) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)).enumerate() {
             let ch = (first + r) % c;
             row(x, a[ch], b[ch], y);
         }
-    };
-    if rows * l < 1 << 16 || rows < 2 {
-        return work(0, x, y);
-    }
-    let half = rows / 2;
-    let (x0, x1) = x.split_at(half * l);
-    let (y0, y1) = y.split_at_mut(half * l);
-    std::thread::scope(|s| {
-        s.spawn(|| work(0, x0, y0));
-        work(half, x1, y1);
-    });
+    })
 }
 
 /// The row function for this CPU: compiled for AVX2 and FMA when it has
@@ -260,22 +247,12 @@ fn row_body(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::onnx::proto::{
-        Fields, Value, bytes_fields, first_bytes, put_bytes_field, put_message, put_node, put_varint_field, tensor,
-    };
+    use crate::onnx::proto::{Fields, Value, bytes_fields, first_bytes, put_bytes_field, put_node, tensor};
+    use crate::onnx::testing::{model_of, ops, session, with_graph};
 
     fn value(name: &str) -> Vec<u8> {
-        let mut tensor = Vec::new();
-        put_varint_field(&mut tensor, 1, FLOAT);
-        let mut ty = Vec::new();
-        put_bytes_field(&mut ty, 1, &tensor);
-        let mut v = Vec::new();
-        put_bytes_field(&mut v, 1, name.as_bytes());
-        put_bytes_field(&mut v, 2, &ty);
-        v
+        crate::onnx::testing::value(name, FLOAT)
     }
 
     fn f32s(v: &[f32]) -> Vec<u8> {
@@ -297,15 +274,7 @@ mod tests {
         put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &f32s(&[2.0])));
         put_bytes_field(&mut g, 11, &value("x"));
         put_bytes_field(&mut g, 12, &value("y"));
-        let mut m = Vec::new();
-        put_varint_field(&mut m, 1, 8);
-        put_message(&mut m, 8, |o| {
-            put_varint_field(o, 2, 17);
-            Ok(())
-        })
-        .unwrap();
-        put_bytes_field(&mut m, 7, &g);
-        m
+        model_of(&g, 17)
     }
 
     fn model(c: usize, a: &[f32], b: &[f32]) -> Vec<u8> {
@@ -317,8 +286,6 @@ mod tests {
     /// rounding, NaN where the chain gives NaN (an infinite or NaN x).
     #[test]
     fn the_fused_operator_computes_the_chain() {
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
-        let env = crate::onnx::runtime(&crate::onnx::runtime_path(&data)).unwrap();
         let (n, c, l) = (2usize, 3usize, 40_000usize);
         let a = [0.7f32, 3.1, 12.0];
         let b = [1.0 / 0.7f32, 1.0 / 3.1, 1.0 / 12.0];
@@ -329,22 +296,14 @@ mod tests {
         for swapped in [false, true] {
             let stored = model_with(c, &a, &b, swapped);
             let fused = fuse(&stored).unwrap();
-            let ops: Vec<Vec<u8>> = bytes_fields(bytes_fields(&fused, 7)[0], 1)
-                .into_iter()
-                .map(|n| first_bytes(n, 4).unwrap().unwrap().to_vec())
-                .collect();
-            assert_eq!(ops, [b"Snake".to_vec()]);
-            let run = |m: &[u8], ops: bool| -> Vec<f32> {
-                let mut builder = ort::session::Session::builder(env).unwrap();
-                if ops {
-                    builder = builder.with_operators(crate::onnx::operators().unwrap()).unwrap();
-                }
-                let mut s = builder.commit_from_memory(m).unwrap();
+            assert_eq!(ops(&fused), ["Snake"]);
+            let run = |m: &[u8]| -> Vec<f32> {
+                let mut s = session(m).unwrap();
                 let t = ort::value::Tensor::from_array(([n, c, l], x.clone())).unwrap();
                 let out = s.run(ort::inputs! {"x" => t}).unwrap();
                 out["y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
             };
-            let (want, got) = (run(&stored, false), run(&fused, true));
+            let (want, got) = (run(&stored), run(&fused));
             assert_eq!(want.len(), got.len());
             for (i, (p, q)) in want.iter().zip(&got).enumerate() {
                 assert_eq!(p.is_nan(), q.is_nan(), "at {i}: {p} against {q}");
@@ -363,25 +322,10 @@ mod tests {
     #[test]
     fn chains_it_does_not_fit_are_left() {
         let stored = model(2, &[1.0, 2.0], &[1.0, 0.5]);
-        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
-            let mut g = bytes_fields(&stored, 7)[0].to_vec();
-            f(&mut g);
-            let mut m = Vec::new();
-            put_message(&mut m, 8, |o| {
-                put_varint_field(o, 2, 17);
-                Ok(())
-            })
-            .unwrap();
-            put_bytes_field(&mut m, 7, &g);
-            m
-        };
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| with_graph(&stored, 17, f);
         let left = |m: &[u8]| {
-            let out = fuse(m).unwrap();
-            let ops: Vec<Vec<u8>> = bytes_fields(bytes_fields(&out, 7)[0], 1)
-                .into_iter()
-                .map(|n| first_bytes(n, 4).unwrap().unwrap().to_vec())
-                .collect();
-            assert!(ops.contains(&b"Sin".to_vec()) && !ops.contains(&b"Snake".to_vec()), "{ops:?}");
+            let ops = ops(&fuse(m).unwrap());
+            assert!(ops.contains(&"Sin".to_owned()) && !ops.contains(&"Snake".to_owned()), "{ops:?}");
         };
         left(&edit(&|g| put_node(g, "Relu", "r", &[b"sin"], &[b"other"], &[])));
         left(&edit(&|g| put_bytes_field(g, 12, &value("sq"))));

@@ -12,11 +12,11 @@
 //! The rewrite touches four fields (a tensor's type and data, a value's
 //! declared type, a Cast's target), with the wire format of [`super::proto`].
 
-use super::proto::{Field, Fields, ModelError, Value, packed, put_bytes_field, put_message, put_varint_field};
-
-/// ONNX's `TensorProto.DataType` values used here.
-const FLOAT: u64 = 1;
-const FLOAT16: u64 = 10;
+use super::proto::{
+    Field, Fields, ModelError, Value,
+    dtype::{FLOAT, FLOAT16},
+    packed, put_bytes_field, put_message, put_varint_field,
+};
 
 /// The messages on the paths to what is rewritten.
 #[derive(Clone, Copy, PartialEq)]
