@@ -29,13 +29,11 @@
 //! `InstanceNormalization` takes constant scales and would still leave two
 //! passes for the style) and no crate has it.
 
-use std::collections::{HashMap, HashSet};
-
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::kernel::{Operand, Par, by_rows, session_threads};
-use super::proto::{Attribute, Graph, ModelError, Node, Tensor, Wiring, dtype::FLOAT, fuse_chains, put_fused};
+use super::kernel::{Operand, Par, each_row, rank3, session_threads};
+use super::proto::{Attribute, Chain, Graph, ModelError, Node, Tensor, Wiring, dtype::FLOAT, fuse_chains};
 
 /// The operator's name (in the [`super::DOMAIN`] domain).
 const NAME: &str = "AdaIn";
@@ -44,7 +42,7 @@ const NAME: &str = "AdaIn";
 /// `tayori.AdaIn` node, and the `tayori` domain imported. A model with none
 /// is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    fuse_chains(model, super::DOMAIN, graph)
+    fuse_chains(model, (super::DOMAIN, NAME, "tayori_adain"), find)
 }
 
 /// Whether `t` (an initializer) is one float: the epsilon, of rank 3 at most
@@ -83,82 +81,51 @@ fn over_last_axis(n: &Node, g: &Graph) -> Result<bool, ModelError> {
     }
 }
 
-/// The graph with each chain fused; returns how many.
-fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
-    let g = Graph::parse(msg)?;
-    if g.nodes.iter().any(|n| n.subgraph) {
-        return Ok(0);
+/// The AdaIN chain that ends at node `k` (its last Add), if one does: `(x,
+/// eps, g, s)` and the eight nodes folded into it.
+fn find<'g>(g: &Graph<'g>, wiring: &Wiring<'g>, k: usize) -> Result<Option<Chain<'g>>, ModelError> {
+    let (nodes, add) = (&g.nodes, &g.nodes[k]);
+    if add.op != b"Add" || !add.is_plain(2, false) {
+        return Ok(None);
     }
-    let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
     let constant = |v: &[u8]| g.constant(v);
     // (ReduceMean has attributes, checked by `over_last_axis`.)
-    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, (op, inputs, op == b"ReduceMean"));
+    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(wiring, v, (op, inputs, op == b"ReduceMean"));
     let mean_of = |v: &[u8]| -> Result<Option<(usize, &[u8])>, ModelError> {
         for inputs in [1, 2] {
             if let Some(r) = step(v, b"ReduceMean", inputs) {
-                return Ok(over_last_axis(&nodes[r], &g)?.then_some((r, nodes[r].inputs[0])));
+                return Ok(over_last_axis(&nodes[r], g)?.then_some((r, nodes[r].inputs[0])));
             }
         }
         Ok(None)
     };
-    // Per chain, keyed by the last Add's index: (x, eps, g, s), and the
-    // eight nodes folded into it.
-    let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
-    let mut folded: HashSet<usize> = HashSet::new();
-    for (k, add) in nodes.iter().enumerate() {
-        if add.op != b"Add" || !add.is_plain(2, false) {
-            continue;
-        }
-        let mut chain = None;
-        'orders: for (scaled, shift) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
-            let Some(mul) = step(scaled, b"Mul", 2) else { continue };
-            let [p, q] = nodes[mul].inputs[..] else { continue };
-            for (gain, normed) in [(p, q), (q, p)] {
-                let Some(div) = step(normed, b"Div", 2) else { continue };
-                let [d, sd] = nodes[div].inputs[..] else { continue };
-                let Some(sqrt) = step(sd, b"Sqrt", 1) else { continue };
-                let Some(plus) = step(nodes[sqrt].inputs[0], b"Add", 2) else { continue };
-                let [u, v] = nodes[plus].inputs[..] else { continue };
-                let (eps, var) = if constant(u).is_some() { (u, v) } else { (v, u) };
-                if !constant(eps).map(is_scalar_float).transpose()?.unwrap_or(false) {
-                    continue;
-                }
-                let Some((mean_sq, sq)) = mean_of(var)? else { continue };
-                // The deviation, read by the square (twice) and the Div
-                // alone.
-                let Some(square) = wiring.producer(sq).filter(|_| wiring.reads(sq) == 1 && !g.outputs.contains(sq))
-                else {
-                    continue;
-                };
-                let n = &nodes[square];
-                if n.op != b"Mul" || !n.is_plain(2, false) || n.inputs[..] != [d, d] {
-                    continue;
-                }
-                let sub = wiring.producer(d).filter(|_| wiring.reads(d) == 3 && !g.outputs.contains(d));
-                let Some(sub) = sub.filter(|&s| {
-                    let n = &nodes[s];
-                    n.op == b"Sub" && n.is_plain(2, false)
-                }) else {
-                    continue;
-                };
-                let [x, mean] = nodes[sub].inputs[..] else { continue };
-                let Some((mean_x, x1)) = mean_of(mean)? else { continue };
-                if x1 != x || [x, gain, shift].iter().any(|v| v.is_empty()) {
-                    continue;
-                }
-                chain = Some((vec![x, eps, gain, shift], [mean_x, sub, square, mean_sq, plus, sqrt, div, mul]));
-                break 'orders;
+    for (scaled, shift) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
+        let Some(mul) = step(scaled, b"Mul", 2) else { continue };
+        let [p, q] = nodes[mul].inputs[..] else { continue };
+        for (gain, normed) in [(p, q), (q, p)] {
+            let Some(div) = step(normed, b"Div", 2) else { continue };
+            let [d, sd] = nodes[div].inputs[..] else { continue };
+            let Some(sqrt) = step(sd, b"Sqrt", 1) else { continue };
+            let Some(plus) = step(nodes[sqrt].inputs[0], b"Add", 2) else { continue };
+            let [u, v] = nodes[plus].inputs[..] else { continue };
+            let (eps, var) = if constant(u).is_some() { (u, v) } else { (v, u) };
+            if !constant(eps).map(is_scalar_float).transpose()?.unwrap_or(false) {
+                continue;
+            }
+            let Some((mean_sq, sq)) = mean_of(var)? else { continue };
+            let Some(square) = step(sq, b"Mul", 2).filter(|&n| nodes[n].inputs[..] == [d, d]) else { continue };
+            // The deviation, read by the square (twice) and the Div alone.
+            let sub = wiring.producer(d).filter(|_| wiring.reads(d) == 3 && !g.outputs.contains(d));
+            let Some(sub) = sub.filter(|&s| nodes[s].op == b"Sub" && nodes[s].is_plain(2, false)) else { continue };
+            let [x, mean] = nodes[sub].inputs[..] else { continue };
+            let Some((mean_x, x1)) = mean_of(mean)? else { continue };
+            if x1 == x && [x, gain, shift].iter().all(|v| !v.is_empty()) {
+                let folded = vec![mean_x, sub, square, mean_sq, plus, sqrt, div, mul];
+                return Ok(Some((vec![x, eps, gain, shift], folded)));
             }
         }
-        if let Some((io, parts)) = chain {
-            fused.insert(k, io);
-            folded.extend(parts);
-        }
     }
-    // Each last Add of a chain becomes the fused node, the rest of the chain
-    // goes, everything else is copied.
-    put_fused(msg, out, nodes, &fused, &folded, (super::DOMAIN, NAME, "tayori_adain"))?;
-    Ok(fused.len())
+    Ok(None)
 }
 
 /// `tayori.AdaIn(x float [n, c, l], eps float, g float, s float) -> float
@@ -192,8 +159,7 @@ impl Operator for AdaInOp {
             let (gain_shape, gain) = gain.try_extract_tensor::<f32>()?;
             let (shift_shape, shift) = shift.try_extract_tensor::<f32>()?;
             let shape = shape.to_vec();
-            let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-            let [n, c, l] = dims[..] else { return Err(ort::Error::new("AdaIn: x is not [n, c, l]")) };
+            let (n, c, l) = rank3(&shape, "AdaIn: x is not [n, c, l]")?;
             let &[eps] = eps else { return Err(ort::Error::new("AdaIn: eps is not one value")) };
             let unfit = || ort::Error::new("AdaIn: g or s does not broadcast to x");
             let gain = Operand::new(gain, gain_shape, [n, c, l]).ok_or_else(unfit)?;
@@ -220,13 +186,7 @@ pub fn adain(
         return Ok(());
     }
     let row = row_fn();
-    by_rows(y, l, 1, par, |first, y| {
-        let x = &x[first * l..][..y.len()];
-        for (r, (x, y)) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)).enumerate() {
-            let (i, ch) = ((first + r) / c, (first + r) % c);
-            row(x, eps, (i, ch), gain, shift, y);
-        }
-    })
+    each_row(x, y, l, par, |r, x, y| row(x, eps, (r / c, r % c), gain, shift, y))
 }
 
 type Row = fn(&[f32], f32, (usize, usize), Operand<f32>, Operand<f32>, &mut [f32]);

@@ -25,13 +25,11 @@
 //! Written here because ONNX Runtime fuses none of these nodes and no crate
 //! has it.
 
-use std::collections::{HashMap, HashSet};
-
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
-use super::kernel::{Operand, Par, by_rows, session_threads};
-use super::proto::{Attribute, Graph, ModelError, Wiring, default_domain, dtype::FLOAT, fuse_chains, put_fused};
+use super::kernel::{Operand, Par, by_rows, rank3, session_threads};
+use super::proto::{Attribute, Chain, Graph, ModelError, Wiring, default_domain, dtype::FLOAT, fuse_chains};
 
 /// The operator's name (in the `tayori` domain).
 const NAME: &str = "TransposeDequantize";
@@ -41,70 +39,51 @@ const NAME: &str = "TransposeDequantize";
 /// `tayori.TransposeDequantize` node, and the `tayori` domain imported. A
 /// model with none is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    fuse_chains(model, super::DOMAIN, graph)
+    fuse_chains(model, (super::DOMAIN, NAME, "tayori_dequant"), find)
 }
 
-/// The graph with each chain fused; returns how many.
-fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
-    let g = Graph::parse(msg)?;
-    if g.nodes.iter().any(|n| n.subgraph) {
-        return Ok(0);
+/// The chain that ends at node `k` (its Mul), if one does: `(y, bias,
+/// scale)` and the three nodes folded into it.
+fn find<'g>(g: &Graph<'g>, wiring: &Wiring<'g>, k: usize) -> Result<Option<Chain<'g>>, ModelError> {
+    let (nodes, mul) = (&g.nodes, &g.nodes[k]);
+    if mul.op != b"Mul" || !mul.is_plain(2, false) {
+        return Ok(None);
     }
-    let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
     // The node of `op` that makes `v` for this chain alone.
     // (Cast and Transpose have attributes, checked below.)
-    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, (op, inputs, op != b"Add"));
-    // Per chain, keyed by the Mul's index: (y, bias, scale), and the three
-    // nodes folded into it.
-    let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
-    let mut folded: HashSet<usize> = HashSet::new();
-    for (k, mul) in nodes.iter().enumerate() {
-        if mul.op != b"Mul" || !mul.is_plain(2, false) {
+    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(wiring, v, (op, inputs, op != b"Add"));
+    for (cast_out, scale) in [(mul.inputs[0], mul.inputs[1]), (mul.inputs[1], mul.inputs[0])] {
+        let Some(cast) = step(cast_out, b"Cast", 1) else { continue };
+        // To float; `saturate` matters only for float8.
+        let to_float = |a: &Attribute| match a.name {
+            b"to" => a.int == Some(FLOAT as i64),
+            b"saturate" => true,
+            _ => false,
+        };
+        let has_to = nodes[cast].attrs.iter().any(|a| Attribute::parse(a).is_ok_and(|a| a.name == b"to"));
+        if !has_to || !nodes[cast].attrs_are(to_float)? {
             continue;
         }
-        let mut chain = None;
-        'orders: for (cast_out, scale) in [(mul.inputs[0], mul.inputs[1]), (mul.inputs[1], mul.inputs[0])] {
-            let Some(cast) = step(cast_out, b"Cast", 1) else { continue };
-            // To float; `saturate` matters only for float8.
-            let to_float = |a: &Attribute| match a.name {
-                b"to" => a.int == Some(FLOAT as i64),
-                b"saturate" => true,
-                _ => false,
-            };
-            let has_to = nodes[cast].attrs.iter().any(|a| Attribute::parse(a).is_ok_and(|a| a.name == b"to"));
-            if !has_to || !nodes[cast].attrs_are(to_float)? {
+        let Some(add) = step(nodes[cast].inputs[0], b"Add", 2) else { continue };
+        let [p, q] = nodes[add].inputs[..] else { continue };
+        for (t_out, bias) in [(p, q), (q, p)] {
+            let Some(t) = step(t_out, b"Transpose", 1) else { continue };
+            let perm = |a: &Attribute| a.name == b"perm" && a.ints == [0, 2, 1];
+            if nodes[t].attrs.len() != 1 || !nodes[t].attrs_are(perm)? {
                 continue;
             }
-            let Some(add) = step(nodes[cast].inputs[0], b"Add", 2) else { continue };
-            let [p, q] = nodes[add].inputs[..] else { continue };
-            for (t_out, bias) in [(p, q), (q, p)] {
-                let Some(t) = step(t_out, b"Transpose", 1) else { continue };
-                let perm = |a: &Attribute| a.name == b"perm" && a.ints == [0, 2, 1];
-                if nodes[t].attrs.len() != 1 || !nodes[t].attrs_are(perm)? {
-                    continue;
-                }
-                // The int32 result of an integer product.
-                let y = nodes[t].inputs[0];
-                let int32 = wiring.producer(y).is_some_and(|p| {
-                    let n = &nodes[p];
-                    default_domain(n.domain) && (n.op == b"MatMulInteger" || n.op == b"ConvInteger")
-                });
-                if !int32 {
-                    continue;
-                }
-                chain = Some((vec![y, bias, scale], [t, add, cast]));
-                break 'orders;
+            // The int32 result of an integer product.
+            let y = nodes[t].inputs[0];
+            let int32 = wiring.producer(y).is_some_and(|p| {
+                let n = &nodes[p];
+                default_domain(n.domain) && (n.op == b"MatMulInteger" || n.op == b"ConvInteger")
+            });
+            if int32 {
+                return Ok(Some((vec![y, bias, scale], vec![t, add, cast])));
             }
         }
-        if let Some((io, parts)) = chain {
-            fused.insert(k, io);
-            folded.extend(parts);
-        }
     }
-    // Each Mul of a chain becomes the fused node, the rest of the chain
-    // goes, everything else is copied.
-    put_fused(msg, out, nodes, &fused, &folded, (super::DOMAIN, NAME, "tayori_dequant"))?;
-    Ok(fused.len())
+    Ok(None)
 }
 
 /// `tayori.TransposeDequantize(y int32 [n, l, m], bias int32, scale float)
@@ -139,8 +118,7 @@ impl Operator for TransposeDequantizeOp {
             let (shape, y) = y.try_extract_tensor::<i32>()?;
             let (bias_shape, bias) = bias.try_extract_tensor::<i32>()?;
             let (scale_shape, scale) = scale.try_extract_tensor::<f32>()?;
-            let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-            let [n, l, m] = dims[..] else { return Err(ort::Error::new("TransposeDequantize: y is not [n, l, m]")) };
+            let (n, l, m) = rank3(shape, "TransposeDequantize: y is not [n, l, m]")?;
             let unfit = || ort::Error::new("TransposeDequantize: bias or scale does not broadcast to [n, m, l]");
             let bias = Operand::new(bias, bias_shape, [n, m, l]).ok_or_else(unfit)?;
             let scale = Operand::new(scale, scale_shape, [n, m, l]).ok_or_else(unfit)?;

@@ -55,6 +55,33 @@ pub fn by_rows<T: Send>(
     })
 }
 
+/// `f(row, x, y)` for each row (`len` values) of `x` and of `y`, the same
+/// shape, `row` counted from 0; the rows in parts run by `par`.
+pub fn each_row(
+    x: &[f32],
+    y: &mut [f32],
+    len: usize,
+    par: Par,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> ort::Result<()> {
+    by_rows(y, len, 1, par, |first, y| {
+        let x = &x[first * len..][..y.len()];
+        for (r, (x, y)) in x.chunks_exact(len).zip(y.chunks_exact_mut(len)).enumerate() {
+            f(first + r, x, y);
+        }
+    })
+}
+
+/// The three dimensions of a tensor of rank 3 (a negative one read as 0),
+/// or the error `not_rank3`.
+pub fn rank3(shape: &[i64], not_rank3: &'static str) -> ort::Result<(usize, usize, usize)> {
+    let dim = |d: i64| usize::try_from(d).unwrap_or(0);
+    match *shape {
+        [a, b, c] => Ok((dim(a), dim(b), dim(c))),
+        _ => Err(ort::Error::new(not_rank3)),
+    }
+}
+
 /// A tensor broadcast against a tensor of rank 3 (`[n, c, l]`): its values and the step of each
 /// of the three axes (0 where it has one element on that axis).
 #[derive(Clone, Copy)]

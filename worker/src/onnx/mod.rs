@@ -128,24 +128,19 @@ pub fn session_rewritten(
         bytes = any_side::any_side(&bytes, native).map_err(|e| fail(e.to_string()))?;
         changed = true;
     }
-    if rewrite.first_output_only {
-        bytes = prune::first_output_only(&bytes).map_err(|e| fail(e.to_string()))?;
-        changed = true;
-    }
-    if rewrite.int8_convs {
-        bytes = int8_conv::convs_as_matmuls(&bytes).map_err(|e| fail(e.to_string()))?;
-        changed = true;
-    }
-    if rewrite.snake {
-        bytes = snake::fuse(&bytes).map_err(|e| fail(e.to_string()))?;
-        changed = true;
-    }
-    if rewrite.dequant {
-        bytes = dequant::fuse(&bytes).map_err(|e| fail(e.to_string()))?;
-        changed = true;
-    }
-    if rewrite.adain {
-        bytes = adain::fuse(&bytes).map_err(|e| fail(e.to_string()))?;
+    // The rewrites that take the model alone, in the order they run (the
+    // fusions after the convolutions are products: dequant fuses their
+    // output).
+    type Pass = fn(&[u8]) -> Result<Vec<u8>, proto::ModelError>;
+    let passes: [(bool, Pass); 5] = [
+        (rewrite.first_output_only, prune::first_output_only),
+        (rewrite.int8_convs, int8_conv::convs_as_matmuls),
+        (rewrite.snake, snake::fuse),
+        (rewrite.dequant, dequant::fuse),
+        (rewrite.adain, adain::fuse),
+    ];
+    for (_, pass) in passes.iter().filter(|(on, _)| *on) {
+        bytes = pass(&bytes).map_err(|e| fail(e.to_string()))?;
         changed = true;
     }
     if rewrite.snake || rewrite.dequant || rewrite.adain {

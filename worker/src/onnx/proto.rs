@@ -354,19 +354,38 @@ impl<'a> Node<'a> {
     }
 }
 
-/// `model` (the bytes of an .onnx file) with its graph rewritten by
-/// `graph`, which fuses chains of nodes into operators of `domain` and
-/// returns how many; `domain` imported if it fused any, the model returned
-/// as it was if none.
+/// A chain of nodes a fusion found: the fused node's inputs, and the nodes
+/// folded into it (the one it replaces not among them).
+pub(super) type Chain<'a> = (Vec<&'a [u8]>, Vec<usize>);
+
+/// `model` (the bytes of an .onnx file) with each chain `find` finds fused
+/// into one node `op` of `domain` (named `{prefix}_{index}`). `find` is
+/// asked of each node (by index) whether it ends a chain, and the chain's
+/// node takes its place. `domain` is imported if any was fused; the model
+/// is returned as it was if none (or if a node holds a subgraph, whose
+/// reads the wiring would not see).
 pub(super) fn fuse_chains(
     model: &[u8],
-    domain: &str,
-    mut graph: impl FnMut(&[u8], &mut Vec<u8>) -> Result<usize, ModelError>,
+    (domain, op, prefix): (&str, &str, &str),
+    find: for<'g> fn(&Graph<'g>, &Wiring<'g>, usize) -> Result<Option<Chain<'g>>, ModelError>,
 ) -> Result<Vec<u8>, ModelError> {
     let mut found = 0;
-    let out = rewrite_graph(model, 0, |g, out| {
-        found = graph(g, out)?;
-        Ok(())
+    let out = rewrite_graph(model, 0, |msg, out| {
+        let g = Graph::parse(msg)?;
+        if g.nodes.iter().any(|n| n.subgraph) {
+            return Ok(());
+        }
+        let wiring = Wiring::new(&g.nodes);
+        let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
+        let mut folded: HashSet<usize> = HashSet::new();
+        for k in 0..g.nodes.len() {
+            if let Some((inputs, parts)) = find(&g, &wiring, k)? {
+                fused.insert(k, inputs);
+                folded.extend(parts);
+            }
+        }
+        found = fused.len();
+        put_fused(msg, out, &g.nodes, &fused, &folded, (domain, op, prefix))
     })?;
     if found == 0 {
         return Ok(model.to_vec());
@@ -379,7 +398,7 @@ pub(super) fn fuse_chains(
 /// `domain`, reading the values listed and making that node's first output
 /// (named `{prefix}_{index}`); the nodes of `folded` go; every other field
 /// is copied as it was.
-pub(super) fn put_fused(
+fn put_fused(
     msg: &[u8],
     out: &mut Vec<u8>,
     nodes: &[Node],

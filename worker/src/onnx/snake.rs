@@ -30,14 +30,12 @@
 //! 3.02). Kokoro a run: 2.71 -> 2.31 CPU-seconds for 7 s of speech; the
 //! voices bench's long message (13.7 s of speech) 3.88 -> 3.55 s.
 
-use std::collections::{HashMap, HashSet};
-
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
 
 use super::DOMAIN;
-use super::kernel::{Par, by_rows, session_threads};
-use super::proto::{Graph, ModelError, Node, Tensor, Wiring, dtype::FLOAT, fuse_chains, put_fused};
+use super::kernel::{Par, each_row, rank3, session_threads};
+use super::proto::{Chain, Graph, ModelError, Node, Tensor, Wiring, dtype::FLOAT, fuse_chains};
 
 /// The operator's name (in the [`super::DOMAIN`] domain).
 const NAME: &str = "Snake";
@@ -46,7 +44,7 @@ const NAME: &str = "Snake";
 /// `tayori.Snake` node, and the `tayori` domain imported. A model with none
 /// is returned as it was.
 pub fn fuse(model: &[u8]) -> Result<Vec<u8>, ModelError> {
-    fuse_chains(model, DOMAIN, graph)
+    fuse_chains(model, (DOMAIN, NAME, "tayori_snake"), find)
 }
 
 /// A `[1, c, 1]` float constant's values.
@@ -67,61 +65,41 @@ fn is_two(t: &[u8]) -> Result<bool, ModelError> {
     Ok(t.data_type == FLOAT && !t.external && t.dims.len() <= 3 && t.dims.iter().all(|&d| d == 1) && values == [2.0])
 }
 
-/// The graph with each chain fused; returns how many.
-fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<usize, ModelError> {
-    // Graph inputs: an initializer a caller may replace is no constant.
-    let g = Graph::parse(msg)?;
-    if g.nodes.iter().any(|n| n.subgraph) {
-        return Ok(0);
+/// The Snake chain that ends at node `k` (its Add), if one does: `(x, a,
+/// b)` and the four nodes folded into it.
+fn find<'g>(g: &Graph<'g>, wiring: &Wiring<'g>, k: usize) -> Result<Option<Chain<'g>>, ModelError> {
+    let (nodes, add) = (&g.nodes, &g.nodes[k]);
+    if add.op != b"Add" || !add.is_plain(2, false) {
+        return Ok(None);
     }
-    let (nodes, wiring) = (&g.nodes, Wiring::new(&g.nodes));
+    // Graph inputs: an initializer a caller may replace is no constant.
     let constant = |v: &[u8]| g.constant(v);
-    // Per chain, keyed by the Add's index: (x, a, b) and the four nodes
-    // folded into it.
-    let mut fused: HashMap<usize, Vec<&[u8]>> = HashMap::new();
-    let mut folded: HashSet<usize> = HashSet::new();
-    for (k, add) in nodes.iter().enumerate() {
-        if add.op != b"Add" || !add.is_plain(2, false) {
+    // The node of `op` that makes `v` for this chain alone.
+    let step = |v: &[u8], op: &[u8], inputs| g.private_producer(wiring, v, (op, inputs, false));
+    for (x, scaled) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
+        let Some(m2) = step(scaled, b"Mul", 2) else { continue };
+        let Some((b, pow_out)) = with_constant(&nodes[m2], &constant) else { continue };
+        let Some(pow) = step(pow_out, b"Pow", 2) else { continue };
+        let [sin_out, two] = nodes[pow].inputs[..] else { continue };
+        if !constant(two).map(is_two).transpose()?.unwrap_or(false) {
             continue;
         }
-        let mut chain = None;
-        for (x, scaled) in [(add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])] {
-            // The node of `op` that makes `v` for this chain alone.
-            let step = |v: &[u8], op: &[u8], inputs| g.private_producer(&wiring, v, (op, inputs, false));
-            let Some(m2) = step(scaled, b"Mul", 2) else { continue };
-            let Some((b, pow_out)) = with_constant(&nodes[m2], &constant) else { continue };
-            let Some(pow) = step(pow_out, b"Pow", 2) else { continue };
-            let [sin_out, two] = nodes[pow].inputs[..] else { continue };
-            if !constant(two).map(is_two).transpose()?.unwrap_or(false) {
-                continue;
-            }
-            let Some(sin) = step(sin_out, b"Sin", 1) else { continue };
-            let Some(m1) = step(nodes[sin].inputs[0], b"Mul", 2) else { continue };
-            let Some((a, x1)) = with_constant(&nodes[m1], &constant) else { continue };
-            if x1 != x {
-                continue;
-            }
-            let (Some(av), Some(bv)) = (
-                constant(a).map(per_channel).transpose()?.flatten(),
-                constant(b).map(per_channel).transpose()?.flatten(),
-            ) else {
-                continue;
-            };
-            if av.len() != bv.len() {
-                continue;
-            }
-            chain = Some((vec![x, a, b], [m1, sin, pow, m2]));
-            break;
+        let Some(sin) = step(sin_out, b"Sin", 1) else { continue };
+        let Some(m1) = step(nodes[sin].inputs[0], b"Mul", 2) else { continue };
+        let Some((a, x1)) = with_constant(&nodes[m1], &constant) else { continue };
+        if x1 != x {
+            continue;
         }
-        if let Some((io, parts)) = chain {
-            fused.insert(k, io);
-            folded.extend(parts);
+        let (Some(av), Some(bv)) =
+            (constant(a).map(per_channel).transpose()?.flatten(), constant(b).map(per_channel).transpose()?.flatten())
+        else {
+            continue;
+        };
+        if av.len() == bv.len() {
+            return Ok(Some((vec![x, a, b], vec![m1, sin, pow, m2])));
         }
     }
-    // Each Add of a chain becomes the Snake node, the rest of the chain
-    // goes, everything else is copied.
-    put_fused(msg, out, nodes, &fused, &folded, (DOMAIN, NAME, "tayori_snake"))?;
-    Ok(fused.len())
+    Ok(None)
 }
 
 /// `(the constant, the other input)` of a two-input node whose one input is
@@ -162,8 +140,7 @@ impl Operator for SnakeOp {
             let (a_shape, a) = a.try_extract_tensor::<f32>()?;
             let (b_shape, b) = b.try_extract_tensor::<f32>()?;
             let shape = shape.to_vec();
-            let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-            let [n, c, l] = dims[..] else { return Err(ort::Error::new("Snake: x is not [n, c, l]")) };
+            let (n, c, l) = rank3(&shape, "Snake: x is not [n, c, l]")?;
             let per_channel = [1, c as i64, 1];
             if a_shape[..] != per_channel || b_shape[..] != per_channel {
                 return Err(ort::Error::new("Snake: a and b are not [1, c, 1]"));
@@ -189,13 +166,7 @@ pub fn snake(
         return Ok(());
     }
     let row = row_fn();
-    by_rows(y, l, 1, par, |first, y| {
-        let x = &x[first * l..][..y.len()];
-        for (r, (x, y)) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)).enumerate() {
-            let ch = (first + r) % c;
-            row(x, a[ch], b[ch], y);
-        }
-    })
+    each_row(x, y, l, par, |r, x, y| row(x, a[r % c], b[r % c], y))
 }
 
 /// The row function for this CPU: compiled for AVX2 and FMA when it has
