@@ -207,13 +207,14 @@ impl Kokoro {
             // Its convolutions as integer products, where that is exact (and
             // fast), their float outputs made in one pass; its Snake
             // activations and adaptive instance normalizations as one
-            // operator each.
+            // operator each; its STFT as a convolution.
             let int8_convs = crate::onnx::int8_conv::exact_here();
             let rewrite = crate::onnx::Rewrite {
                 int8_convs,
                 dequant: int8_convs,
                 snake: true,
                 adain: true,
+                stft: true,
                 ..Default::default()
             };
             let sessions = (0..n)
