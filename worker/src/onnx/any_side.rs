@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::proto::{
     Field, Fields, ModelError, Value,
     dtype::{FLOAT, INT64},
-    first_bytes, packed, put_bytes_field, put_message, rewrite_graph, tensor,
+    first_bytes, packed, put_bytes_field, put_message, raw_f32, rewrite_graph, tensor,
 };
 
 /// Names of what the rewrite adds.
@@ -388,8 +388,7 @@ fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
 
 /// A TensorProto body: a one-dimensional float tensor.
 fn float_tensor(name: &str, values: &[f32]) -> Vec<u8> {
-    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensor(name, FLOAT, &[values.len() as u64], &raw)
+    tensor(name, FLOAT, &[values.len() as u64], &raw_f32(values))
 }
 
 #[cfg(test)]

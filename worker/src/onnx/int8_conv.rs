@@ -50,7 +50,7 @@ use std::collections::{HashMap, HashSet};
 use super::proto::{
     Attr, Attribute, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain,
     dtype::{INT8, INT64, UINT8},
-    first_bytes, put_bytes_field, put_node, rewrite_graph, tensor,
+    first_bytes, put_bytes_field, put_node, raw_i64, rewrite_graph, tensor,
 };
 
 /// Names of what the rewrite adds.
@@ -259,7 +259,6 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         put_bytes_field(out, 5, &tensor(name, data_type, dims, raw))
     };
     let rows = (plan.k * plan.c) as i64;
-    let int64s = |vs: &[i64]| vs.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
     let [p0, p1] = plan.pads;
     let k = plan.k as i64;
 
@@ -268,7 +267,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
     let mut cols = xt;
     if p0 > 0 || p1 > 0 {
         let (pads, xp) = (name("pads"), name("xp"));
-        constant(out, &pads, INT64, &[6], &int64s(&[0, p0, 0, 0, p1, 0]));
+        constant(out, &pads, INT64, &[6], &raw_i64(&[0, p0, 0, 0, p1, 0]));
         put_node(out, "Pad", &xp, &[cols.as_bytes(), pads.as_bytes(), xz], &[xp.as_bytes()], &[]);
         cols = xp;
     }
@@ -282,7 +281,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         let mut out_len = len;
         if grow != 0 {
             let (g, grown) = (name("grow"), name("outlen"));
-            constant(out, &g, INT64, &[], &int64s(&[grow]));
+            constant(out, &g, INT64, &[], &raw_i64(&[grow]));
             put_node(out, "Add", &grown, &[out_len.as_bytes(), g.as_bytes()], &[grown.as_bytes()], &[]);
             out_len = grown;
         }
@@ -298,7 +297,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         );
         put_node(out, "Unsqueeze", &starts2, &[starts.as_bytes(), axis1.as_bytes()], &[starts2.as_bytes()], &[]);
         let offsets: Vec<i64> = (0..k).map(|j| j * plan.dilation).collect();
-        constant(out, &taps, INT64, &[1, plan.k as u64], &int64s(&offsets));
+        constant(out, &taps, INT64, &[1, plan.k as u64], &raw_i64(&offsets));
         put_node(out, "Add", &idx, &[starts2.as_bytes(), taps.as_bytes()], &[idx.as_bytes()], &[]);
         let (gathered, shape, col) = (name("gathered"), name("shape"), name("col"));
         put_node(
@@ -310,7 +309,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
             &[Attr::Int("axis", 1)],
         );
         // [n, l', k c] spelled out (not -1), so that an empty output reshapes.
-        constant(out, &shape, INT64, &[3], &int64s(&[0, 0, rows]));
+        constant(out, &shape, INT64, &[3], &raw_i64(&[0, 0, rows]));
         put_node(out, "Reshape", &col, &[gathered.as_bytes(), shape.as_bytes()], &[col.as_bytes()], &[]);
         cols = col;
     }

@@ -81,7 +81,8 @@ pub struct Rewrite {
     /// operator of tayori's own instead of nine ([`adain`]).
     pub adain: bool,
     /// Short-time Fourier transforms of a constant window computed as a
-    /// convolution ([`stft`]).
+    /// convolution ([`stft`]; the imaginary parts at 0 Hz and half the
+    /// rate given as a tiny positive value, for Kokoro's phase).
     pub stft: bool,
 }
 

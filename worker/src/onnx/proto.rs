@@ -1,5 +1,5 @@
 //! The protobuf wire format, as much of it as the ONNX rewrites need
-//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`, `dequant`, `adain`): a message read field by field, fields copied as
+//! (`widen`, `any_side`, `prune`, `int8_conv`, `snake`, `dequant`, `adain`, `stft`): a message read field by field, fields copied as
 //! they were encoded or written anew.
 //!
 //! Written here rather than with a protobuf crate: the rewrites touch a few
@@ -468,6 +468,16 @@ pub(super) fn put_bytes_field(out: &mut Vec<u8>, number: u64, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// f32 values as a tensor's raw data (little-endian).
+pub(super) fn raw_f32(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// i64 values as a tensor's raw data (little-endian).
+pub(super) fn raw_i64(values: &[i64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// A TensorProto body: `dims` (none for a scalar), values of `data_type`
 /// little-endian in `raw`.
 pub(super) fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Vec<u8> {
@@ -482,6 +492,7 @@ pub(super) fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Ve
 }
 
 /// An attribute of a node written by a rewrite.
+#[derive(Clone, Copy)]
 pub(super) enum Attr<'a> {
     Int(&'a str, i64),
     Ints(&'a str, &'a [i64]),
