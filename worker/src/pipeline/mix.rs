@@ -128,12 +128,6 @@ pub async fn mix_files(
 /// peaks under the true-peak target when the gain would push them over it.
 /// With the limiter, returns the samples encoded (f32 stereo, 48 kHz).
 ///
-/// The two encoders run as two ffmpeg runs at the same time, each applying
-/// the same filter to the same file (the same samples: both filters are
-/// deterministic): one run encoding both took the sum of their times (0.58
-/// s for a 12.3 s mix, the AAC 0.36 and the MP3 0.28 alone), which the
-/// render waited for; a second run costs about 0.06 CPU-seconds to start.
-///
 /// Both encoders keep ffmpeg's defaults. Judged by ViSQOL (audio mode,
 /// 48 kHz) on three speech-and-music mixes at -14 LUFS
 /// (scripts/judge_codecs.py): the AAC encoder's fast coder would save half
@@ -155,18 +149,21 @@ async fn encode_with_gain(
         let limit = 10f64.powf((TRUE_PEAK_TARGET - 0.5) / 20.0);
         filter.push_str(&format!(",alimiter=limit={limit:.4}:attack=5:release=50:level=false"));
     }
-    let mut mp3 = media::input(raw, Format::Wav);
-    mp3.extend(crate::args!["-filter_complex", Arg::composed(format!("[0:a]{filter}[mp3]"))]);
-    mp3.extend(crate::args!["-map", "[mp3]", "-c:a", "libmp3lame", "-b:a", "192k", &out.mp3]);
-    let mut aac = media::input(raw, Format::Wav);
-    let graph = if limited { format!("[0:a]{filter},asplit=2[aac][pcm]") } else { format!("[0:a]{filter}[aac]") };
-    aac.extend(crate::args!["-filter_complex", Arg::composed(graph)]);
-    aac.extend(crate::args!["-map", "[aac]", "-c:a", "aac", "-b:a", AAC_BITRATE, "-f", "mp4", &out.aac]);
-    if limited {
-        aac.extend(crate::args!["-map", "[pcm]", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
+    let mut args = media::input(raw, Format::Wav);
+    let graph = if limited {
+        format!("[0:a]{filter},asplit=3[mp3][aac][pcm]")
+    } else {
+        format!("[0:a]{filter},asplit=2[mp3][aac]")
+    };
+    args.extend(crate::args!["-filter_complex", Arg::composed(graph)]);
+    args.extend(crate::args!["-map", "[mp3]", "-c:a", "libmp3lame", "-b:a", "192k", &out.mp3]);
+    args.extend(crate::args!["-map", "[aac]", "-c:a", "aac", "-b:a", AAC_BITRATE, "-f", "mp4", &out.aac]);
+    if !limited {
+        media::ffmpeg(args, timeout).await?;
+        return Ok(None);
     }
-    let (_, pcm) = tokio::try_join!(media::ffmpeg(mp3, timeout), media::ffmpeg(aac, timeout))?;
-    Ok(limited.then_some(pcm))
+    args.extend(crate::args!["-map", "[pcm]", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"]);
+    media::ffmpeg(args, timeout).await.map(Some)
 }
 
 pub async fn mix(j: &Job<'_>, track: Option<&BgmTrack>, voice: &Path) -> Result<Mixed, PipelineError> {
