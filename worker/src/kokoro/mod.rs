@@ -7,7 +7,9 @@
 //! float outputs made in one pass: [`crate::onnx::dequant`], about a tenth
 //! less CPU, the same samples; its Snake activations and adaptive instance
 //! normalizations as one operator each: [`crate::onnx::snake`], 15 % less
-//! CPU, and [`crate::onnx::adain`], 4-8 % less, the same sound), with the voice's style row for that many tokens; the
+//! CPU, and [`crate::onnx::adain`], 4-8 % less, the same sound; its STFT as
+//! a convolution: [`crate::onnx::stft`], about 8 % less, the same sound),
+//! with the voice's style row for that many tokens; the
 //! silence at each end is trimmed. Sentences run in parallel, one model
 //! session each (ONNX Runtime runs one call per session at a time); the
 //! model, vocabulary and word list are loaded once per worker.

@@ -334,19 +334,22 @@ mod tests {
             #[cfg(target_arch = "x86_64")]
             {
                 use std::arch::is_x86_feature_detected as has;
-                let mut y = vec![0f32; len];
+                let mut y = vec![f32::NAN; len];
                 if has!("avx512f") && has!("avx2") && has!("fma") {
                     // SAFETY: the CPU has AVX-512F, AVX2 and FMA, checked just above.
                     unsafe { row_avx512(&x[..len], 0.7, 1.3, &mut y) };
                     assert!(same(&y, &want), "AVX-512, {len}");
                 }
                 if has!("avx2") && has!("fma") {
+                    // A fresh output: the AVX-512 form's values cannot stand
+                    // in for any the AVX2 form leaves unwritten.
+                    let mut y = vec![f32::NAN; len];
                     // SAFETY: the CPU has AVX2 and FMA, checked just above.
                     unsafe { row_avx2(&x[..len], 0.7, 1.3, &mut y) };
                     assert!(same(&y, &want), "AVX2, {len}");
                 }
             }
-            let mut y = vec![0f32; len];
+            let mut y = vec![f32::NAN; len];
             row_fn()(&x[..len], 0.7, 1.3, &mut y);
             assert!(same(&y, &want), "the chosen form, {len}");
         }

@@ -21,7 +21,7 @@
 //! conv-based STFT for export corrects that case to +pi for this reason).
 //! A phase that flips by 2 pi is a different input to the vocoder: with
 //! exact zeros the judges heard it (`ja_kumo_male` DNSMOS OVRL 3.45 ->
-//! 3.22). So those two imaginary parts are given as [`EDGE`], a positive
+//! 3.22). So those two imaginary parts are given as `EDGE` (1e-30), a positive
 //! value far under any rounding: the phase is then +pi where the real part
 //! is negative and within 1e-30 of 0 where it is positive, as in training,
 //! and the magnitude is unchanged (`EDGE` squared is zero in f32). This is
