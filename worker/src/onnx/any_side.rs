@@ -28,9 +28,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::proto::{
-    Field, Fields, ModelError, Value,
-    dtype::{FLOAT, INT64},
-    first_bytes, packed, put_bytes_field, put_message, raw_f32, rewrite_graph, tensor,
+    Field, Fields, ModelError, Tensor, Value, dtype::FLOAT, first_bytes, put_bytes_field, put_message, raw_f32,
+    rewrite_graph, tensor,
 };
 
 /// Names of what the rewrite adds.
@@ -262,22 +261,9 @@ fn constant_pair(node: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
 
 /// The values of a TensorProto of type int64 and shape `[2]`.
 fn int64_pair(t: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
-    let (mut dims, mut int64, mut values) = (Vec::new(), false, Vec::new());
-    for f in Fields(t) {
-        match f? {
-            Field { number: 1, value: Value::Varint(d), .. } => dims.push(d),
-            Field { number: 1, value: Value::Bytes(b), .. } => dims.extend(packed(b)?),
-            Field { number: 2, value: Value::Varint(ty), .. } => int64 = ty == INT64,
-            Field { number: 7, value: Value::Varint(v), .. } => values.push(v),
-            Field { number: 7, value: Value::Bytes(b), .. } => values.extend(packed(b)?),
-            Field { number: 9, value: Value::Bytes(b), .. } => {
-                values.extend(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))))
-            }
-            _ => {}
-        }
-    }
-    Ok(match (int64, dims.as_slice(), values.as_slice()) {
-        (true, [2], &[a, b]) => Some([a, b]),
+    let t = Tensor::parse(t)?;
+    Ok(match (t.dims.as_slice(), t.i64_values().as_deref()) {
+        ([2], Some(&[a, b])) => Some([a as u64, b as u64]),
         _ => None,
     })
 }
@@ -383,7 +369,7 @@ fn node_body(op: &str, inputs: &[&[u8]], outputs: &[&[u8]]) -> Vec<u8> {
 #[cfg(test)]
 fn int64_tensor(name: &str, values: &[u64]) -> Vec<u8> {
     let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    tensor(name, INT64, &[values.len() as u64], &raw)
+    tensor(name, super::proto::dtype::INT64, &[values.len() as u64], &raw)
 }
 
 /// A TensorProto body: a one-dimensional float tensor.

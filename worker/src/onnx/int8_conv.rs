@@ -50,7 +50,7 @@ use std::collections::{HashMap, HashSet};
 use super::proto::{
     Attr, Attribute, Field, Fields, Graph, ModelError, Node, Tensor, Value, default_domain,
     dtype::{INT8, INT64, UINT8},
-    first_bytes, put_bytes_field, put_node, raw_i64, rewrite_graph, tensor,
+    first_bytes, put_initializer, put_node, raw_i64, rewrite_graph,
 };
 
 /// Names of what the rewrite adds.
@@ -242,9 +242,9 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
         }
     }
     if shared {
-        put_bytes_field(out, 5, &tensor(&format!("{PREFIX}_zero"), INT64, &[], &0i64.to_le_bytes()));
-        put_bytes_field(out, 5, &tensor(&format!("{PREFIX}_one"), INT64, &[], &1i64.to_le_bytes()));
-        put_bytes_field(out, 5, &tensor(&format!("{PREFIX}_axis1"), INT64, &[1], &1i64.to_le_bytes()));
+        put_initializer(out, &format!("{PREFIX}_zero"), INT64, &[], &raw_i64(&[0]));
+        put_initializer(out, &format!("{PREFIX}_one"), INT64, &[], &raw_i64(&[1]));
+        put_initializer(out, &format!("{PREFIX}_axis1"), INT64, &[1], &raw_i64(&[1]));
     }
     Ok(())
 }
@@ -255,9 +255,6 @@ fn graph(msg: &[u8], out: &mut Vec<u8>) -> Result<(), ModelError> {
 fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
     let (x, xz, y) = (node.inputs[0], node.inputs[2], node.outputs[0]);
     let name = |s: &str| format!("{PREFIX}_{at}_{s}");
-    let constant = |out: &mut Vec<u8>, name: &str, data_type, dims: &[u64], raw: &[u8]| {
-        put_bytes_field(out, 5, &tensor(name, data_type, dims, raw))
-    };
     let rows = (plan.k * plan.c) as i64;
     let [p0, p1] = plan.pads;
     let k = plan.k as i64;
@@ -267,7 +264,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
     let mut cols = xt;
     if p0 > 0 || p1 > 0 {
         let (pads, xp) = (name("pads"), name("xp"));
-        constant(out, &pads, INT64, &[6], &raw_i64(&[0, p0, 0, 0, p1, 0]));
+        put_initializer(out, &pads, INT64, &[6], &raw_i64(&[0, p0, 0, 0, p1, 0]));
         put_node(out, "Pad", &xp, &[cols.as_bytes(), pads.as_bytes(), xz], &[xp.as_bytes()], &[]);
         cols = xp;
     }
@@ -281,7 +278,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         let mut out_len = len;
         if grow != 0 {
             let (g, grown) = (name("grow"), name("outlen"));
-            constant(out, &g, INT64, &[], &raw_i64(&[grow]));
+            put_initializer(out, &g, INT64, &[], &raw_i64(&[grow]));
             put_node(out, "Add", &grown, &[out_len.as_bytes(), g.as_bytes()], &[grown.as_bytes()], &[]);
             out_len = grown;
         }
@@ -297,7 +294,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         );
         put_node(out, "Unsqueeze", &starts2, &[starts.as_bytes(), axis1.as_bytes()], &[starts2.as_bytes()], &[]);
         let offsets: Vec<i64> = (0..k).map(|j| j * plan.dilation).collect();
-        constant(out, &taps, INT64, &[1, plan.k as u64], &raw_i64(&offsets));
+        put_initializer(out, &taps, INT64, &[1, plan.k as u64], &raw_i64(&offsets));
         put_node(out, "Add", &idx, &[starts2.as_bytes(), taps.as_bytes()], &[idx.as_bytes()], &[]);
         let (gathered, shape, col) = (name("gathered"), name("shape"), name("col"));
         put_node(
@@ -309,7 +306,7 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
             &[Attr::Int("axis", 1)],
         );
         // [n, l', k c] spelled out (not -1), so that an empty output reshapes.
-        constant(out, &shape, INT64, &[3], &raw_i64(&[0, 0, rows]));
+        put_initializer(out, &shape, INT64, &[3], &raw_i64(&[0, 0, rows]));
         put_node(out, "Reshape", &col, &[gathered.as_bytes(), shape.as_bytes()], &[col.as_bytes()], &[]);
         cols = col;
     }
@@ -322,8 +319,8 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
         weights[(j * c + i) * m + o] = v ^ 0x80;
     }
     let (w, wz, yt) = (name("w"), name("wz"), name("yt"));
-    constant(out, &w, INT8, &[rows as u64, m as u64], &weights);
-    constant(out, &wz, INT8, &[], &[plan.zero ^ 0x80]);
+    put_initializer(out, &w, INT8, &[rows as u64, m as u64], &weights);
+    put_initializer(out, &wz, INT8, &[], &[plan.zero ^ 0x80]);
     put_node(out, "MatMulInteger", &yt, &[cols.as_bytes(), w.as_bytes(), xz, wz.as_bytes()], &[yt.as_bytes()], &[]);
     put_node(out, "Transpose", &name("y"), &[yt.as_bytes()], &[y], &[Attr::Ints("perm", &[0, 2, 1])]);
 }
@@ -334,7 +331,7 @@ mod tests {
     use crate::onnx::proto::{
         bytes_fields,
         dtype::{FLOAT, INT32},
-        put_varint_field,
+        put_bytes_field, put_varint_field, tensor,
     };
     use crate::onnx::testing::{model_of, ops, session, value, with_graph};
 

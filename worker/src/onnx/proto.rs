@@ -491,6 +491,11 @@ pub(super) fn tensor(name: &str, data_type: u64, dims: &[u64], raw: &[u8]) -> Ve
     t
 }
 
+/// A TensorProto (see [`tensor`]) as an initializer, graph field 5.
+pub(super) fn put_initializer(out: &mut Vec<u8>, name: &str, data_type: u64, dims: &[u64], raw: &[u8]) {
+    put_bytes_field(out, 5, &tensor(name, data_type, dims, raw));
+}
+
 /// An attribute of a node written by a rewrite.
 #[derive(Clone, Copy)]
 pub(super) enum Attr<'a> {

@@ -241,15 +241,11 @@ fn row_body(x: &[f32], a: f32, b: f32, y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::proto::{Fields, Value, bytes_fields, first_bytes, put_bytes_field, put_node, tensor};
+    use crate::onnx::proto::{Fields, Value, bytes_fields, first_bytes, put_bytes_field, put_node, raw_f32, tensor};
     use crate::onnx::testing::{model_of, ops, session, with_graph};
 
     fn value(name: &str) -> Vec<u8> {
         crate::onnx::testing::value(name, FLOAT)
-    }
-
-    fn f32s(v: &[f32]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
     /// x [n, c, l] → Mul(a, x) → Sin → Pow 2 → Mul(b, ·) → Add(x, ·) → y
@@ -262,9 +258,9 @@ mod tests {
         put_node(&mut g, "Pow", "p", &[b"sin", b"two"], &[b"sq"], &[]);
         put_node(&mut g, "Mul", "m2", &order(b"sq", b"b"), &[b"scaled"], &[]);
         put_node(&mut g, "Add", "add", &order(b"x", b"scaled"), &[b"y"], &[]);
-        put_bytes_field(&mut g, 5, &tensor("a", FLOAT, &[1, c as u64, 1], &f32s(a)));
-        put_bytes_field(&mut g, 5, &tensor("b", FLOAT, &[1, c as u64, 1], &f32s(b)));
-        put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &f32s(&[2.0])));
+        put_bytes_field(&mut g, 5, &tensor("a", FLOAT, &[1, c as u64, 1], &raw_f32(a)));
+        put_bytes_field(&mut g, 5, &tensor("b", FLOAT, &[1, c as u64, 1], &raw_f32(b)));
+        put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &raw_f32(&[2.0])));
         put_bytes_field(&mut g, 11, &value("x"));
         put_bytes_field(&mut g, 12, &value("y"));
         model_of(&g, 17)
@@ -384,7 +380,7 @@ mod tests {
                     .map(|f| f.raw.to_vec())
                     .collect();
                 *g = kept.concat();
-                put_bytes_field(g, 5, &tensor("two", FLOAT, dims, &f32s(&[v])));
+                put_bytes_field(g, 5, &tensor("two", FLOAT, dims, &raw_f32(&[v])));
             }
         };
         left(&edit(&with_two(&[], 3.0)));
@@ -426,9 +422,9 @@ mod tests {
             for n in bytes_fields(bytes_fields(&stored, 7)[0], 1) {
                 put_bytes_field(&mut g, 1, n);
             }
-            put_bytes_field(&mut g, 5, &tensor("a", FLOAT, &[2], &f32s(&[1.0, 2.0])));
-            put_bytes_field(&mut g, 5, &tensor("b", FLOAT, &[1, 2, 1], &f32s(&[1.0, 0.5])));
-            put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &f32s(&[2.0])));
+            put_bytes_field(&mut g, 5, &tensor("a", FLOAT, &[2], &raw_f32(&[1.0, 2.0])));
+            put_bytes_field(&mut g, 5, &tensor("b", FLOAT, &[1, 2, 1], &raw_f32(&[1.0, 0.5])));
+            put_bytes_field(&mut g, 5, &tensor("two", FLOAT, &[], &raw_f32(&[2.0])));
             let mut m = Vec::new();
             put_bytes_field(&mut m, 7, &g);
             m

@@ -44,7 +44,7 @@
 use super::proto::{
     Attr, Fields, Graph, ModelError, Node, Tensor, Value,
     dtype::{FLOAT, INT64},
-    put_bytes_field, put_node, raw_f32, raw_i64, rewrite_graph, tensor,
+    put_initializer, put_node, raw_f32, raw_i64, rewrite_graph,
 };
 
 /// Names of what the rewrite adds.
@@ -164,14 +164,11 @@ fn replace(out: &mut Vec<u8>, at: usize, node: &Node, plan: &Plan) {
     let (row_shape, row) = (name("row_shape"), name("row"));
     let (kernel, bias_name, conv) = (name("kernel"), name("bias"), name("conv"));
     let (bins_shape, by_bin) = (name("bins_shape"), name("by_bin"));
-    let constant = |out: &mut Vec<u8>, name: &str, data_type, dims: &[u64], raw: &[u8]| {
-        put_bytes_field(out, 5, &tensor(name, data_type, dims, raw))
-    };
-    constant(out, &real_shape, INT64, &[3], &raw_i64(&[0, 0, 1]));
-    constant(out, &row_shape, INT64, &[3], &raw_i64(&[0, 1, -1]));
-    constant(out, &kernel, FLOAT, &[2 * bins as u64, 1, n as u64], &raw_f32(&kernels));
-    constant(out, &bias_name, FLOAT, &[2 * bins as u64], &raw_f32(&bias));
-    constant(out, &bins_shape, INT64, &[4], &raw_i64(&[0, 2, bins as i64, -1]));
+    put_initializer(out, &real_shape, INT64, &[3], &raw_i64(&[0, 0, 1]));
+    put_initializer(out, &row_shape, INT64, &[3], &raw_i64(&[0, 1, -1]));
+    put_initializer(out, &kernel, FLOAT, &[2 * bins as u64, 1, n as u64], &raw_f32(&kernels));
+    put_initializer(out, &bias_name, FLOAT, &[2 * bins as u64], &raw_f32(&bias));
+    put_initializer(out, &bins_shape, INT64, &[4], &raw_i64(&[0, 2, bins as i64, -1]));
     // [b, L] or [b, L, 1] to [b, L, 1] (a complex signal, [b, L, 2], fails
     // here rather than being read as a real one twice as long), then
     // [b, 1, L].
@@ -211,8 +208,8 @@ pub(super) fn with_edges_as_trained(model: &[u8]) -> Vec<u8> {
                 continue;
             };
             put_node(out, "STFT", "edges_stft", &node.inputs, &[b"edges_raw"], &[Attr::Int("onesided", 1)]);
-            put_bytes_field(out, 5, &tensor("edges_mask", FLOAT, &[bins as u64, 2], &raw_f32(&mask)));
-            put_bytes_field(out, 5, &tensor("edges_value", FLOAT, &[bins as u64, 2], &raw_f32(&edge)));
+            put_initializer(out, "edges_mask", FLOAT, &[bins as u64, 2], &raw_f32(&mask));
+            put_initializer(out, "edges_value", FLOAT, &[bins as u64, 2], &raw_f32(&edge));
             put_node(out, "Mul", "edges_mul", &[b"edges_raw", b"edges_mask"], &[b"edges_kept"], &[]);
             put_node(out, "Add", "edges_add", &[b"edges_kept", b"edges_value"], &[node.outputs[0]], &[]);
         }
@@ -224,15 +221,15 @@ pub(super) fn with_edges_as_trained(model: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onnx::proto::{put_bytes_field, tensor};
     use crate::onnx::testing::{model_of, ops, replace_node, session, value, with_graph};
 
     /// signal [b, L] (or [b, L, 1]) → STFT (hop 5, Hann window of 20) → y.
     fn model() -> Vec<u8> {
         let n = 20;
-        let window: Vec<u8> = (0..n)
-            .map(|t| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * t as f64 / n as f64).cos()) as f32)
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let window: Vec<f32> =
+            (0..n).map(|t| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * t as f64 / n as f64).cos()) as f32).collect();
+        let window = raw_f32(&window);
         let mut g = Vec::new();
         put_node(&mut g, "STFT", "stft", &[b"x", b"hop", b"win", b"len"], &[b"y"], &[Attr::Int("onesided", 1)]);
         put_bytes_field(&mut g, 5, &tensor("hop", INT64, &[], &5i64.to_le_bytes()));
