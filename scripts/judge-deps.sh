@@ -9,6 +9,11 @@
 #   TAYORI_CACHE_DIR   where the venv and the models go (default: .cache)
 #
 # Prints the directory that holds `venv/` and `models/`.
+#
+# `judge-deps.sh cutout` instead: the judge of cut-outs, MediaPipe's selfie
+# segmentation (a person segmenter; PyPI mediapipe, Apache-2.0, its model in
+# the wheel), in a virtual environment of its own (it needs numpy < 2).
+# Prints that environment's python, for scripts/judge_cutout.py.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${TAYORI_CACHE_DIR:-$here/.cache}"
@@ -16,6 +21,18 @@ judge="$cache/judge"
 mkdir -p "$judge/models" "$judge/dl"
 log() { printf '[judge] %s\n' "$*" >&2; }
 verify() { echo "$2  $1" | sha256sum --check --status; }
+
+if [[ "${1:-}" == cutout ]]; then
+  venv="$judge/cutout-venv"
+  [[ -x "$venv/bin/python" ]] || { log "creating the cut-out judge's virtual environment"; python3 -m venv "$venv"; }
+  if ! "$venv/bin/python" -c 'import mediapipe, PIL' 2>/dev/null; then
+    log "installing mediapipe 0.10.18"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary :all: \
+      mediapipe==0.10.18 "numpy<2" pillow==11.3.0
+  fi
+  echo "$venv/bin/python"
+  exit 0
+fi
 
 if [[ ! -x "$judge/venv/bin/python" ]]; then
   log "creating the judges' virtual environment"

@@ -86,8 +86,8 @@ pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaIma
         let seg = segment::segmenter(&data, model)?;
         let t = std::time::Instant::now();
         let mask = seg.mask_shown(&crop, shown)?;
-        let side = model.side_for(shown);
-        tracing::info!(?model, side, ms = t.elapsed().as_millis() as u64, "segmented");
+        let (w, h) = model.input_size(crop.width(), crop.height(), shown);
+        tracing::info!(?model, w, h, ms = t.elapsed().as_millis() as u64, "segmented");
         let cutout = segment::cut_out(&crop, &mask);
         vision::save_png(&cutout, &path)?;
         Ok(cutout)

@@ -161,17 +161,16 @@ pub(crate) mod tests {
         cut_out_astronaut(segment::Model::U2netp);
     }
 
-    /// IS-Net at [`segment::REDUCED_SIDE`] against 1024, as a 512x910 video
-    /// shows the cut-out (both masks scaled to the person's size in that
-    /// frame).
+    /// IS-Net at [`segment::REDUCED_SIDE`] against 1024 (the longer side;
+    /// the crop's proportions kept), as a 512x910 video shows the cut-out
+    /// (both masks scaled to the person's size in that frame).
     /// - The astronaut: the crop the worker makes, and the top of the photo
-    ///   upscaled three times (a phone photo's size; the case where they
-    ///   differed most): the masks agree on at least 99 % (IoU of alpha >
-    ///   0.5; seen 99.4-99.9 %).
-    /// - The cameraman, a harder photo: they agree on 93 %. The difference
-    ///   is the camera he holds to his eye: at 1024 the mask leaves a hole
-    ///   there, at 896 it keeps the camera, half transparent. Both keep his
-    ///   face and coat and drop the sky and the grass.
+    ///   upscaled three times (a phone photo's size): the masks agree on at
+    ///   least 95 % (IoU of alpha > 0.5; seen 96.0 and 99.2 %). Where they
+    ///   differ it is the helmet at the crop's edge, which 1024 keeps more
+    ///   of (squashed square, before issue 15: 99.4-99.9 %).
+    /// - The cameraman, a harder photo: they agree on 90 % (seen 93 %). Both
+    ///   keep his face and coat and drop the sky and the grass.
     #[test]
     fn isnet_at_896_cuts_out_what_1024_does() {
         let data = data_dir();
@@ -182,7 +181,7 @@ pub(crate) mod tests {
         let top = image::imageops::crop_imm(&big, 200, 0, 1100, 1536).to_image();
         let camera = load_upright(&fixture("camera.png")).unwrap();
         let seg = segment::segmenter(&data, segment::Model::IsNet).unwrap();
-        for (name, img, least_iou) in [("crop", &crop, 0.99), ("3x top", &top, 0.99), ("cameraman", &camera, 0.9)] {
+        for (name, img, least_iou) in [("crop", &crop, 0.95), ("3x top", &top, 0.95), ("cameraman", &camera, 0.9)] {
             let (_, _, pw, ph) = compose::placement(img.width(), img.height(), 512, 910);
             assert!(pw.max(ph) <= segment::REDUCED_SIDE);
             assert_eq!(segment::Model::IsNet.side_for(pw.max(ph)), segment::REDUCED_SIDE);
@@ -202,7 +201,17 @@ pub(crate) mod tests {
             println!("{name}: shown {pw}x{ph}, IoU {iou:.4}, mean difference {mean:.2} of 255");
             assert!(either > u64::from(pw * ph) / 5, "{name}: a person was found ({either} px)");
             assert!(iou >= least_iou, "{name}: IoU {iou}");
-            assert!(mean < 8.0, "{name}: mean difference {mean}");
+            assert!(mean < 12.0, "{name}: mean difference {mean}");
+            if name == "crop" {
+                for (side, m) in [(1024, &full), (segment::REDUCED_SIDE, &reduced)] {
+                    let face = mean_alpha(m, 140, 90, 60, 50);
+                    let suit = mean_alpha(m, 60, 300, 80, 80);
+                    let corner = mean_alpha(m, 0, 0, 40, 40);
+                    println!("astronaut at {side}: face {face:.3}, suit {suit:.3}, top left {corner:.3}");
+                    assert!(face > 0.9 && suit > 0.9, "at {side}: face {face}, suit {suit}");
+                    assert!(corner < 0.05, "at {side}: top left corner {corner}");
+                }
+            }
             if name == "cameraman" {
                 for (side, m) in [(1024, &full), (segment::REDUCED_SIDE, &reduced)] {
                     let face = mean_alpha(m, 200, 70, 40, 50);
