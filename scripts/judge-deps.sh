@@ -12,8 +12,10 @@
 #
 # `judge-deps.sh cutout` instead: the judge of cut-outs, MediaPipe's selfie
 # segmentation (a person segmenter; PyPI mediapipe, Apache-2.0, its model in
-# the wheel), in a virtual environment of its own (it needs numpy < 2).
-# Prints that environment's python, for scripts/judge_cutout.py.
+# the wheel), in a virtual environment of its own (it needs numpy 1.x, whose
+# wheels stop at Python 3.12: Debian 12's 3.11 serves). Prints that
+# environment's python: `$(bash scripts/judge-deps.sh cutout)
+# scripts/judge_cutout.py DIR`.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${TAYORI_CACHE_DIR:-$here/.cache}"
@@ -28,7 +30,7 @@ if [[ "${1:-}" == cutout ]]; then
   if ! "$venv/bin/python" -c 'import mediapipe, PIL' 2>/dev/null; then
     log "installing mediapipe 0.10.18"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --only-binary :all: \
-      mediapipe==0.10.18 "numpy<2" pillow==11.3.0
+      mediapipe==0.10.18 numpy==1.26.4 pillow==11.3.0
   fi
   echo "$venv/bin/python"
   exit 0

@@ -1,6 +1,6 @@
 """An independent judge of cut-outs, for benchmarks (never the product).
 
-    judge_cutout.py DIR
+    $(bash scripts/judge-deps.sh cutout) scripts/judge_cutout.py DIR
 
 DIR holds what `SHAPES=DIR cargo bench -p worker --bench vision` writes: each crop NAME.png and
 its masks NAME.LABEL.png (grey, 0-255, the crop's size). The judge is MediaPipe's selfie

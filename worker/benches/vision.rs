@@ -58,8 +58,9 @@ fn main() {
                     ms(t)
                 })
                 .collect();
+            let (w, h) = model.input_size(crop.width(), crop.height(), side);
             println!(
-                "{model:?} at {side} on a {}x{} crop: load {load:.0} ms, runs {}",
+                "{model:?} at {w}x{h} on a {}x{} crop: load {load:.0} ms, runs {}",
                 crop.width(),
                 crop.height(),
                 list(&times)

@@ -8,7 +8,8 @@
 //! size: `[1, 1, h / ih, w / iw]`, `ih` and `iw` being the height and width
 //! the model declares for the Resize's input (every Resize of IS-Net doubles
 //! its input, or scales a side output up to the input's size). The model then
-//! runs at any side its pooling divides exactly (a multiple of 64 for IS-Net,
+//! runs at any side its pooling divides exactly, height and width apart (each
+//! a multiple of 64 for IS-Net,
 //! whose deepest feature map is 1/64 of the side), where the doubled maps
 //! are exactly the sizes the model asked for. The declared shapes of outputs
 //! and intermediate values, which name the 1024 sizes, are dropped: ONNX

@@ -480,19 +480,20 @@ mod tests {
     }
 
     /// IS-Net rewritten to take any side: at 1024 it computes what the
-    /// model as stored (widened) does, and it runs at 896 too, where the
-    /// stored model refuses the input.
+    /// model as stored (widened) does, and it runs at 896 and at 512x896
+    /// too, where the stored model refuses the input.
     #[test]
     fn isnet_any_side_runs_at_1024_as_before_and_at_896() {
         let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
         let model = data.join("models/isnet_fp16.onnx");
         let lib = runtime_path(&data);
-        let run = |s: &mut Session, side: usize| -> ort::Result<Vec<f32>> {
-            let input: Vec<f32> = (0..3 * side * side).map(|i| ((i * 7919 % 256) as f32 - 128.0) / 256.0).collect();
-            let t = ort::value::Tensor::from_array(([1usize, 3, side, side], input))?;
+        let run_hw = |s: &mut Session, h: usize, w: usize| -> ort::Result<Vec<f32>> {
+            let input: Vec<f32> = (0..3 * h * w).map(|i| ((i * 7919 % 256) as f32 - 128.0) / 256.0).collect();
+            let t = ort::value::Tensor::from_array(([1usize, 3, h, w], input))?;
             let out = s.run(ort::inputs! {"input" => t})?;
             Ok(out["output"].try_extract_tensor::<f32>()?.1.to_vec())
         };
+        let run = |s: &mut Session, side: usize| run_hw(s, side, side);
         let mut fixed = session(&lib, &model, default_threads(), true).unwrap();
         let any_side = Rewrite { any_side: Some(1024), ..Rewrite::default() };
         let mut any = session_rewritten(&lib, &model, default_threads(), true, any_side).unwrap();
@@ -506,5 +507,9 @@ mod tests {
         // Probabilities (what they are worth on a real photo is
         // vision::tests::isnet_at_896_cuts_out_what_1024_does).
         assert!(small.iter().all(|v| (0.0..=1.0).contains(v)));
+        // Height and width free apart: a person's crop in its proportions.
+        let tall = run_hw(&mut any, 896, 512).unwrap();
+        assert_eq!(tall.len(), 896 * 512);
+        assert!(tall.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 }

@@ -61,8 +61,8 @@ impl Model {
         }
     }
 
-    /// The input side for a cut-out shown at most `shown` pixels tall or
-    /// wide.
+    /// The input's longer side for a cut-out shown at most `shown` pixels
+    /// tall or wide (the whole input for u2netp).
     pub fn side_for(self, shown: u32) -> u32 {
         match self {
             Model::IsNet if shown <= REDUCED_SIDE => REDUCED_SIDE,
@@ -89,8 +89,8 @@ impl Model {
         }
     }
 
-    /// Every input side the model runs at, largest first (each is its own
-    /// `shown` for [`Segmenter::mask_shown`]).
+    /// Every longer input side the model runs at, largest first (each is its
+    /// own `shown` for [`Segmenter::mask_shown`]).
     pub fn sides(self) -> &'static [u32] {
         match self {
             Model::IsNet => &[1024, REDUCED_SIDE],
@@ -99,15 +99,16 @@ impl Model {
     }
 }
 
-/// IS-Net's input side for cut-outs shown at most this many pixels tall or
-/// wide (a 512x910 video shows the person at most 512 wide and 746 tall),
-/// so the mask still has more pixels than the picture shows. It costs about
-/// a quarter less than 1024: 1.87-1.91 against 2.46-2.69 CPU-seconds.
+/// IS-Net's input's longer side for cut-outs shown at most this many pixels
+/// tall or wide (a 512x910 video shows the person at most 512 wide and 746
+/// tall), so the mask still has more pixels than the picture shows. Chosen
+/// when the input was square, where it cost about a quarter less than 1024:
+/// 1.87-1.91 against 2.46-2.69 CPU-seconds.
 ///
 /// The model sees a person smaller than it was trained on, so the mask is
 /// not only coarser: it can differ where the photo is ambiguous. Measured
-/// against the 1024 mask, both scaled to the size they are shown at 512x910
-/// (IoU of alpha > 0.5):
+/// then, squares, against the 1024 mask, both scaled to the size they are
+/// shown at 512x910 (IoU of alpha > 0.5):
 /// - the astronaut, nine crops of different shapes and sizes: 99.2-99.9 %,
 ///   except a wide band across his chest, 94.6 %;
 /// - the cameraman, nine crops: 92.8-99.1 %. At 1024 the mask leaves a hole
@@ -116,8 +117,12 @@ impl Model {
 ///   at both sides.
 ///
 /// At 960 the figures were 99.5-99.9 % and 96.1-99.5 %; at 768 one
-/// astronaut crop agreed on only 89.5 %, at 640 two on 83 %. The test
-/// `isnet_at_896_cuts_out_what_1024_does` checks three of these.
+/// astronaut crop agreed on only 89.5 %, at 640 two on 83 %. With the
+/// crop's proportions kept (now) 896 and 1024 agree less on some crops
+/// (86.7-99.9 % over the same twenty; the helmet at the astronaut crop's
+/// edge, which 1024 keeps more of), and the independent judge prefers 896
+/// (module doc). The test `isnet_at_896_cuts_out_what_1024_does` checks
+/// three crops.
 pub const REDUCED_SIDE: u32 = 896;
 
 impl std::str::FromStr for Model {
@@ -192,6 +197,10 @@ impl Segmenter {
     /// The mask made with `img` scaled to `w`x`h` pixels (each a multiple of
     /// 64 for IS-Net; 320 square for u2netp). Blocking.
     pub fn mask_sized(&self, img: &RgbImage, w: u32, h: u32) -> Result<GrayImage, VisionError> {
+        debug_assert!(
+            self.model != Model::IsNet || (w.is_multiple_of(64) && h.is_multiple_of(64)),
+            "IS-Net at {w}x{h}"
+        );
         let small = super::resize::rgb(img, w, h, Filter::Triangle);
         let n = (w * h) as usize;
         let mut input = vec![0f32; 3 * n];
@@ -251,7 +260,8 @@ mod tests {
         assert_eq!(Model::IsNet.input_size(400, 730, 1200), (576, 1024));
         assert_eq!(Model::IsNet.input_size(1000, 500, u32::MAX), (1024, 512));
         assert_eq!(Model::IsNet.input_size(700, 700, 800), (896, 896));
-        // 4.5 pixels round up to one 64: never 0, never over the longer side.
+        // 4.5 pixels are 0.07 of 64, which the clamp lifts to one 64: never
+        // 0, never over the longer side.
         assert_eq!(Model::IsNet.input_size(10, 2000, 800), (64, 896));
         assert_eq!(Model::IsNet.input_size(1, 1, 800), (896, 896));
         assert_eq!(Model::U2netp.input_size(400, 730, 512), (320, 320));
