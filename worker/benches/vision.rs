@@ -23,12 +23,11 @@ fn main() {
     if let Some(dir) = std::env::var_os("SHAPES") {
         return shapes(&root, &data, Path::new(&dir));
     }
-    let photo_path = std::env::args().skip(1).find(|a| !a.starts_with('-')).map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("TAYORI_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join(".cache"))
-            .join("fixtures/astronaut.png")
-    });
+    let photo_path = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| fixture(&root, "astronaut.png"));
     let t = Instant::now();
     let photo = load_upright(&photo_path).expect("photo");
     println!("decode {}x{}: {:.1} ms", photo.width(), photo.height(), ms(t));
@@ -87,10 +86,7 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
     use image::RgbImage;
     use worker::vision::compose;
     std::fs::create_dir_all(dir).expect("output directory");
-    let fixture = |name: &str| {
-        let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
-        load_upright(&cache.join("fixtures").join(name)).expect("photo")
-    };
+    let fixture = |name: &str| load_upright(&fixture(root, name)).expect("photo");
     let seg = segment::segmenter(data, segment::Model::IsNet).expect("model");
     let (astronaut, camera) = (fixture("astronaut.png"), fixture("camera.png"));
     let people = detect::people(&detect::model_path(data), &astronaut).expect("detect");
@@ -154,6 +150,12 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
         println!("{line}");
     }
     println!("wrote {} crops and their masks to {}", crops.len(), dir.display());
+}
+
+/// A test photo in the asset cache (scripts/assets.sh).
+fn fixture(root: &Path, name: &str) -> PathBuf {
+    let cache = std::env::var_os("TAYORI_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| root.join(".cache"));
+    cache.join("fixtures").join(name)
 }
 
 fn ms(t: Instant) -> f64 {

@@ -375,16 +375,13 @@ fn preload(cfg: &WorkerConfig) {
     let (data, model) = (cfg.data_dir.clone(), cfg.segmentation);
     tokio::task::spawn_blocking(move || {
         let t = std::time::Instant::now();
-        // At each longer side the model runs at, square (the largest
-        // buffers) and in a person's crop's proportions (what jobs run at).
-        let grey = |w, h| image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]));
-        let (square, person) = (grey(64, 64), grey(400, 730));
-        let warmed = vision::segment::segmenter(&data, model).and_then(|s| {
-            model.sides().iter().try_for_each(|&side| {
-                s.mask_shown(&square, side)?;
-                s.mask_shown(&person, side).map(drop)
-            })
-        });
+        // A square at each longer side the model runs at (a first run at a
+        // new side is slower). Its buffers are the largest a job needs: a
+        // first run at a crop's own proportions was not slower than the
+        // second (benches/vision.rs with SHAPES).
+        let grey = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+        let warmed = vision::segment::segmenter(&data, model)
+            .and_then(|s| model.sides().iter().try_for_each(|&side| s.mask_shown(&grey, side).map(drop)));
         match warmed {
             Ok(_) => tracing::info!(?model, ms = t.elapsed().as_millis() as u64, "segmentation model ready"),
             Err(e) => tracing::error!(?model, error = %e, "segmentation model could not be loaded"),
