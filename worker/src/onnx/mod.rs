@@ -99,6 +99,17 @@ pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
         .add(adain::AdaInOp)
 }
 
+/// Held while a session with tayori's [`operators`] is made. ONNX Runtime
+/// adds a session's custom domain to a process-wide table of domains
+/// without a lock of its own: two such sessions made at the same moment can
+/// both find the domain missing, and the second to add it fails the session
+/// ("the domain is already exist"; seen in 4 of 25 runs of two operator
+/// tests side by side). Made one at a time, the second finds it there.
+pub fn operators_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// [`session`] for a model rewritten as `rewrite` says.
 pub fn session_rewritten(
     lib: &Path,
@@ -149,9 +160,12 @@ pub fn session_rewritten(
         bytes = pass(&bytes).map_err(|e| fail(e.to_string()))?;
         changed = true;
     }
-    if rewrite.snake || rewrite.dequant || rewrite.adain {
+    let _one_at_a_time = if rewrite.snake || rewrite.dequant || rewrite.adain {
         builder = builder.with_operators(operators().map_err(bad)?).map_err(|e| fail(e.to_string()))?;
-    }
+        Some(operators_lock())
+    } else {
+        None
+    };
     if changed {
         builder.commit_from_memory(&bytes).map_err(bad)
     } else {

@@ -44,10 +44,9 @@ pub(super) fn ops(model: &[u8]) -> Vec<String> {
 pub(super) fn session(model: &[u8]) -> ort::Result<ort::session::Session> {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
     let env = super::runtime(&super::runtime_path(&data)).expect("ONNX Runtime");
-    ort::session::Session::builder(env)?
-        .with_intra_threads(2)?
-        .with_operators(super::operators()?)?
-        .commit_from_memory(model)
+    let mut builder = ort::session::Session::builder(env)?.with_intra_threads(2)?.with_operators(super::operators()?)?;
+    let _one_at_a_time = super::operators_lock();
+    builder.commit_from_memory(model)
 }
 
 /// `model` (importing the default domain at `opset`) with `f` applied to
