@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use shared::catalog::{Catalog, EntryType};
+use worker::process::cpu_seconds;
 
 const JA: [&str; 5] = [
     "お誕生日おめでとうございます。素敵な一年になりますように。",
@@ -66,23 +67,6 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// CPU time (user + system) of this process and of its waited-for
-/// children (Open JTalk, ffmpeg), in seconds.
-fn cpu_seconds() -> f64 {
-    let of = |who| {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: the struct is valid zeroed (plain integers) and getrusage
-        // fills it.
-        let u = unsafe {
-            assert_eq!(libc::getrusage(who, usage.as_mut_ptr()), 0);
-            usage.assume_init()
-        };
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(u.ru_utime) + secs(u.ru_stime)
-    };
-    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
-}
-
 #[tokio::main]
 async fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -119,10 +103,11 @@ async fn main() {
             let runs = if k == messages.len() - 1 { speech_runs } else { 1 };
             let (mut took, mut cpu) = (Vec::new(), Vec::new());
             for _ in 0..runs {
-                let (t, c) = (Instant::now(), cpu_seconds());
+                // CPU of this process and its tools (Open JTalk).
+                let (t, c) = (Instant::now(), cpu_seconds(true));
                 worker::pipeline::speech::speak(&catalog, p, text, &scratch, &wav, timeout).await.expect("speak");
                 took.push(t.elapsed().as_secs_f64());
-                cpu.push(cpu_seconds() - c);
+                cpu.push(cpu_seconds(true) - c);
             }
             let secs = worker::media::wav_duration(&wav).unwrap();
             if k == messages.len() - 1 {

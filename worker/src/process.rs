@@ -234,6 +234,24 @@ async fn run_inner<B: AsRef<[u8]>>(
     Ok((out.stdout, out.stderr))
 }
 
+/// CPU time (user + system) of this process, and with `children` also of
+/// the subprocesses it has waited for, in seconds: the measure of the
+/// benchmarks and of the tests that print what a model run costs.
+pub fn cpu_seconds(children: bool) -> f64 {
+    let of = |who| {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: the struct is valid zeroed (plain integers) and getrusage
+        // fills it.
+        let u = unsafe {
+            assert_eq!(libc::getrusage(who, usage.as_mut_ptr()), 0);
+            usage.assume_init()
+        };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(u.ru_utime) + secs(u.ru_stime)
+    };
+    of(libc::RUSAGE_SELF) + if children { of(libc::RUSAGE_CHILDREN) } else { 0.0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,7 +105,7 @@ pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
 /// both find the domain missing, and the second to add it fails the session
 /// ("the domain is already exist"; seen in 4 of 25 runs of two operator
 /// tests side by side). Made one at a time, the second finds it there.
-pub fn operators_lock() -> std::sync::MutexGuard<'static, ()> {
+fn operators_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -482,15 +482,7 @@ mod tests {
 
     /// This process's CPU time (user + system), in seconds.
     fn cpu_seconds() -> f64 {
-        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-        // SAFETY: the struct is valid zeroed (plain integers) and getrusage
-        // fills it.
-        let usage = unsafe {
-            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
-            usage.assume_init()
-        };
-        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        secs(usage.ru_utime) + secs(usage.ru_stime)
+        crate::process::cpu_seconds(false)
     }
 
     /// IS-Net rewritten to take any side: at 1024 it computes what the
