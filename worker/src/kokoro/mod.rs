@@ -279,6 +279,18 @@ fn chunks<'a>(tokens: &'a [i64], vocab: &Vocab) -> Vec<&'a [i64]> {
 
 /// The samples from a little before the first to a little after the last
 /// one above the trim level.
+///
+/// About a quarter of what the model makes is silence trimmed here: most
+/// of the leading pad (12-14 steps of 25 ms; the sound starts in its last
+/// two or three) and the sentence-final vowel, which it holds silent for
+/// 15-24 steps. Those frames are decoded all the same: the decoder's
+/// instance normalizations average over the whole sentence, so cutting
+/// them before the decoder changes every sample. Tried (2026-12-07; three
+/// voices, seven messages, DNSMOS P.808): cut where the predicted energy
+/// is silence, keeping 50, 200 or 400 ms of it, the model used 16-20, 7 or
+/// 4 % less CPU and scored 0.05-0.085, 0.025 or 0.012 lower. One call per
+/// message instead of per sentence made only 6 % fewer frames (the model
+/// holds each sentence's last vowel silent there too), for the same CPU.
 fn trim(audio: &[f32]) -> &[f32] {
     let first = audio.iter().position(|x| x.abs() > TRIM_LEVEL);
     let last = audio.iter().rposition(|x| x.abs() > TRIM_LEVEL);
