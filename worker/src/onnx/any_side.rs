@@ -29,35 +29,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::proto::{
-    Field, Fields, ModelError, Tensor, Value, dtype::FLOAT, first_bytes, put_bytes_field, put_message, raw_f32,
-    rewrite_graph, tensor,
+    Field, Fields, Graph, ModelError, Node, Tensor, Value, Wiring, dtype::FLOAT, first_bytes, put_bytes_field,
+    put_message, raw_f32, rewrite_graph, tensor,
 };
 
 /// Names of what the rewrite adds.
 const PREFIX: &str = "tayori_any_side";
-
-/// The parts of a NodeProto the rewrite reads.
-struct Node<'a> {
-    op: &'a [u8],
-    inputs: Vec<&'a [u8]>,
-    outputs: Vec<&'a [u8]>,
-    raw: &'a [u8],
-}
-
-impl<'a> Node<'a> {
-    fn parse(raw: &'a [u8]) -> Result<Node<'a>, ModelError> {
-        let mut n = Node { op: b"", inputs: Vec::new(), outputs: Vec::new(), raw };
-        for f in Fields(raw) {
-            match f? {
-                Field { number: 1, value: Value::Bytes(b), .. } => n.inputs.push(b),
-                Field { number: 2, value: Value::Bytes(b), .. } => n.outputs.push(b),
-                Field { number: 4, value: Value::Bytes(b), .. } => n.op = b,
-                _ => {}
-            }
-        }
-        Ok(n)
-    }
-}
 
 /// `model` (the bytes of an .onnx file whose one input is `native` pixels
 /// square) rewritten to take any side. Fails on a model without constant
@@ -70,27 +47,21 @@ pub fn any_side(model: &[u8], native: u64) -> Result<Vec<u8>, ModelError> {
 fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     // Pass 1: the nodes, the input, the declared sizes of values, and which
     // Resize nodes take a constant size (with the scales that replace it).
-    let mut nodes = Vec::new();
-    let mut has_input = false;
-    let mut declared: HashMap<&[u8], [u64; 2]> = HashMap::new();
-    for f in Fields(msg) {
-        match f? {
-            Field { number: 1, value: Value::Bytes(b), .. } => nodes.push(Node::parse(b)?),
-            Field { number: n @ (11..=13), value: Value::Bytes(b), .. } => {
-                has_input |= n == 11;
-                if let Some(hw) = spatial(b)? {
-                    declared.insert(name(b)?, hw);
-                }
-            }
-            _ => {}
-        }
-    }
-    if !has_input {
+    let g = Graph::parse(msg)?;
+    if g.inputs.is_empty() {
         return Err(ModelError("the graph has no input"));
     }
-    let producer: HashMap<&[u8], &Node> = nodes.iter().flat_map(|n| n.outputs.iter().map(move |&o| (o, n))).collect();
-    let initializers = bytes_named(msg, 5, 8)?;
-    if nodes.iter().flat_map(|n| &n.outputs).chain(&initializers).any(|o| o.starts_with(PREFIX.as_bytes())) {
+    let mut declared: HashMap<&[u8], [u64; 2]> = HashMap::new();
+    for f in Fields(msg) {
+        if let Field { number: 11..=13, value: Value::Bytes(b), .. } = f?
+            && let Some(hw) = spatial(b)?
+        {
+            declared.insert(name(b)?, hw);
+        }
+    }
+    let wiring = Wiring::new(&g.nodes);
+    let producer = |v: &[u8]| wiring.producer(v).map(|k| &g.nodes[k]);
+    if g.names_start_with(PREFIX) {
         return Err(ModelError("the model already names values as this rewrite does"));
     }
     // Each Resize whose sizes are `Concat(<from the input>, Constant [h, w])`
@@ -101,18 +72,16 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     // would be scaled wrong at other sides); any other Resize with a
     // constant in its sizes is refused rather than left fixed.
     let mut scales: HashMap<&[u8], [u64; 2]> = HashMap::new();
-    for resize in nodes.iter().filter(|n| n.op == b"Resize" && n.inputs.len() >= 4) {
-        let Some(concat) = producer.get(resize.inputs[3]).filter(|n| n.op == b"Concat") else {
+    for resize in g.nodes.iter().filter(|n| n.op == b"Resize" && n.inputs.len() >= 4) {
+        let Some(concat) = producer(resize.inputs[3]).filter(|n| n.op == b"Concat") else {
             continue;
         };
-        let constant = |name: &[u8]| producer.get(name).filter(|n| n.op == b"Constant").copied();
+        let constant = |name: &[u8]| producer(name).filter(|n| n.op == b"Constant");
         if !concat.inputs.iter().any(|i| constant(i).is_some()) {
             continue;
         }
         let size = match concat.inputs.as_slice() {
-            [first, last] if constant(first).is_none() => {
-                constant(last).map(|c| constant_pair(c.raw)).transpose()?.flatten()
-            }
+            [first, last] if constant(first).is_none() => constant(last).map(constant_pair).transpose()?.flatten(),
             _ => None,
         };
         let scale = match (size, declared.get(resize.inputs[0])) {
@@ -139,12 +108,13 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
     // Pass 2: each of those Resize nodes given its scales instead of the
     // size, the input's height and width freed, the declared shapes dropped.
     let mut scale_names: BTreeMap<[u64; 2], String> = BTreeMap::new();
-    let mut inputs_seen = 0;
+    let (mut inputs_seen, mut at) = (0, 0);
     for f in Fields(msg) {
         let f = f?;
         match (f.number, f.value) {
             (1, Value::Bytes(b)) => {
-                let node = Node::parse(b)?;
+                let node = &g.nodes[at];
+                at += 1;
                 match node.outputs.first().and_then(|o| scales.get(o)).filter(|_| node.op == b"Resize") {
                     Some(&k) => {
                         let name = scale_names.entry(k).or_insert_with(|| format!("{PREFIX}_scales_{}_{}", k[0], k[1]));
@@ -169,21 +139,6 @@ fn graph(msg: &[u8], native: u64, out: &mut Vec<u8>) -> Result<(), ModelError> {
         put_bytes_field(out, 5, &float_tensor(name, &[1.0, 1.0, k[0] as f32, k[1] as f32]));
     }
     Ok(())
-}
-
-/// The names (field `name` of each) of the messages in field `number` of
-/// `msg`.
-fn bytes_named(msg: &[u8], number: u64, name: u64) -> Result<Vec<&[u8]>, ModelError> {
-    let mut out = Vec::new();
-    for f in Fields(msg) {
-        if let Field { number: n, value: Value::Bytes(b), .. } = f?
-            && n == number
-            && let Some(named) = first_bytes(b, name)?
-        {
-            out.push(named);
-        }
-    }
-    Ok(out)
 }
 
 /// A Resize NodeProto with its inputs made `[x, roi, scales]` (no sizes),
@@ -241,19 +196,12 @@ fn name(vi: &[u8]) -> Result<&[u8], ModelError> {
 
 /// The `[a, b]` of a Constant node whose value is a two-element int64
 /// tensor; `None` for any other.
-fn constant_pair(node: &[u8]) -> Result<Option<[u64; 2]>, ModelError> {
-    for a in Fields(node) {
-        let Field { number: 5, value: Value::Bytes(attr), .. } = a? else { continue };
-        let mut tensor = None;
-        let mut named = false;
-        for f in Fields(attr) {
-            match f? {
-                Field { number: 1, value: Value::Bytes(n), .. } => named = n == b"value",
-                Field { number: 5, value: Value::Bytes(t), .. } => tensor = Some(t),
-                _ => {}
-            }
-        }
-        if let (true, Some(t)) = (named, tensor) {
+fn constant_pair(node: &Node) -> Result<Option<[u64; 2]>, ModelError> {
+    for attr in &node.attrs {
+        // AttributeProto.name (1) and .t (5).
+        if first_bytes(attr, 1)? == Some(b"value".as_slice())
+            && let Some(t) = first_bytes(attr, 5)?
+        {
             return int64_pair(t);
         }
     }
@@ -425,7 +373,7 @@ mod tests {
         let attr = msg(&[(1, b"value"), (5, &size)]);
         let mode = msg(&[(1, b"mode"), (4, b"linear")]);
         let mut resize = node("Resize", &["y", "", "", "sizes"], &["z"], Some(&mode));
-        put_bytes_field(&mut resize, 7, b"");
+        put_bytes_field(&mut resize, 7, b"ai.onnx");
         let mut graph = msg(&[
             (1, &node("Conv", &["x", "w"], &["y"], None)),
             (1, &node("Shape", &["y"], &["s"], None)),
@@ -463,8 +411,8 @@ mod tests {
         assert_eq!(resize.inputs.len(), 3, "x, roi, scales: no sizes");
         assert_eq!((resize.inputs[0], resize.inputs[1]), (&b"y"[..], &b""[..]));
         // Its attributes and domain kept.
-        assert_eq!(bytes_fields(bytes_fields(resize.raw, 5)[0], 4), [b"linear"]);
-        assert_eq!(bytes_fields(resize.raw, 7), [b""]);
+        assert_eq!(bytes_fields(resize.attrs[0], 4), [b"linear"]);
+        assert_eq!(resize.domain, b"ai.onnx");
         // The scales, [1, 1, 2, 2]: a float initializer.
         let init = bytes_fields(graph, 5);
         assert_eq!(init.len(), 1);
