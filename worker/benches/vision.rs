@@ -122,10 +122,8 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
     };
     for (name, img) in &crops {
         let (_, _, pw, ph) = compose::placement(img.width(), img.height(), 512, 910);
-        let shown = |m: &image::GrayImage| image::imageops::resize(m, pw, ph, image::imageops::FilterType::Triangle);
         img.save(dir.join(format!("{name}.png"))).expect("write");
         let (reference, _) = run(img, (1024, 1024));
-        let reference_shown = shown(&reference);
         let model = segment::Model::IsNet;
         let mut line = format!("{name} {}x{}:", img.width(), img.height());
         for (label, size) in [
@@ -136,15 +134,8 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
         ] {
             let (mask, t) = run(img, size);
             mask.save(dir.join(format!("{name}.{label}.png"))).expect("write");
-            let (mut both, mut either, mut diff) = (0u64, 0u64, 0u64);
-            for (a, b) in reference_shown.pixels().zip(shown(&mask).pixels()) {
-                let (a, b) = (a[0], b[0]);
-                both += u64::from(a > 127 && b > 127);
-                either += u64::from(a > 127 || b > 127);
-                diff += u64::from(a.abs_diff(b));
-            }
-            let iou = 100.0 * both as f64 / either.max(1) as f64;
-            let mean = diff as f64 / f64::from(pw * ph);
+            let agree = segment::agreement(&reference, &mask, pw, ph);
+            let (iou, mean) = (100.0 * agree.iou, agree.mean_difference);
             line += &format!(" | {label} {}x{} IoU {iou:.1} % diff {mean:.1} {t:.0} ms", size.0, size.1);
         }
         println!("{line}");

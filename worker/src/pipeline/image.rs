@@ -85,8 +85,8 @@ pub async fn remove_background(j: &Job<'_>, found: &Found) -> Result<Arc<RgbaIma
     let cutout = blocking(move || {
         let seg = segment::segmenter(&data, model)?;
         let t = std::time::Instant::now();
-        let mask = seg.mask_shown(&crop, shown)?;
         let (w, h) = model.input_size(crop.width(), crop.height(), shown);
+        let mask = seg.mask_sized(&crop, w, h)?;
         tracing::info!(?model, w, h, ms = t.elapsed().as_millis() as u64, "segmented");
         let cutout = segment::cut_out(&crop, &mask);
         vision::save_png(&cutout, &path)?;

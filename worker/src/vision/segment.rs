@@ -249,9 +249,54 @@ pub fn cut_out(img: &RgbImage, mask: &GrayImage) -> RgbaImage {
     })
 }
 
+/// How two masks of one picture agree where it is shown `w`x`h` (both
+/// scaled to that size): for the tests and the vision bench that compare
+/// input sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct Agreement {
+    /// Intersection over union of the pixels above half opacity.
+    pub iou: f64,
+    /// The mean absolute difference, of 255.
+    pub mean_difference: f64,
+    /// The share of pixels either mask holds above half opacity.
+    pub covered: f64,
+}
+
+/// See [`Agreement`].
+pub fn agreement(a: &GrayImage, b: &GrayImage, w: u32, h: u32) -> Agreement {
+    let shown = |m: &GrayImage| image::imageops::resize(m, w, h, image::imageops::FilterType::Triangle);
+    let (mut both, mut either, mut diff) = (0u64, 0u64, 0u64);
+    for (a, b) in shown(a).pixels().zip(shown(b).pixels()) {
+        let (a, b) = (a[0], b[0]);
+        both += u64::from(a > 127 && b > 127);
+        either += u64::from(a > 127 || b > 127);
+        diff += u64::from(a.abs_diff(b));
+    }
+    let pixels = (f64::from(w) * f64::from(h)).max(1.0);
+    Agreement {
+        iou: both as f64 / either.max(1) as f64,
+        mean_difference: diff as f64 / pixels,
+        covered: either as f64 / pixels,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_masks_agree_by_their_shared_pixels() {
+        // Left half against left three quarters, 8x4: 16 of 24 held by
+        // both, a quarter of the picture differing by 255.
+        let a = GrayImage::from_fn(8, 4, |x, _| image::Luma([if x < 4 { 255 } else { 0 }]));
+        let b = GrayImage::from_fn(8, 4, |x, _| image::Luma([if x < 6 { 255 } else { 0 }]));
+        let g = agreement(&a, &b, 8, 4);
+        assert!((g.iou - 16.0 / 24.0).abs() < 1e-9, "{g:?}");
+        assert!((g.mean_difference - 255.0 / 4.0).abs() < 1e-9, "{g:?}");
+        assert!((g.covered - 0.75).abs() < 1e-9, "{g:?}");
+        let same = agreement(&a, &a, 8, 4);
+        assert_eq!((same.iou, same.mean_difference), (1.0, 0.0));
+    }
 
     #[test]
     fn isnet_keeps_the_proportions_in_multiples_of_64() {
