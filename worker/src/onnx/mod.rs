@@ -209,6 +209,7 @@ pub fn default_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::cpu_seconds;
 
     /// IS-Net fp16 as stored and as widened: the same outputs, so the
     /// rewrite changed no weight or wiring. They differ only by the fp16
@@ -256,10 +257,10 @@ mod tests {
         let input: Vec<f32> = (0..3 * side * side).map(|i| ((i * 7919 % 256) as f32 - 128.0) / 256.0).collect();
         let run = |s: &mut Session| -> (Vec<f32>, f64) {
             let t = ort::value::Tensor::from_array(([1usize, 3, side, side], input.clone())).unwrap();
-            let cpu = cpu_seconds();
+            let cpu = cpu_seconds(false);
             let out = s.run(ort::inputs! {"input" => t}).unwrap();
             let mask = out["output"].try_extract_tensor::<f32>().unwrap().1.to_vec();
-            (mask, cpu_seconds() - cpu)
+            (mask, cpu_seconds(false) - cpu)
         };
         let all = Rewrite { any_side: Some(1024), ..Rewrite::default() };
         let cut = Rewrite { first_output_only: true, ..all };
@@ -468,21 +469,16 @@ mod tests {
         let t = ort::value::Tensor::from_array(([1usize, tokens.len()], tokens.to_vec())).unwrap();
         let st = ort::value::Tensor::from_array(([1usize, 256], style.to_vec())).unwrap();
         let sp = ort::value::Tensor::from_array(([1usize], vec![1f32])).unwrap();
-        let cpu = cpu_seconds();
+        let cpu = cpu_seconds(false);
         let out = s.run(ort::inputs! {"tokens" => t, "style" => st, "speed" => sp}).unwrap();
         let audio = out["audio"].try_extract_tensor::<f32>().unwrap().1.to_vec();
-        (audio, cpu_seconds() - cpu)
+        (audio, cpu_seconds(false) - cpu)
     }
 
     /// How many nodes of `model`'s graph are `op`.
     fn count_ops(model: &[u8], op: &[u8]) -> usize {
         let graph = proto::bytes_fields(model, 7)[0];
         proto::bytes_fields(graph, 1).into_iter().filter(|n| proto::first_bytes(n, 4).unwrap() == Some(op)).count()
-    }
-
-    /// This process's CPU time (user + system), in seconds.
-    fn cpu_seconds() -> f64 {
-        crate::process::cpu_seconds(false)
     }
 
     /// IS-Net rewritten to take any side: at 1024 it computes what the
