@@ -11,6 +11,8 @@
 //! the 1024 square (IoU of alpha > 0.5 and mean difference, at the size a
 //! 512x910 video shows it) and its run time. Writes each crop and its masks
 //! to DIR, for the independent judge: `scripts/judge_cutout.py DIR`.
+//! `SIDES=768,832` adds masks at those longer sides, proportions kept
+//! (multiples of 64), labelled `asp768` and so on.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -120,18 +122,29 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
         let mask = seg.mask_sized(img, w, h).expect("mask");
         (mask, ms(t))
     };
+    // SIDES=768,832: longer sides tried besides 896 and 1024.
+    let more_sides: Vec<u32> = std::env::var("SIDES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|s: &u32| s.is_multiple_of(64))
+        .collect();
     for (name, img) in &crops {
         let (_, _, pw, ph) = compose::placement(img.width(), img.height(), 512, 910);
         img.save(dir.join(format!("{name}.png"))).expect("write");
         let (reference, _) = run(img, (1024, 1024));
         let model = segment::Model::IsNet;
         let mut line = format!("{name} {}x{}:", img.width(), img.height());
-        for (label, size) in [
-            ("sq1024", (1024, 1024)),
-            ("sq896", (896, 896)),
-            ("asp896", model.input_size(img.width(), img.height(), 896)),
-            ("asp1024", model.input_size(img.width(), img.height(), u32::MAX)),
-        ] {
+        let mut sizes = vec![
+            ("sq1024".to_owned(), (1024, 1024)),
+            ("sq896".to_owned(), (896, 896)),
+            ("asp896".to_owned(), model.input_size(img.width(), img.height(), 896)),
+            ("asp1024".to_owned(), model.input_size(img.width(), img.height(), u32::MAX)),
+        ];
+        for side in &more_sides {
+            sizes.push((format!("asp{side}"), model.input_size_at(img.width(), img.height(), *side)));
+        }
+        for (label, size) in sizes {
             let (mask, t) = run(img, size);
             mask.save(dir.join(format!("{name}.{label}.png"))).expect("write");
             let agree = segment::agreement(&reference, &mask, pw, ph);
