@@ -25,6 +25,9 @@
 //!   once (throughput: videos per minute, p95 submit -> link);
 //!   `BENCH_BACKLOG_SIZE=1080x1920` for the larger size. `BENCH_RUNS=0` runs
 //!   only the backlog.
+//! - `BENCH_IDLE=S`: the stack idles S seconds before each odd run, and the
+//!   medians of the runs after idling and of those right after a job are
+//!   printed apart (with `BENCH_PYTHON=0`: the Python runs idle it too).
 
 #[path = "../tests/it/harness.rs"]
 mod harness;
@@ -60,16 +63,22 @@ async fn main() {
     let http = reqwest::Client::new();
     let python = Python::find(runs, &voice);
     println!("resolution  run  submit->link(s)  cpu(s)  enqueue->first-step(ms)  speech(s)  video(s)");
+    let idle = std::env::var("BENCH_IDLE").ok().and_then(|v| v.parse::<u64>().ok()).filter(|&s| s > 0);
     let sizes = std::env::var("BENCH_SIZES").unwrap_or_else(|_| "1080x1920,512x910".into());
     for resolution in sizes.split(',').map(str::trim).filter(|s| !s.is_empty() && runs > 0) {
         let mut totals = Vec::new();
         let mut cpu_totals = Vec::new();
         let mut python_totals = Vec::new();
+        let mut after_idle = Vec::new();
         for run in 1..=runs {
             if let Some(py) = &python {
                 python_totals.push(py.run(resolution));
             }
+            if let Some(s) = idle.filter(|_| run % 2 == 1) {
+                tokio::time::sleep(Duration::from_secs(s)).await;
+            }
             let cpu0 = stack.cpu_by_process();
+            let faults0 = major_faults();
             let t0 = Instant::now();
             let (status, body) = harness::submit(
                 &stack,
@@ -120,9 +129,31 @@ async fn main() {
                 &["gateway", "redis", "worker"]
             };
             let cpus: Vec<String> = by_process.iter().zip(names).map(|((_, s), n)| format!("{n} {s:.2}")).collect();
-            println!("            cpu by process (s): {}", cpus.join(", "));
+            println!(
+                "            cpu by process (s): {}; major page faults (whole machine): {}",
+                cpus.join(", "),
+                major_faults().saturating_sub(faults0)
+            );
+            after_idle.push((idle.is_some() && run % 2 == 1, total, cpu));
             totals.push(total);
             cpu_totals.push(cpu);
+        }
+        if let Some(s) = idle {
+            for (label, idled) in [(format!("after {s} s idle"), true), ("right after a job".to_owned(), false)] {
+                let (mut t, mut c): (Vec<f64>, Vec<f64>) =
+                    after_idle.iter().filter(|r| r.0 == idled).map(|r| (r.1, r.2)).unzip();
+                if t.is_empty() {
+                    continue;
+                }
+                t.sort_by(f64::total_cmp);
+                c.sort_by(f64::total_cmp);
+                println!(
+                    "{resolution:<10}  {label}: median submit->link {:.2}s, cpu {:.2}s, over {} runs",
+                    t[t.len() / 2],
+                    c[c.len() / 2],
+                    t.len()
+                );
+            }
         }
         // Each run's ratio to the Python run just before it: both saw the
         // machine at the same speed, so their median drifts less than the
@@ -277,4 +308,11 @@ impl Python {
         println!("            python pipeline: {line}");
         serde_json::from_str::<serde_json::Value>(&line).unwrap()["total"].as_f64().unwrap()
     }
+}
+
+/// Major page faults on the whole machine so far (`/proc/vmstat`): pages
+/// read back from disk, such as code and libraries evicted while idle.
+fn major_faults() -> u64 {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    vmstat.lines().find_map(|l| l.strip_prefix("pgmajfault ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }

@@ -283,6 +283,11 @@ pub async fn run_stage(j: &Job<'_>, stage: Stage) -> Result<Option<VideoResult>,
     if j.job.version != shared::job::JOB_VERSION {
         return Err(PipelineError::UnsupportedVersion(j.job.version));
     }
+    // The voice stage mixes with ffmpeg after the speech is made, the render
+    // encodes with it: after a pause, its libraries are read in meanwhile.
+    if stage != Stage::Image {
+        crate::media::warm_up_if_idle(j.cfg.tool_timeout);
+    }
     match stage {
         Stage::Image => image_branch(j).await.map(|_| None),
         Stage::Voice => {
