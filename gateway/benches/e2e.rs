@@ -27,7 +27,8 @@
 //!   only the backlog.
 //! - `BENCH_IDLE=S`: the stack idles S seconds before each odd run, and the
 //!   medians of the runs after idling and of those right after a job are
-//!   printed apart (with `BENCH_PYTHON=0`: the Python runs idle it too).
+//!   printed apart (use it with `BENCH_PYTHON=0`: a Python run before each
+//!   run would keep ffmpeg's libraries and the dictionary in memory).
 
 #[path = "../tests/it/harness.rs"]
 mod harness;

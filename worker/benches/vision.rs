@@ -123,12 +123,11 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
         (mask, ms(t))
     };
     // SIDES=768,832: longer sides tried besides 896 and 1024.
-    let more_sides: Vec<u32> = std::env::var("SIDES")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|s: &u32| s.is_multiple_of(64))
-        .collect();
+    let more_sides: Vec<u32> =
+        std::env::var("SIDES").unwrap_or_default().split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    if let Some(bad) = more_sides.iter().find(|&&s| s < 64 || !s.is_multiple_of(64)) {
+        panic!("SIDES: {bad} is not a multiple of 64 of at least 64");
+    }
     for (name, img) in &crops {
         let (_, _, pw, ph) = compose::placement(img.width(), img.height(), 512, 910);
         img.save(dir.join(format!("{name}.png"))).expect("write");

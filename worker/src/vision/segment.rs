@@ -79,8 +79,9 @@ impl Model {
         self.input_size_at(w, h, self.side_for(shown))
     }
 
-    /// The input (width, height) for an image `w`x`h` with IS-Net's longer
-    /// side `long` (a multiple of 64), as [`Model::input_size`] makes it.
+    /// The input (width, height) for an image `w`x`h` with the longer side
+    /// `long` (IS-Net: a multiple of 64, at least 64, the shorter side in
+    /// proportion), as [`Model::input_size`] makes it; u2netp: `long` square.
     pub fn input_size_at(self, w: u32, h: u32, long: u32) -> (u32, u32) {
         match self {
             Model::IsNet => {
