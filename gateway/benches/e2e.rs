@@ -70,7 +70,6 @@ async fn main() {
         let mut totals = Vec::new();
         let mut cpu_totals = Vec::new();
         let mut python_totals = Vec::new();
-        let mut after_idle = Vec::new();
         for run in 1..=runs {
             if let Some(py) = &python {
                 python_totals.push(py.run(resolution));
@@ -135,25 +134,22 @@ async fn main() {
                 cpus.join(", "),
                 major_faults().saturating_sub(faults0)
             );
-            after_idle.push((idle.is_some() && run % 2 == 1, total, cpu));
             totals.push(total);
             cpu_totals.push(cpu);
         }
         if let Some(s) = idle {
-            for (label, idled) in [(format!("after {s} s idle"), true), ("right after a job".to_owned(), false)] {
-                let (mut t, mut c): (Vec<f64>, Vec<f64>) =
-                    after_idle.iter().filter(|r| r.0 == idled).map(|r| (r.1, r.2)).unzip();
-                if t.is_empty() {
-                    continue;
+            // Runs 1, 3, 5 … (indices 0, 2, 4 …) came after the pause.
+            for (label, first) in [(format!("after {s} s idle"), 0), ("right after a job".to_owned(), 1)] {
+                let pick = |v: &[f64]| v.iter().skip(first).step_by(2).copied().collect::<Vec<f64>>();
+                let (t, c) = (pick(&totals), pick(&cpu_totals));
+                let n = t.len();
+                if n > 0 {
+                    println!(
+                        "{resolution:<10}  {label}: median submit->link {:.2}s, cpu {:.2}s, over {n} runs",
+                        median(t),
+                        median(c)
+                    );
                 }
-                t.sort_by(f64::total_cmp);
-                c.sort_by(f64::total_cmp);
-                println!(
-                    "{resolution:<10}  {label}: median submit->link {:.2}s, cpu {:.2}s, over {} runs",
-                    t[t.len() / 2],
-                    c[c.len() / 2],
-                    t.len()
-                );
             }
         }
         // Each run's ratio to the Python run just before it: both saw the
@@ -161,19 +157,16 @@ async fn main() {
         // ratio of the two medians when the machine slows down mid-run.
         let mut ratios: Vec<f64> = python_totals.iter().zip(&totals).map(|(py, t)| py / t).collect();
         ratios.sort_by(f64::total_cmp);
-        totals.sort_by(f64::total_cmp);
-        cpu_totals.sort_by(f64::total_cmp);
-        let median = totals[totals.len() / 2];
+        let median_total = median(totals);
         println!(
-            "{resolution:<10}  median submit->link {median:.2}s, cpu {:.2}s per video, over {runs} runs",
-            cpu_totals[cpu_totals.len() / 2]
+            "{resolution:<10}  median submit->link {median_total:.2}s, cpu {:.2}s per video, over {runs} runs",
+            median(cpu_totals)
         );
         if !python_totals.is_empty() {
-            python_totals.sort_by(f64::total_cmp);
-            let py = python_totals[python_totals.len() / 2];
+            let py = median(python_totals);
             println!(
                 "{resolution:<10}  python pipeline median {py:.2}s (runs taken in turn with these): tayori is {:.2}x as fast",
-                py / median
+                py / median_total
             );
             let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
             println!(
@@ -309,6 +302,12 @@ impl Python {
         println!("            python pipeline: {line}");
         serde_json::from_str::<serde_json::Value>(&line).unwrap()["total"].as_f64().unwrap()
     }
+}
+
+/// The middle value (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Major page faults on the whole machine so far (`/proc/vmstat`): pages

@@ -401,23 +401,24 @@ static FFMPEG_LAST_RUN: LastRun = LastRun(std::sync::Mutex::new(None));
 /// have gone unused for a while: this one pages them out after 60 s unused
 /// (DAMON reclaim), and reads up to 8 MB around each page then faulted back
 /// in. ffmpeg links some 215 libraries (246 MB): its first run after that
-/// took 214 major faults and 0.3-0.65 s longer (the mix's ffmpeg run: 1.06-1.45
-/// s cold, 0.78-0.91 s hot or with the libraries read in beforehand). A Kokoro job at 512x910 after 60 s
-/// idle took -0.15 to 1.06 s longer than the job right after it (median 0.26 s,
-/// seven pairs), most of it in the mix step; with this warm-up 0.01-0.35 s
-/// (median 0.15 s, four pairs), the mix step no longer slower.
+/// took 214 major faults and 0.3-0.65 s longer (the mix's ffmpeg run:
+/// 1.06-1.45 s cold, 0.78-0.91 s hot or with the libraries read in
+/// beforehand). A Kokoro job at 512x910 after 60 s idle took -0.15 to 1.06 s
+/// longer than the job right after it (median 0.26 s, seven pairs), most of
+/// it in the mix step; with this warm-up 0.01-0.35 s (median 0.15 s, four
+/// pairs), the mix step no longer slower.
 const COLD_AFTER: Duration = Duration::from_secs(30);
 
 /// When ffmpeg has not run for [`COLD_AFTER`], have its libraries read back
 /// into memory now, in the background (`ffmpeg -version` maps them all, and
 /// the read-ahead brings most of each back), so that the step that needs
 /// ffmpeg later, after the speech is made or the render's inputs fetched,
-/// does not wait for the disk. Returns whether it did. Costs 0.05-0.13
-/// CPU-seconds. Call within a tokio runtime.
-pub fn warm_up_if_idle(timeout: Duration) -> bool {
+/// does not wait for the disk. Costs 0.05-0.13 CPU-seconds. Call within a
+/// tokio runtime.
+pub fn warm_up_if_idle(timeout: Duration) {
     use tracing::Instrument;
     if !FFMPEG_LAST_RUN.note(COLD_AFTER) {
-        return false;
+        return;
     }
     tokio::spawn(
         async move {
@@ -429,7 +430,6 @@ pub fn warm_up_if_idle(timeout: Duration) -> bool {
         }
         .in_current_span(),
     );
-    true
 }
 
 /// Run ffmpeg quietly (no stdin, errors only, overwrite outputs) with `args`.
