@@ -123,8 +123,13 @@ fn shapes(root: &Path, data: &Path, dir: &Path) {
         (mask, ms(t))
     };
     // SIDES=768,832: longer sides tried besides 896 and 1024.
-    let more_sides: Vec<u32> =
-        std::env::var("SIDES").unwrap_or_default().split(',').filter_map(|s| s.trim().parse().ok()).collect();
+    let more_sides: Vec<u32> = std::env::var("SIDES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap_or_else(|_| panic!("SIDES: {s:?} is not a number")))
+        .collect();
     if let Some(bad) = more_sides.iter().find(|&&s| s < 64 || !s.is_multiple_of(64)) {
         panic!("SIDES: {bad} is not a multiple of 64 of at least 64");
     }
